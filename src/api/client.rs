@@ -1,0 +1,349 @@
+//! The MI calls mi-import makes, each signed afresh, each answer parsed into a type or an
+//! [`ApiError`].
+//!
+//! The client does no retrying and no rate limiting (the runner owns both); it only turns one
+//! request into one answer. Every attempt gets a new timestamp and signature.
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::{Method, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+
+use super::error::ApiError;
+use super::signer::{self, HEADER_ACCESS_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+use crate::config::{Credentials, Target};
+
+/// The header MI's gateway uses to identify a request; support asks for it.
+pub const HEADER_TRACE_ID: &str = "x-ncp-trace-id";
+/// Largest page of the asset list MI serves.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Idle connections kept per host: the runner's concurrency never needs more.
+const POOL_IDLE_PER_HOST: usize = 256;
+
+/// Path segments keep only unreserved characters; everything else is escaped, so what we
+/// sign is exactly what goes on the wire.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The body of the register call.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImportRequest {
+    pub key: String,
+    #[serde(rename = "bucketName")]
+    pub bucket_name: String,
+}
+
+/// A successful registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    pub asset_id: i64,
+    pub trace_id: Option<String>,
+}
+
+/// One asset's import status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportStatus {
+    pub upload_status: String,
+    pub upload_result: Option<String>,
+}
+
+/// One asset as the project's asset list shows it.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssetSummary {
+    pub asset_id: i64,
+    #[serde(default)]
+    pub file_name: String,
+}
+
+/// One page of the project's asset list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetPage {
+    pub assets: Vec<AssetSummary>,
+    pub total_count: u64,
+    pub total_pages: u32,
+}
+
+/// A signed-request client for one MI project.
+#[derive(Clone)]
+pub struct MiClient {
+    http: reqwest::Client,
+    credentials: Credentials,
+    target: Target,
+    base: Url,
+}
+
+impl MiClient {
+    pub fn new(
+        target: Target,
+        credentials: Credentials,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(10)))
+            .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
+            .tcp_nodelay(true)
+            .user_agent(concat!("mi-import/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let base = Url::parse(&target.endpoint)
+            .map_err(|e| anyhow::anyhow!("endpoint `{}` is not a URL: {e}", target.endpoint))?;
+        Ok(Self {
+            http,
+            credentials,
+            target,
+            base,
+        })
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn project_path(&self) -> String {
+        format!(
+            "/api/v1/workspaces/{}/projects/{}",
+            utf8_percent_encode(&self.target.workspace, SEGMENT),
+            utf8_percent_encode(&self.target.project, SEGMENT)
+        )
+    }
+
+    /// `POST …/assets/import/object-storage`: registers one key. Not idempotent.
+    pub async fn register(&self, bucket: &str, key: &str) -> Result<Registered, ApiError> {
+        let body = ImportRequest {
+            key: key.to_owned(),
+            bucket_name: bucket.to_owned(),
+        };
+        let path = format!("{}/assets/import/object-storage", self.project_path());
+        let (value, trace_id) = self.call(Method::POST, &path, None, Some(&body)).await?;
+        let asset_id = value
+            .pointer("/result/assetId")
+            .and_then(as_i64)
+            .ok_or_else(|| ApiError::BadBody {
+                status: 200,
+                message: "no result.assetId in the answer".into(),
+                trace_id: trace_id.clone(),
+            })?;
+        Ok(Registered { asset_id, trace_id })
+    }
+
+    /// `GET …/assets/{id}/import-status`.
+    pub async fn import_status(&self, asset_id: i64) -> Result<ImportStatus, ApiError> {
+        let path = format!("{}/assets/{asset_id}/import-status", self.project_path());
+        let (value, trace_id) = self.call::<()>(Method::GET, &path, None, None).await?;
+        let text = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_owned);
+        let upload_status = text("/result/uploadStatus").ok_or_else(|| ApiError::BadBody {
+            status: 200,
+            message: "no result.uploadStatus in the answer".into(),
+            trace_id,
+        })?;
+        Ok(ImportStatus {
+            upload_status,
+            upload_result: text("/result/uploadResult"),
+        })
+    }
+
+    /// `GET …/assets?pageNum=N&pageSize=S`, N from 1.
+    pub async fn list_assets(&self, page_num: u32, page_size: u32) -> Result<AssetPage, ApiError> {
+        let path = format!("{}/assets", self.project_path());
+        let query = format!(
+            "pageNum={page_num}&pageSize={}",
+            page_size.min(MAX_PAGE_SIZE)
+        );
+        let (value, trace_id) = self
+            .call::<()>(Method::GET, &path, Some(&query), None)
+            .await?;
+        let result = value.get("result").cloned().unwrap_or(Value::Null);
+        let assets: Vec<AssetSummary> = serde_json::from_value(
+            result
+                .get("content")
+                .cloned()
+                .unwrap_or(Value::Array(vec![])),
+        )
+        .map_err(|e| ApiError::BadBody {
+            status: 200,
+            message: format!("asset list: {e}"),
+            trace_id,
+        })?;
+        let number = |name: &str| result.get(name).and_then(as_i64).unwrap_or(0).max(0) as u64;
+        Ok(AssetPage {
+            assets,
+            total_count: number("totalCount"),
+            total_pages: number("totalPage") as u32,
+        })
+    }
+
+    /// `GET /api/v1/workspaces/{ws}`: the workspace's details (its linked `bucketName`).
+    pub async fn workspace(&self) -> Result<Value, ApiError> {
+        let path = format!(
+            "/api/v1/workspaces/{}",
+            utf8_percent_encode(&self.target.workspace, SEGMENT)
+        );
+        Ok(self.call::<()>(Method::GET, &path, None, None).await?.0)
+    }
+
+    /// `GET …/projects/{pid}`: that the project exists.
+    pub async fn project(&self) -> Result<Value, ApiError> {
+        Ok(self
+            .call::<()>(Method::GET, &self.project_path(), None, None)
+            .await?
+            .0)
+    }
+
+    /// Signs and sends one request; a 2xx answer's JSON body, or the error.
+    async fn call<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        query: Option<&str>,
+        body: Option<&B>,
+    ) -> Result<(Value, Option<String>), ApiError> {
+        let mut url = self.base.clone();
+        url.set_path(path);
+        url.set_query(query);
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let signed = signer::sign(
+            method.as_str(),
+            &target,
+            signer::now_millis(),
+            &self.credentials,
+        );
+        let mut request = self
+            .http
+            .request(method, url)
+            .header(CONTENT_TYPE, "application/json")
+            .header(HEADER_TIMESTAMP, signed.timestamp)
+            .header(HEADER_ACCESS_KEY, signed.access_key)
+            .header(HEADER_SIGNATURE, signed.signature);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let trace_id = header_text(response.headers(), HEADER_TRACE_ID);
+        let retry_after = retry_after(response.headers());
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        if !(200..300).contains(&status) {
+            return Err(ApiError::from_answer(status, &bytes, trace_id, retry_after));
+        }
+        let value: Value = serde_json::from_slice(&bytes).map_err(|e| ApiError::BadBody {
+            status,
+            message: e.to_string(),
+            trace_id: trace_id.clone(),
+        })?;
+        match value.get("code").and_then(|c| {
+            c.as_str()
+                .map(str::to_owned)
+                .or_else(|| c.as_i64().map(|n| n.to_string()))
+        }) {
+            Some(code) if code != "0" => Err(ApiError::Http {
+                status,
+                message: value
+                    .get("message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("error")
+                    .to_owned(),
+                code: Some(code),
+                trace_id,
+                retry_after: None,
+            }),
+            _ => Ok((value, trace_id)),
+        }
+    }
+
+    fn transport_error(&self, error: reqwest::Error) -> ApiError {
+        let message = error_chain(&error);
+        if error.is_connect() {
+            ApiError::Connect {
+                endpoint: self.target.endpoint.clone(),
+                message,
+            }
+        } else {
+            ApiError::NoAnswer {
+                timed_out: error.is_timeout(),
+                message,
+            }
+        }
+    }
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is not expected from MI and is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    header_text(headers, RETRY_AFTER.as_str())?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// reqwest's error with its causes, which name the real reason (refused, reset, timed out).
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_body_keeps_keys_byte_exact() {
+        let key = "2024/05/Café «final» 100%+#?,\"quoted\" 日本.mp4";
+        let body = ImportRequest {
+            key: key.into(),
+            bucket_name: "media".into(),
+        };
+        let json = serde_json::to_string(&body).unwrap();
+        let back: ImportRequest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.key, key);
+        assert!(json.contains("\"bucketName\":\"media\""));
+    }
+
+    #[test]
+    fn path_segments_are_escaped_before_signing() {
+        let client = MiClient::new(
+            Target::new(
+                "http://127.0.0.1:1",
+                Some("my ws/1".into()),
+                Some("42".into()),
+            )
+            .unwrap(),
+            Credentials::new("a".into(), "s".into()),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(
+            client.project_path(),
+            "/api/v1/workspaces/my%20ws%2F1/projects/42"
+        );
+    }
+}

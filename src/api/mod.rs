@@ -1,0 +1,8 @@
+//! Talking to Media Intelligence: the signature, the calls, and what their errors mean.
+
+pub mod client;
+pub mod error;
+pub mod signer;
+
+pub use client::{AssetPage, AssetSummary, ImportStatus, MiClient, Registered};
+pub use error::{ApiError, Call};

@@ -1,0 +1,333 @@
+//! The commands, wired from validated settings to the parts that do the work.
+//!
+//! `main.rs` parses and maps the result to an exit code; this module opens the ledger, takes
+//! the lock, reads the source, runs the runner and prints the summary. Tests call
+//! [`import`] directly with their own shutdown token.
+
+use anyhow::{Context, Result};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::MiClient;
+use crate::config::{Credentials, Limits, Target};
+use crate::exit::{Exit, input};
+use crate::ledger::writer::LedgerWriter;
+use crate::ledger::{self, Ingested, Ledger, Scope, State};
+use crate::limiter::Limiter;
+use crate::progress::{self, Display};
+use crate::runner::{Ending, Runner};
+use crate::source::judged;
+use crate::source::manifest::{ManifestFormat, ManifestReader};
+
+/// Rows per ledger transaction while reading a manifest: large enough that a million-row
+/// manifest needs a few hundred commits, small enough to keep memory flat.
+const INGEST_BATCH: usize = 5_000;
+
+/// Where the manifest comes from.
+#[derive(Debug, Clone)]
+pub enum Manifest {
+    File(PathBuf),
+    /// Text built into the binary (the demo's), with a name for messages.
+    Builtin {
+        name: &'static str,
+        text: &'static str,
+    },
+}
+
+impl Manifest {
+    fn name(&self) -> String {
+        match self {
+            Manifest::File(p) => p.display().to_string(),
+            Manifest::Builtin { name, .. } => (*name).to_owned(),
+        }
+    }
+}
+
+/// One `run`, fully resolved.
+#[derive(Debug, Clone)]
+pub struct ImportJob {
+    pub db: PathBuf,
+    pub target: Target,
+    pub credentials: Credentials,
+    pub limits: Limits,
+    pub manifest: Manifest,
+    pub manifest_format: ManifestFormat,
+    pub default_bucket: Option<String>,
+    pub retry_failed: bool,
+    pub display: Display,
+}
+
+/// What a run did, for the caller and the summary.
+#[derive(Debug, Clone)]
+pub struct ImportResult {
+    pub exit: Exit,
+    pub ending: Ending,
+    pub ingested: Ingested,
+    pub counts: Vec<(State, u64)>,
+    pub requests: u64,
+    pub summary: String,
+}
+
+/// Runs one import: lock, ledger, manifest, dispatch, summary.
+pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<ImportResult> {
+    let reader = open_manifest(&job)?;
+    let _lock = crate::lock::acquire(&job.db, "run")?;
+    let ledger = Ledger::open(&job.db)?;
+    let scope = Scope {
+        workspace: job.target.workspace.clone(),
+        project: job.target.project.clone(),
+    };
+    let run_id = ledger::start_run(ledger.conn(), "run", Some(&scope))?;
+    let (writer, writer_thread) = LedgerWriter::spawn(ledger);
+    let started = Instant::now();
+
+    let ingested = match ingest(reader, &job, &writer, &scope).await {
+        Ok(ingested) => ingested,
+        Err(error) => {
+            let summary = json!({"error": format!("{error:#}")}).to_string();
+            writer
+                .write(move |t| ledger::finish_run(t, run_id, Exit::Usage.code(), &summary))
+                .await?;
+            return Err(error);
+        }
+    };
+    tracing::info!(
+        "{}: {} new keys ({} of them ineligible), {} duplicate or already known",
+        job.manifest.name(),
+        ingested.new + ingested.new_skipped,
+        ingested.new_skipped,
+        ingested.known
+    );
+    if job.retry_failed {
+        let s = scope.clone();
+        let requeued = writer.write(move |t| ledger::requeue_failed(t, &s)).await?;
+        tracing::info!("{requeued} failed keys will be sent again");
+    }
+
+    let client = MiClient::new(
+        job.target.clone(),
+        job.credentials.clone(),
+        job.limits.timeout,
+    )?;
+    let limiter = Arc::new(Limiter::new(job.limits.rate, job.limits.concurrency));
+    let runner = Runner::new(
+        client,
+        writer.clone(),
+        limiter,
+        scope.clone(),
+        job.limits.max_attempts,
+        shutdown,
+    );
+    let progress_done = CancellationToken::new();
+    let progress = tokio::spawn(progress::show(
+        runner.stats.clone(),
+        job.display,
+        progress_done.clone(),
+    ));
+    let ending = runner.run().await;
+    progress_done.cancel();
+    let _ = progress.await;
+    let ending = ending?;
+
+    let s = scope.clone();
+    let counts = writer.write(move |t| ledger::counts(t, Some(&s))).await?;
+    let exit = exit_for(&ending, &counts);
+    let requests = runner.stats.requests.load(Relaxed);
+    let summary = summarize(&counts, &runner, started.elapsed(), &job.db);
+    let record = json!({
+        "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+        "requests": requests,
+        "ending": format!("{ending:?}"),
+    })
+    .to_string();
+    writer
+        .write(move |t| ledger::finish_run(t, run_id, exit.code(), &record))
+        .await?;
+    drop(runner);
+    drop(writer);
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    Ok(ImportResult {
+        exit,
+        ending,
+        ingested,
+        counts,
+        requests,
+        summary,
+    })
+}
+
+fn open_manifest(job: &ImportJob) -> Result<ManifestReader<Box<dyn std::io::Read + Send>>> {
+    let name = job.manifest.name();
+    let input_stream: Box<dyn std::io::Read + Send> = match &job.manifest {
+        Manifest::File(path) => Box::new(
+            std::fs::File::open(path)
+                .with_context(|| {
+                    format!(
+                        "cannot open the manifest {}\nhint: check the path given to --manifest",
+                        path.display()
+                    )
+                })
+                .map_err(input)?,
+        ),
+        Manifest::Builtin { text, .. } => Box::new(text.as_bytes()),
+    };
+    ManifestReader::new(
+        input_stream,
+        job.manifest_format,
+        job.default_bucket.clone(),
+    )
+    .map_err(|e| input(anyhow::anyhow!("{name}: {e}")))
+}
+
+/// Reads the whole manifest into the ledger before anything is sent, so a bad row stops the
+/// run with nothing sent; rows before it stay recorded.
+async fn ingest(
+    mut reader: ManifestReader<Box<dyn std::io::Read + Send>>,
+    job: &ImportJob,
+    writer: &LedgerWriter,
+    scope: &Scope,
+) -> Result<Ingested> {
+    let name = job.manifest.name();
+    let (writer, scope) = (writer.clone(), scope.clone());
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let mut total = Ingested::default();
+        loop {
+            let mut batch = Vec::with_capacity(INGEST_BATCH);
+            let mut bad_row = None;
+            for row in reader.by_ref() {
+                match row {
+                    Ok(row) => batch.push(judged(row.bucket, row.key, row.size)),
+                    Err(e) => {
+                        bad_row = Some(e);
+                        break;
+                    }
+                }
+                if batch.len() == INGEST_BATCH {
+                    break;
+                }
+            }
+            let last = batch.len() < INGEST_BATCH || bad_row.is_some();
+            let s = scope.clone();
+            let got = handle.block_on(writer.write(move |t| ledger::insert_keys(t, &s, &batch)))?;
+            total.new += got.new;
+            total.new_skipped += got.new_skipped;
+            total.known += got.known;
+            if let Some(e) = bad_row {
+                let before = total.new + total.new_skipped + total.known;
+                return Err(input(anyhow::anyhow!(
+                    "{name}: {e}\nnothing was sent; the {before} rows before it are recorded and will be imported once the file is fixed"
+                )));
+            }
+            if last {
+                return Ok(total);
+            }
+        }
+    })
+    .await?
+}
+
+fn exit_for(ending: &Ending, counts: &[(State, u64)]) -> Exit {
+    match ending {
+        Ending::Fatal(_) => Exit::Fatal,
+        Ending::Interrupted => Exit::Interrupted,
+        Ending::Finished if counts.iter().any(|(s, n)| s.is_trouble() && *n > 0) => Exit::Trouble,
+        Ending::Finished => Exit::Success,
+    }
+}
+
+fn summarize(
+    counts: &[(State, u64)],
+    runner: &Runner,
+    elapsed: std::time::Duration,
+    db: &Path,
+) -> String {
+    let stats = &runner.stats;
+    let get = |s: State| {
+        counts
+            .iter()
+            .find(|(st, _)| *st == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let reconciled = stats.reconciled.load(Relaxed);
+    let mut text = format!(
+        "this run: {} registered, {} failed in {:.1}s; {} requests, {} retries, {} throttled\n",
+        stats.registered.load(Relaxed) + reconciled,
+        stats.failed.load(Relaxed),
+        elapsed.as_secs_f64(),
+        stats.requests.load(Relaxed),
+        stats.retries.load(Relaxed),
+        stats.throttled.load(Relaxed),
+    );
+    if reconciled > 0 {
+        text.push_str(&format!(
+            "{reconciled} keys whose answer was lost were found registered in MI's asset list, not sent again\n"
+        ));
+    }
+    let states: Vec<String> = counts
+        .iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(s, n)| format!("{n} {s}"))
+        .collect();
+    let states = if states.is_empty() {
+        "empty".to_owned()
+    } else {
+        states.join(", ")
+    };
+    text.push_str(&format!("ledger {}: {states}\n", db.display()));
+    if get(State::Failed) > 0 {
+        text.push_str("see `mi-import report --state failed`; run again with --retry-failed to send failed keys again\n");
+    }
+    if get(State::Uncertain) > 0 {
+        text.push_str("uncertain keys could not be checked against MI; the next run checks them before sending\n");
+    }
+    if get(State::Pending) > 0 {
+        text.push_str("pending keys will be sent by the next run of the same command\n");
+    }
+    text
+}
+
+/// `status`: counts per state and the last run.
+pub fn status(db: &Path, as_json: bool) -> Result<String> {
+    let ledger = open_existing(db)?;
+    let view = crate::report::status_view(ledger.conn())?;
+    Ok(if as_json {
+        serde_json::to_string_pretty(&view)? + "\n"
+    } else {
+        crate::report::render_status(&view)
+    })
+}
+
+/// `report`: one row per key to stdout or a file.
+pub fn report(db: &Path, args: &crate::cli::ReportArgs) -> Result<u64> {
+    let ledger = open_existing(db)?;
+    match &args.output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))
+                .map_err(input)?;
+            crate::report::write_report(ledger.conn(), args.format, args.state, file)
+        }
+        None => crate::report::write_report(
+            ledger.conn(),
+            args.format,
+            args.state,
+            std::io::stdout().lock(),
+        ),
+    }
+}
+
+fn open_existing(db: &Path) -> Result<Ledger> {
+    if !db.exists() {
+        return Err(input(anyhow::anyhow!(
+            "no ledger at {}\nhint: run `mi-import run` first, or pass --db with the ledger's path",
+            db.display()
+        )));
+    }
+    Ledger::open(db)
+}

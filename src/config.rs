@@ -1,0 +1,233 @@
+//! Resolved, validated settings: credentials, endpoints, limits.
+//!
+//! The command line (`cli.rs`) gives raw values; this module turns them into types the rest of
+//! the program can trust, and owns every default. Secrets live only in [`Credentials`], whose
+//! `Debug` prints no secret, so no log line or error can leak one by accident.
+
+use anyhow::{Context, Result, bail};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// MI's public endpoint. The old host `maiu.apigw.ntruss.com` predates the service's rename.
+pub const DEFAULT_ENDPOINT: &str = "https://mi.apigw.ntruss.com";
+/// Requests per second when the user sets none: MI documents no limit for the import call, and
+/// another MI call states 1,000 per minute; 10/s stays well under that.
+pub const DEFAULT_RATE: u32 = 10;
+/// Requests in flight when the user sets none: enough to hide latency at the default rate.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Attempts per key before it is `failed`; covers a few minutes of 429s and 5xx.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+/// Per-request timeout: MI answers in well under a second when healthy.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The ledger file when `--db` is not given.
+pub const DEFAULT_DB: &str = "mi-import.db";
+
+pub const ENV_ACCESS_KEY: &str = "NCLOUD_ACCESS_KEY";
+pub const ENV_SECRET_KEY: &str = "NCLOUD_SECRET_KEY";
+
+/// An NCP key pair. The secret never leaves through `Debug` or `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    access_key: String,
+    secret_key: String,
+}
+
+impl Credentials {
+    pub fn new(access_key: String, secret_key: String) -> Self {
+        Self {
+            access_key,
+            secret_key,
+        }
+    }
+
+    pub fn access_key(&self) -> &str {
+        &self.access_key
+    }
+
+    pub fn secret_key(&self) -> &str {
+        &self.secret_key
+    }
+
+    /// From `NCLOUD_ACCESS_KEY`/`NCLOUD_SECRET_KEY`, else `~/.ncloud/configure`.
+    pub fn discover() -> Result<Self> {
+        let from_env = (
+            std::env::var(ENV_ACCESS_KEY).ok().filter(|v| !v.is_empty()),
+            std::env::var(ENV_SECRET_KEY).ok().filter(|v| !v.is_empty()),
+        );
+        match from_env {
+            (Some(access), Some(secret)) => return Ok(Self::new(access, secret)),
+            (Some(_), None) | (None, Some(_)) => bail!(
+                "only one of {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} is set\n\
+                 hint: set both, or neither to use ~/.ncloud/configure"
+            ),
+            (None, None) => {}
+        }
+        let path = ncloud_configure_path();
+        match path.as_deref().map(std::fs::read_to_string) {
+            Some(Ok(text)) => {
+                let path = path.unwrap_or_default();
+                Self::from_configure(&text)
+                    .with_context(|| format!("reading credentials from {}", path.display()))
+            }
+            _ => bail!(
+                "no NCP credentials found\n\
+                 hint: set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY}, or write \
+                 ncloud_access_key_id and ncloud_secret_access_key in ~/.ncloud/configure"
+            ),
+        }
+    }
+
+    /// Parses the NCP CLI's `configure` file tolerantly: `name = value` lines, optional INI
+    /// headers, other keys ignored. The first profile that has both keys wins.
+    pub fn from_configure(text: &str) -> Result<Self> {
+        let (mut access, mut secret) = (None, None);
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') && access.is_some() && secret.is_some() {
+                break;
+            }
+            let Some((name, value)) = line.split_once('=') else {
+                continue;
+            };
+            let value = value.trim().trim_matches('"').to_owned();
+            match name.trim() {
+                "ncloud_access_key_id" => access = Some(value),
+                "ncloud_secret_access_key" => secret = Some(value),
+                _ => {}
+            }
+        }
+        match (access, secret) {
+            (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok(Self::new(a, s)),
+            _ => bail!(
+                "the file lacks ncloud_access_key_id or ncloud_secret_access_key\n\
+                 hint: add both lines, e.g. `ncloud_access_key_id = ...`"
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key", &self.access_key)
+            .field("secret_key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn ncloud_configure_path() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|home| Path::new(&home).join(".ncloud").join("configure"))
+}
+
+/// Where MI is and which project the keys go to.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub endpoint: String,
+    pub workspace: String,
+    pub project: String,
+}
+
+impl Target {
+    pub fn new(endpoint: &str, workspace: Option<String>, project: Option<String>) -> Result<Self> {
+        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            bail!(
+                "endpoint `{endpoint}` is not an http(s) URL\n\
+                 hint: use e.g. --endpoint {DEFAULT_ENDPOINT}"
+            );
+        }
+        let workspace = required(workspace, "--workspace", "MI_WORKSPACE")?;
+        let project = required(project, "--project", "MI_PROJECT_ID")?;
+        Ok(Self {
+            endpoint,
+            workspace,
+            project,
+        })
+    }
+}
+
+fn required(value: Option<String>, flag: &str, env: &str) -> Result<String> {
+    match value.map(|v| v.trim().to_owned()) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => bail!("{flag} is required\nhint: pass {flag} or set {env}"),
+    }
+}
+
+/// How hard the runner may push.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Request starts per second; `None` means no rate limit (benchmarks, the emulator).
+    pub rate: Option<u32>,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub timeout: Duration,
+}
+
+impl Limits {
+    pub fn new(
+        rate: u32,
+        concurrency: usize,
+        max_attempts: u32,
+        timeout: Duration,
+    ) -> Result<Self> {
+        if concurrency == 0 {
+            bail!("--concurrency must be at least 1");
+        }
+        if max_attempts == 0 {
+            bail!("--max-attempts must be at least 1");
+        }
+        if timeout.is_zero() {
+            bail!("--timeout must be longer than zero\nhint: e.g. --timeout 30s");
+        }
+        Ok(Self {
+            rate: (rate > 0).then_some(rate),
+            concurrency,
+            max_attempts,
+            timeout,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_secret() {
+        let c = Credentials::new("AKID".into(), "s3cr3t-value".into());
+        let shown = format!("{c:?}");
+        assert!(shown.contains("AKID"));
+        assert!(!shown.contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn configure_file_with_profile_and_other_keys() {
+        let text = "[DEFAULT]\nncloud_access_key_id = AK1\nncloud_secret_access_key=SK1\n\
+                    ncloud_api_url = https://ncloud.apigw.ntruss.com\n\n[other]\n\
+                    ncloud_access_key_id = AK2\nncloud_secret_access_key = SK2\n";
+        let c = Credentials::from_configure(text).unwrap();
+        assert_eq!((c.access_key(), c.secret_key()), ("AK1", "SK1"));
+    }
+
+    #[test]
+    fn configure_file_missing_secret_is_an_error_with_hint() {
+        let err = Credentials::from_configure("ncloud_access_key_id = AK\n").unwrap_err();
+        assert!(format!("{err}").contains("hint:"));
+    }
+
+    #[test]
+    fn target_requires_workspace_and_project() {
+        let err = Target::new(DEFAULT_ENDPOINT, None, Some("1".into())).unwrap_err();
+        assert!(err.to_string().contains("--workspace is required"));
+        let t = Target::new("http://x/", Some("ws".into()), Some("1".into())).unwrap();
+        assert_eq!(t.endpoint, "http://x");
+    }
+
+    #[test]
+    fn zero_rate_means_unlimited() {
+        let l = Limits::new(0, 1, 1, DEFAULT_TIMEOUT).unwrap();
+        assert_eq!(l.rate, None);
+        assert!(Limits::new(5, 0, 1, DEFAULT_TIMEOUT).is_err());
+    }
+}

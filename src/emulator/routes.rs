@@ -1,0 +1,303 @@
+//! The emulator's HTTP surface: MI's paths and envelopes, behind the gateway's checks.
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Hangup;
+use super::state::{Fault, Shared};
+use crate::api::client::HEADER_TRACE_ID;
+use crate::api::signer::{self, HEADER_ACCESS_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};
+
+/// The gateway refuses timestamps further than this from its clock.
+const SIGNATURE_WINDOW: Duration = Duration::from_secs(5 * 60);
+
+type Shared_ = Arc<Shared>;
+
+pub(super) fn router(shared: Shared_) -> Router {
+    let project = "/api/v1/workspaces/{ws}/projects/{pid}";
+    Router::new()
+        .route("/api/v1/workspaces/{ws}", get(workspace))
+        .route("/api/v1/workspaces/{ws}/projects", get(projects))
+        .route(project, get(project_details))
+        .route(&format!("{project}/assets"), get(list_assets))
+        .route(
+            &format!("{project}/assets/import/object-storage"),
+            post(register),
+        )
+        .route(
+            &format!("{project}/assets/{{asset_id}}/import-status"),
+            get(import_status),
+        )
+        .layer(middleware::from_fn_with_state(shared.clone(), gateway))
+        .with_state(shared)
+}
+
+fn gateway_error(status: StatusCode, code: &str, message: &str) -> Response {
+    let body = json!({"error": {"errorCode": code, "message": message}});
+    (status, [(HEADER_TRACE_ID, trace_id())], Json(body)).into_response()
+}
+
+fn mi_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        [(HEADER_TRACE_ID, trace_id())],
+        Json(json!({"code": code, "message": message})),
+    )
+        .into_response()
+}
+
+fn success(result: Value) -> Response {
+    let body = json!({"code": "0", "message": "success", "result": result});
+    (StatusCode::OK, [(HEADER_TRACE_ID, trace_id())], Json(body)).into_response()
+}
+
+fn trace_id() -> String {
+    format!("emu-{:016x}", rand::random::<u64>())
+}
+
+/// What the API Gateway does before MI sees a request: signature, rate limit, faults, latency.
+async fn gateway(State(shared): State<Shared_>, request: Request, next: Next) -> Response {
+    shared.count(|c| c.requests += 1);
+    if let Err(why) = check_signature(&shared, request.method(), request.uri(), request.headers()) {
+        shared.count(|c| c.unauthorized += 1);
+        return gateway_error(
+            StatusCode::UNAUTHORIZED,
+            "200",
+            &format!("Authentication Failed: {why}"),
+        );
+    }
+    let fault = shared.admit();
+    tokio::time::sleep(shared.latency()).await;
+    match fault {
+        Fault::Throttle => gateway_error(StatusCode::TOO_MANY_REQUESTS, "420", "Rate limited"),
+        Fault::Unavailable => {
+            gateway_error(StatusCode::SERVICE_UNAVAILABLE, "500", "Endpoint Error")
+        }
+        Fault::None => next.run(request).await,
+    }
+}
+
+fn check_signature(
+    shared: &Shared,
+    method: &Method,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+) -> Result<(), &'static str> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (Some(ts), Some(access), Some(signature)) = (
+        header(HEADER_TIMESTAMP),
+        header(HEADER_ACCESS_KEY),
+        header(HEADER_SIGNATURE),
+    ) else {
+        return Err("missing signature headers");
+    };
+    let ts_ms: u128 = ts.parse().map_err(|_| "timestamp is not a number")?;
+    let now = signer::now_millis();
+    if now.abs_diff(ts_ms) > SIGNATURE_WINDOW.as_millis() {
+        return Err("timestamp outside the 5-minute window");
+    }
+    let creds = &shared.config.credentials;
+    if access != creds.access_key() {
+        return Err("unknown access key");
+    }
+    let target = uri.path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+    if !signer::verify_v2(
+        method.as_str(),
+        target,
+        ts,
+        access,
+        creds.secret_key().as_bytes(),
+        signature,
+    ) {
+        return Err("signature mismatch");
+    }
+    Ok(())
+}
+
+/// `Err` is the answer to send when the path names another workspace or project.
+fn check_scope(shared: &Shared, ws: &str, pid: Option<&str>) -> Result<(), Response> {
+    if ws != shared.config.workspace {
+        return Err(mi_error(
+            StatusCode::NOT_FOUND,
+            "40401",
+            &format!("workspace {ws} not found"),
+        ));
+    }
+    match pid {
+        Some(pid) if pid != shared.config.project => Err(mi_error(
+            StatusCode::NOT_FOUND,
+            "40402",
+            &format!("project {pid} not found"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn workspace(State(shared): State<Shared_>, Path(ws): Path<String>) -> Response {
+    if let Err(r) = check_scope(&shared, &ws, None) {
+        return r;
+    }
+    success(json!({"workspaceName": ws, "bucketName": shared.config.bucket}))
+}
+
+async fn projects(State(shared): State<Shared_>, Path(ws): Path<String>) -> Response {
+    if let Err(r) = check_scope(&shared, &ws, None) {
+        return r;
+    }
+    success(json!({"content": [{"projectId": shared.config.project, "projectName": "emulated"}]}))
+}
+
+async fn project_details(
+    State(shared): State<Shared_>,
+    Path((ws, pid)): Path<(String, String)>,
+) -> Response {
+    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+        return r;
+    }
+    success(json!({"projectId": pid, "projectName": "emulated"}))
+}
+
+#[derive(Deserialize)]
+struct ImportBody {
+    key: Option<String>,
+    #[serde(rename = "bucketName")]
+    bucket_name: Option<String>,
+}
+
+async fn register(
+    State(shared): State<Shared_>,
+    Extension(hangup): Extension<Hangup>,
+    Path((ws, pid)): Path<(String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    shared.count(|c| c.register_calls += 1);
+    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+        return r;
+    }
+    let Ok(ImportBody {
+        key: Some(key),
+        bucket_name: Some(bucket),
+    }) = serde_json::from_slice(&body)
+    else {
+        return mi_error(
+            StatusCode::BAD_REQUEST,
+            "10001",
+            "invalid request: key and bucketName are required",
+        );
+    };
+    if key.is_empty() {
+        return mi_error(StatusCode::BAD_REQUEST, "10014", "no file selected");
+    }
+    if key.ends_with('/') {
+        return mi_error(StatusCode::BAD_REQUEST, "10016", "a folder was selected");
+    }
+    if shared
+        .config
+        .reject_containing
+        .as_deref()
+        .is_some_and(|r| key.contains(r))
+    {
+        return mi_error(StatusCode::BAD_REQUEST, "10001", "invalid request");
+    }
+    if shared.roll(shared.config.drop_before) {
+        shared.count(|c| c.dropped_before += 1);
+        hangup.now().await;
+    }
+    let asset_id = shared.create(&bucket, &key);
+    if shared.roll(shared.config.drop_after) {
+        shared.count(|c| c.dropped_after += 1);
+        hangup.now().await;
+    }
+    success(json!({
+        "assetId": asset_id,
+        "createUserName": "emulator",
+        "createdTime": "2025-04-23T16:49:23.885456721",
+        "updateUserName": "emulator",
+        "updatedTime": "2025-04-23T16:49:23.885456721",
+    }))
+}
+
+async fn import_status(
+    State(shared): State<Shared_>,
+    Path((ws, pid, asset_id)): Path<(String, String, i64)>,
+) -> Response {
+    shared.count(|c| c.status_calls += 1);
+    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+        return r;
+    }
+    let Some(asset) = shared.asset(asset_id) else {
+        return mi_error(
+            StatusCode::NOT_FOUND,
+            "40403",
+            &format!("asset {asset_id} not found"),
+        );
+    };
+    let (status, result) = if asset.created.elapsed() < shared.config.settle {
+        ("IN_PROGRESS", None)
+    } else {
+        final_status(&asset.key)
+    };
+    success(json!({"assetId": asset_id, "uploadStatus": status, "uploadResult": result}))
+}
+
+/// The emulator's stand-in for what MI finds when it reads the file: markers in the key name
+/// decide, so demos and tests can show every final status.
+fn final_status(key: &str) -> (&'static str, Option<&'static str>) {
+    let name = key.to_ascii_lowercase();
+    if name.contains("corrupt") {
+        (
+            "INVALID_METADATA",
+            Some("unsupported resolution: 4096x2160"),
+        )
+    } else if name.contains("missing") {
+        (
+            "FILE_NOT_EXIST",
+            Some("the object does not exist in the bucket"),
+        )
+    } else if name.contains("broken") {
+        ("FAILED", Some("transcoding failed"))
+    } else {
+        ("COMPLETED", None)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageQuery {
+    page_num: Option<u32>,
+    page_size: Option<u32>,
+}
+
+async fn list_assets(
+    State(shared): State<Shared_>,
+    Path((ws, pid)): Path<(String, String)>,
+    Query(q): Query<PageQuery>,
+) -> Response {
+    shared.count(|c| c.list_calls += 1);
+    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+        return r;
+    }
+    let page_num = q.page_num.unwrap_or(1).max(1);
+    let page_size = q.page_size.unwrap_or(20).clamp(1, 1000);
+    let (names, total) = shared.page(page_num, page_size);
+    let content: Vec<Value> = names
+        .into_iter()
+        .map(
+            |(id, name)| json!({"assetId": id, "fileName": name, "projectId": pid, "metaData": {}}),
+        )
+        .collect();
+    success(json!({
+        "content": content,
+        "totalCount": total,
+        "totalPage": total.div_ceil(page_size as usize),
+        "pageNo": page_num,
+    }))
+}

@@ -1,0 +1,460 @@
+//! The ledger: one SQLite row per (workspace, project, bucket, key), the truth about every key.
+//!
+//! This module owns the schema (applied from `migrations/` at open, tracked by
+//! `PRAGMA user_version`, append-only), the state vocabulary, and every statement that reads
+//! or changes a row. It does no networking. During a run a single writer thread owns the
+//! connection (see [`writer`]); `status` and `report` read it directly.
+//!
+//! # Durability
+//!
+//! - WAL mode, so readers (`status`, `report`) never block the writer.
+//! - `synchronous = FULL`: every commit is fsynced before it returns. The pre-send journal
+//!   (a key is `in_flight` on disk before its request leaves) must survive a power loss, not
+//!   only a process kill, or a resend after reboot could register a key twice. The writer
+//!   groups many keys into one transaction, so fsyncs stay at tens per second.
+//! - A process kill (SIGKILL, OOM) loses nothing committed; rows left `in_flight` become
+//!   `uncertain` at the next open and are reconciled with MI before they are sent again.
+//! - The file is created readable by its owner only: it names every key of the user's bucket.
+
+pub mod writer;
+
+use anyhow::{Context, Result, bail};
+use rusqlite::{Connection, OptionalExtension, params};
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// The schema, in order. Append only: a released migration is never edited.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_keys_and_runs.sql")];
+
+/// SQLite's own clock, in UTC with milliseconds, so every time in the ledger reads the same.
+pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+
+/// The ledger's vocabulary (DESIGN.md, "Key states").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Pending,
+    InFlight,
+    Uncertain,
+    Registered,
+    Completed,
+    ImportFailed,
+    Failed,
+    Skipped,
+}
+
+impl State {
+    pub const ALL: [State; 8] = [
+        State::Pending,
+        State::InFlight,
+        State::Uncertain,
+        State::Registered,
+        State::Completed,
+        State::ImportFailed,
+        State::Failed,
+        State::Skipped,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::InFlight => "in_flight",
+            State::Uncertain => "uncertain",
+            State::Registered => "registered",
+            State::Completed => "completed",
+            State::ImportFailed => "import_failed",
+            State::Failed => "failed",
+            State::Skipped => "skipped",
+        }
+    }
+
+    /// A run with keys in this state exits 1 rather than 0.
+    pub fn is_trouble(self) -> bool {
+        matches!(self, State::Failed | State::ImportFailed | State::Uncertain)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        State::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = State::ALL.iter().map(|s| s.as_str()).collect();
+                format!("unknown state `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// The project a set of rows belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    pub workspace: String,
+    pub project: String,
+}
+
+/// A key as a source found it, with eligibility's verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    pub bucket: String,
+    pub key: String,
+    pub size: Option<u64>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// Why it will never be sent, if eligibility refused it.
+    pub skip_reason: Option<String>,
+}
+
+/// A key taken for sending: durably `in_flight` by the time the caller sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: i64,
+    pub bucket: String,
+    pub key: String,
+}
+
+/// What became of a claimed key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub id: i64,
+    pub state: Option<State>,
+    pub attempts: u32,
+    pub asset_id: Option<i64>,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+    pub trace_id: Option<String>,
+}
+
+/// Counts of one ingest pass.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ingested {
+    pub new: u64,
+    pub new_skipped: u64,
+    pub known: u64,
+}
+
+/// An open ledger file.
+pub struct Ledger {
+    conn: Connection,
+}
+
+impl Ledger {
+    /// Opens (creating, owner-only) and migrates the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        create_private(path)?;
+        let conn = Connection::open(path)
+            .with_context(|| format!("opening the ledger {}", path.display()))?;
+        Self::setup(conn).with_context(|| format!("preparing the ledger {}", path.display()))
+    }
+
+    /// An in-memory ledger, for unit tests.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::setup(Connection::open_in_memory()?)
+    }
+
+    fn setup(mut conn: Connection) -> Result<Self> {
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        migrate(&mut conn)?;
+        Ok(Self { conn })
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+}
+
+#[cfg(unix)]
+fn create_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating the ledger {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn create_private(_path: &Path) -> Result<()> {
+    Ok(())
+}
+
+/// Applies the migrations the file lacks, all in one exclusive transaction.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        bail!(
+            "the ledger's schema version {version} is newer than this mi-import knows ({})\n\
+             hint: use a newer mi-import with this ledger",
+            MIGRATIONS.len()
+        );
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        tx.execute_batch(sql)
+            .with_context(|| format!("applying migration {}", i + 1))?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()?;
+    Ok(())
+}
+
+// ---- statements: each takes a connection or transaction, so the writer and tests share them
+
+/// Records keys a source found; keys already known are left as they are.
+pub fn insert_keys(
+    conn: &Connection,
+    scope: &Scope,
+    keys: &[NewKey],
+) -> rusqlite::Result<Ingested> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "INSERT INTO keys (workspace, project, bucket, key, state, size, etag, last_modified,
+                           message, first_seen_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NOW}, {NOW})
+         ON CONFLICT (workspace, project, bucket, key) DO NOTHING"
+    ))?;
+    let mut counts = Ingested::default();
+    for k in keys {
+        let state = if k.skip_reason.is_some() {
+            State::Skipped
+        } else {
+            State::Pending
+        };
+        let size = k.size.map(|s| s as i64);
+        let added = stmt.execute(params![
+            scope.workspace,
+            scope.project,
+            k.bucket,
+            k.key,
+            state.as_str(),
+            size,
+            k.etag,
+            k.last_modified,
+            k.skip_reason
+        ])?;
+        match (added, state) {
+            (0, _) => counts.known += 1,
+            (_, State::Skipped) => counts.new_skipped += 1,
+            _ => counts.new += 1,
+        }
+    }
+    Ok(counts)
+}
+
+/// Takes up to `limit` pending keys, oldest first, and marks them `in_flight`.
+pub fn claim(conn: &Connection, scope: &Scope, limit: usize) -> rusqlite::Result<Vec<Claimed>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "UPDATE keys SET state = 'in_flight', updated_at = {NOW}
+         WHERE id IN (SELECT id FROM keys
+                      WHERE workspace = ?1 AND project = ?2 AND state = 'pending'
+                      ORDER BY id LIMIT ?3)
+         RETURNING id, bucket, key"
+    ))?;
+    let rows = stmt.query_map(params![scope.workspace, scope.project, limit as i64], |r| {
+        Ok(Claimed {
+            id: r.get(0)?,
+            bucket: r.get(1)?,
+            key: r.get(2)?,
+        })
+    })?;
+    let mut claimed: Vec<Claimed> = rows.collect::<rusqlite::Result<_>>()?;
+    claimed.sort_by_key(|c| c.id);
+    Ok(claimed)
+}
+
+/// Writes what became of claimed keys. Only `in_flight` rows change, so a late answer can never
+/// overwrite a row something else already settled. Returns how many rows changed.
+pub fn record(conn: &Connection, outcomes: &[Outcome]) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "UPDATE keys SET state = ?2, attempts = attempts + ?3,
+             asset_id = COALESCE(?4, asset_id), http_status = ?5, error_code = ?6,
+             message = ?7, trace_id = COALESCE(?8, trace_id), updated_at = {NOW},
+             registered_at = CASE WHEN ?2 = 'registered' THEN {NOW} ELSE registered_at END
+         WHERE id = ?1 AND state = 'in_flight'"
+    ))?;
+    let mut changed = 0;
+    for o in outcomes {
+        let state = o.state.unwrap_or(State::Pending);
+        changed += stmt.execute(params![
+            o.id,
+            state.as_str(),
+            o.attempts,
+            o.asset_id,
+            o.http_status,
+            o.error_code,
+            o.message,
+            o.trace_id
+        ])?;
+    }
+    Ok(changed)
+}
+
+/// Rows a dead run left `in_flight`: their requests may have reached MI.
+pub fn mark_in_flight_uncertain(conn: &Connection, scope: &Scope) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "UPDATE keys SET state = 'uncertain', updated_at = {NOW},
+                 message = 'a run stopped while this key was being sent'
+             WHERE workspace = ?1 AND project = ?2 AND state = 'in_flight'"
+        ),
+        params![scope.workspace, scope.project],
+    )
+}
+
+/// Sends `failed` keys again on this run (`--retry-failed`).
+pub fn requeue_failed(conn: &Connection, scope: &Scope) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "UPDATE keys SET state = 'pending', updated_at = {NOW}
+             WHERE workspace = ?1 AND project = ?2 AND state = 'failed'"
+        ),
+        params![scope.workspace, scope.project],
+    )
+}
+
+/// The keys whose registration is unknown, for reconciliation.
+pub fn uncertain_keys(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<Claimed>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, bucket, key FROM keys
+         WHERE workspace = ?1 AND project = ?2 AND state = 'uncertain' ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| {
+        Ok(Claimed {
+            id: r.get(0)?,
+            bucket: r.get(1)?,
+            key: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// Asset IDs the ledger already holds for this project (reconciliation must not give an asset
+/// that belongs to one key to another).
+pub fn known_asset_ids(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT asset_id FROM keys
+         WHERE workspace = ?1 AND project = ?2 AND asset_id IS NOT NULL",
+    )?;
+    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Settles uncertain keys: a found asset makes the key `registered`; the rest go back to
+/// `pending`, since MI has no asset for them.
+pub fn resolve_uncertain(
+    conn: &Connection,
+    found: &[(i64, i64)],
+    not_found: &[i64],
+) -> rusqlite::Result<()> {
+    let mut matched = conn.prepare_cached(&format!(
+        "UPDATE keys SET state = 'registered', asset_id = ?2, registered_at = {NOW},
+             updated_at = {NOW}, message = 'found in the project''s asset list'
+         WHERE id = ?1 AND state = 'uncertain'"
+    ))?;
+    for (id, asset_id) in found {
+        matched.execute(params![id, asset_id])?;
+    }
+    let mut unmatched = conn.prepare_cached(&format!(
+        "UPDATE keys SET state = 'pending', updated_at = {NOW},
+             message = 'not in the project''s asset list; will be sent again'
+         WHERE id = ?1 AND state = 'uncertain'"
+    ))?;
+    for id in not_found {
+        unmatched.execute(params![id])?;
+    }
+    Ok(())
+}
+
+/// How many keys of `scope` are in each state (every state listed, zeros included).
+pub fn counts(conn: &Connection, scope: Option<&Scope>) -> rusqlite::Result<Vec<(State, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, COUNT(*) FROM keys
+         WHERE (?1 IS NULL OR workspace = ?1) AND (?2 IS NULL OR project = ?2)
+         GROUP BY state",
+    )?;
+    let (ws, pid) = match scope {
+        Some(s) => (Some(s.workspace.as_str()), Some(s.project.as_str())),
+        None => (None, None),
+    };
+    let mut found = std::collections::HashMap::new();
+    let rows = stmt.query_map(params![ws, pid], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    for row in rows {
+        let (state, n) = row?;
+        if let Ok(state) = state.parse::<State>() {
+            found.insert(state, n as u64);
+        }
+    }
+    Ok(State::ALL
+        .iter()
+        .map(|s| (*s, found.get(s).copied().unwrap_or(0)))
+        .collect())
+}
+
+/// Starts a row in `runs`; returns its id.
+pub fn start_run(conn: &Connection, command: &str, scope: Option<&Scope>) -> rusqlite::Result<i64> {
+    conn.execute(
+        &format!(
+            "INSERT INTO runs (command, workspace, project, pid, host, started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, {NOW})"
+        ),
+        params![
+            command,
+            scope.map(|s| &s.workspace),
+            scope.map(|s| &s.project),
+            std::process::id(),
+            crate::lock::host_name()
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Closes a run's row with its exit code and a JSON summary.
+pub fn finish_run(
+    conn: &Connection,
+    run_id: i64,
+    exit_code: i32,
+    summary: &str,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!("UPDATE runs SET finished_at = {NOW}, exit_code = ?2, summary = ?3 WHERE id = ?1"),
+        params![run_id, exit_code, summary],
+    )?;
+    Ok(())
+}
+
+/// The most recent run, if any: (command, started, finished, exit code, summary).
+pub type RunRow = (String, String, Option<String>, Option<i32>, Option<String>);
+
+pub fn last_run(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
+    conn.query_row(
+        "SELECT command, started_at, finished_at, exit_code, summary FROM runs ORDER BY id DESC LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+    )
+    .optional()
+}
+
+#[cfg(test)]
+mod tests;

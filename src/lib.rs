@@ -1,0 +1,36 @@
+//! mi-import registers media already in NCP Object Storage as NCP Media Intelligence assets,
+//! in bulk, exactly once.
+//!
+//! The flow of one key, and the module that owns each step:
+//!
+//! 1. [`source`] reads a manifest row by row and [`source::eligibility`] refuses what MI would
+//!    (format, size, folder markers), before anything is sent.
+//! 2. [`ledger`] records every key in SQLite, one row per (workspace, project, bucket, key);
+//!    it is the truth about what was sent and what came back. One writer thread
+//!    ([`ledger::writer`]) group-commits.
+//! 3. [`runner`] claims pending keys (durably `in_flight` before any request leaves), passes
+//!    each through the [`limiter`] (rate and concurrency), calls MI through [`api`], retries
+//!    by [`retry`]'s rules, and records the outcome. Keys whose outcome is unknown are looked
+//!    up in MI's asset list ([`reconcile`]) before they are sent again.
+//! 4. [`report`] reads the ledger for `status` and `report`; [`progress`] shows a run live.
+//!
+//! Around them: [`cli`] (clap types), [`config`] (validated settings, credentials),
+//! [`app`] (the commands wired together), [`exit`] (exit codes), [`lock`] (one run per
+//! ledger), [`emulator`] (MI on loopback for the demo and the tests), [`demo`].
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod emulator;
+pub mod exit;
+pub mod ledger;
+pub mod limiter;
+pub mod lock;
+pub mod progress;
+pub mod reconcile;
+pub mod report;
+pub mod retry;
+pub mod runner;
+pub mod source;

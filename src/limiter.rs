@@ -1,0 +1,213 @@
+//! The two ceilings every MI call passes: request starts per second, and requests in flight.
+//!
+//! `--rate N` promises no more than N starts in any one-second window, from the first second
+//! on. A governor GCRA pacer spreads starts evenly (with a small burst allowance, so a late
+//! timer wake-up does not lose throughput), and a sliding window of the last N start times
+//! makes the promise exact. Both read tokio's clock, so tests run on a paused clock.
+//! Imports, status polls and asset listing share one gate.
+
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::time::Instant;
+
+/// The window `--rate` is defined over.
+const WINDOW: Duration = Duration::from_secs(1);
+/// The pacer's burst as a share of the rate: 1/20 of a second of starts may go at once, which
+/// absorbs timer lateness without bunching requests.
+const BURST_DIVISOR: u32 = 20;
+
+/// governor's clock, read from tokio's (which tests can pause).
+#[derive(Clone, Copy)]
+struct TokioClock {
+    origin: Instant,
+}
+
+impl Clock for TokioClock {
+    type Instant = Nanos;
+    fn now(&self) -> Nanos {
+        Nanos::from(Instant::now().saturating_duration_since(self.origin))
+    }
+}
+
+type Pacer = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+
+/// Requests per second across every MI call of a run.
+pub struct RateGate {
+    pacer: Pacer,
+    clock: TokioClock,
+    per_window: usize,
+    recent: Mutex<VecDeque<Instant>>,
+}
+
+impl RateGate {
+    pub fn new(rate: NonZeroU32) -> Self {
+        let burst = NonZeroU32::new((rate.get() / BURST_DIVISOR).max(1)).unwrap_or(NonZeroU32::MIN);
+        let clock = TokioClock {
+            origin: Instant::now(),
+        };
+        Self {
+            pacer: RateLimiter::direct_with_clock(
+                Quota::per_second(rate).allow_burst(burst),
+                clock,
+            ),
+            clock,
+            per_window: rate.get() as usize,
+            recent: Mutex::new(VecDeque::with_capacity(rate.get() as usize)),
+        }
+    }
+
+    pub fn rate(&self) -> u32 {
+        self.per_window as u32
+    }
+
+    /// Waits until one more request may start.
+    pub async fn admit(&self) {
+        while let Err(not_until) = self.pacer.check() {
+            let now = self.clock.now();
+            let wait: Duration = not_until.earliest_possible().duration_since(now).into();
+            tokio::time::sleep(wait).await;
+        }
+        loop {
+            let wait = {
+                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                while recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+                {
+                    recent.pop_front();
+                }
+                if recent.len() < self.per_window {
+                    recent.push_back(now);
+                    return;
+                }
+                recent
+                    .front()
+                    .map(|t| *t + WINDOW - now)
+                    .unwrap_or_default()
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Both ceilings together.
+pub struct Limiter {
+    rate: Option<RateGate>,
+    in_flight: Semaphore,
+    concurrency: usize,
+}
+
+impl Limiter {
+    pub fn new(rate: Option<u32>, concurrency: usize) -> Self {
+        Self {
+            rate: rate.and_then(NonZeroU32::new).map(RateGate::new),
+            in_flight: Semaphore::new(concurrency),
+            concurrency,
+        }
+    }
+
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    pub fn rate(&self) -> Option<u32> {
+        self.rate.as_ref().map(RateGate::rate)
+    }
+
+    /// Waits for a free slot, then for the rate; the slot is held until the permit drops.
+    pub async fn admit(&self) -> SemaphorePermit<'_> {
+        let permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if let Some(gate) = &self.rate {
+            gate.admit().await;
+        }
+        permit
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    async fn start_times(rate: u32, workers: usize, requests: usize) -> Vec<Duration> {
+        let limiter = Arc::new(Limiter::new(Some(rate), workers));
+        let origin = Instant::now();
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for _ in 0..requests {
+            let (l, t) = (limiter.clone(), times.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = l.admit().await;
+                t.lock().unwrap().push(Instant::now() - origin);
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let mut times = times.lock().unwrap().clone();
+        times.sort();
+        times
+    }
+
+    fn most_in_any_window(times: &[Duration]) -> usize {
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|t| **t < times[i] + WINDOW)
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_more_than_rate_in_any_one_second_window() {
+        for rate in [1, 7, 20, 100] {
+            let times = start_times(rate, 64, rate as usize * 4 + 3).await;
+            assert!(
+                most_in_any_window(&times) <= rate as usize,
+                "rate {rate}: {times:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn uses_the_whole_rate() {
+        let times = start_times(100, 64, 1001).await;
+        let elapsed = times.last().unwrap().as_secs_f64();
+        // 1,001 starts at 100/s need just over 9 seconds after the first one.
+        assert!(elapsed <= 10.0, "took {elapsed}s");
+        assert!(elapsed >= 9.0, "took {elapsed}s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_second_has_no_burst_beyond_the_rate() {
+        let times = start_times(50, 200, 200).await;
+        let first_second = times.iter().filter(|t| **t < WINDOW).count();
+        assert!(first_second <= 50, "{first_second}");
+    }
+
+    #[tokio::test]
+    async fn concurrency_cap_holds() {
+        let limiter = Limiter::new(None, 2);
+        let a = limiter.admit().await;
+        let _b = limiter.admit().await;
+        assert!(limiter.in_flight.try_acquire().is_err());
+        drop(a);
+        assert!(limiter.in_flight.try_acquire().is_ok());
+    }
+}

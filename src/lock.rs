@@ -1,0 +1,112 @@
+//! One run per ledger: an exclusive lock on `<ledger>.lock`, held for the life of the process.
+//!
+//! The kernel's advisory lock (`flock`) is released when its holder dies, however it dies, so
+//! a lock left by a killed run never blocks the next one. The file's text names the holder
+//! (pid, host, start time) for the message a second run prints.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Proof that this process holds the ledger. Dropping it releases the lock.
+#[derive(Debug)]
+pub struct LedgerLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+/// Why the lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error(
+        "the ledger {ledger} is in use by another mi-import ({holder})\nhint: wait for it to finish, or use another --db"
+    )]
+    Held { ledger: String, holder: String },
+    #[error("cannot lock the ledger through {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// The lock file beside a ledger.
+pub fn lock_path(ledger: &Path) -> PathBuf {
+    let mut name = ledger.as_os_str().to_owned();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Takes the ledger's lock at once, or says who holds it.
+pub fn acquire(ledger: &Path, command: &str) -> Result<LedgerLock, LockError> {
+    let path = lock_path(ledger);
+    let io = |source| LockError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(LockError::Held {
+                ledger: ledger.display().to_string(),
+                holder: if holder.is_empty() {
+                    "holder unknown".into()
+                } else {
+                    holder.into()
+                },
+            });
+        }
+        Err(TryLockError::Error(e)) => return Err(io(e)),
+    }
+    let started = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+    let text = format!(
+        "{command}: pid {} on {} since {started}\n",
+        std::process::id(),
+        host_name()
+    );
+    file.set_len(0).map_err(io)?;
+    file.seek(SeekFrom::Start(0)).map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    file.flush().map_err(io)?;
+    Ok(LedgerLock { _file: file, path })
+}
+
+/// This machine's name, for the lock's message and the runs table.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown host".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_is_refused_with_the_first_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let first = acquire(&db, "run").unwrap();
+        let err = acquire(&db, "confirm").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("pid {}", std::process::id())),
+            "{text}"
+        );
+        assert!(text.contains("run:"), "{text}");
+        drop(first);
+        assert!(acquire(&db, "confirm").is_ok());
+    }
+}

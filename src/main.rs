@@ -1,0 +1,217 @@
+//! Parse the command line, set up logging and signals, run one command, map its result to an
+//! exit code. Errors are printed once, here, with their causes.
+
+use anyhow::Result;
+use clap::Parser;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use mi_import::app::{self, ImportJob, Manifest};
+use mi_import::cli::{Cli, Command, LogFormat, RunArgs};
+use mi_import::config::{Credentials, Limits, Target};
+use mi_import::emulator::{Emulator, EmulatorConfig};
+use mi_import::exit::{self, Exit, input};
+use mi_import::progress::Display;
+
+/// Which signal asked us to stop: 0 none, 1 SIGINT, 2 SIGTERM.
+static SIGNAL: AtomicU8 = AtomicU8::new(0);
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(Exit::Trouble.code());
+        }
+    };
+    let exit = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        watch_signals(shutdown.clone());
+        match execute(cli, shutdown).await {
+            Ok(exit) => exit,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                exit::for_error(&error)
+            }
+        }
+    });
+    // Requests abandoned after the shutdown grace must not hold the process open.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    std::process::exit(exit.code());
+}
+
+fn init_logging(cli: &Cli) {
+    let default = match (cli.global.quiet, cli.global.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn,mi_import=info",
+        (false, 1) => "info,mi_import=debug",
+        _ => "debug,mi_import=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    match cli.global.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.without_time().init(),
+    }
+}
+
+/// The first SIGINT/SIGTERM asks for a calm stop; a second one ends the process at once.
+fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot watch for signals; Ctrl-C will stop at once");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let which = tokio::select! {
+                _ = int.recv() => 1,
+                _ = term.recv() => 2,
+            };
+            if SIGNAL.swap(which, Ordering::SeqCst) != 0 {
+                eprintln!(
+                    "stopping now; keys that were being sent will be checked by the next run"
+                );
+                std::process::exit(if which == 1 { 130 } else { 143 });
+            }
+            eprintln!(
+                "stopping: finishing requests in flight (press Ctrl-C again to quit at once)"
+            );
+            shutdown.cancel();
+        }
+    });
+}
+
+fn interrupted_exit() -> Exit {
+    if SIGNAL.load(Ordering::SeqCst) == 2 {
+        Exit::Terminated
+    } else {
+        Exit::Interrupted
+    }
+}
+
+async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
+    let quiet = cli.global.quiet;
+    match cli.command {
+        Command::Run(args) => {
+            let interval = args.progress_interval;
+            let job = import_job(args, cli.global.db, Display::choose(quiet, interval))?;
+            let result = app::import(job, shutdown).await?;
+            finish(result, quiet)
+        }
+        Command::Demo(args) => {
+            let display = Display::choose(quiet, mi_import::progress::DEFAULT_PLAIN_INTERVAL);
+            let result = mi_import::demo::run(args.rate, display, shutdown).await?;
+            finish(result, quiet)
+        }
+        Command::Status(args) => {
+            print!("{}", app::status(&cli.global.db, args.json)?);
+            Ok(Exit::Success)
+        }
+        Command::Report(args) => {
+            let rows = app::report(&cli.global.db, &args)?;
+            if let Some(path) = &args.output {
+                tracing::info!("{rows} rows written to {}", path.display());
+            }
+            Ok(Exit::Success)
+        }
+        Command::Emulator(args) => serve_emulator(args, shutdown).await,
+    }
+}
+
+fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
+    if let mi_import::runner::Ending::Fatal(stop) = &result.ending {
+        eprintln!("error: {}", stop.message);
+        if let Some(hint) = &stop.hint {
+            eprintln!("hint: {hint}");
+        }
+    }
+    if !quiet {
+        eprint!("\n{}", result.summary);
+    }
+    Ok(match result.exit {
+        Exit::Interrupted => interrupted_exit(),
+        other => other,
+    })
+}
+
+fn import_job(args: RunArgs, db: std::path::PathBuf, display: Display) -> Result<ImportJob> {
+    let target =
+        Target::new(&args.mi.endpoint, args.mi.workspace, args.mi.project).map_err(input)?;
+    let limits =
+        Limits::new(args.rate, args.concurrency, args.max_attempts, args.timeout).map_err(input)?;
+    let Some(manifest) = args.manifest else {
+        return Err(input(anyhow::anyhow!(
+            "--manifest is required\nhint: pass --manifest FILE (listing a bucket prefix is not available in this version)"
+        )));
+    };
+    let credentials = Credentials::discover().map_err(input)?;
+    Ok(ImportJob {
+        db,
+        target,
+        credentials,
+        limits,
+        manifest: Manifest::File(manifest),
+        manifest_format: args.manifest_format,
+        default_bucket: args.bucket,
+        retry_failed: args.retry_failed,
+        display,
+    })
+}
+
+async fn serve_emulator(
+    args: mi_import::cli::EmulatorArgs,
+    shutdown: CancellationToken,
+) -> Result<Exit> {
+    let credentials = Credentials::discover()
+        .map_err(|e| input(e.context("the emulator accepts the same key pair as the client")))?;
+    let config = EmulatorConfig {
+        workspace: args.workspace,
+        project: args.project,
+        bucket: args.bucket,
+        latency: (args.latency, args.latency),
+        rate_429: args.rate_429,
+        rate_503: args.rate_503,
+        drop_before: args.drop_before,
+        drop_after: args.drop_after,
+        rate_limit: args.rate_limit,
+        settle: args.settle,
+        file_name: args.file_name,
+        seed: args.seed,
+        ..EmulatorConfig::new(credentials)
+    };
+    let emulator = Emulator::start(config.clone(), args.listen)
+        .await
+        .map_err(input)?;
+    eprintln!(
+        "MI emulator on {} (workspace {}, project {}, bucket {}); Ctrl-C stops it",
+        emulator.endpoint(),
+        config.workspace,
+        config.project,
+        config.bucket
+    );
+    let emulator = Arc::new(emulator);
+    shutdown.cancelled().await;
+    let counters = emulator.counters();
+    eprintln!(
+        "{counters:?}\n{} assets, {} keys registered more than once",
+        emulator.assets().len(),
+        emulator.duplicates().len()
+    );
+    emulator.stop();
+    Ok(Exit::Success)
+}

@@ -1,0 +1,157 @@
+//! What a run shows while it works: indicatif bars on a terminal, a plain status line every
+//! few seconds otherwise (cron, pipes), nothing with `--quiet`. Always on stderr.
+//!
+//! The runner only bumps the counters in [`Stats`]; a separate task reads them, so showing
+//! progress never slows the work.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// How often a terminal bar is redrawn.
+const TICK: Duration = Duration::from_millis(200);
+/// How often a plain status line is printed when stderr is not a terminal.
+pub const DEFAULT_PLAIN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Live counters of one run.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Keys waiting to be sent when dispatch began (grows if reconciliation returns keys).
+    pub queued: AtomicU64,
+    pub requests: AtomicU64,
+    pub registered: AtomicU64,
+    pub failed: AtomicU64,
+    pub uncertain: AtomicU64,
+    pub released: AtomicU64,
+    pub retries: AtomicU64,
+    pub throttled: AtomicU64,
+    pub reconciled: AtomicU64,
+}
+
+impl Stats {
+    pub fn finished(&self) -> u64 {
+        self.registered.load(Relaxed) + self.failed.load(Relaxed) + self.uncertain.load(Relaxed)
+    }
+
+    /// One line, the same on a bar and in a log.
+    pub fn line(&self, elapsed: Duration) -> String {
+        let done = self.finished();
+        let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+        format!(
+            "{done}/{} keys, {rate:.1}/s: {} registered, {} failed, {} uncertain; {} retries, {} throttled",
+            self.queued.load(Relaxed),
+            self.registered.load(Relaxed),
+            self.failed.load(Relaxed),
+            self.uncertain.load(Relaxed),
+            self.retries.load(Relaxed),
+            self.throttled.load(Relaxed),
+        )
+    }
+}
+
+/// How progress is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Display {
+    Bar,
+    Lines(Duration),
+    Quiet,
+}
+
+impl Display {
+    /// A bar on a terminal, lines otherwise, nothing when quiet.
+    pub fn choose(quiet: bool, interval: Duration) -> Self {
+        if quiet {
+            Display::Quiet
+        } else if std::io::stderr().is_terminal() {
+            Display::Bar
+        } else {
+            Display::Lines(interval)
+        }
+    }
+}
+
+/// Shows progress until `done` is cancelled, then leaves the screen clean.
+pub async fn show(stats: Arc<Stats>, display: Display, done: CancellationToken) {
+    let start = Instant::now();
+    match display {
+        Display::Quiet => done.cancelled().await,
+        Display::Lines(every) => {
+            show_lines(&stats, every, &done, |line| eprintln!("progress: {line}")).await
+        }
+        Display::Bar => {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}\n  {msg}",
+                )
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            loop {
+                bar.set_length(stats.queued.load(Relaxed));
+                bar.set_position(stats.finished());
+                bar.set_message(stats.line(start.elapsed()));
+                tokio::select! {
+                    _ = done.cancelled() => break,
+                    _ = tokio::time::sleep(TICK) => {}
+                }
+            }
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Emits one status line every `every` until `done`.
+async fn show_lines(
+    stats: &Stats,
+    every: Duration,
+    done: &CancellationToken,
+    mut emit: impl FnMut(&str),
+) {
+    let start = Instant::now();
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(every) => emit(&stats.line(start.elapsed())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_counts_and_rate() {
+        let s = Stats::default();
+        s.queued.store(10, Relaxed);
+        s.registered.store(4, Relaxed);
+        s.failed.store(1, Relaxed);
+        let line = s.line(Duration::from_secs(5));
+        assert!(
+            line.starts_with("5/10 keys, 1.0/s: 4 registered, 1 failed"),
+            "{line}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plain_lines_appear_every_interval_and_stop_when_done() {
+        let stats = Arc::new(Stats::default());
+        stats.queued.store(3, Relaxed);
+        let done = CancellationToken::new();
+        let canceller = done.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            canceller.cancel();
+        });
+        let mut lines = Vec::new();
+        show_lines(&stats, Duration::from_secs(1), &done, |l| {
+            lines.push(l.to_owned())
+        })
+        .await;
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("0/3 keys"), "{lines:?}");
+    }
+}

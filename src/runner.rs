@@ -1,0 +1,538 @@
+//! The pipeline: ledger → claim → limiter → MI → ledger, with retries, a fatal stop, a
+//! failure-rate breaker, graceful shutdown, and reconciliation of uncertain keys.
+//!
+//! The runner never decides what an answer means (that is `api::error`) nor how long to wait
+//! (`retry`); it moves keys between states and keeps the promise that matters most: a key is
+//! `in_flight` on disk before its request leaves, and a key whose outcome is unknown is looked
+//! up in MI's asset list before it is sent again.
+
+use anyhow::Result;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, Call, MiClient, Registered};
+use crate::ledger::writer::LedgerWriter;
+use crate::ledger::{self, Claimed, Outcome, Scope, State};
+use crate::limiter::Limiter;
+use crate::progress::Stats;
+use crate::reconcile;
+use crate::retry::{Backoff, Disposition, Finished, Retryable, with_retries};
+
+/// Keys taken from the ledger per claim: one fsync covers them all, and at most this many are
+/// left `in_flight` (to reconcile) if the process is killed.
+const MAX_CLAIM: usize = 256;
+/// Keys admitted per unit of concurrency: some wait for a retry while others are sent.
+const ADMITTED_PER_SLOT: usize = 4;
+/// How long a shutdown waits for requests already sent before it gives up on them (they are
+/// reconciled next run).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Reconcile-and-resend rounds in one run before the rest is left `uncertain`.
+const MAX_ROUNDS: u32 = 5;
+/// The breaker looks only after this many finished keys.
+const BREAKER_MIN_FINISHED: u64 = 100;
+/// Page size for the asset list: the largest MI serves.
+const LIST_PAGE: u32 = crate::api::client::MAX_PAGE_SIZE;
+
+/// Why a run stopped before its work was done, in words for the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FatalStop {
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    /// No key is left to send in this run (some may be failed or uncertain).
+    Finished,
+    /// A fatal answer or the breaker stopped dispatch; untouched keys stay pending.
+    Fatal(FatalStop),
+    /// Shutdown was requested.
+    Interrupted,
+}
+
+/// Everything one run needs.
+#[derive(Clone)]
+pub struct Runner {
+    pub client: MiClient,
+    pub writer: LedgerWriter,
+    pub limiter: Arc<Limiter>,
+    pub stats: Arc<Stats>,
+    pub scope: Scope,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// Cancelled from outside (a signal): finish what is in flight, send nothing new.
+    pub shutdown: CancellationToken,
+    stop: CancellationToken,
+    fatal: Arc<Mutex<Option<FatalStop>>>,
+}
+
+/// One try at one key.
+enum Attempt {
+    NotSent,
+    Answered(Result<Registered, ApiError>),
+}
+
+impl Retryable for Attempt {
+    fn disposition(&self) -> Disposition {
+        match self {
+            Attempt::NotSent => Disposition::Abandoned,
+            Attempt::Answered(Ok(_)) => Disposition::Success,
+            Attempt::Answered(Err(e)) => e.disposition_for(Call::Register),
+        }
+    }
+}
+
+impl Runner {
+    pub fn new(
+        client: MiClient,
+        writer: LedgerWriter,
+        limiter: Arc<Limiter>,
+        scope: Scope,
+        max_attempts: u32,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let stop = shutdown.child_token();
+        Self {
+            client,
+            writer,
+            limiter,
+            stats: Arc::new(Stats::default()),
+            scope,
+            max_attempts,
+            backoff: Backoff::default(),
+            shutdown,
+            stop,
+            fatal: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Sends every pending key of the scope, reconciling uncertain ones first.
+    pub async fn run(&self) -> Result<Ending> {
+        let scope = self.scope.clone();
+        let recovered = self
+            .writer
+            .write(move |t| ledger::mark_in_flight_uncertain(t, &scope))
+            .await?;
+        if recovered > 0 {
+            tracing::warn!(
+                "{recovered} keys were being sent when a run stopped; checking MI before sending them again"
+            );
+        }
+        for round in 1..=MAX_ROUNDS {
+            self.reconcile().await?;
+            if let Some(ending) = self.ending() {
+                return Ok(ending);
+            }
+            let scope = self.scope.clone();
+            let counts = self
+                .writer
+                .write(move |t| ledger::counts(t, Some(&scope)))
+                .await?;
+            let pending = count_of(&counts, State::Pending);
+            if pending == 0 {
+                return Ok(Ending::Finished);
+            }
+            self.stats.queued.fetch_add(pending, Relaxed);
+            tracing::debug!("round {round}: {pending} keys to send");
+            self.dispatch().await?;
+            if let Some(ending) = self.ending() {
+                return Ok(ending);
+            }
+        }
+        Ok(Ending::Finished)
+    }
+
+    fn ending(&self) -> Option<Ending> {
+        if let Some(fatal) = self.fatal.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Some(Ending::Fatal(fatal));
+        }
+        self.shutdown.is_cancelled().then_some(Ending::Interrupted)
+    }
+
+    fn stop_for(&self, fatal: FatalStop) {
+        let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::error!("stopping: {}", fatal.message);
+            *slot = Some(fatal);
+        }
+        self.stop.cancel();
+    }
+
+    // ---- dispatch ---------------------------------------------------------------------------
+
+    async fn dispatch(&self) -> Result<()> {
+        let slots = self.limiter.concurrency();
+        let admission = Arc::new(Semaphore::new(slots * ADMITTED_PER_SLOT));
+        let mut tasks = JoinSet::new();
+        'claiming: while !self.stop.is_cancelled() {
+            let (scope, want) = (self.scope.clone(), (slots * 2).clamp(1, MAX_CLAIM));
+            let batch = self
+                .writer
+                .write(move |t| ledger::claim(t, &scope, want))
+                .await?;
+            if batch.is_empty() {
+                break;
+            }
+            let mut batch = batch.into_iter();
+            while let Some(key) = batch.next() {
+                let permit = tokio::select! {
+                    p = admission.clone().acquire_owned() => p.expect("never closed"),
+                    _ = self.stop.cancelled() => {
+                        self.release(std::iter::once(key).chain(batch).collect()).await?;
+                        break 'claiming;
+                    }
+                };
+                let runner = self.clone();
+                tasks.spawn(async move { runner.import_one(key, permit).await });
+                while let Some(done) = tasks.try_join_next() {
+                    done??;
+                }
+            }
+        }
+        self.drain(tasks).await
+    }
+
+    /// Waits for the keys still being sent; on shutdown, only for a while.
+    async fn drain(&self, mut tasks: JoinSet<Result<()>>) -> Result<()> {
+        let wait_all = async {
+            while let Some(done) = tasks.join_next().await {
+                done??;
+            }
+            Ok::<(), anyhow::Error>(())
+        };
+        tokio::pin!(wait_all);
+        tokio::select! {
+            result = &mut wait_all => return result,
+            _ = self.shutdown.cancelled() => {}
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, &mut wait_all).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    "requests still unanswered after {SHUTDOWN_GRACE:?}; they will be checked next run"
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Puts claimed keys that were never sent back to `pending`.
+    async fn release(&self, keys: Vec<Claimed>) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let outcomes: Vec<Outcome> = keys
+            .iter()
+            .map(|k| Outcome {
+                id: k.id,
+                ..Default::default()
+            })
+            .collect();
+        self.stats
+            .released
+            .fetch_add(outcomes.len() as u64, Relaxed);
+        self.writer
+            .write(move |t| ledger::record(t, &outcomes))
+            .await?;
+        Ok(())
+    }
+
+    async fn import_one(&self, key: Claimed, _admitted: OwnedSemaphorePermit) -> Result<()> {
+        let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |attempt| {
+            let key = &key;
+            async move {
+                let _slot = tokio::select! {
+                    slot = self.limiter.admit() => slot,
+                    _ = self.stop.cancelled() => return Attempt::NotSent,
+                };
+                if self.stop.is_cancelled() {
+                    return Attempt::NotSent;
+                }
+                if attempt > 1 {
+                    self.stats.retries.fetch_add(1, Relaxed);
+                }
+                self.stats.requests.fetch_add(1, Relaxed);
+                let answer = self.client.register(&key.bucket, &key.key).await;
+                if let Err(e) = &answer
+                    && e.status() == Some(429)
+                {
+                    self.stats.throttled.fetch_add(1, Relaxed);
+                }
+                Attempt::Answered(answer)
+            }
+        })
+        .await;
+        let (outcome, fatal) = outcome_of(&key, finished, self.max_attempts);
+        self.count(&outcome);
+        if let Some(error) = fatal {
+            self.stop_for(FatalStop {
+                message: format!("{error} (while registering {}/{})", key.bucket, key.key),
+                hint: error.hint().map(str::to_owned),
+            });
+        }
+        self.writer
+            .write(move |t| ledger::record(t, &[outcome]))
+            .await?;
+        Ok(())
+    }
+
+    fn count(&self, outcome: &Outcome) {
+        let counter = match outcome.state {
+            Some(State::Registered) => &self.stats.registered,
+            Some(State::Failed) => &self.stats.failed,
+            Some(State::Uncertain) => &self.stats.uncertain,
+            _ => &self.stats.released,
+        };
+        counter.fetch_add(1, Relaxed);
+        let failed = self.stats.failed.load(Relaxed);
+        let finished = self.stats.finished();
+        if finished >= BREAKER_MIN_FINISHED && failed * 2 > finished {
+            self.stop_for(FatalStop {
+                message: format!("{failed} of the {finished} keys finished so far failed permanently"),
+                hint: Some(
+                    "something is wrong with the input or the account, not with single keys; \
+                     see `mi-import report --state failed`, fix the cause, then run with --retry-failed"
+                        .into(),
+                ),
+            });
+        }
+    }
+
+    // ---- reconciliation ---------------------------------------------------------------------
+
+    /// Looks up every uncertain key in one pass over the project's asset list.
+    async fn reconcile(&self) -> Result<()> {
+        let scope = self.scope.clone();
+        let unsure = self
+            .writer
+            .write(move |t| ledger::uncertain_keys(t, &scope))
+            .await?;
+        if unsure.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(
+            "checking MI's asset list for {} keys with an unknown outcome",
+            unsure.len()
+        );
+        let Some(listing) = self.list_names(reconcile::wanted_names(&unsure)).await else {
+            return Ok(());
+        };
+        let scope = self.scope.clone();
+        let known: HashSet<i64> = self
+            .writer
+            .write(move |t| ledger::known_asset_ids(t, &scope))
+            .await?
+            .into_iter()
+            .collect();
+        let verdict = reconcile::match_assets(&unsure, &listing, &known);
+        tracing::info!(
+            "{} found registered, {} not registered (will be sent)",
+            verdict.found.len(),
+            verdict.not_found.len()
+        );
+        self.stats
+            .reconciled
+            .fetch_add(verdict.found.len() as u64, Relaxed);
+        self.writer
+            .write(move |t| ledger::resolve_uncertain(t, &verdict.found, &verdict.not_found))
+            .await?;
+        Ok(())
+    }
+
+    /// Pages the whole asset list, keeping only the names asked for. `None` if the listing
+    /// could not be completed (the keys then stay uncertain).
+    async fn list_names(&self, wanted: HashSet<String>) -> Option<HashMap<String, Vec<i64>>> {
+        let mut names: HashMap<String, Vec<i64>> = HashMap::new();
+        let mut page = 1;
+        loop {
+            let finished = with_retries(
+                self.max_attempts,
+                self.backoff,
+                &self.stop,
+                |_| async move {
+                    let _slot = self.limiter.admit().await;
+                    self.stats.requests.fetch_add(1, Relaxed);
+                    Listed(self.client.list_assets(page, LIST_PAGE).await)
+                },
+            )
+            .await;
+            let listed = match finished.last.0 {
+                Ok(listed) => listed,
+                Err(error) => {
+                    if error.disposition_for(Call::ListAssets) == Disposition::Fatal {
+                        self.stop_for(FatalStop {
+                            message: format!("{error} (while listing the project's assets)"),
+                            hint: error.hint().map(str::to_owned),
+                        });
+                    } else if !finished.interrupted {
+                        tracing::error!(
+                            "cannot list the project's assets: {error}; uncertain keys stay uncertain"
+                        );
+                    }
+                    return None;
+                }
+            };
+            for asset in listed.assets {
+                if wanted.contains(&asset.file_name) {
+                    names
+                        .entry(asset.file_name)
+                        .or_default()
+                        .push(asset.asset_id);
+                }
+            }
+            if page >= listed.total_pages {
+                return Some(names);
+            }
+            page += 1;
+        }
+    }
+}
+
+struct Listed(Result<crate::api::AssetPage, ApiError>);
+
+impl Retryable for Listed {
+    fn disposition(&self) -> Disposition {
+        match &self.0 {
+            Ok(_) => Disposition::Success,
+            Err(e) => e.disposition_for(Call::ListAssets),
+        }
+    }
+}
+
+fn count_of(counts: &[(State, u64)], state: State) -> u64 {
+    counts
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map(|(_, n)| *n)
+        .unwrap_or(0)
+}
+
+/// What one key's attempts mean for its row, and the error that must stop the run, if any.
+fn outcome_of(
+    key: &Claimed,
+    finished: Finished<Attempt>,
+    max_attempts: u32,
+) -> (Outcome, Option<ApiError>) {
+    let sent = match finished.last {
+        Attempt::NotSent => finished.attempts - 1,
+        Attempt::Answered(_) => finished.attempts,
+    };
+    let mut outcome = Outcome {
+        id: key.id,
+        attempts: sent,
+        ..Default::default()
+    };
+    let error = match finished.last {
+        Attempt::NotSent => return (outcome, None),
+        Attempt::Answered(Ok(registered)) => {
+            outcome.state = Some(State::Registered);
+            outcome.asset_id = Some(registered.asset_id);
+            outcome.trace_id = registered.trace_id;
+            return (outcome, None);
+        }
+        Attempt::Answered(Err(error)) => error,
+    };
+    outcome.http_status = error.status();
+    outcome.error_code = error.code().map(str::to_owned);
+    outcome.trace_id = error.trace_id().map(str::to_owned);
+    outcome.message = Some(error.detail());
+    let disposition = error.disposition_for(Call::Register);
+    outcome.state = match disposition {
+        _ if finished.interrupted => None,
+        Disposition::Retry { .. } => {
+            outcome.message = Some(format!(
+                "gave up after {max_attempts} attempts: {}",
+                error.detail()
+            ));
+            Some(State::Failed)
+        }
+        Disposition::Uncertain => Some(State::Uncertain),
+        Disposition::Permanent => Some(State::Failed),
+        Disposition::Fatal => return (outcome, Some(error)),
+        Disposition::Success | Disposition::Abandoned => None,
+    };
+    (outcome, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Claimed {
+        Claimed {
+            id: 9,
+            bucket: "b".into(),
+            key: "k.mp4".into(),
+        }
+    }
+
+    fn answered(status: u16, attempts: u32) -> Finished<Attempt> {
+        let err = ApiError::from_answer(
+            status,
+            br#"{"code":"10001","message":"bad"}"#,
+            Some("t".into()),
+            None,
+        );
+        Finished {
+            last: Attempt::Answered(Err(err)),
+            attempts,
+            interrupted: false,
+        }
+    }
+
+    #[test]
+    fn permanent_error_fails_the_key_with_details() {
+        let (o, fatal) = outcome_of(&key(), answered(400, 1), 5);
+        assert_eq!(o.state, Some(State::Failed));
+        assert_eq!(
+            (o.attempts, o.http_status, o.error_code.as_deref()),
+            (1, Some(400), Some("10001"))
+        );
+        assert_eq!(o.trace_id.as_deref(), Some("t"));
+        assert!(fatal.is_none());
+    }
+
+    #[test]
+    fn fatal_error_leaves_the_key_pending_and_stops() {
+        let (o, fatal) = outcome_of(&key(), answered(401, 1), 5);
+        assert_eq!(o.state, None, "pending, not failed");
+        assert!(fatal.is_some());
+    }
+
+    #[test]
+    fn exhausted_retries_fail_and_interrupted_retries_wait() {
+        let (o, _) = outcome_of(&key(), answered(429, 5), 5);
+        assert_eq!(o.state, Some(State::Failed));
+        assert!(o.message.unwrap().starts_with("gave up after 5 attempts"));
+        let mut f = answered(503, 2);
+        f.interrupted = true;
+        assert_eq!(outcome_of(&key(), f, 5).0.state, None);
+    }
+
+    #[test]
+    fn lost_answer_is_uncertain_and_unsent_attempt_is_not_counted() {
+        let lost = ApiError::NoAnswer {
+            message: "reset".into(),
+            timed_out: false,
+        };
+        let f = Finished {
+            last: Attempt::Answered(Err(lost)),
+            attempts: 1,
+            interrupted: false,
+        };
+        assert_eq!(outcome_of(&key(), f, 5).0.state, Some(State::Uncertain));
+        let f = Finished {
+            last: Attempt::NotSent,
+            attempts: 3,
+            interrupted: false,
+        };
+        let (o, _) = outcome_of(&key(), f, 5);
+        assert_eq!((o.state, o.attempts), (None, 2));
+    }
+}

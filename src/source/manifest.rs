@@ -1,0 +1,379 @@
+//! The CSV manifest source: a stream of (bucket, key, size?) rows, one at a time, with the line
+//! each came from.
+//!
+//! Two forms: a header form (`key` required; `bucket` or `bucketName` optional when a default
+//! bucket is given; `size` optional) and the headerless `bucket,key` form of S3 Batch
+//! Operations, whose keys are URL-encoded. UTF-8 with or without a BOM, LF or CRLF. Keys are
+//! kept byte-exact: no trimming, no normalising.
+
+use percent_encoding::percent_decode_str;
+use std::io::{BufRead, BufReader, Read};
+
+/// Which layout the manifest has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ManifestFormat {
+    /// A header line naming the columns: `key`, optionally `bucket`/`bucketName`, `size`.
+    Csv,
+    /// No header; `bucket,key[,version]` with URL-encoded keys, as S3 Batch Operations writes.
+    S3Batch,
+}
+
+/// One usable row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub line: u64,
+    pub bucket: String,
+    pub key: String,
+    pub size: Option<u64>,
+}
+
+/// What is wrong with the manifest, and where.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{0}")]
+    Header(String),
+    #[error("line {line}: {message}")]
+    Row { line: u64, message: String },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    /// Fields every row must have (the header's count); `None` for the headerless form.
+    width: Option<usize>,
+    key: usize,
+    bucket: Option<usize>,
+    size: Option<usize>,
+}
+
+/// Streams rows out of a manifest without holding it in memory.
+pub struct ManifestReader<R: Read> {
+    csv: csv::Reader<BufReader<R>>,
+    columns: Columns,
+    format: ManifestFormat,
+    default_bucket: Option<String>,
+    record: csv::ByteRecord,
+}
+
+impl<R: Read> ManifestReader<R> {
+    /// Reads the header (for the CSV form) and checks that every row can name its bucket.
+    pub fn new(
+        input: R,
+        format: ManifestFormat,
+        default_bucket: Option<String>,
+    ) -> Result<Self, ManifestError> {
+        let mut input = BufReader::with_capacity(256 * 1024, input);
+        skip_bom(&mut input).map_err(|e| ManifestError::Header(format!("cannot read: {e}")))?;
+        // `\n` ends a record; a `\r` before it is dropped in `field`. (The csv crate's own CRLF
+        // handling reports every row one line early.)
+        let mut csv = csv::ReaderBuilder::new()
+            .terminator(csv::Terminator::Any(b'\n'))
+            .has_headers(format == ManifestFormat::Csv)
+            .flexible(true)
+            .from_reader(input);
+        let columns = match format {
+            ManifestFormat::S3Batch => Columns {
+                width: None,
+                key: 1,
+                bucket: Some(0),
+                size: None,
+            },
+            ManifestFormat::Csv => header_columns(&mut csv, default_bucket.is_some())?,
+        };
+        Ok(Self {
+            csv,
+            columns,
+            format,
+            default_bucket,
+            record: csv::ByteRecord::new(),
+        })
+    }
+
+    fn row(&self, line: u64) -> Result<ManifestRow, ManifestError> {
+        let bad = |message: String| ManifestError::Row { line, message };
+        let last = self.record.len().saturating_sub(1);
+        let field = |i: usize| -> Result<&str, ManifestError> {
+            let mut bytes = self.record.get(i).unwrap_or_default();
+            if i == last {
+                bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+            }
+            std::str::from_utf8(bytes)
+                .map_err(|_| bad(format!("column {} is not valid UTF-8", i + 1)))
+        };
+        if let Some(width) = self.columns.width
+            && self.record.len() != width
+        {
+            return Err(bad(format!(
+                "{} fields where the header has {width}\nhint: quote keys that contain commas",
+                self.record.len()
+            )));
+        }
+        if self.format == ManifestFormat::S3Batch && self.record.len() < 2 {
+            return Err(bad("expected `bucket,key` (S3 Batch Operations form)\nhint: for a CSV with a header line, use --manifest-format csv".into()));
+        }
+        let raw_key = field(self.columns.key)?;
+        let key = match self.format {
+            ManifestFormat::Csv => raw_key.to_owned(),
+            ManifestFormat::S3Batch => decode_batch_key(raw_key).map_err(|m| bad(m.into()))?,
+        };
+        if key.is_empty() {
+            return Err(bad(
+                "the key is empty\nhint: remove the row or fill in its key".into(),
+            ));
+        }
+        if key.chars().any(|c| c == '\n' || c == '\r') {
+            return Err(bad("the key holds a line break, which usually means an unclosed quote\nhint: check the quotes on this line".into()));
+        }
+        let bucket =
+            match self.columns.bucket.map(field).transpose()?.map(str::trim) {
+                Some(b) if !b.is_empty() => b.to_owned(),
+                _ => match &self.default_bucket {
+                    Some(b) => b.clone(),
+                    None => return Err(bad(
+                        "no bucket for this row\nhint: fill in the bucket column, or pass --bucket"
+                            .into(),
+                    )),
+                },
+            };
+        check_bucket_name(&bucket).map_err(|m| bad(m))?;
+        let size = match self.columns.size.map(field).transpose()?.map(str::trim) {
+            Some(s) if !s.is_empty() => Some(
+                s.parse::<u64>()
+                    .map_err(|_| bad(format!("size `{s}` is not a whole number of bytes")))?,
+            ),
+            _ => None,
+        };
+        Ok(ManifestRow {
+            line,
+            bucket,
+            key,
+            size,
+        })
+    }
+}
+
+impl<R: Read> Iterator for ManifestReader<R> {
+    type Item = Result<ManifestRow, ManifestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self.csv.read_byte_record(&mut self.record) {
+            Ok(false) => None,
+            Ok(true) if self.record.len() == 1 && self.record[0].trim_ascii().is_empty() => {
+                self.next()
+            }
+            Ok(true) => {
+                let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+                Some(self.row(line))
+            }
+            Err(e) => {
+                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                Some(Err(ManifestError::Row {
+                    line,
+                    message: e.to_string(),
+                }))
+            }
+        }
+    }
+}
+
+fn skip_bom<R: Read>(input: &mut BufReader<R>) -> std::io::Result<()> {
+    if input.fill_buf()?.starts_with(b"\xEF\xBB\xBF") {
+        input.consume(3);
+    }
+    Ok(())
+}
+
+fn header_columns<R: Read>(
+    csv: &mut csv::Reader<R>,
+    has_default_bucket: bool,
+) -> Result<Columns, ManifestError> {
+    let headers = csv
+        .byte_headers()
+        .map_err(|e| ManifestError::Header(format!("cannot read the header line: {e}")))?
+        .clone();
+    let names: Vec<String> = headers
+        .iter()
+        .map(|h| String::from_utf8_lossy(h).trim().to_ascii_lowercase())
+        .collect();
+    let find = |wanted: &[&str]| names.iter().position(|n| wanted.contains(&n.as_str()));
+    let Some(key) = find(&["key"]) else {
+        let hint = if names.len() == 2 && !names.iter().any(|n| n == "bucket") {
+            "hint: for a headerless `bucket,key` file, use --manifest-format s3-batch"
+        } else {
+            "hint: add a header line with a `key` column (and `bucket`, or pass --bucket)"
+        };
+        return Err(ManifestError::Header(format!(
+            "line 1: no `key` column (found: {})\n{hint}",
+            names.join(", ")
+        )));
+    };
+    let bucket = find(&["bucket", "bucketname"]);
+    if bucket.is_none() && !has_default_bucket {
+        return Err(ManifestError::Header(
+            "line 1: no `bucket` column and no --bucket\nhint: pass --bucket NAME for a manifest of keys in one bucket".into(),
+        ));
+    }
+    Ok(Columns {
+        width: Some(names.len()),
+        key,
+        bucket,
+        size: find(&["size"]),
+    })
+}
+
+/// S3 Batch manifests URL-encode keys; `+` stands for a space, as in their writers' encoding.
+fn decode_batch_key(raw: &str) -> Result<String, &'static str> {
+    let spaced = raw.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|_| "the decoded key is not valid UTF-8")
+}
+
+/// S3's bucket naming rules, which also catch swapped columns early.
+fn check_bucket_name(bucket: &str) -> Result<(), String> {
+    let ok_chars = bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    if (3..=63).contains(&bucket.len()) && ok_chars {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{bucket}` is not a valid bucket name (3-63 lowercase letters, digits, dots, hyphens)\nhint: are the bucket and key columns swapped?"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(
+        text: &str,
+        format: ManifestFormat,
+        bucket: Option<&str>,
+    ) -> Vec<Result<ManifestRow, ManifestError>> {
+        ManifestReader::new(text.as_bytes(), format, bucket.map(Into::into))
+            .unwrap()
+            .collect()
+    }
+
+    #[test]
+    fn header_form_with_bom_crlf_and_odd_keys() {
+        let text = "\u{feff}bucketName,key,size\r\nmedia,\"a, b.mp4\",12\r\n\r\nmedia,100% +#?.mp4,\r\nmedia,\" lead.mp4\",\r\n";
+        let rows: Vec<_> = read(text, ManifestFormat::Csv, None)
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(
+            rows[0],
+            ManifestRow {
+                line: 2,
+                bucket: "media".into(),
+                key: "a, b.mp4".into(),
+                size: Some(12)
+            }
+        );
+        assert_eq!((rows[1].line, rows[1].key.as_str()), (4, "100% +#?.mp4"));
+        assert_eq!(rows[1].size, None);
+        assert_eq!(rows[2].key, " lead.mp4");
+    }
+
+    #[test]
+    fn default_bucket_fills_missing_column_and_empty_cells() {
+        let rows = read("key\nx.mp4\n", ManifestFormat::Csv, Some("dflt"));
+        assert_eq!(rows[0].as_ref().unwrap().bucket, "dflt");
+        let rows = read(
+            "bucket,key\n,x.mp4\nother,y.mp4\n",
+            ManifestFormat::Csv,
+            Some("dflt"),
+        );
+        assert_eq!(rows[0].as_ref().unwrap().bucket, "dflt");
+        assert_eq!(rows[1].as_ref().unwrap().bucket, "other");
+    }
+
+    #[test]
+    fn missing_key_column_or_bucket_is_a_header_error() {
+        let err = ManifestReader::new(
+            "name\nx\n".as_bytes(),
+            ManifestFormat::Csv,
+            Some("b".into()),
+        )
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("no `key` column"), "{err}");
+        let err = ManifestReader::new("key\nx\n".as_bytes(), ManifestFormat::Csv, None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--bucket"), "{err}");
+    }
+
+    #[test]
+    fn bad_rows_name_their_line() {
+        let rows = read(
+            "bucket,key\nmedia,a.mp4\nmedia,b.mp4,extra\nMEDIA!,c.mp4\nmedia,\n",
+            ManifestFormat::Csv,
+            None,
+        );
+        assert!(rows[0].is_ok());
+        let errs: Vec<String> = rows[1..]
+            .iter()
+            .map(|r| r.as_ref().unwrap_err().to_string())
+            .collect();
+        assert!(errs[0].starts_with("line 3:"), "{}", errs[0]);
+        assert!(
+            errs[1].starts_with("line 4:") && errs[1].contains("bucket name"),
+            "{}",
+            errs[1]
+        );
+        assert!(
+            errs[2].starts_with("line 5:") && errs[2].contains("empty"),
+            "{}",
+            errs[2]
+        );
+    }
+
+    #[test]
+    fn unclosed_quote_is_reported_at_its_line() {
+        let rows = read(
+            "bucket,key\nmedia,a.mp4\nmedia,\"broken.mp4\nmedia,c.mp4\n",
+            ManifestFormat::Csv,
+            None,
+        );
+        let err = rows
+            .iter()
+            .find_map(|r| r.as_ref().err())
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("line 3:"), "{err}");
+    }
+
+    #[test]
+    fn crlf_without_header_keeps_last_column_clean() {
+        let rows = read(
+            "media,a%20b.mp4\r\nmedia,c.mp4\r\n",
+            ManifestFormat::S3Batch,
+            None,
+        );
+        assert_eq!(rows[0].as_ref().unwrap().key, "a b.mp4");
+        assert_eq!(rows[1].as_ref().unwrap().line, 2);
+    }
+
+    #[test]
+    fn s3_batch_form_decodes_keys() {
+        let rows = read(
+            "media,2024/caf%C3%A9+night%2B1.mp4\nmedia,plain.mp4,version-id\n",
+            ManifestFormat::S3Batch,
+            None,
+        );
+        assert_eq!(rows[0].as_ref().unwrap().key, "2024/café night+1.mp4");
+        assert_eq!(rows[1].as_ref().unwrap().key, "plain.mp4");
+        let rows = read("media\n", ManifestFormat::S3Batch, None);
+        assert!(
+            rows[0]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .contains("bucket,key")
+        );
+    }
+}
