@@ -122,34 +122,30 @@ fn check_signature(
     Ok(())
 }
 
-/// `Err` is the answer to send when the path names another workspace or project.
-fn check_scope(shared: &Shared, ws: &str, pid: Option<&str>) -> Result<(), Response> {
+/// The answer to send when the path names another workspace or project.
+fn wrong_scope(shared: &Shared, ws: &str, pid: Option<&str>) -> Option<Response> {
     if ws != shared.config.workspace {
-        return Err(mi_error(
-            StatusCode::NOT_FOUND,
-            "40401",
-            &format!("workspace {ws} not found"),
-        ));
+        let message = format!("workspace {ws} not found");
+        return Some(mi_error(StatusCode::NOT_FOUND, "40401", &message));
     }
     match pid {
-        Some(pid) if pid != shared.config.project => Err(mi_error(
-            StatusCode::NOT_FOUND,
-            "40402",
-            &format!("project {pid} not found"),
-        )),
-        _ => Ok(()),
+        Some(pid) if pid != shared.config.project => {
+            let message = format!("project {pid} not found");
+            Some(mi_error(StatusCode::NOT_FOUND, "40402", &message))
+        }
+        _ => None,
     }
 }
 
 async fn workspace(State(shared): State<Shared_>, Path(ws): Path<String>) -> Response {
-    if let Err(r) = check_scope(&shared, &ws, None) {
+    if let Some(r) = wrong_scope(&shared, &ws, None) {
         return r;
     }
     success(json!({"workspaceName": ws, "bucketName": shared.config.bucket}))
 }
 
 async fn projects(State(shared): State<Shared_>, Path(ws): Path<String>) -> Response {
-    if let Err(r) = check_scope(&shared, &ws, None) {
+    if let Some(r) = wrong_scope(&shared, &ws, None) {
         return r;
     }
     success(json!({"content": [{"projectId": shared.config.project, "projectName": "emulated"}]}))
@@ -159,7 +155,7 @@ async fn project_details(
     State(shared): State<Shared_>,
     Path((ws, pid)): Path<(String, String)>,
 ) -> Response {
-    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+    if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
         return r;
     }
     success(json!({"projectId": pid, "projectName": "emulated"}))
@@ -179,7 +175,7 @@ async fn register(
     body: axum::body::Bytes,
 ) -> Response {
     shared.count(|c| c.register_calls += 1);
-    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+    if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
         return r;
     }
     let Ok(ImportBody {
@@ -230,7 +226,7 @@ async fn import_status(
     Path((ws, pid, asset_id)): Path<(String, String, i64)>,
 ) -> Response {
     shared.count(|c| c.status_calls += 1);
-    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+    if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
         return r;
     }
     let Some(asset) = shared.asset(asset_id) else {
@@ -282,7 +278,7 @@ async fn list_assets(
     Query(q): Query<PageQuery>,
 ) -> Response {
     shared.count(|c| c.list_calls += 1);
-    if let Err(r) = check_scope(&shared, &ws, Some(&pid)) {
+    if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
         return r;
     }
     let page_num = q.page_num.unwrap_or(1).max(1);

@@ -98,7 +98,7 @@ fn record_changes_only_in_flight_rows() {
         asset_id: Some(77),
         ..Default::default()
     };
-    assert_eq!(record(l.conn(), &[done.clone()]).unwrap(), 1);
+    assert_eq!(record(l.conn(), std::slice::from_ref(&done)).unwrap(), 1);
     // A second answer for the same row (or one for a row never claimed) changes nothing.
     assert_eq!(record(l.conn(), &[done]).unwrap(), 0);
     let (state, asset, attempts): (String, i64, u32) = l

@@ -134,7 +134,7 @@ impl<R: Read> ManifestReader<R> {
                     )),
                 },
             };
-        check_bucket_name(&bucket).map_err(|m| bad(m))?;
+        check_bucket_name(&bucket).map_err(&bad)?;
         let size = match self.columns.size.map(field).transpose()?.map(str::trim) {
             Some(s) if !s.is_empty() => Some(
                 s.parse::<u64>()

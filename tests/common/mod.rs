@@ -1,0 +1,190 @@
+//! Shared set-up for the integration tests: a temp dir, a manifest, a started emulator on
+//! loopback, and helpers to run an import in-process or the real binary.
+#![allow(dead_code)]
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use mi_import::app::{self, ImportJob, ImportResult, Manifest};
+use mi_import::config::{Credentials, Limits, Target};
+use mi_import::emulator::{Emulator, EmulatorConfig};
+use mi_import::ledger::{Ledger, State};
+use mi_import::progress::Display;
+use mi_import::source::manifest::ManifestFormat;
+
+pub const ACCESS: &str = "test-access-key";
+pub const SECRET: &str = "test-secret-9f1c2e";
+pub const BUCKET: &str = "media-archive";
+
+pub fn credentials() -> Credentials {
+    Credentials::new(ACCESS.into(), SECRET.into())
+}
+
+/// A temp dir holding the ledger and manifests of one test.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("ledger.db")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Writes a header-form manifest of `keys` in [`BUCKET`].
+    pub fn manifest(&self, name: &str, keys: &[String]) -> PathBuf {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        w.write_record(["bucket", "key"]).unwrap();
+        for k in keys {
+            w.write_record([BUCKET, k.as_str()]).unwrap();
+        }
+        let path = self.path(name);
+        std::fs::write(&path, w.into_inner().unwrap()).unwrap();
+        path
+    }
+
+    pub fn ledger(&self) -> Ledger {
+        Ledger::open(&self.db()).unwrap()
+    }
+
+    /// (key, state, asset_id, attempts) of every row.
+    pub fn rows(&self) -> Vec<(String, String, Option<i64>, u32)> {
+        let ledger = self.ledger();
+        let mut stmt = ledger
+            .conn()
+            .prepare("SELECT key, state, asset_id, attempts FROM keys ORDER BY id")
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+
+    pub fn count(&self, state: State) -> usize {
+        self.rows().iter().filter(|r| r.1 == state.as_str()).count()
+    }
+}
+
+pub fn keys(n: usize, prefix: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("{prefix}/clip-{i:05}.mp4"))
+        .collect()
+}
+
+pub async fn emulator(config: EmulatorConfig) -> Emulator {
+    Emulator::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .expect("emulator starts")
+}
+
+pub fn healthy() -> EmulatorConfig {
+    EmulatorConfig::new(credentials())
+}
+
+/// An import job against `emulator` with no rate limit unless set.
+pub fn job(ws: &Workspace, emulator: &Emulator, manifest: PathBuf) -> ImportJob {
+    ImportJob {
+        db: ws.db(),
+        target: Target::new(
+            &emulator.endpoint(),
+            Some("demo-workspace".into()),
+            Some("1001".into()),
+        )
+        .unwrap(),
+        credentials: credentials(),
+        limits: Limits::new(0, 16, 6, Duration::from_secs(5)).unwrap(),
+        manifest: Manifest::File(manifest),
+        manifest_format: ManifestFormat::Csv,
+        default_bucket: None,
+        retry_failed: false,
+        display: Display::Quiet,
+    }
+}
+
+pub async fn import(job: ImportJob) -> ImportResult {
+    app::import(job, CancellationToken::new())
+        .await
+        .expect("import runs")
+}
+
+/// Asserts the emulator registered each key exactly once, and the ledger agrees.
+pub fn assert_registered_once(ws: &Workspace, emulator: &Emulator, keys: &[String]) {
+    assert_eq!(emulator.duplicates(), vec![], "keys registered twice");
+    for k in keys {
+        assert_eq!(emulator.registrations(BUCKET, k), 1, "{k}");
+    }
+    let assets: std::collections::HashMap<i64, String> = emulator
+        .assets()
+        .into_iter()
+        .map(|a| (a.asset_id, a.key))
+        .collect();
+    for (key, state, asset_id, _) in ws.rows() {
+        if keys.contains(&key) {
+            assert_eq!(state, "registered", "{key}");
+            let asset_id = asset_id.unwrap_or_else(|| panic!("{key} has no asset id"));
+            assert_eq!(
+                assets.get(&asset_id),
+                Some(&key),
+                "asset {asset_id} belongs to {key}"
+            );
+        }
+    }
+}
+
+/// The real binary, with credentials from the environment and nothing else inherited that
+/// could change its behaviour.
+pub fn binary(args: &[&str], secret: &str, cwd: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mi-import"));
+    cmd.args(args)
+        .current_dir(cwd)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", cwd)
+        .env("NCLOUD_ACCESS_KEY", ACCESS)
+        .env("NCLOUD_SECRET_KEY", secret);
+    cmd
+}
+
+pub async fn run_binary(args: Vec<String>, secret: &str, cwd: PathBuf) -> Output {
+    let secret = secret.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        binary(&args, &secret, &cwd).output().expect("binary runs")
+    })
+    .await
+    .unwrap()
+}
+
+/// `run` arguments for the binary against `emulator`.
+pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<String> {
+    [
+        "run",
+        "--db",
+        ws.db().to_str().unwrap(),
+        "--endpoint",
+        &emulator.endpoint(),
+        "--workspace",
+        "demo-workspace",
+        "--project",
+        "1001",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--rate",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}

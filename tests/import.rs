@@ -1,0 +1,326 @@
+//! End-to-end imports against the emulator over loopback HTTP.
+
+mod common;
+
+use common::*;
+use mi_import::emulator::{EmulatorConfig, FileNameMode};
+use mi_import::exit::Exit;
+use mi_import::ledger::State;
+use mi_import::runner::Ending;
+use mi_import::source::manifest::ManifestFormat;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_keys_are_registered_exactly_once_in_their_bucket() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-manifests/odd-keys.csv");
+    let mut job = job(&ws, &emu, manifest);
+    job.default_bucket = Some(BUCKET.into());
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Success);
+
+    let odd = [
+        "broadcast/2024/05/17/interviews/김민지 인터뷰 (최종).mp4",
+        "broadcast/2024/05/17/interviews/Café «Seoul» — director's cut.mov",
+        "stills/2024-05-17/promo/100% fresh + new.png",
+        "stills/2024-05-17/promo/#1 hit?.jpg",
+        "broadcast/2024/06/01/weather/storm, \"Typhoon\" special.mp4",
+        "broadcast/2024/06/01/weather/  leading spaces.mp4",
+        "broadcast/2024/06/02/日本語/ニュース.webm",
+        "stills/2024-06-02/emoji/🎬 clapper.heic",
+        "broadcast/2024/06/03/UPPER/CASE.MP4",
+    ];
+    let odd: Vec<String> = odd.iter().map(|s| s.to_string()).collect();
+    assert_registered_once(&ws, &emu, &odd);
+    // The row that names its own bucket keeps it.
+    assert_eq!(emu.registrations("other-bucket", "clips/plain.mp4"), 1);
+    assert_eq!(emu.registrations(BUCKET, "clips/plain.mp4"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_batch_manifest_keys_are_url_decoded() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-manifests/s3-batch.csv");
+    let mut job = job(&ws, &emu, manifest);
+    job.manifest_format = ManifestFormat::S3Batch;
+    assert_eq!(import(job).await.exit, Exit::Success);
+    assert_eq!(
+        emu.registrations(BUCKET, "stills/2024-05-17/promo/100% fresh + new.png"),
+        1
+    );
+    assert_eq!(
+        emu.registrations(
+            BUCKET,
+            "broadcast/2024/06/01/weather/storm, \"Typhoon\" special.mp4"
+        ),
+        1
+    );
+    assert_eq!(emu.assets().len(), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttled_and_unavailable_answers_are_retried_to_success() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        rate_429: 0.25,
+        rate_503: 0.15,
+        seed: 7,
+        ..healthy()
+    })
+    .await;
+    let keys = keys(300, "retry");
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.limits.max_attempts = 12;
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Success);
+    assert_registered_once(&ws, &emu, &keys);
+    let c = emu.counters();
+    assert!(c.throttled > 0 && c.unavailable > 0, "{c:?}");
+    assert_eq!(
+        result.requests,
+        c.register_calls + c.throttled + c.unavailable
+    );
+    // Every retry is counted on its row.
+    let attempts: u64 = ws.rows().iter().map(|r| r.3 as u64).sum();
+    assert_eq!(attempts, result.requests);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_refusal_fails_the_key_after_one_attempt() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        reject_containing: Some("refuse-me".into()),
+        ..healthy()
+    })
+    .await;
+    let mut keys = keys(20, "ok");
+    keys.push("bad/refuse-me.mp4".into());
+    let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
+    assert_eq!(result.exit, Exit::Trouble, "a failed key makes exit code 1");
+    let ledger = ws.ledger();
+    let (state, attempts, status, code): (String, u32, u16, String) = ledger
+        .conn()
+        .query_row(
+            "SELECT state, attempts, http_status, error_code FROM keys WHERE key = 'bad/refuse-me.mp4'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (state.as_str(), attempts, status, code.as_str()),
+        ("failed", 1, 400, "10001")
+    );
+    assert_eq!(
+        emu.counters().register_calls,
+        21,
+        "the refused key was sent once"
+    );
+    assert_eq!(ws.count(State::Registered), 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ineligible_keys_are_skipped_with_a_reason_and_never_sent() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let keys: Vec<String> = ["a.mp4", "folder/", "b.avi", "c.jpeg", "d.PNG"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
+    assert_eq!(result.exit, Exit::Success, "skipped keys are not trouble");
+    assert_eq!(emu.counters().register_calls, 2);
+    assert_eq!(ws.count(State::Skipped), 3);
+    let reason: String = ws
+        .ledger()
+        .conn()
+        .query_row("SELECT message FROM keys WHERE key = 'b.avi'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert!(reason.contains(".avi"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_run_on_the_same_ledger_sends_nothing_new() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let keys = keys(50, "again");
+    let manifest = ws.manifest("m.csv", &keys);
+    assert_eq!(
+        import(job(&ws, &emu, manifest.clone())).await.exit,
+        Exit::Success
+    );
+    let calls = emu.counters().requests;
+    let second = import(job(&ws, &emu, manifest)).await;
+    assert_eq!(second.exit, Exit::Success);
+    assert_eq!(second.requests, 0);
+    assert_eq!(emu.counters().requests, calls);
+    assert_eq!(second.ingested.known, 50);
+    assert_registered_once(&ws, &emu, &keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_run_resumes_without_sending_any_key_twice() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        latency: (Duration::from_millis(5), Duration::from_millis(20)),
+        ..healthy()
+    })
+    .await;
+    let keys = keys(400, "resume");
+    let manifest = ws.manifest("m.csv", &keys);
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    let watched = emu.clone();
+    tokio::spawn(async move {
+        while watched.assets().len() < 100 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        trigger.cancel();
+    });
+    let mut first = job(&ws, &emu, manifest.clone());
+    first.limits.rate = Some(200);
+    let stopped = mi_import::app::import(first, shutdown).await.unwrap();
+    assert_eq!(stopped.ending, Ending::Interrupted);
+    assert_eq!(stopped.exit, Exit::Interrupted);
+    let registered = ws.count(State::Registered);
+    assert!((100..400).contains(&registered), "{registered}");
+    assert_eq!(
+        ws.count(State::InFlight),
+        0,
+        "in-flight requests were finished and recorded"
+    );
+    assert_eq!(ws.count(State::Pending) + registered, 400);
+    assert_eq!(
+        emu.assets().len(),
+        registered,
+        "every answered request is recorded"
+    );
+
+    let resumed = import(job(&ws, &emu, manifest)).await;
+    assert_eq!(resumed.exit, Exit::Success);
+    assert_eq!(resumed.requests as usize, 400 - registered);
+    assert_registered_once(&ws, &emu, &keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_are_reconciled_not_resent() {
+    for mode in [FileNameMode::FullKey, FileNameMode::LastSegment] {
+        let ws = Workspace::new();
+        let config = EmulatorConfig {
+            drop_after: 0.08,
+            drop_before: 0.04,
+            file_name: mode,
+            seed: 3,
+            ..healthy()
+        };
+        let emu = emulator(config).await;
+        let keys = keys(300, "lost");
+        let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
+        assert_eq!(result.exit, Exit::Success, "{mode:?}");
+        let c = emu.counters();
+        assert!(c.dropped_after > 0 && c.dropped_before > 0, "{c:?}");
+        assert!(c.list_calls > 0, "reconciliation listed the assets");
+        assert_registered_once(&ws, &emu, &keys);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let keys = keys(10, "dead");
+    let manifest = ws.manifest("m.csv", &keys);
+    // A run that died: all ten claimed (in_flight), and MI got the first four.
+    {
+        let ledger = ws.ledger();
+        let scope = mi_import::ledger::Scope {
+            workspace: "demo-workspace".into(),
+            project: "1001".into(),
+        };
+        let rows: Vec<_> = keys
+            .iter()
+            .map(|k| mi_import::source::judged(BUCKET.into(), k.clone(), None))
+            .collect();
+        mi_import::ledger::insert_keys(ledger.conn(), &scope, &rows).unwrap();
+        assert_eq!(
+            mi_import::ledger::claim(ledger.conn(), &scope, 10)
+                .unwrap()
+                .len(),
+            10
+        );
+    }
+    let client = mi_import::api::MiClient::new(
+        job(&ws, &emu, manifest.clone()).target,
+        credentials(),
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    for k in &keys[..4] {
+        client.register(BUCKET, k).await.unwrap();
+    }
+    let result = import(job(&ws, &emu, manifest)).await;
+    assert_eq!(result.exit, Exit::Success);
+    assert_eq!(
+        emu.counters().register_calls,
+        10,
+        "four by the dead run, six by this one"
+    );
+    assert_registered_once(&ws, &emu, &keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_project_stops_the_run_with_keys_pending() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let keys = keys(30, "nowhere");
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.target.project = "9999".into();
+    job.limits.concurrency = 2;
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Fatal);
+    let Ending::Fatal(stop) = &result.ending else {
+        panic!("{:?}", result.ending)
+    };
+    assert!(stop.message.contains("404"), "{}", stop.message);
+    assert!(
+        stop.hint.as_deref().unwrap_or("").contains("--project"),
+        "{stop:?}"
+    );
+    assert_eq!(
+        ws.count(State::Pending),
+        30,
+        "no key is failed for a fatal answer"
+    );
+    assert!(
+        emu.counters().register_calls <= 2,
+        "no more than the requests already in flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_stops_a_run_where_most_keys_fail() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        reject_containing: Some("clip".into()),
+        ..healthy()
+    })
+    .await;
+    let keys = keys(400, "doomed");
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.limits.concurrency = 4;
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Fatal);
+    let failed = ws.count(State::Failed);
+    assert!(
+        (100..120).contains(&failed),
+        "stopped soon after 100 finished keys, not at {failed}"
+    );
+    assert_eq!(failed + ws.count(State::Pending), 400);
+}
