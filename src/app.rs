@@ -19,7 +19,7 @@ use crate::ledger::writer::LedgerWriter;
 use crate::ledger::{self, Ingested, Ledger, Scope, State};
 use crate::limiter::Limiter;
 use crate::progress::{self, Display};
-use crate::runner::{Ending, Runner};
+use crate::runner::{Ending, RunOptions, Runner};
 use crate::source::judged;
 use crate::source::manifest::{ManifestFormat, ManifestReader};
 
@@ -58,6 +58,7 @@ pub struct ImportJob {
     pub manifest_format: ManifestFormat,
     pub default_bucket: Option<String>,
     pub retry_failed: bool,
+    pub options: RunOptions,
     pub display: Display,
 }
 
@@ -128,7 +129,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         job.display,
         progress_done.clone(),
     ));
-    let ending = runner.run().await;
+    let ending = runner.run(&job.options).await;
     progress_done.cancel();
     let _ = progress.await;
     let ending = ending?;
@@ -234,6 +235,7 @@ async fn ingest(
 fn exit_for(ending: &Ending, counts: &[(State, u64)]) -> Exit {
     match ending {
         Ending::Fatal(_) => Exit::Fatal,
+        Ending::Refused(_) => Exit::Usage,
         Ending::Interrupted => Exit::Interrupted,
         Ending::Finished if counts.iter().any(|(s, n)| s.is_trouble() && *n > 0) => Exit::Trouble,
         Ending::Finished => Exit::Success,
@@ -290,6 +292,154 @@ fn summarize(
         text.push_str("pending keys will be sent by the next run of the same command\n");
     }
     text
+}
+
+/// `confirm`: polls import-status of every registered key of the project until final.
+pub async fn confirm(
+    job: ImportJob,
+    patience: std::time::Duration,
+    shutdown: CancellationToken,
+) -> Result<ImportResult> {
+    let _lock = crate::lock::acquire(&job.db, "confirm")?;
+    let ledger = open_existing(&job.db)?;
+    let scope = Scope {
+        workspace: job.target.workspace.clone(),
+        project: job.target.project.clone(),
+    };
+    let run_id = ledger::start_run(ledger.conn(), "confirm", Some(&scope))?;
+    let (writer, writer_thread) = LedgerWriter::spawn(ledger);
+    let started = Instant::now();
+    let client = MiClient::new(
+        job.target.clone(),
+        job.credentials.clone(),
+        job.limits.timeout,
+    )?;
+    let limiter = Arc::new(Limiter::new(job.limits.rate, job.limits.concurrency));
+    let runner = Runner::new(
+        client,
+        writer.clone(),
+        limiter,
+        scope.clone(),
+        job.limits.max_attempts,
+        shutdown,
+    );
+    let progress_done = CancellationToken::new();
+    let progress = tokio::spawn(progress::show(
+        runner.stats.clone(),
+        job.display,
+        progress_done.clone(),
+    ));
+    let ending = runner.confirm_only(patience).await;
+    progress_done.cancel();
+    let _ = progress.await;
+    let ending = ending?;
+    let s = scope.clone();
+    let counts = writer.write(move |t| ledger::counts(t, Some(&s))).await?;
+    let exit = exit_for(&ending, &counts);
+    let summary = summarize(&counts, &runner, started.elapsed(), &job.db);
+    let record =
+        json!({"polls": runner.stats.polls.load(Relaxed), "ending": format!("{ending:?}")})
+            .to_string();
+    writer
+        .write(move |t| ledger::finish_run(t, run_id, exit.code(), &record))
+        .await?;
+    let requests = runner.stats.polls.load(Relaxed);
+    drop(runner);
+    drop(writer);
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+    Ok(ImportResult {
+        exit,
+        ending,
+        ingested: Ingested::default(),
+        counts,
+        requests,
+        summary,
+    })
+}
+
+/// `run --dry-run`: reads the manifest against the ledger inside a transaction that is rolled
+/// back, and says what a run would do. Sends nothing, changes nothing.
+pub fn dry_run(job: &ImportJob) -> Result<String> {
+    let mut reader = open_manifest(job)?;
+    let _lock = crate::lock::acquire(&job.db, "run --dry-run")?;
+    let mut ledger = Ledger::open(&job.db)?;
+    let scope = Scope {
+        workspace: job.target.workspace.clone(),
+        project: job.target.project.clone(),
+    };
+    let tx = ledger.conn_mut().transaction()?;
+    let mut read = Ingested::default();
+    loop {
+        let mut batch = Vec::with_capacity(INGEST_BATCH);
+        for row in reader.by_ref().take(INGEST_BATCH) {
+            let row = row.map_err(|e| input(anyhow::anyhow!("{}: {e}", job.manifest.name())))?;
+            batch.push(judged(row.bucket, row.key, row.size));
+        }
+        let got = ledger::insert_keys(&tx, &scope, &batch)?;
+        read.new += got.new;
+        read.new_skipped += got.new_skipped;
+        read.known += got.known;
+        if batch.len() < INGEST_BATCH {
+            break;
+        }
+    }
+    let counts = ledger::counts(&tx, Some(&scope))?;
+    let reasons = ledger::skip_reasons(&tx, &scope)?;
+    tx.rollback()?;
+    let get = |s: State| {
+        counts
+            .iter()
+            .find(|(st, _)| *st == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let to_send = get(State::Pending)
+        + get(State::Uncertain)
+        + if job.retry_failed {
+            get(State::Failed)
+        } else {
+            0
+        };
+    let done = get(State::Registered) + get(State::Completed) + get(State::ImportFailed);
+    let mut text = format!(
+        "dry run: nothing was sent and the ledger is unchanged
+         {}: {} rows, {} new to the ledger
+         would send {to_send} keys ({} of them uncertain, to be checked in MI's asset list first)
+         already done: {done} ({} completed, {} registered awaiting confirmation, {} import_failed)
+         failed earlier: {} ({})
+         ineligible, never sent: {}
+",
+        job.manifest.name(),
+        read.new + read.new_skipped + read.known,
+        read.new + read.new_skipped,
+        get(State::Uncertain),
+        get(State::Completed),
+        get(State::Registered),
+        get(State::ImportFailed),
+        get(State::Failed),
+        if job.retry_failed {
+            "included above: --retry-failed"
+        } else {
+            "not sent; add --retry-failed to send them"
+        },
+        get(State::Skipped),
+    );
+    for (reason, n) in reasons {
+        text.push_str(&format!("  {n:>8}  {reason}\n"));
+    }
+    text.push_str(&match job.limits.rate {
+        Some(rate) => format!(
+            "at --rate {rate}: about {} for the imports
+",
+            humantime::format_duration(std::time::Duration::from_secs(
+                to_send.div_ceil(rate as u64)
+            ))
+        ),
+        None => "no rate limit set: the service's own limit decides the time
+"
+        .into(),
+    });
+    Ok(text)
 }
 
 /// `status`: counts per state and the last run.

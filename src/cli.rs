@@ -49,6 +49,8 @@ pub enum LogFormat {
 pub enum Command {
     /// Import keys from a manifest; resumes by itself
     Run(RunArgs),
+    /// Poll import-status of registered keys until final
+    Confirm(ConfirmArgs),
     /// Counts of keys per state, and the last run
     Status(StatusArgs),
     /// One row per key, as CSV or JSON Lines, on stdout or to a file
@@ -73,9 +75,41 @@ pub struct MiArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Request starts per second across all MI calls (0: no limit)
+    #[arg(long, env = "MI_RATE", default_value_t = config::DEFAULT_RATE)]
+    pub rate: u32,
+    /// Requests in flight at once
+    #[arg(long, env = "MI_CONCURRENCY", default_value_t = config::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    /// Attempts per request before giving up on it
+    #[arg(long, default_value_t = config::DEFAULT_MAX_ATTEMPTS)]
+    pub max_attempts: u32,
+    /// Time limit for one request, e.g. 30s
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub timeout: Duration,
+    /// Time between plain progress lines when stderr is not a terminal
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    pub progress_interval: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfirmArgs {
+    #[command(flatten)]
+    pub mi: MiArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Stop confirming after this long; what is still in progress stays registered
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub patience: Duration,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub mi: MiArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
     /// CSV manifest of keys to import
     #[arg(long)]
     pub manifest: Option<PathBuf>,
@@ -85,24 +119,21 @@ pub struct RunArgs {
     /// Bucket for manifest rows that name none
     #[arg(long)]
     pub bucket: Option<String>,
-    /// Request starts per second across all MI calls (0: no limit)
-    #[arg(long, env = "MI_RATE", default_value_t = config::DEFAULT_RATE)]
-    pub rate: u32,
-    /// Requests in flight at once
-    #[arg(long, env = "MI_CONCURRENCY", default_value_t = config::DEFAULT_CONCURRENCY)]
-    pub concurrency: usize,
-    /// Attempts per key before it is marked failed
-    #[arg(long, default_value_t = config::DEFAULT_MAX_ATTEMPTS)]
-    pub max_attempts: u32,
-    /// Time limit for one request, e.g. 30s
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
-    pub timeout: Duration,
     /// Send keys marked failed again
     #[arg(long)]
     pub retry_failed: bool,
-    /// Seconds between plain progress lines when stderr is not a terminal
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
-    pub progress_interval: Duration,
+    /// Read the manifest and the ledger, send nothing, and say what would happen
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not poll import-status after registering (use `confirm` later)
+    #[arg(long)]
+    pub no_confirm: bool,
+    /// How long to keep confirming after the last import
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    pub patience: Duration,
+    /// Send keys in buckets other than the one linked to the workspace
+    #[arg(long)]
+    pub allow_other_bucket: bool,
 }
 
 #[derive(Debug, Args)]

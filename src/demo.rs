@@ -12,6 +12,7 @@ use crate::app::{self, ImportJob, ImportResult, Manifest};
 use crate::config::{Credentials, Limits, Target};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::progress::Display;
+use crate::runner::RunOptions;
 use crate::source::manifest::ManifestFormat;
 
 /// The demo's ledger, in the working directory; each demo starts it afresh, since each demo's
@@ -71,6 +72,11 @@ pub async fn run(rate: u32, display: Display, shutdown: CancellationToken) -> Re
         manifest_format: ManifestFormat::Csv,
         default_bucket: None,
         retry_failed: false,
+        options: RunOptions {
+            preflight: true,
+            allow_other_bucket: false,
+            confirm: Some(Duration::from_secs(60)),
+        },
         display,
     };
     let result = app::import(job, shutdown).await;

@@ -9,11 +9,12 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use mi_import::app::{self, ImportJob, Manifest};
-use mi_import::cli::{Cli, Command, LogFormat, RunArgs};
+use mi_import::cli::{Cli, Command, LimitArgs, LogFormat, MiArgs, RunArgs};
 use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::exit::{self, Exit, input};
 use mi_import::progress::Display;
+use mi_import::runner::RunOptions;
 
 /// Which signal asked us to stop: 0 none, 1 SIGINT, 2 SIGTERM.
 static SIGNAL: AtomicU8 = AtomicU8::new(0);
@@ -108,9 +109,38 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
     let quiet = cli.global.quiet;
     match cli.command {
         Command::Run(args) => {
-            let interval = args.progress_interval;
-            let job = import_job(args, cli.global.db, Display::choose(quiet, interval))?;
+            let dry_run = args.dry_run;
+            let job = import_job(args, cli.global.db, quiet)?;
+            if dry_run {
+                print!("{}", app::dry_run(&job)?);
+                return Ok(Exit::Success);
+            }
             let result = app::import(job, shutdown).await?;
+            finish(result, quiet)
+        }
+        Command::Confirm(args) => {
+            let display = Display::choose(quiet, args.limits.progress_interval);
+            let (target, limits) = settings(args.mi, &args.limits)?;
+            let job = ImportJob {
+                db: cli.global.db,
+                target,
+                credentials: Credentials::discover().map_err(input)?,
+                limits,
+                manifest: Manifest::Builtin {
+                    name: "(none)",
+                    text: "",
+                },
+                manifest_format: mi_import::source::manifest::ManifestFormat::Csv,
+                default_bucket: None,
+                retry_failed: false,
+                options: RunOptions {
+                    preflight: false,
+                    allow_other_bucket: false,
+                    confirm: Some(args.patience),
+                },
+                display,
+            };
+            let result = app::confirm(job, args.patience, shutdown).await?;
             finish(result, quiet)
         }
         Command::Demo(args) => {
@@ -134,7 +164,9 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
 }
 
 fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
-    if let mi_import::runner::Ending::Fatal(stop) = &result.ending {
+    if let mi_import::runner::Ending::Fatal(stop) | mi_import::runner::Ending::Refused(stop) =
+        &result.ending
+    {
         eprintln!("error: {}", stop.message);
         if let Some(hint) = &stop.hint {
             eprintln!("hint: {hint}");
@@ -149,11 +181,21 @@ fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
     })
 }
 
-fn import_job(args: RunArgs, db: std::path::PathBuf, display: Display) -> Result<ImportJob> {
-    let target =
-        Target::new(&args.mi.endpoint, args.mi.workspace, args.mi.project).map_err(input)?;
-    let limits =
-        Limits::new(args.rate, args.concurrency, args.max_attempts, args.timeout).map_err(input)?;
+fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
+    let target = Target::new(&mi.endpoint, mi.workspace, mi.project).map_err(input)?;
+    let limits = Limits::new(
+        limits.rate,
+        limits.concurrency,
+        limits.max_attempts,
+        limits.timeout,
+    )
+    .map_err(input)?;
+    Ok((target, limits))
+}
+
+fn import_job(args: RunArgs, db: std::path::PathBuf, quiet: bool) -> Result<ImportJob> {
+    let display = Display::choose(quiet, args.limits.progress_interval);
+    let (target, limits) = settings(args.mi, &args.limits)?;
     let Some(manifest) = args.manifest else {
         return Err(input(anyhow::anyhow!(
             "--manifest is required\nhint: pass --manifest FILE (listing a bucket prefix is not available in this version)"
@@ -169,6 +211,11 @@ fn import_job(args: RunArgs, db: std::path::PathBuf, display: Display) -> Result
         manifest_format: args.manifest_format,
         default_bucket: args.bucket,
         retry_failed: args.retry_failed,
+        options: RunOptions {
+            preflight: true,
+            allow_other_bucket: args.allow_other_bucket,
+            confirm: (!args.no_confirm).then_some(args.patience),
+        },
         display,
     })
 }

@@ -29,6 +29,12 @@ pub struct Stats {
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
     pub reconciled: AtomicU64,
+    /// import-status calls.
+    pub polls: AtomicU64,
+    pub completed: AtomicU64,
+    pub import_failed: AtomicU64,
+    /// Registered assets still waiting for a final import status.
+    pub awaiting: AtomicU64,
 }
 
 impl Stats {
@@ -40,7 +46,7 @@ impl Stats {
     pub fn line(&self, elapsed: Duration) -> String {
         let done = self.finished();
         let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-        format!(
+        let mut line = format!(
             "{done}/{} keys, {rate:.1}/s: {} registered, {} failed, {} uncertain; {} retries, {} throttled",
             self.queued.load(Relaxed),
             self.registered.load(Relaxed),
@@ -48,7 +54,19 @@ impl Stats {
             self.uncertain.load(Relaxed),
             self.retries.load(Relaxed),
             self.throttled.load(Relaxed),
-        )
+        );
+        let (polls, completed, import_failed) = (
+            self.polls.load(Relaxed),
+            self.completed.load(Relaxed),
+            self.import_failed.load(Relaxed),
+        );
+        if polls > 0 {
+            line.push_str(&format!(
+                "; confirmed {completed} completed, {import_failed} import_failed, {} waiting",
+                self.awaiting.load(Relaxed)
+            ));
+        }
+        line
     }
 }
 

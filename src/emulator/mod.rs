@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Credentials;
-pub use state::{AssetRecord, Counters};
+pub use state::{AssetRecord, CallKind, Counters};
 
 /// What the asset list's `fileName` holds (NCP-API.md marks this unsure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -126,6 +126,11 @@ impl Emulator {
 
     pub fn counters(&self) -> Counters {
         self.shared.counters()
+    }
+
+    /// When each signed request arrived, and which call it was.
+    pub fn request_log(&self) -> Vec<(tokio::time::Instant, CallKind)> {
+        self.shared.request_log()
     }
 }
 

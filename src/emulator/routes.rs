@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Hangup;
-use super::state::{Fault, Shared};
+use super::state::{CallKind, Fault, Shared};
 use crate::api::client::HEADER_TRACE_ID;
 use crate::api::signer::{self, HEADER_ACCESS_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
@@ -74,6 +74,7 @@ async fn gateway(State(shared): State<Shared_>, request: Request, next: Next) ->
             &format!("Authentication Failed: {why}"),
         );
     }
+    shared.log(CallKind::of_path(request.uri().path()));
     let fault = shared.admit();
     tokio::time::sleep(shared.latency()).await;
     match fault {

@@ -32,8 +32,30 @@ pub struct Counters {
     pub dropped_after: u64,
 }
 
+/// Which call a logged request was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallKind {
+    Register,
+    ImportStatus,
+    Other,
+}
+
+impl CallKind {
+    pub fn of_path(path: &str) -> Self {
+        if path.ends_with("/assets/import/object-storage") {
+            CallKind::Register
+        } else if path.ends_with("/import-status") {
+            CallKind::ImportStatus
+        } else {
+            CallKind::Other
+        }
+    }
+}
+
 #[derive(Default)]
 struct Inner {
+    /// Arrival time of every signed request.
+    log: Vec<(Instant, CallKind)>,
     next_id: i64,
     assets: BTreeMap<i64, AssetRecord>,
     registrations: HashMap<(String, String), u32>,
@@ -89,6 +111,14 @@ impl Shared {
         }
         let mut dice = self.dice.lock().unwrap_or_else(|p| p.into_inner());
         Duration::from_micros(dice.random_range(lo.as_micros() as u64..=hi.as_micros() as u64))
+    }
+
+    pub fn log(&self, kind: CallKind) {
+        self.inner().log.push((Instant::now(), kind));
+    }
+
+    pub fn request_log(&self) -> Vec<(Instant, CallKind)> {
+        self.inner().log.clone()
     }
 
     pub fn count(&self, update: impl FnOnce(&mut Counters)) {

@@ -16,6 +16,7 @@
 //!   `uncertain` at the next open and are reconciled with MI before they are sent again.
 //! - The file is created readable by its owner only: it names every key of the user's bucket.
 
+pub mod checks;
 pub mod writer;
 
 use anyhow::{Context, Result, bail};
@@ -25,7 +26,13 @@ use std::path::Path;
 use std::str::FromStr;
 
 /// The schema, in order. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_keys_and_runs.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_keys_and_runs.sql"),
+    include_str!("../../migrations/0002_confirmation.sql"),
+];
+
+/// The first import-status check of a new asset waits this long: MI needs a moment.
+pub const FIRST_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// SQLite's own clock, in UTC with milliseconds, so every time in the ledger reads the same.
 pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
@@ -289,9 +296,11 @@ pub fn record(conn: &Connection, outcomes: &[Outcome]) -> rusqlite::Result<usize
         "UPDATE keys SET state = ?2, attempts = attempts + ?3,
              asset_id = COALESCE(?4, asset_id), http_status = ?5, error_code = ?6,
              message = ?7, trace_id = COALESCE(?8, trace_id), updated_at = {NOW},
-             registered_at = CASE WHEN ?2 = 'registered' THEN {NOW} ELSE registered_at END
+             registered_at = CASE WHEN ?2 = 'registered' THEN {NOW} ELSE registered_at END,
+             next_check_at = CASE WHEN ?2 = 'registered' THEN ?9 ELSE next_check_at END
          WHERE id = ?1 AND state = 'in_flight'"
     ))?;
+    let first_check = checks::now_ms() + FIRST_CHECK.as_millis() as i64;
     let mut changed = 0;
     for o in outcomes {
         let state = o.state.unwrap_or(State::Pending);
@@ -303,7 +312,8 @@ pub fn record(conn: &Connection, outcomes: &[Outcome]) -> rusqlite::Result<usize
             o.http_status,
             o.error_code,
             o.message,
-            o.trace_id
+            o.trace_id,
+            first_check
         ])?;
     }
     Ok(changed)
@@ -330,6 +340,29 @@ pub fn requeue_failed(conn: &Connection, scope: &Scope) -> rusqlite::Result<usiz
         ),
         params![scope.workspace, scope.project],
     )
+}
+
+/// Why keys were skipped, with how many, most common first.
+pub fn skip_reasons(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COALESCE(message, 'no reason recorded'), COUNT(*) FROM keys
+         WHERE workspace = ?1 AND project = ?2 AND state = 'skipped'
+         GROUP BY 1 ORDER BY 2 DESC, 1",
+    )?;
+    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| {
+        Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    rows.collect()
+}
+
+/// The buckets of keys about to be sent (pending or uncertain), for preflight.
+pub fn buckets_to_send(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT bucket FROM keys
+         WHERE workspace = ?1 AND project = ?2 AND state IN ('pending', 'uncertain') ORDER BY bucket",
+    )?;
+    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| r.get(0))?;
+    rows.collect()
 }
 
 /// The keys whose registration is unknown, for reconciliation.

@@ -13,6 +13,7 @@ use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::ledger::{Ledger, State};
 use mi_import::progress::Display;
+use mi_import::runner::RunOptions;
 use mi_import::source::manifest::ManifestFormat;
 
 pub const ACCESS: &str = "test-access-key";
@@ -109,6 +110,11 @@ pub fn job(ws: &Workspace, emulator: &Emulator, manifest: PathBuf) -> ImportJob 
         manifest_format: ManifestFormat::Csv,
         default_bucket: None,
         retry_failed: false,
+        options: RunOptions {
+            preflight: true,
+            allow_other_bucket: false,
+            confirm: None,
+        },
         display: Display::Quiet,
     }
 }
@@ -181,6 +187,7 @@ pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<Str
         "1001",
         "--manifest",
         manifest.to_str().unwrap(),
+        "--no-confirm",
         "--rate",
         "0",
     ]

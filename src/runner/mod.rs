@@ -23,6 +23,12 @@ use crate::progress::Stats;
 use crate::reconcile;
 use crate::retry::{Backoff, Disposition, Finished, Retryable, with_retries};
 
+mod confirm;
+mod preflight;
+
+pub use confirm::{DEFAULT_PATIENCE, MAX_CHECK_GAP, next_gap, state_for};
+pub use preflight::{Refusal, bucket_refusal, linked_bucket};
+
 /// Keys taken from the ledger per claim: one fsync covers them all, and at most this many are
 /// left `in_flight` (to reconcile) if the process is killed.
 const MAX_CLAIM: usize = 256;
@@ -54,6 +60,18 @@ pub enum Ending {
     Fatal(FatalStop),
     /// Shutdown was requested.
     Interrupted,
+    /// Preflight found the settings wrong before anything was sent.
+    Refused(FatalStop),
+}
+
+/// What a run does besides sending pending keys.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Check the account before the first import.
+    pub preflight: bool,
+    pub allow_other_bucket: bool,
+    /// Confirm registered assets, for at most this long after the last import.
+    pub confirm: Option<Duration>,
 }
 
 /// Everything one run needs.
@@ -112,8 +130,39 @@ impl Runner {
         }
     }
 
-    /// Sends every pending key of the scope, reconciling uncertain ones first.
-    pub async fn run(&self) -> Result<Ending> {
+    /// Sends every pending key of the scope (reconciling uncertain ones first) while confirming
+    /// registered ones.
+    pub async fn run(&self, options: &RunOptions) -> Result<Ending> {
+        let dispatch_done = CancellationToken::new();
+        let importing = async {
+            let ending = self.import(options).await;
+            dispatch_done.cancel();
+            ending
+        };
+        let confirming = async {
+            match options.confirm {
+                Some(patience) => self.confirm(&dispatch_done, patience).await,
+                None => Ok(()),
+            }
+        };
+        let (ending, confirmed) = tokio::join!(importing, confirming);
+        let ending = ending?;
+        confirmed?;
+        Ok(match ending {
+            Ending::Refused(_) => ending,
+            _ => self.ending().unwrap_or(ending),
+        })
+    }
+
+    /// Only confirms registered assets (the `confirm` command).
+    pub async fn confirm_only(&self, patience: Duration) -> Result<Ending> {
+        let done = CancellationToken::new();
+        done.cancel();
+        self.confirm(&done, patience).await?;
+        Ok(self.ending().unwrap_or(Ending::Finished))
+    }
+
+    async fn import(&self, options: &RunOptions) -> Result<Ending> {
         let scope = self.scope.clone();
         let recovered = self
             .writer
@@ -124,7 +173,27 @@ impl Runner {
                 "{recovered} keys were being sent when a run stopped; checking MI before sending them again"
             );
         }
+        if options.preflight {
+            let scope = self.scope.clone();
+            let buckets = self
+                .writer
+                .write(move |t| ledger::buckets_to_send(t, &scope))
+                .await?;
+            if !buckets.is_empty() {
+                match self.preflight(&buckets, options.allow_other_bucket).await {
+                    None => {}
+                    Some(Refusal::Fatal(stop)) => self.stop_for(stop),
+                    Some(Refusal::Settings(stop)) => {
+                        self.stop.cancel();
+                        return Ok(Ending::Refused(stop));
+                    }
+                }
+            }
+        }
         for round in 1..=MAX_ROUNDS {
+            if let Some(ending) = self.ending() {
+                return Ok(ending);
+            }
             self.reconcile().await?;
             if let Some(ending) = self.ending() {
                 return Ok(ending);
@@ -141,11 +210,8 @@ impl Runner {
             self.stats.queued.fetch_add(pending, Relaxed);
             tracing::debug!("round {round}: {pending} keys to send");
             self.dispatch().await?;
-            if let Some(ending) = self.ending() {
-                return Ok(ending);
-            }
         }
-        Ok(Ending::Finished)
+        Ok(self.ending().unwrap_or(Ending::Finished))
     }
 
     fn ending(&self) -> Option<Ending> {

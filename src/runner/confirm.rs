@@ -1,0 +1,190 @@
+//! Confirmation: polling import-status of registered assets until MI says they are final.
+//!
+//! Registration is asynchronous: an asset ID means MI accepted the request, not that it could
+//! read the file. Each asset is checked first [`FIRST_CHECK`](crate::ledger::FIRST_CHECK)
+//! after registration, then at growing gaps, through the same limiter as the imports, until
+//! `COMPLETED` (→ `completed`) or `FAILED`, `FILE_NOT_EXIST`, `INVALID_METADATA`
+//! (→ `import_failed`, with MI's reason kept).
+
+use anyhow::Result;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{FatalStop, Runner};
+use crate::api::{ApiError, Call, ImportStatus};
+use crate::ledger::checks::{self, CheckResult, DueCheck};
+use crate::ledger::{FIRST_CHECK, State};
+use crate::retry::{Disposition, Retryable, with_retries};
+
+/// The longest gap between two checks of one asset: long videos take a while, and a poll a
+/// few minutes late costs nothing.
+pub const MAX_CHECK_GAP: Duration = Duration::from_secs(300);
+/// How long `run` keeps confirming after its last import, by default.
+pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(600);
+/// Longest nap while nothing is due, so the end of dispatch is noticed promptly.
+const IDLE_NAP: Duration = Duration::from_millis(500);
+
+/// The gap after the `checks`-th check found the import still in progress.
+pub fn next_gap(checks: u32) -> Duration {
+    FIRST_CHECK
+        .saturating_mul(1u32.checked_shl(checks.min(16)).unwrap_or(u32::MAX))
+        .min(MAX_CHECK_GAP)
+}
+
+/// What an upload status means for the key: `Some(final state)` or `None` (still going).
+pub fn state_for(upload_status: &str) -> Option<State> {
+    match upload_status {
+        "COMPLETED" => Some(State::Completed),
+        "FAILED" | "FILE_NOT_EXIST" | "INVALID_METADATA" => Some(State::ImportFailed),
+        _ => None,
+    }
+}
+
+struct Polled(Result<ImportStatus, ApiError>);
+
+impl Retryable for Polled {
+    fn disposition(&self) -> Disposition {
+        match &self.0 {
+            Ok(_) => Disposition::Success,
+            Err(e) => e.disposition_for(Call::ImportStatus),
+        }
+    }
+}
+
+impl Runner {
+    /// Checks registered assets until none is left; once `dispatch_done` fires, for at most
+    /// `patience` more. What is still in progress then stays `registered` for `confirm`.
+    pub async fn confirm(
+        &self,
+        dispatch_done: &CancellationToken,
+        patience: Duration,
+    ) -> Result<()> {
+        let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        let mut deadline: Option<Instant> = None;
+        let slots = self.limiter.concurrency();
+        while !self.stop.is_cancelled() {
+            if deadline.is_none() && dispatch_done.is_cancelled() {
+                deadline = Some(Instant::now() + patience);
+            }
+            while let Some(done) = tasks.try_join_next() {
+                done??;
+            }
+            let free = slots.saturating_sub(tasks.len());
+            let due = if free > 0 {
+                let scope = self.scope.clone();
+                self.writer
+                    .write(move |t| checks::claim_due(t, &scope, free))
+                    .await?
+            } else {
+                Vec::new()
+            };
+            if !due.is_empty() {
+                for check in due {
+                    let runner = self.clone();
+                    tasks.spawn(async move { runner.check_one(check).await });
+                }
+                continue;
+            }
+            let scope = self.scope.clone();
+            let (waiting, soonest) = self
+                .writer
+                .write(move |t| checks::awaiting(t, &scope))
+                .await?;
+            self.stats.awaiting.store(waiting, Relaxed);
+            let finished = dispatch_done.is_cancelled() && tasks.is_empty();
+            if finished && (waiting == 0 || deadline.is_some_and(|d| Instant::now() >= d)) {
+                break;
+            }
+            let until_due = soonest
+                .map(|at| (at - checks::now_ms()).max(1) as u64)
+                .unwrap_or(u64::MAX);
+            let nap = Duration::from_millis(until_due).min(IDLE_NAP);
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = self.stop.cancelled() => {}
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => done??,
+            }
+        }
+        self.drain(tasks).await
+    }
+
+    async fn check_one(&self, due: DueCheck) -> Result<()> {
+        let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
+            let _slot = self.limiter.admit().await;
+            self.stats.polls.fetch_add(1, Relaxed);
+            Polled(self.client.import_status(due.asset_id).await)
+        })
+        .await;
+        let later = checks::now_ms() + next_gap(due.checks).as_millis() as i64;
+        let mut result = CheckResult {
+            id: due.id,
+            state: None,
+            upload_status: None,
+            upload_result: None,
+            next_check_at: Some(later),
+        };
+        match finished.last.0 {
+            Ok(status) => {
+                result.state = state_for(&status.upload_status);
+                if result.state.is_none() && status.upload_status != "IN_PROGRESS" {
+                    tracing::warn!(
+                        "asset {} ({}): unknown upload status {}; will check again",
+                        due.asset_id,
+                        due.key,
+                        status.upload_status
+                    );
+                }
+                result.upload_status = Some(status.upload_status);
+                result.upload_result = status.upload_result;
+            }
+            Err(error) => match error.disposition_for(Call::ImportStatus) {
+                Disposition::Fatal => self.stop_for(FatalStop {
+                    message: format!("{error} (while checking the import of {})", due.key),
+                    hint: error.hint().map(str::to_owned),
+                }),
+                Disposition::Permanent => {
+                    result.state = Some(State::ImportFailed);
+                    result.upload_result = Some(format!("import-status: {}", error.detail()));
+                }
+                _ => tracing::debug!("asset {}: {error}; will check again", due.asset_id),
+            },
+        }
+        match result.state {
+            Some(State::Completed) => self.stats.completed.fetch_add(1, Relaxed),
+            Some(_) => self.stats.import_failed.fetch_add(1, Relaxed),
+            None => 0,
+        };
+        if result.state.is_some() {
+            result.next_check_at = None;
+        }
+        self.writer
+            .write(move |t| checks::record_checks(t, &[result]))
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_grow_from_the_first_check_to_the_cap() {
+        let gaps: Vec<u64> = (0..9).map(|c| next_gap(c).as_secs()).collect();
+        assert_eq!(gaps, vec![3, 6, 12, 24, 48, 96, 192, 300, 300]);
+        assert_eq!(next_gap(1000), MAX_CHECK_GAP);
+    }
+
+    #[test]
+    fn every_documented_status_maps_to_a_state() {
+        assert_eq!(state_for("COMPLETED"), Some(State::Completed));
+        for failed in ["FAILED", "FILE_NOT_EXIST", "INVALID_METADATA"] {
+            assert_eq!(state_for(failed), Some(State::ImportFailed));
+        }
+        assert_eq!(state_for("IN_PROGRESS"), None);
+        assert_eq!(state_for("SOMETHING_NEW"), None);
+    }
+}

@@ -1,0 +1,148 @@
+//! Preflight: before the first import, one look at the account, so a wrong key pair,
+//! workspace, project or bucket costs a request or two, not a million failed rows.
+
+use serde_json::Value;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::{FatalStop, Runner};
+use crate::api::{ApiError, Call};
+use crate::retry::{Disposition, Retryable, with_retries};
+
+/// Why preflight refused to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// MI answered in a way that stops the run (exit 3).
+    Fatal(FatalStop),
+    /// Our own check of the settings failed (exit 2).
+    Settings(FatalStop),
+}
+
+struct Looked(Result<Value, ApiError>);
+
+impl Retryable for Looked {
+    fn disposition(&self) -> Disposition {
+        match &self.0 {
+            Ok(_) => Disposition::Success,
+            Err(e) => e.disposition_for(Call::Lookup),
+        }
+    }
+}
+
+/// The bucket MI links to the workspace, if its details name one.
+pub fn linked_bucket(workspace: &Value) -> Option<&str> {
+    workspace
+        .pointer("/result/bucketName")
+        .and_then(Value::as_str)
+}
+
+/// The refusal for buckets other than the linked one, unless the user allowed them.
+pub fn bucket_refusal(linked: &str, buckets: &[String], allow_other: bool) -> Option<FatalStop> {
+    let others: Vec<&str> = buckets
+        .iter()
+        .map(String::as_str)
+        .filter(|b| *b != linked)
+        .collect();
+    if others.is_empty() || allow_other {
+        return None;
+    }
+    Some(FatalStop {
+        message: format!(
+            "the workspace is linked to bucket `{linked}`, but keys to send are in {}",
+            others
+                .iter()
+                .map(|b| format!("`{b}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        hint: Some(
+            "check --bucket and the manifest's bucket column; if MI accepts other buckets for \
+             this workspace, pass --allow-other-bucket"
+                .into(),
+        ),
+    })
+}
+
+impl Runner {
+    /// Checks credentials, workspace, project and bucket. `buckets` are those of the keys about
+    /// to be sent.
+    pub async fn preflight(&self, buckets: &[String], allow_other_bucket: bool) -> Option<Refusal> {
+        let workspace = match self.look(true).await {
+            Ok(w) => w,
+            Err(refusal) => return Some(refusal),
+        };
+        if let Err(refusal) = self.look(false).await {
+            return Some(refusal);
+        }
+        match linked_bucket(&workspace) {
+            Some(linked) => {
+                bucket_refusal(linked, buckets, allow_other_bucket).map(Refusal::Settings)
+            }
+            None => {
+                tracing::info!(
+                    "the workspace's details name no linked bucket; buckets not checked"
+                );
+                None
+            }
+        }
+    }
+
+    async fn look(&self, workspace: bool) -> Result<Value, Refusal> {
+        let what = if workspace { "workspace" } else { "project" };
+        let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
+            let _slot = self.limiter.admit().await;
+            self.stats.requests.fetch_add(1, Relaxed);
+            Looked(if workspace {
+                self.client.workspace().await
+            } else {
+                self.client.project().await
+            })
+        })
+        .await;
+        finished.last.0.map_err(|error| {
+            let target = self.client.target();
+            let named = if workspace {
+                format!("workspace `{}`", target.workspace)
+            } else {
+                format!(
+                    "project `{}` of workspace `{}`",
+                    target.project, target.workspace
+                )
+            };
+            Refusal::Fatal(FatalStop {
+                message: format!(
+                    "preflight: cannot read the {what}: {error} ({named} at {})",
+                    target.endpoint
+                ),
+                hint: error.hint().map(str::to_owned).or_else(|| {
+                    Some("MI is not answering; try again later, or check --endpoint".into())
+                }),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn linked_bucket_is_read_from_the_result() {
+        let ws = json!({"code": "0", "result": {"workspaceName": "w", "bucketName": "media"}});
+        assert_eq!(linked_bucket(&ws), Some("media"));
+        assert_eq!(linked_bucket(&json!({"result": {}})), None);
+    }
+
+    #[test]
+    fn other_buckets_are_refused_unless_allowed() {
+        let buckets = vec!["media".to_string(), "elsewhere".to_string()];
+        let refusal = bucket_refusal("media", &buckets, false).unwrap();
+        assert!(
+            refusal.message.ends_with("keys to send are in `elsewhere`"),
+            "{refusal:?}"
+        );
+        assert!(refusal.hint.unwrap().contains("--allow-other-bucket"));
+        assert_eq!(bucket_refusal("media", &buckets, true), None);
+        assert_eq!(bucket_refusal("media", &buckets[..1], false), None);
+    }
+}

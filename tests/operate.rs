@@ -1,0 +1,258 @@
+//! Operating it: confirmation, preflight, dry run, credentials from the NCP CLI's file.
+
+mod common;
+
+use common::*;
+use mi_import::emulator::{CallKind, EmulatorConfig};
+use mi_import::exit::Exit;
+use mi_import::ledger::State;
+use mi_import::runner::Ending;
+use std::time::Duration;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_records_every_final_status() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        settle: Duration::from_millis(300),
+        ..healthy()
+    })
+    .await;
+    let mut keys = keys(10, "fine");
+    for odd in ["x/corrupt.mp4", "x/missing.mp4", "x/broken.mp4"] {
+        keys.push(odd.into());
+    }
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.options.confirm = Some(Duration::from_secs(60));
+    let result = import(job).await;
+    assert_eq!(
+        result.exit,
+        Exit::Trouble,
+        "import_failed keys make exit code 1"
+    );
+    assert_eq!(ws.count(State::Completed), 10);
+    assert_eq!(ws.count(State::ImportFailed), 3);
+    let ledger = ws.ledger();
+    let status = |key: &str| -> (String, String) {
+        ledger
+            .conn()
+            .query_row(
+                "SELECT upload_status, upload_result FROM keys WHERE key = ?1",
+                [key],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(status("x/corrupt.mp4").0, "INVALID_METADATA");
+    assert!(status("x/corrupt.mp4").1.contains("resolution"));
+    assert_eq!(status("x/missing.mp4").0, "FILE_NOT_EXIST");
+    assert_eq!(status("x/broken.mp4").0, "FAILED");
+    assert!(emu.counters().status_calls >= 13);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_and_imports_share_one_rate_limit() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let keys = keys(100, "shared");
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.limits.rate = Some(25);
+    job.options.confirm = Some(Duration::from_secs(60));
+    assert_eq!(import(job).await.exit, Exit::Success);
+    assert_eq!(ws.count(State::Completed), 100);
+
+    let log = emu.request_log();
+    let times: Vec<_> = log.iter().map(|(t, _)| *t).collect();
+    let most = (0..times.len())
+        .map(|i| {
+            times[i..]
+                .iter()
+                .take_while(|t| **t < times[i] + Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap();
+    // The emulator sees arrivals, which network jitter can bunch by a request or two.
+    assert!(most <= 27, "{most} requests in one second at --rate 25");
+    let first_poll = log
+        .iter()
+        .find(|(_, k)| *k == CallKind::ImportStatus)
+        .unwrap()
+        .0;
+    let last_import = log
+        .iter()
+        .rev()
+        .find(|(_, k)| *k == CallKind::Register)
+        .unwrap()
+        .0;
+    assert!(
+        first_poll < last_import,
+        "polls began while imports were still going"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_command_settles_what_a_run_left_registered() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(20, "later"));
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(ws.count(State::Registered), 20);
+    let db = ws.db();
+    let args = [
+        "confirm",
+        "--db",
+        db.to_str().unwrap(),
+        "--endpoint",
+        &emu.endpoint(),
+        "--workspace",
+        "demo-workspace",
+        "--project",
+        "1001",
+        "--rate",
+        "0",
+    ];
+    let out = run_binary(
+        args.iter().map(|s| s.to_string()).collect(),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(ws.count(State::Completed), 20);
+    assert_eq!(
+        emu.counters().register_calls,
+        20,
+        "confirm sends no imports"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_stops_before_any_import_for_a_wrong_workspace_or_project() {
+    for (workspace, project, named) in [
+        ("nope", "1001", "workspace `nope`"),
+        ("demo-workspace", "77", "project `77`"),
+    ] {
+        let ws = Workspace::new();
+        let emu = emulator(healthy()).await;
+        let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys(5, "pf")));
+        job.target.workspace = workspace.into();
+        job.target.project = project.into();
+        let result = import(job).await;
+        assert_eq!(result.exit, Exit::Fatal);
+        let Ending::Fatal(stop) = &result.ending else {
+            panic!("{:?}", result.ending)
+        };
+        assert!(
+            stop.message.contains("preflight") && stop.message.contains(named),
+            "{stop:?}"
+        );
+        assert!(stop.message.contains("404"), "{stop:?}");
+        assert_eq!(emu.counters().register_calls, 0);
+        assert_eq!(ws.count(State::Pending), 5);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preflight_refuses_another_bucket_unless_allowed() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.path("m.csv");
+    std::fs::write(
+        &manifest,
+        "bucket,key\nmedia-archive,a.mp4\nsomewhere-else,b.mp4\n",
+    )
+    .unwrap();
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("linked to bucket `media-archive`") && stderr.contains("`somewhere-else`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-other-bucket"), "{stderr}");
+    assert_eq!(emu.counters().register_calls, 0);
+
+    let mut args = run_args(&ws, &emu, &manifest);
+    args.push("--allow-other-bucket".into());
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(emu.registrations("somewhere-else", "b.mp4"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_sends_nothing_changes_nothing_and_counts_right() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let first: Vec<String> = keys(5, "done");
+    let out = run_binary(
+        run_args(&ws, &emu, &ws.manifest("a.csv", &first)),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0));
+    let requests = emu.counters().requests;
+
+    let mut all = first.clone();
+    all.extend(keys(7, "new"));
+    all.extend(["x/notes.txt".to_string(), "x/dir/".to_string()]);
+    let mut args = run_args(&ws, &emu, &ws.manifest("b.csv", &all));
+    args.push("--dry-run".into());
+    *args.iter_mut().find(|a| *a == "0").unwrap() = "2".into(); // --rate 2
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(emu.counters().requests, requests, "nothing sent");
+    assert_eq!(ws.rows().len(), 5, "ledger unchanged");
+    assert!(
+        stdout.contains("b.csv: 14 rows, 9 new to the ledger"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("would send 7 keys"), "{stdout}");
+    assert!(stdout.contains("already done: 5"), "{stdout}");
+    assert!(stdout.contains("ineligible, never sent: 2"), "{stdout}");
+    assert!(stdout.contains("unsupported format .txt"), "{stdout}");
+    assert!(stdout.contains("at --rate 2: about 4s"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_the_ncp_cli_file_when_the_environment_has_none() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(3, "cfg"));
+    let home = ws.path("home");
+    std::fs::create_dir_all(home.join(".ncloud")).unwrap();
+    std::fs::write(
+        home.join(".ncloud/configure"),
+        format!("[DEFAULT]\nncloud_access_key_id = {ACCESS}\nncloud_secret_access_key = {SECRET}\nncloud_api_url = https://ncloud.apigw.ntruss.com\n"),
+    )
+    .unwrap();
+    let args = run_args(&ws, &emu, &manifest);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = binary(&argv, SECRET, ws.dir.path())
+        .env_remove("NCLOUD_ACCESS_KEY")
+        .env_remove("NCLOUD_SECRET_KEY")
+        .env("HOME", &home)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(ws.count(State::Registered), 3);
+
+    let out = binary(&argv, SECRET, ws.dir.path())
+        .env_remove("NCLOUD_ACCESS_KEY")
+        .env_remove("NCLOUD_SECRET_KEY")
+        .env("HOME", ws.path("empty-home"))
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("NCLOUD_SECRET_KEY") && stderr.contains("~/.ncloud/configure"),
+        "{stderr}"
+    );
+}
