@@ -266,6 +266,15 @@ fn summarize(
         stats.retries.load(Relaxed),
         stats.throttled.load(Relaxed),
     );
+    let polls = stats.polls.load(Relaxed);
+    if polls > 0 {
+        text.push_str(&format!(
+            "confirmation: {} completed, {} import_failed, {} still in progress ({polls} import-status checks)\n",
+            stats.completed.load(Relaxed),
+            stats.import_failed.load(Relaxed),
+            get(State::Registered),
+        ));
+    }
     if reconciled > 0 {
         text.push_str(&format!(
             "{reconciled} keys whose answer was lost were found registered in MI's asset list, not sent again\n"
@@ -282,6 +291,14 @@ fn summarize(
         states.join(", ")
     };
     text.push_str(&format!("ledger {}: {states}\n", db.display()));
+    if get(State::ImportFailed) > 0 {
+        text.push_str(
+            "MI could not import some files: `mi-import report --state import_failed` shows why\n",
+        );
+    }
+    if get(State::Registered) > 0 && polls > 0 {
+        text.push_str("`mi-import confirm` checks the keys still in progress later\n");
+    }
     if get(State::Failed) > 0 {
         text.push_str("see `mi-import report --state failed`; run again with --retry-failed to send failed keys again\n");
     }

@@ -115,6 +115,7 @@ impl Runner {
         let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
             let _slot = self.limiter.admit().await;
             self.stats.polls.fetch_add(1, Relaxed);
+            self.stats.requests.fetch_add(1, Relaxed);
             Polled(self.client.import_status(due.asset_id).await)
         })
         .await;
