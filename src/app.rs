@@ -15,11 +15,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::MiClient;
 use crate::config::{Credentials, Limits, Target};
 use crate::exit::{Exit, input};
+use crate::ledger::listings::{self, OnChanged};
 use crate::ledger::writer::LedgerWriter;
 use crate::ledger::{self, Ingested, Ledger, Scope, State};
 use crate::limiter::Limiter;
 use crate::progress::{self, Display};
-use crate::runner::{Ending, RunOptions, Runner};
+use crate::runner::{Ending, ListSummary, RunOptions, Runner};
+use crate::source::bucket::{BucketSpec, Lister};
+use crate::source::filter::Filters;
 use crate::source::judged;
 use crate::source::manifest::{ManifestFormat, ManifestReader};
 
@@ -30,6 +33,8 @@ const INGEST_BATCH: usize = 5_000;
 /// Where the manifest comes from.
 #[derive(Debug, Clone)]
 pub enum Manifest {
+    /// No manifest: the keys come from a bucket listing.
+    None,
     File(PathBuf),
     /// Text built into the binary (the demo's), with a name for messages.
     Builtin {
@@ -41,6 +46,7 @@ pub enum Manifest {
 impl Manifest {
     fn name(&self) -> String {
         match self {
+            Manifest::None => "(no manifest)".into(),
             Manifest::File(p) => p.display().to_string(),
             Manifest::Builtin { name, .. } => (*name).to_owned(),
         }
@@ -57,6 +63,10 @@ pub struct ImportJob {
     pub manifest: Manifest,
     pub manifest_format: ManifestFormat,
     pub default_bucket: Option<String>,
+    /// List this bucket prefix (with `Manifest::None`).
+    pub listing: Option<BucketSpec>,
+    pub filters: Filters,
+    pub on_changed: OnChanged,
     pub retry_failed: bool,
     pub options: RunOptions,
     pub display: Display,
@@ -70,12 +80,16 @@ pub struct ImportResult {
     pub ingested: Ingested,
     pub counts: Vec<(State, u64)>,
     pub requests: u64,
+    pub listed: Option<ListSummary>,
     pub summary: String,
 }
 
 /// Runs one import: lock, ledger, manifest, dispatch, summary.
 pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<ImportResult> {
-    let reader = open_manifest(&job)?;
+    let reader = match job.manifest {
+        Manifest::None => None,
+        _ => Some(open_manifest(&job)?),
+    };
     let _lock = crate::lock::acquire(&job.db, "run")?;
     let ledger = Ledger::open(&job.db)?;
     let scope = Scope {
@@ -123,13 +137,48 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         job.limits.max_attempts,
         shutdown,
     );
+    let mut options = job.options.clone();
+    let listing = match &job.listing {
+        Some(spec) => {
+            let (s, bucket, prefix) = (scope.clone(), spec.bucket.clone(), spec.prefix.clone());
+            let state = writer
+                .write(move |t| listings::open_listing(t, &s, &bucket, &prefix))
+                .await?;
+            options.buckets.push(spec.bucket.clone());
+            runner.feed.open();
+            Some((
+                Lister::new(spec, job.limits.timeout),
+                spec.bucket.clone(),
+                state,
+            ))
+        }
+        None => None,
+    };
     let progress_done = CancellationToken::new();
     let progress = tokio::spawn(progress::show(
         runner.stats.clone(),
         job.display,
         progress_done.clone(),
     ));
-    let ending = runner.run(&job.options).await;
+    let listing_id = listing.as_ref().map(|(_, _, state)| state.id);
+    let listing_pass = async {
+        match &listing {
+            Some((lister, bucket, state)) => runner
+                .list_bucket(lister, bucket, state.clone(), &job.filters, job.on_changed)
+                .await
+                .map(Some),
+            None => Ok(None),
+        }
+    };
+    let (ending, listed) = tokio::join!(runner.run(&options), listing_pass);
+    let listed = listed?;
+    if let (Ok(Ending::Finished), Some(id), Some(ListSummary { complete: true, .. })) =
+        (&ending, listing_id, listed)
+    {
+        writer
+            .write(move |t| listings::close_listing(t, id))
+            .await?;
+    }
     progress_done.cancel();
     let _ = progress.await;
     let ending = ending?;
@@ -138,7 +187,10 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     let counts = writer.write(move |t| ledger::counts(t, Some(&s))).await?;
     let exit = exit_for(&ending, &counts);
     let requests = runner.stats.requests.load(Relaxed);
-    let summary = summarize(&counts, &runner, started.elapsed(), &job.db);
+    let mut summary = summarize(&counts, &runner, started.elapsed(), &job.db);
+    if let Some(listed) = &listed {
+        summary.insert_str(0, &describe_listing(listed, job.on_changed));
+    }
     let record = json!({
         "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
         "requests": requests,
@@ -157,8 +209,39 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         ingested,
         counts,
         requests,
+        listed,
         summary,
     })
+}
+
+fn describe_listing(listed: &ListSummary, on_changed: OnChanged) -> String {
+    let mut text = format!(
+        "listing: {} objects in {} pages, {} new to the ledger",
+        listed.objects, listed.pages, listed.new
+    );
+    if listed.left_out > 0 {
+        text.push_str(&format!(", {} left out by the filters", listed.left_out));
+    }
+    if listed.settling > 0 {
+        text.push_str(&format!(
+            ", {} too recent (--min-age; the next run looks again)",
+            listed.settling
+        ));
+    }
+    if !listed.complete {
+        text.push_str("; not finished: the next run resumes it");
+    }
+    text.push('\n');
+    if listed.changed > 0 {
+        text.push_str(&match on_changed {
+            OnChanged::Report => format!(
+                "{} registered objects changed since (ETag or size); left alone, see the report's changed_at, or pass --on-changed reimport\n",
+                listed.changed
+            ),
+            OnChanged::Reimport => format!("{} changed objects were registered again\n", listed.changed),
+        });
+    }
+    text
 }
 
 fn open_manifest(job: &ImportJob) -> Result<ManifestReader<Box<dyn std::io::Read + Send>>> {
@@ -175,6 +258,7 @@ fn open_manifest(job: &ImportJob) -> Result<ManifestReader<Box<dyn std::io::Read
                 .map_err(input)?,
         ),
         Manifest::Builtin { text, .. } => Box::new(text.as_bytes()),
+        Manifest::None => Box::new(&b""[..]),
     };
     ManifestReader::new(
         input_stream,
@@ -187,12 +271,16 @@ fn open_manifest(job: &ImportJob) -> Result<ManifestReader<Box<dyn std::io::Read
 /// Reads the whole manifest into the ledger before anything is sent, so a bad row stops the
 /// run with nothing sent; rows before it stay recorded.
 async fn ingest(
-    mut reader: ManifestReader<Box<dyn std::io::Read + Send>>,
+    reader: Option<ManifestReader<Box<dyn std::io::Read + Send>>>,
     job: &ImportJob,
     writer: &LedgerWriter,
     scope: &Scope,
 ) -> Result<Ingested> {
+    let Some(mut reader) = reader else {
+        return Ok(Ingested::default());
+    };
     let name = job.manifest.name();
+    let filters = job.filters.clone();
     let (writer, scope) = (writer.clone(), scope.clone());
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -200,8 +288,10 @@ async fn ingest(
         loop {
             let mut batch = Vec::with_capacity(INGEST_BATCH);
             let mut bad_row = None;
+            let now = std::time::SystemTime::now();
             for row in reader.by_ref() {
                 match row {
+                    Ok(row) if filters.verdict(&row.key, row.size, None, now).is_some() => continue,
                     Ok(row) => batch.push(judged(row.bucket, row.key, row.size)),
                     Err(e) => {
                         bad_row = Some(e);
@@ -370,6 +460,7 @@ pub async fn confirm(
         ingested: Ingested::default(),
         counts,
         requests,
+        listed: None,
         summary,
     })
 }

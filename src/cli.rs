@@ -116,9 +116,47 @@ pub struct RunArgs {
     /// The manifest's layout
     #[arg(long, value_enum, default_value_t = ManifestFormat::Csv)]
     pub manifest_format: ManifestFormat,
-    /// Bucket for manifest rows that name none
+    /// Bucket to list (without --manifest), or for manifest rows that name none
     #[arg(long)]
     pub bucket: Option<String>,
+    /// Only keys under this prefix, when listing the bucket
+    #[arg(
+        long,
+        default_value = "",
+        requires = "bucket",
+        conflicts_with = "manifest"
+    )]
+    pub prefix: String,
+    /// Object Storage endpoint (default: the region's)
+    #[arg(long, env = "MI_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Object Storage region: kr-standard, us-standard, sg-standard, jp-standard, de-standard
+    #[arg(long, env = "MI_S3_REGION", default_value = crate::source::bucket::DEFAULT_REGION)]
+    pub s3_region: String,
+    /// Only keys matching this glob (repeatable; `*` stays within a folder, `**` crosses)
+    #[arg(long)]
+    pub include: Vec<String>,
+    /// Leave out keys matching this glob (repeatable)
+    #[arg(long)]
+    pub exclude: Vec<String>,
+    /// Leave out objects smaller than this (e.g. 100KB)
+    #[arg(long, value_parser = crate::source::filter::parse_size)]
+    pub min_size: Option<u64>,
+    /// Leave out objects larger than this (e.g. 2GB)
+    #[arg(long, value_parser = crate::source::filter::parse_size)]
+    pub max_size: Option<u64>,
+    /// Only objects modified after this time (2024-05-01 or 2024-05-01T12:00:00Z)
+    #[arg(long, value_parser = crate::source::filter::parse_time)]
+    pub modified_after: Option<std::time::SystemTime>,
+    /// Only objects modified before this time
+    #[arg(long, value_parser = crate::source::filter::parse_time)]
+    pub modified_before: Option<std::time::SystemTime>,
+    /// Leave objects modified within this long for the next run (still being uploaded), e.g. 15m
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub min_age: Option<Duration>,
+    /// What to do with a registered object whose ETag or size changed
+    #[arg(long, value_enum, default_value_t = crate::ledger::listings::OnChanged::Report)]
+    pub on_changed: crate::ledger::listings::OnChanged,
     /// Send keys marked failed again
     #[arg(long)]
     pub retry_failed: bool,

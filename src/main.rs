@@ -15,6 +15,8 @@ use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::exit::{self, Exit, input};
 use mi_import::progress::Display;
 use mi_import::runner::RunOptions;
+use mi_import::source::bucket::{self, BucketSpec};
+use mi_import::source::filter::Filters;
 
 /// Which signal asked us to stop: 0 none, 1 SIGINT, 2 SIGTERM.
 static SIGNAL: AtomicU8 = AtomicU8::new(0);
@@ -132,10 +134,14 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
                 },
                 manifest_format: mi_import::source::manifest::ManifestFormat::Csv,
                 default_bucket: None,
+                listing: None,
+                filters: Default::default(),
+                on_changed: mi_import::ledger::listings::OnChanged::Report,
                 retry_failed: false,
                 options: RunOptions {
                     preflight: false,
                     allow_other_bucket: false,
+                    buckets: Vec::new(),
                     confirm: Some(args.patience),
                 },
                 display,
@@ -196,24 +202,51 @@ fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
 fn import_job(args: RunArgs, db: std::path::PathBuf, quiet: bool) -> Result<ImportJob> {
     let display = Display::choose(quiet, args.limits.progress_interval);
     let (target, limits) = settings(args.mi, &args.limits)?;
-    let Some(manifest) = args.manifest else {
-        return Err(input(anyhow::anyhow!(
-            "--manifest is required\nhint: pass --manifest FILE (listing a bucket prefix is not available in this version)"
-        )));
-    };
     let credentials = Credentials::discover().map_err(input)?;
+    let (manifest, listing) = match (args.manifest, &args.bucket) {
+        (Some(path), _) => (Manifest::File(path), None),
+        (None, Some(bucket)) => {
+            let endpoint =
+                bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
+            let spec = BucketSpec {
+                endpoint,
+                region: args.s3_region,
+                bucket: bucket.clone(),
+                prefix: args.prefix,
+                credentials: bucket::s3_credentials(&credentials),
+            };
+            (Manifest::None, Some(spec))
+        }
+        (None, None) => {
+            return Err(input(anyhow::anyhow!(
+                "nothing to import\nhint: pass --manifest FILE, or --bucket NAME [--prefix P] to list a bucket"
+            )));
+        }
+    };
+    let mut filters = Filters::default()
+        .with_globs(&args.include, &args.exclude)
+        .map_err(input)?;
+    filters.min_size = args.min_size;
+    filters.max_size = args.max_size;
+    filters.modified_after = args.modified_after;
+    filters.modified_before = args.modified_before;
+    filters.min_age = args.min_age;
     Ok(ImportJob {
         db,
         target,
         credentials,
         limits,
-        manifest: Manifest::File(manifest),
+        manifest,
         manifest_format: args.manifest_format,
-        default_bucket: args.bucket,
+        default_bucket: if listing.is_some() { None } else { args.bucket },
+        listing,
+        filters,
+        on_changed: args.on_changed,
         retry_failed: args.retry_failed,
         options: RunOptions {
             preflight: true,
             allow_other_bucket: args.allow_other_bucket,
+            buckets: Vec::new(),
             confirm: (!args.no_confirm).then_some(args.patience),
         },
         display,

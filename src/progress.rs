@@ -35,6 +35,10 @@ pub struct Stats {
     pub import_failed: AtomicU64,
     /// Registered assets still waiting for a final import status.
     pub awaiting: AtomicU64,
+    /// Objects a listing has seen so far.
+    pub discovered: AtomicU64,
+    /// A listing is still going (so the total is not known yet).
+    pub listing: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {

@@ -17,6 +17,7 @@
 //! - The file is created readable by its owner only: it names every key of the user's bucket.
 
 pub mod checks;
+pub mod listings;
 pub mod writer;
 
 use anyhow::{Context, Result, bail};
@@ -29,6 +30,7 @@ use std::str::FromStr;
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_keys_and_runs.sql"),
     include_str!("../../migrations/0002_confirmation.sql"),
+    include_str!("../../migrations/0003_listings.sql"),
 ];
 
 /// The first import-status check of a new asset waits this long: MI needs a moment.
@@ -386,7 +388,10 @@ pub fn uncertain_keys(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<
 pub fn known_asset_ids(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT asset_id FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND asset_id IS NOT NULL",
+         WHERE workspace = ?1 AND project = ?2 AND asset_id IS NOT NULL
+         UNION ALL
+         SELECT previous_asset_id FROM keys
+         WHERE workspace = ?1 AND project = ?2 AND previous_asset_id IS NOT NULL",
     )?;
     let rows = stmt.query_map(params![scope.workspace, scope.project], |r| r.get(0))?;
     rows.collect()

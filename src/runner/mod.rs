@@ -24,7 +24,10 @@ use crate::reconcile;
 use crate::retry::{Backoff, Disposition, Finished, Retryable, with_retries};
 
 mod confirm;
+mod listing;
 mod preflight;
+
+pub use listing::{ListSummary, judge};
 
 pub use confirm::{DEFAULT_PATIENCE, MAX_CHECK_GAP, next_gap, state_for};
 pub use preflight::{Refusal, bucket_refusal, linked_bucket};
@@ -70,8 +73,39 @@ pub struct RunOptions {
     /// Check the account before the first import.
     pub preflight: bool,
     pub allow_other_bucket: bool,
+    /// Buckets the run will send from though the ledger may not list them yet (a listing).
+    pub buckets: Vec<String>,
     /// Confirm registered assets, for at most this long after the last import.
     pub confirm: Option<Duration>,
+}
+
+/// Whether a source is still adding keys while dispatch runs (a bucket listing). Dispatch
+/// waits for more instead of ending when it finds nothing pending.
+#[derive(Debug, Default)]
+pub struct Feed {
+    open: std::sync::atomic::AtomicBool,
+    arrived: tokio::sync::Notify,
+}
+
+impl Feed {
+    pub fn open(&self) {
+        self.open.store(true, Relaxed);
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Relaxed)
+    }
+
+    /// New keys are in the ledger.
+    pub fn arrived(&self) {
+        self.arrived.notify_one();
+    }
+
+    /// The source has nothing more.
+    pub fn close(&self) {
+        self.open.store(false, Relaxed);
+        self.arrived.notify_one();
+    }
 }
 
 /// Everything one run needs.
@@ -86,6 +120,8 @@ pub struct Runner {
     pub backoff: Backoff,
     /// Cancelled from outside (a signal): finish what is in flight, send nothing new.
     pub shutdown: CancellationToken,
+    /// A source still adding keys (a listing), if any.
+    pub feed: Arc<Feed>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -125,6 +161,7 @@ impl Runner {
             max_attempts,
             backoff: Backoff::default(),
             shutdown,
+            feed: Arc::new(Feed::default()),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -175,10 +212,13 @@ impl Runner {
         }
         if options.preflight {
             let scope = self.scope.clone();
-            let buckets = self
+            let mut buckets = self
                 .writer
                 .write(move |t| ledger::buckets_to_send(t, &scope))
                 .await?;
+            buckets.extend(options.buckets.iter().cloned());
+            buckets.sort();
+            buckets.dedup();
             if !buckets.is_empty() {
                 match self.preflight(&buckets, options.allow_other_bucket).await {
                     None => {}
@@ -204,10 +244,12 @@ impl Runner {
                 .write(move |t| ledger::counts(t, Some(&scope)))
                 .await?;
             let pending = count_of(&counts, State::Pending);
-            if pending == 0 {
+            if pending == 0 && !self.feed.is_open() {
                 return Ok(Ending::Finished);
             }
-            self.stats.queued.fetch_add(pending, Relaxed);
+            if round == 1 {
+                self.stats.queued.fetch_add(pending, Relaxed);
+            }
             tracing::debug!("round {round}: {pending} keys to send");
             self.dispatch().await?;
         }
@@ -221,7 +263,8 @@ impl Runner {
         self.shutdown.is_cancelled().then_some(Ending::Interrupted)
     }
 
-    fn stop_for(&self, fatal: FatalStop) {
+    /// Stops dispatch for good: nothing more is sent; the reason becomes the run's ending.
+    pub fn stop_for(&self, fatal: FatalStop) {
         let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             tracing::error!("stopping: {}", fatal.message);
@@ -243,7 +286,13 @@ impl Runner {
                 .write(move |t| ledger::claim(t, &scope, want))
                 .await?;
             if batch.is_empty() {
-                break;
+                if !self.feed.is_open() {
+                    break;
+                }
+                tokio::select! {
+                    _ = self.feed.arrived.notified() => continue,
+                    _ = self.stop.cancelled() => break,
+                }
             }
             let mut batch = batch.into_iter();
             while let Some(key) = batch.next() {
@@ -405,6 +454,9 @@ impl Runner {
         self.stats
             .reconciled
             .fetch_add(verdict.found.len() as u64, Relaxed);
+        self.stats
+            .queued
+            .fetch_add(verdict.not_found.len() as u64, Relaxed);
         self.writer
             .write(move |t| ledger::resolve_uncertain(t, &verdict.found, &verdict.not_found))
             .await?;

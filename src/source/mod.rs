@@ -4,7 +4,9 @@
 //! result enters the ledger as a [`NewKey`](crate::ledger::NewKey). Only the CSV manifest
 //! exists so far.
 
+pub mod bucket;
 pub mod eligibility;
+pub mod filter;
 pub mod manifest;
 
 use crate::ledger::NewKey;

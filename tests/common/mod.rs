@@ -16,6 +16,8 @@ use mi_import::progress::Display;
 use mi_import::runner::RunOptions;
 use mi_import::source::manifest::ManifestFormat;
 
+pub mod s3;
+
 pub const ACCESS: &str = "test-access-key";
 pub const SECRET: &str = "test-secret-9f1c2e";
 pub const BUCKET: &str = "media-archive";
@@ -109,10 +111,14 @@ pub fn job(ws: &Workspace, emulator: &Emulator, manifest: PathBuf) -> ImportJob 
         manifest: Manifest::File(manifest),
         manifest_format: ManifestFormat::Csv,
         default_bucket: None,
+        listing: None,
+        filters: Default::default(),
+        on_changed: mi_import::ledger::listings::OnChanged::Report,
         retry_failed: false,
         options: RunOptions {
             preflight: true,
             allow_other_bucket: false,
+            buckets: Vec::new(),
             confirm: None,
         },
         display: Display::Quiet,

@@ -1,0 +1,302 @@
+//! The bucket source: NCP Object Storage listed page by page with ListObjects (v1).
+//!
+//! NCP Object Storage refuses ListObjectsV2, so the SDK's paginator cannot be used: this is a
+//! loop on `marker`, taking `NextMarker` when the service sends one and the last key of the
+//! page otherwise. Keys are asked for URL-encoded (XML cannot carry every byte a key may hold)
+//! and decoded here. Pages may come in no particular order; the ledger de-duplicates.
+
+use anyhow::{Result, bail};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials as S3Credentials, Region};
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::list_objects::ListObjectsError;
+use aws_sdk_s3::types::EncodingType;
+use percent_encoding::percent_decode_str;
+use std::time::{Duration, SystemTime};
+
+use crate::config::Credentials;
+use crate::retry::{Disposition, Retryable};
+
+/// Keys per page: the most ListObjects returns.
+pub const PAGE_SIZE: i32 = 1000;
+
+/// NCP Object Storage regions and their endpoints (NCP-API.md).
+pub const REGIONS: &[(&str, &str)] = &[
+    ("kr-standard", "https://kr.object.ncloudstorage.com"),
+    ("us-standard", "https://us.object.ncloudstorage.com"),
+    ("sg-standard", "https://sg.object.ncloudstorage.com"),
+    ("jp-standard", "https://jp.object.ncpstorage.com"),
+    ("de-standard", "https://de.object.ncloudstorage.com"),
+];
+pub const DEFAULT_REGION: &str = "kr-standard";
+
+/// Where to list.
+#[derive(Debug, Clone)]
+pub struct BucketSpec {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub credentials: Credentials,
+}
+
+/// The endpoint for `region`, unless the user named one.
+pub fn endpoint_for(region: &str, endpoint: Option<String>) -> Result<String> {
+    if let Some(endpoint) = endpoint {
+        return Ok(endpoint.trim_end_matches('/').to_owned());
+    }
+    match REGIONS.iter().find(|(name, _)| *name == region) {
+        Some((_, url)) => Ok((*url).to_owned()),
+        None => bail!(
+            "unknown Object Storage region `{region}`\nhint: one of {}, or pass --s3-endpoint",
+            REGIONS
+                .iter()
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// S3 credentials: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` when both are set, else the
+/// NCP key pair (Object Storage accepts it).
+pub fn s3_credentials(ncp: &Credentials) -> Credentials {
+    match (
+        std::env::var("AWS_ACCESS_KEY_ID"),
+        std::env::var("AWS_SECRET_ACCESS_KEY"),
+    ) {
+        (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Credentials::new(a, s),
+        _ => ncp.clone(),
+    }
+}
+
+/// One listed object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+    pub last_modified: Option<SystemTime>,
+}
+
+/// One page, and where the next starts (`None`: the listing is complete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    pub objects: Vec<Object>,
+    pub next_marker: Option<String>,
+}
+
+/// A failed page.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("listing bucket `{bucket}`: {message}")]
+pub struct ListError {
+    pub bucket: String,
+    pub message: String,
+    pub status: Option<u16>,
+    pub retryable: bool,
+}
+
+impl ListError {
+    pub fn hint(&self) -> &'static str {
+        match self.status {
+            Some(401 | 403) => {
+                "check that the key pair may read this bucket (or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+            }
+            Some(404) => "check --bucket, --s3-region and --s3-endpoint",
+            _ => "check --s3-endpoint and the network; run again to resume the listing",
+        }
+    }
+}
+
+/// A page's outcome, for the retry loop.
+pub struct Listed(pub Result<Page, ListError>);
+
+impl Retryable for Listed {
+    fn disposition(&self) -> Disposition {
+        match &self.0 {
+            Ok(_) => Disposition::Success,
+            Err(e) if e.retryable => Disposition::Retry { after: None },
+            Err(_) => Disposition::Fatal,
+        }
+    }
+}
+
+/// Lists one bucket prefix.
+pub struct Lister {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl Lister {
+    pub fn new(spec: &BucketSpec, timeout: Duration) -> Self {
+        use aws_smithy_http_client::tls;
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let credentials = S3Credentials::new(
+            spec.credentials.access_key(),
+            spec.credentials.secret_key(),
+            None,
+            None,
+            "mi-import",
+        );
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .endpoint_url(&spec.endpoint)
+            .region(Region::new(spec.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(true)
+            .http_client(http)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(timeout)
+                    .build(),
+            )
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            )
+            .build();
+        Self {
+            client: aws_sdk_s3::Client::from_conf(config),
+            bucket: spec.bucket.clone(),
+            prefix: spec.prefix.clone(),
+        }
+    }
+
+    /// The page after `marker` (from the start when `None`).
+    pub async fn page(&self, marker: Option<&str>) -> Result<Page, ListError> {
+        let answer = self
+            .client
+            .list_objects()
+            .bucket(&self.bucket)
+            .prefix(&self.prefix)
+            .max_keys(PAGE_SIZE)
+            .encoding_type(EncodingType::Url)
+            .set_marker(marker.map(str::to_owned))
+            .send()
+            .await
+            .map_err(|e| self.error(e))?;
+        let encoded = answer.encoding_type() == Some(&EncodingType::Url);
+        let decode = |text: &str| {
+            if encoded {
+                decode_key(text)
+            } else {
+                Ok(text.to_owned())
+            }
+        };
+        let mut objects = Vec::with_capacity(answer.contents().len());
+        for object in answer.contents() {
+            let Some(raw) = object.key() else { continue };
+            let key = decode(raw).map_err(|m| self.bad(format!("key `{raw}`: {m}")))?;
+            objects.push(Object {
+                key,
+                size: object.size().unwrap_or(0).max(0) as u64,
+                etag: object.e_tag().map(|e| e.trim_matches('"').to_owned()),
+                last_modified: object
+                    .last_modified()
+                    .and_then(|t| SystemTime::try_from(*t).ok()),
+            });
+        }
+        let next_marker = if answer.is_truncated() == Some(true) {
+            let next = match answer.next_marker() {
+                Some(m) => Some(decode(m).map_err(|e| self.bad(format!("next marker: {e}")))?),
+                None => objects.last().map(|o| o.key.clone()),
+            };
+            if next.is_none() {
+                return Err(self.bad("a truncated page with no keys and no next marker".into()));
+            }
+            next
+        } else {
+            None
+        };
+        Ok(Page {
+            objects,
+            next_marker,
+        })
+    }
+
+    fn bad(&self, message: String) -> ListError {
+        ListError {
+            bucket: self.bucket.clone(),
+            message,
+            status: None,
+            retryable: false,
+        }
+    }
+
+    fn error(&self, error: SdkError<ListObjectsError, HttpResponse>) -> ListError {
+        let (status, retryable) = match &error {
+            SdkError::ServiceError(ctx) => {
+                let status = ctx.raw().status().as_u16();
+                (Some(status), status == 429 || status >= 500)
+            }
+            SdkError::TimeoutError(_)
+            | SdkError::DispatchFailure(_)
+            | SdkError::ResponseError(_) => (None, true),
+            _ => (None, false),
+        };
+        let mut message = aws_sdk_s3::error::DisplayErrorContext(&error).to_string();
+        if let Some(status) = status {
+            message = format!("HTTP {status}: {message}");
+        }
+        ListError {
+            bucket: self.bucket.clone(),
+            message,
+            status,
+            retryable,
+        }
+    }
+}
+
+/// Decodes a key S3 sent URL-encoded: `%XX` escapes, and `+` for a space (as S3 encodes, and
+/// as botocore and the AWS Java SDK decode).
+pub fn decode_key(text: &str) -> Result<String, &'static str> {
+    let spaced = text.replace('+', " ");
+    percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|_| "the decoded key is not valid UTF-8")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_decode_percent_escapes_and_plus() {
+        assert_eq!(
+            decode_key("a+b%2Bc%25d%2F%ED%95%9C.mp4").unwrap(),
+            "a b+c%d/한.mp4"
+        );
+        assert_eq!(decode_key("plain/key.mp4").unwrap(), "plain/key.mp4");
+        assert!(decode_key("%FF").is_err());
+    }
+
+    #[test]
+    fn regions_resolve_to_their_endpoints() {
+        assert_eq!(
+            endpoint_for("kr-standard", None).unwrap(),
+            "https://kr.object.ncloudstorage.com"
+        );
+        assert_eq!(
+            endpoint_for("jp-standard", None).unwrap(),
+            "https://jp.object.ncpstorage.com"
+        );
+        assert_eq!(
+            endpoint_for("xx", Some("http://127.0.0.1:9/".into())).unwrap(),
+            "http://127.0.0.1:9"
+        );
+        let err = endpoint_for("mars-standard", None).unwrap_err().to_string();
+        assert!(
+            err.contains("de-standard") && err.contains("hint:"),
+            "{err}"
+        );
+    }
+}

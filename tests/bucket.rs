@@ -1,0 +1,334 @@
+//! The bucket source against a real S3-compatible server on loopback that, like NCP Object
+//! Storage, refuses ListObjectsV2.
+
+mod common;
+
+use common::s3::{S3_ACCESS, S3_SECRET, S3Server};
+use common::*;
+use mi_import::app::{ImportJob, Manifest};
+use mi_import::config::Credentials;
+use mi_import::exit::Exit;
+use mi_import::ledger::State;
+use mi_import::ledger::listings::OnChanged;
+use mi_import::source::bucket::BucketSpec;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+fn bucket_job(
+    ws: &Workspace,
+    emu: &mi_import::emulator::Emulator,
+    s3: &S3Server,
+    prefix: &str,
+) -> ImportJob {
+    let mut job = job(ws, emu, ws.path("unused.csv"));
+    job.manifest = Manifest::None;
+    job.listing = Some(BucketSpec {
+        endpoint: s3.endpoint(),
+        region: "kr-standard".into(),
+        bucket: BUCKET.into(),
+        prefix: prefix.into(),
+        credentials: Credentials::new(S3_ACCESS.into(), S3_SECRET.into()),
+    });
+    job
+}
+
+const ODD: &[&str] = &[
+    "lib/odd/space in name.mp4",
+    "lib/odd/plus+sign.mp4",
+    "lib/odd/percent%41.mp4",
+    "lib/odd/hash#and?query.mp4",
+    "lib/odd/comma, \"quoted\".mov",
+    "lib/odd/한국어 영상.mkv",
+    "lib/odd/emoji 🎬.webm",
+    "lib/odd/amp&lt;tag>.png",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_several_pages_with_v1_and_registers_each_eligible_object_once() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    let clips = keys(2400, "lib/clips");
+    for k in &clips {
+        s3.put(BUCKET, k, 1_000);
+    }
+    for k in ODD {
+        s3.put(BUCKET, k, 2_000);
+    }
+    let ineligible = [
+        ("lib/raw/camera.avi", 5_000),
+        ("lib/docs/notes.txt", 10),
+        ("lib/big/poster.jpg", 11_000_000),
+        ("lib/big/all-day.mp4", 10_000_000_001),
+        ("lib/empty/upload.mp4", 0),
+    ];
+    for (k, size) in ineligible {
+        s3.put(BUCKET, k, size);
+    }
+    s3.put(BUCKET, "elsewhere/not-in-prefix.mp4", 10);
+
+    let result = import(bucket_job(&ws, &emu, &s3, "lib/")).await;
+    assert_eq!(result.exit, Exit::Success);
+    let listed = result.listed.unwrap();
+    assert_eq!(
+        (listed.objects, listed.pages, listed.complete),
+        (2413, 3, true)
+    );
+    assert_eq!(
+        s3.v2_refused.load(Relaxed),
+        0,
+        "never asked for ListObjectsV2"
+    );
+    assert_eq!(s3.list_calls.load(Relaxed), 3);
+
+    let mut eligible: Vec<String> = clips.clone();
+    eligible.extend(ODD.iter().map(|s| s.to_string()));
+    assert_registered_once(&ws, &emu, &eligible);
+    assert_eq!(emu.assets().len(), eligible.len());
+    assert_eq!(ws.count(State::Skipped), ineligible.len());
+    let reason = |key: &str| -> String {
+        ws.ledger()
+            .conn()
+            .query_row("SELECT message FROM keys WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert!(reason("lib/big/poster.jpg").contains("too large"));
+    assert!(reason("lib/empty/upload.mp4").contains("0 bytes"));
+    assert!(reason("lib/raw/camera.avi").contains(".avi"));
+    assert_eq!(emu.registrations(BUCKET, "elsewhere/not-in-prefix.mp4"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_sends_only_new_objects() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    for k in keys(1500, "night") {
+        s3.put(BUCKET, &k, 100);
+    }
+    assert_eq!(
+        import(bucket_job(&ws, &emu, &s3, "")).await.exit,
+        Exit::Success
+    );
+    assert_eq!(emu.counters().register_calls, 1500);
+
+    let quiet = import(bucket_job(&ws, &emu, &s3, "")).await;
+    assert_eq!(quiet.exit, Exit::Success);
+    assert_eq!(
+        emu.counters().register_calls,
+        1500,
+        "nothing new, nothing sent"
+    );
+    assert_eq!(quiet.listed.unwrap().new, 0);
+
+    let fresh = keys(40, "night/later");
+    for k in &fresh {
+        s3.put(BUCKET, k, 100);
+    }
+    let second = import(bucket_job(&ws, &emu, &s3, "")).await;
+    assert_eq!(second.exit, Exit::Success);
+    assert_eq!(second.listed.unwrap().new, 40);
+    assert_eq!(
+        emu.counters().register_calls,
+        1540,
+        "only the new objects were sent"
+    );
+    assert_registered_once(&ws, &emu, &fresh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start_with_delay(BUCKET, Duration::from_millis(250)).await;
+    let all = keys(6000, "big");
+    for k in &all {
+        s3.put(BUCKET, k, 100);
+    }
+    let db = ws.db().display().to_string();
+    let endpoint = emu.endpoint();
+    let s3_endpoint = s3.endpoint();
+    let args = [
+        "run",
+        "--db",
+        &db,
+        "--endpoint",
+        &endpoint,
+        "--workspace",
+        "demo-workspace",
+        "--project",
+        "1001",
+        "--bucket",
+        BUCKET,
+        "--s3-endpoint",
+        &s3_endpoint,
+        "--no-confirm",
+        "--rate",
+        "0",
+    ];
+    let spawn = || {
+        binary(&args, SECRET, ws.dir.path())
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let committed_pages = || -> i64 {
+        let Ok(ledger) = mi_import::ledger::Ledger::open(&ws.db()) else {
+            return 0;
+        };
+        ledger
+            .conn()
+            .query_row("SELECT COALESCE(MAX(pages), 0) FROM listings", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0)
+    };
+    let mut child = spawn();
+    while committed_pages() < 2 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let pages_done = committed_pages();
+    assert!((2..6).contains(&pages_done), "{pages_done}");
+    let calls_before = s3.list_calls.load(Relaxed);
+
+    let second = spawn();
+    let out = tokio::task::spawn_blocking(move || second.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let resumed_calls = s3.list_calls.load(Relaxed) - calls_before;
+    assert_eq!(
+        resumed_calls as i64,
+        6 - pages_done,
+        "the resumed run listed only the pages not committed"
+    );
+    assert_registered_once(&ws, &emu, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_and_a_listing_on_one_ledger_register_a_key_once() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    let all = keys(300, "mixed");
+    for k in &all {
+        s3.put(BUCKET, k, 100);
+    }
+    let first_half = all[..150].to_vec();
+    assert_eq!(
+        import(job(&ws, &emu, ws.manifest("m.csv", &first_half)))
+            .await
+            .exit,
+        Exit::Success
+    );
+    let listed = import(bucket_job(&ws, &emu, &s3, "")).await;
+    assert_eq!(listed.exit, Exit::Success);
+    assert_eq!(listed.listed.unwrap().new, 150);
+    assert_registered_once(&ws, &emu, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_objects_are_reported_and_on_request_registered_again() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    for k in keys(10, "chg") {
+        s3.put(BUCKET, &k, 100);
+    }
+    assert_eq!(
+        import(bucket_job(&ws, &emu, &s3, "")).await.exit,
+        Exit::Success
+    );
+    let changed_key = "chg/clip-00003.mp4";
+    s3.put(BUCKET, changed_key, 250);
+
+    let report = import(bucket_job(&ws, &emu, &s3, "")).await;
+    assert_eq!(report.listed.unwrap().changed, 1);
+    assert!(
+        report.summary.contains("--on-changed reimport"),
+        "{}",
+        report.summary
+    );
+    assert_eq!(
+        emu.registrations(BUCKET, changed_key),
+        1,
+        "left alone by default"
+    );
+    let changed_at: Option<String> = ws
+        .ledger()
+        .conn()
+        .query_row(
+            "SELECT changed_at FROM keys WHERE key = ?1",
+            [changed_key],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(changed_at.is_some());
+
+    s3.put(BUCKET, changed_key, 400);
+    let mut job = bucket_job(&ws, &emu, &s3, "");
+    job.on_changed = OnChanged::Reimport;
+    let again = import(job).await;
+    assert_eq!(again.exit, Exit::Success);
+    assert_eq!(
+        emu.registrations(BUCKET, changed_key),
+        2,
+        "registered again, as asked"
+    );
+    assert_eq!(emu.counters().register_calls, 11);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_leave_keys_out_without_recording_them() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    for k in ["a/keep.mp4", "a/tmp/skip.mp4", "b/other.mp4", "a/small.mp4"] {
+        s3.put(BUCKET, k, if k.contains("small") { 5 } else { 5_000 });
+    }
+    let mut job = bucket_job(&ws, &emu, &s3, "");
+    job.filters = mi_import::source::filter::Filters::default()
+        .with_globs(&["a/**".into()], &["**/tmp/**".into()])
+        .unwrap();
+    job.filters.min_size = Some(100);
+    let result = import(job).await;
+    assert_eq!(result.listed.unwrap().left_out, 3);
+    let keys: Vec<String> = ws.rows().into_iter().map(|r| r.0).collect();
+    assert_eq!(keys, vec!["a/keep.mp4".to_string()]);
+
+    // A settle window leaves just-written objects for the next run.
+    let mut job = bucket_job(&ws, &emu, &s3, "");
+    job.filters.min_age = Some(Duration::from_secs(3600));
+    let result = import(job).await;
+    assert_eq!(result.listed.unwrap().settling, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_a_bucket_other_than_the_workspace_one_is_refused_before_any_import() {
+    let ws = Workspace::new();
+    let emu = emulator(mi_import::emulator::EmulatorConfig {
+        bucket: "another-bucket".into(),
+        ..healthy()
+    })
+    .await;
+    let s3 = S3Server::start(BUCKET).await;
+    s3.put(BUCKET, "x/a.mp4", 100);
+    let result = import(bucket_job(&ws, &emu, &s3, "")).await;
+    assert_eq!(result.exit, Exit::Usage);
+    assert_eq!(emu.counters().register_calls, 0);
+}

@@ -1,0 +1,166 @@
+//! A real S3-compatible server on loopback (s3s-fs over a temp dir), made to behave like NCP
+//! Object Storage: ListObjectsV2 is refused, and ListObjects with `encoding-type=url` returns
+//! URL-encoded keys (s3s itself echoes the parameter without encoding) and, as S3 does
+//! without a delimiter, no `NextMarker`.
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const S3_ACCESS: &str = "s3-access";
+pub const S3_SECRET: &str = "s3-secret-31f7";
+
+/// What S3 leaves unescaped in URL-encoded listings; a space becomes `+`.
+const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/')
+    .remove(b' ');
+
+pub struct S3Server {
+    pub addr: SocketAddr,
+    pub root: PathBuf,
+    pub list_calls: Arc<AtomicU64>,
+    pub v2_refused: Arc<AtomicU64>,
+    _dir: tempfile::TempDir,
+}
+
+impl S3Server {
+    pub async fn start(bucket: &str) -> Self {
+        Self::start_with_delay(bucket, std::time::Duration::ZERO).await
+    }
+
+    /// Each listing page waits `delay` before it answers.
+    pub async fn start_with_delay(bucket: &str, delay: std::time::Duration) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        std::fs::create_dir_all(root.join(bucket)).unwrap();
+        let fs = s3s_fs::FileSystem::new(&root).unwrap();
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS, S3_SECRET));
+        let s3 = builder.build();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (list_calls, v2_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (lc, v2) = (list_calls.clone(), v2_refused.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (s3, lc, v2) = (s3.clone(), lc.clone(), v2.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| {
+                        ncp_like(s3.clone(), lc.clone(), v2.clone(), delay, req)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            root,
+            list_calls,
+            v2_refused,
+            _dir: dir,
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Writes an object of `size` bytes (sparse, so large sizes cost nothing).
+    pub fn put(&self, bucket: &str, key: &str, size: u64) {
+        let path = self.root.join(bucket).join(key);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_len(size).unwrap();
+    }
+
+    pub fn object_path(&self, bucket: &str, key: &str) -> PathBuf {
+        self.root.join(bucket).join(Path::new(key))
+    }
+}
+
+async fn ncp_like(
+    s3: s3s::service::S3Service,
+    list_calls: Arc<AtomicU64>,
+    v2_refused: Arc<AtomicU64>,
+    delay: std::time::Duration,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let is_get = req.method() == hyper::Method::GET;
+    if is_get && query.contains("list-type=2") {
+        v2_refused.fetch_add(1, Ordering::Relaxed);
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>ListObjectsV2 is not supported</Message></Error>";
+        return Ok(hyper::Response::builder()
+            .status(501)
+            .body(s3s::Body::from(body.to_owned()))
+            .unwrap());
+    }
+    let listing =
+        is_get && !req.uri().path().trim_matches('/').contains('/') && !query.contains("location");
+    if listing {
+        list_calls.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(delay).await;
+    }
+    let response = hyper::service::Service::call(&s3, req).await?;
+    if !(listing && query.contains("encoding-type=url") && response.status().is_success()) {
+        return Ok(response);
+    }
+    let (mut parts, mut body) = response.into_parts();
+    let bytes = body.store_all_limited(64 << 20).await.unwrap();
+    let xml = String::from_utf8(bytes.to_vec()).unwrap();
+    let xml = strip_element(&xml, "NextMarker");
+    let xml = encode_elements(&xml, "Key");
+    parts.headers.remove(hyper::header::CONTENT_LENGTH);
+    Ok(hyper::Response::from_parts(parts, s3s::Body::from(xml)))
+}
+
+fn strip_element(xml: &str, name: &str) -> String {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    match (xml.find(&open), xml.find(&close)) {
+        (Some(a), Some(b)) => format!("{}{}", &xml[..a], &xml[b + close.len()..]),
+        _ => xml.to_owned(),
+    }
+}
+
+fn encode_elements(xml: &str, name: &str) -> String {
+    let (open, close) = (format!("<{name}>"), format!("</{name}>"));
+    let mut out = String::with_capacity(xml.len());
+    let mut rest = xml;
+    while let Some(a) = rest.find(&open) {
+        let start = a + open.len();
+        let Some(len) = rest[start..].find(&close) else {
+            break;
+        };
+        out.push_str(&rest[..start]);
+        let raw = unescape_xml(&rest[start..start + len]);
+        out.push_str(
+            &utf8_percent_encode(&raw, KEY_ESCAPE)
+                .to_string()
+                .replace(' ', "+"),
+        );
+        rest = &rest[start + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn unescape_xml(text: &str) -> String {
+    text.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
