@@ -46,7 +46,7 @@ pub enum Manifest {
 impl Manifest {
     fn name(&self) -> String {
         match self {
-            Manifest::None => "(no manifest)".into(),
+            Manifest::None => "the listing".into(),
             Manifest::File(p) => p.display().to_string(),
             Manifest::Builtin { name, .. } => (*name).to_owned(),
         }
@@ -467,8 +467,11 @@ pub async fn confirm(
 
 /// `run --dry-run`: reads the manifest against the ledger inside a transaction that is rolled
 /// back, and says what a run would do. Sends nothing, changes nothing.
-pub fn dry_run(job: &ImportJob) -> Result<String> {
-    let mut reader = open_manifest(job)?;
+pub async fn dry_run(job: &ImportJob) -> Result<String> {
+    let reader = match job.manifest {
+        Manifest::None => None,
+        _ => Some(open_manifest(job)?),
+    };
     let _lock = crate::lock::acquire(&job.db, "run --dry-run")?;
     let mut ledger = Ledger::open(&job.db)?;
     let scope = Scope {
@@ -477,19 +480,79 @@ pub fn dry_run(job: &ImportJob) -> Result<String> {
     };
     let tx = ledger.conn_mut().transaction()?;
     let mut read = Ingested::default();
-    loop {
-        let mut batch = Vec::with_capacity(INGEST_BATCH);
-        for row in reader.by_ref().take(INGEST_BATCH) {
-            let row = row.map_err(|e| input(anyhow::anyhow!("{}: {e}", job.manifest.name())))?;
-            batch.push(judged(row.bucket, row.key, row.size));
-        }
-        let got = ledger::insert_keys(&tx, &scope, &batch)?;
+    let mut add = |got: Ingested| {
         read.new += got.new;
         read.new_skipped += got.new_skipped;
         read.known += got.known;
-        if batch.len() < INGEST_BATCH {
-            break;
+    };
+    let now = std::time::SystemTime::now();
+    if let Some(mut reader) = reader {
+        loop {
+            let mut batch = Vec::with_capacity(INGEST_BATCH);
+            let mut rows = 0;
+            for row in reader.by_ref().take(INGEST_BATCH) {
+                rows += 1;
+                let row =
+                    row.map_err(|e| input(anyhow::anyhow!("{}: {e}", job.manifest.name())))?;
+                if job.filters.verdict(&row.key, row.size, None, now).is_none() {
+                    batch.push(judged(row.bucket, row.key, row.size));
+                }
+            }
+            add(ledger::insert_keys(&tx, &scope, &batch)?);
+            if rows < INGEST_BATCH {
+                break;
+            }
         }
+    }
+    let mut listed = None;
+    if let Some(spec) = &job.listing {
+        let lister = Lister::new(spec, job.limits.timeout);
+        let listing = listings::new_listing(&tx, &scope, &spec.bucket, &spec.prefix)?;
+        let mut summary = ListSummary::default();
+        let mut marker: Option<String> = None;
+        let never = CancellationToken::new();
+        loop {
+            let finished = crate::retry::with_retries(
+                job.limits.max_attempts,
+                crate::retry::Backoff::default(),
+                &never,
+                |_| async { crate::source::bucket::Listed(lister.page(marker.as_deref()).await) },
+            )
+            .await;
+            let page = finished
+                .last
+                .0
+                .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint()))?;
+            let seen = page.objects.len() as u64;
+            let mut rows = Vec::with_capacity(page.objects.len());
+            for object in page.objects {
+                match crate::runner::judge(&spec.bucket, object, &job.filters, now) {
+                    Ok(row) => rows.push(row),
+                    Err(crate::source::filter::Left::Settling) => summary.settling += 1,
+                    Err(_) => summary.left_out += 1,
+                }
+            }
+            let (got, changed) = listings::record_page(
+                &tx,
+                &scope,
+                listing,
+                &rows,
+                seen,
+                page.next_marker.as_deref(),
+                job.on_changed,
+            )?;
+            summary.pages += 1;
+            summary.objects += seen;
+            summary.new += got.new + got.new_skipped;
+            summary.changed += changed;
+            add(got);
+            match page.next_marker {
+                Some(next) => marker = Some(next),
+                None => break,
+            }
+        }
+        summary.complete = true;
+        listed = Some(summary);
     }
     let counts = ledger::counts(&tx, Some(&scope))?;
     let reasons = ledger::skip_reasons(&tx, &scope)?;
@@ -509,14 +572,16 @@ pub fn dry_run(job: &ImportJob) -> Result<String> {
             0
         };
     let done = get(State::Registered) + get(State::Completed) + get(State::ImportFailed);
-    let mut text = format!(
-        "dry run: nothing was sent and the ledger is unchanged
-         {}: {} rows, {} new to the ledger
-         would send {to_send} keys ({} of them uncertain, to be checked in MI's asset list first)
-         already done: {done} ({} completed, {} registered awaiting confirmation, {} import_failed)
-         failed earlier: {} ({})
-         ineligible, never sent: {}
-",
+    let mut text = listed
+        .map(|l| describe_listing(&l, job.on_changed))
+        .unwrap_or_default();
+    text.push_str(&format!(
+        "dry run: nothing was sent and the ledger is unchanged\n\
+         {}: {} rows, {} new to the ledger\n\
+         would send {to_send} keys ({} of them uncertain, to be checked in MI's asset list first)\n\
+         already done: {done} ({} completed, {} registered awaiting confirmation, {} import_failed)\n\
+         failed earlier: {} ({})\n\
+         ineligible, never sent: {}\n",
         job.manifest.name(),
         read.new + read.new_skipped + read.known,
         read.new + read.new_skipped,
@@ -531,7 +596,7 @@ pub fn dry_run(job: &ImportJob) -> Result<String> {
             "not sent; add --retry-failed to send them"
         },
         get(State::Skipped),
-    );
+    ));
     for (reason, n) in reasons {
         text.push_str(&format!("  {n:>8}  {reason}\n"));
     }

@@ -114,7 +114,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let dry_run = args.dry_run;
             let job = import_job(args, cli.global.db, quiet)?;
             if dry_run {
-                print!("{}", app::dry_run(&job)?);
+                print!("{}", app::dry_run(&job).await?);
                 return Ok(Exit::Success);
             }
             let result = app::import(job, shutdown).await?;

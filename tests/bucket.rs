@@ -332,3 +332,26 @@ async fn listing_a_bucket_other_than_the_workspace_one_is_refused_before_any_imp
     assert_eq!(result.exit, Exit::Usage);
     assert_eq!(emu.counters().register_calls, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_lists_the_bucket_but_sends_and_records_nothing() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    for k in keys(1200, "dry") {
+        s3.put(BUCKET, &k, 100);
+    }
+    s3.put(BUCKET, "dry/notes.txt", 100);
+    let mut job = bucket_job(&ws, &emu, &s3, "");
+    job.limits.rate = Some(10);
+    let text = mi_import::app::dry_run(&job).await.unwrap();
+    assert!(
+        text.contains("listing: 1201 objects in 2 pages, 1201 new"),
+        "{text}"
+    );
+    assert!(text.contains("would send 1200 keys"), "{text}");
+    assert!(text.contains("ineligible, never sent: 1"), "{text}");
+    assert!(text.contains("at --rate 10: about 2m"), "{text}");
+    assert_eq!(emu.counters().requests, 0);
+    assert!(ws.rows().is_empty(), "the ledger is unchanged");
+}

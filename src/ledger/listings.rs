@@ -43,6 +43,21 @@ pub fn open_listing(
     if let Some(open) = open {
         return Ok(open);
     }
+    let id = new_listing(conn, scope, bucket, prefix)?;
+    Ok(ListingState {
+        id,
+        marker: None,
+        listed: false,
+    })
+}
+
+/// Starts a listing from the beginning; returns its id.
+pub fn new_listing(
+    conn: &Connection,
+    scope: &Scope,
+    bucket: &str,
+    prefix: &str,
+) -> rusqlite::Result<i64> {
     conn.execute(
         &format!(
             "INSERT INTO listings (workspace, project, bucket, prefix, started_at)
@@ -50,11 +65,7 @@ pub fn open_listing(
         ),
         params![scope.workspace, scope.project, bucket, prefix],
     )?;
-    Ok(ListingState {
-        id: conn.last_insert_rowid(),
-        marker: None,
-        listed: false,
-    })
+    Ok(conn.last_insert_rowid())
 }
 
 /// Records one page: its keys, and the listing's new position, in the caller's transaction.

@@ -28,7 +28,7 @@ pub struct S3Server {
     pub root: PathBuf,
     pub list_calls: Arc<AtomicU64>,
     pub v2_refused: Arc<AtomicU64>,
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl S3Server {
@@ -40,12 +40,24 @@ impl S3Server {
     pub async fn start_with_delay(bucket: &str, delay: std::time::Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
+        let mut server = Self::serve(root, bucket, "127.0.0.1:0".parse().unwrap(), delay).await;
+        server._dir = Some(dir);
+        server
+    }
+
+    /// Serves the buckets under `root` (one folder per bucket) on `listen`.
+    pub async fn serve(
+        root: PathBuf,
+        bucket: &str,
+        listen: SocketAddr,
+        delay: std::time::Duration,
+    ) -> Self {
         std::fs::create_dir_all(root.join(bucket)).unwrap();
         let fs = s3s_fs::FileSystem::new(&root).unwrap();
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS, S3_SECRET));
         let s3 = builder.build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (list_calls, v2_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let (lc, v2) = (list_calls.clone(), v2_refused.clone());
@@ -70,7 +82,7 @@ impl S3Server {
             root,
             list_calls,
             v2_refused,
-            _dir: dir,
+            _dir: None,
         }
     }
 
