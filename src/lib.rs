@@ -3,15 +3,19 @@
 //!
 //! The flow of one key, and the module that owns each step:
 //!
-//! 1. [`source`] reads a manifest row by row and [`source::eligibility`] refuses what MI would
-//!    (format, size, folder markers), before anything is sent.
+//! 1. [`source`] yields keys: a CSV manifest row by row ([`source::manifest`]), or a bucket
+//!    prefix page by page with ListObjects v1 ([`source::bucket`]). The user's
+//!    [`source::filter`]s and MI's rules ([`source::eligibility`]) decide before anything is
+//!    sent.
 //! 2. [`ledger`] records every key in SQLite, one row per (workspace, project, bucket, key);
 //!    it is the truth about what was sent and what came back. One writer thread
-//!    ([`ledger::writer`]) group-commits.
-//! 3. [`runner`] claims pending keys (durably `in_flight` before any request leaves), passes
-//!    each through the [`limiter`] (rate and concurrency), calls MI through [`api`], retries
-//!    by [`retry`]'s rules, and records the outcome. Keys whose outcome is unknown are looked
-//!    up in MI's asset list ([`reconcile`]) before they are sent again.
+//!    ([`ledger::writer`]) group-commits; a listing's position is committed with its page.
+//! 3. [`runner`] checks the account first (preflight), claims pending keys (durably
+//!    `in_flight` before any request leaves), passes each through the [`limiter`] (rate and
+//!    concurrency, shared by every MI call), calls MI through [`api`], retries by [`retry`]'s
+//!    rules, and records the outcome. Keys whose outcome is unknown are looked up in MI's
+//!    asset list ([`reconcile`]) before they are sent again. Registered assets are confirmed
+//!    by polling import-status until final.
 //! 4. [`report`] reads the ledger for `status` and `report`; [`progress`] shows a run live.
 //!
 //! Around them: [`cli`] (clap types), [`config`] (validated settings, credentials),
