@@ -39,6 +39,8 @@ pub struct Stats {
     pub discovered: AtomicU64,
     /// A listing is still going (so the total is not known yet).
     pub listing: std::sync::atomic::AtomicBool,
+    /// The limiter's current rate in thousandths of a request per second (0: no limit).
+    pub current_rate: Arc<AtomicU64>,
 }
 
 impl Stats {
@@ -49,16 +51,33 @@ impl Stats {
     /// One line, the same on a bar and in a log.
     pub fn line(&self, elapsed: Duration) -> String {
         let done = self.finished();
-        let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
-        let mut line = format!(
-            "{done}/{} keys, {rate:.1}/s: {} registered, {} failed, {} uncertain; {} retries, {} throttled",
-            self.queued.load(Relaxed),
+        let queued = self.queued.load(Relaxed);
+        let measured = done as f64 / elapsed.as_secs_f64().max(0.001);
+        let mut line = String::new();
+        if self.listing.load(Relaxed) {
+            line.push_str(&format!(
+                "listing: {} objects seen; ",
+                self.discovered.load(Relaxed)
+            ));
+        }
+        line.push_str(&format!(
+            "{done}/{queued} keys, {measured:.1}/s: {} registered, {} failed, {} uncertain; {} retries, {} throttled",
             self.registered.load(Relaxed),
             self.failed.load(Relaxed),
             self.uncertain.load(Relaxed),
             self.retries.load(Relaxed),
             self.throttled.load(Relaxed),
-        );
+        ));
+        let limit = self.current_rate.load(Relaxed) as f64 / 1000.0;
+        if limit > 0.0 {
+            line.push_str(&format!("; rate now {limit:.1}/s"));
+        }
+        line.push_str(&eta(
+            queued.saturating_sub(done),
+            measured,
+            limit,
+            self.listing.load(Relaxed),
+        ));
         let (polls, completed, import_failed) = (
             self.polls.load(Relaxed),
             self.completed.load(Relaxed),
@@ -72,6 +91,28 @@ impl Stats {
         }
         line
     }
+}
+
+/// The time left for `remaining` keys: at the slower of the measured and the allowed rate,
+/// and not at all while a listing may still add keys.
+pub fn eta(remaining: u64, measured: f64, limit: f64, listing: bool) -> String {
+    if remaining == 0 {
+        return String::new();
+    }
+    if listing {
+        return "; eta: once the listing ends".into();
+    }
+    let speed = match (measured > 0.0, limit > 0.0) {
+        (true, true) => measured.min(limit),
+        (true, false) => measured,
+        (false, true) => limit,
+        (false, false) => return String::new(),
+    };
+    let secs = (remaining as f64 / speed).ceil() as u64;
+    format!(
+        "; eta {}",
+        humantime::format_duration(Duration::from_secs(secs))
+    )
 }
 
 /// How progress is shown.
@@ -107,7 +148,7 @@ pub async fn show(stats: Arc<Stats>, display: Display, done: CancellationToken) 
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} eta {eta}\n  {msg}",
+                    "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len}\n  {msg}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
@@ -144,6 +185,15 @@ async fn show_lines(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn eta_uses_the_slower_rate_and_waits_for_the_listing() {
+        assert_eq!(eta(100, 10.0, 5.0, false), "; eta 20s");
+        assert_eq!(eta(100, 2.0, 5.0, false), "; eta 50s");
+        assert_eq!(eta(100, 0.0, 0.0, false), "");
+        assert_eq!(eta(100, 10.0, 5.0, true), "; eta: once the listing ends");
+        assert_eq!(eta(0, 10.0, 5.0, false), "");
+    }
 
     #[test]
     fn line_counts_and_rate() {

@@ -116,7 +116,9 @@ impl Runner {
             let _slot = self.limiter.admit().await;
             self.stats.polls.fetch_add(1, Relaxed);
             self.stats.requests.fetch_add(1, Relaxed);
-            Polled(self.client.import_status(due.asset_id).await)
+            let answer = self.client.import_status(due.asset_id).await;
+            self.note(answer.as_ref().err());
+            Polled(answer)
         })
         .await;
         let later = checks::now_ms() + next_gap(due.checks).as_millis() as i64;

@@ -151,11 +151,15 @@ impl Runner {
         shutdown: CancellationToken,
     ) -> Self {
         let stop = shutdown.child_token();
+        let gauge = limiter.gauge();
         Self {
             client,
             writer,
             limiter,
-            stats: Arc::new(Stats::default()),
+            stats: Arc::new(Stats {
+                current_rate: gauge,
+                ..Stats::default()
+            }),
             scope,
             max_attempts,
             backoff: Backoff::default(),
@@ -373,11 +377,7 @@ impl Runner {
                 }
                 self.stats.requests.fetch_add(1, Relaxed);
                 let answer = self.client.register(&key.bucket, &key.key).await;
-                if let Err(e) = &answer
-                    && e.status() == Some(429)
-                {
-                    self.stats.throttled.fetch_add(1, Relaxed);
-                }
+                self.note(answer.as_ref().err());
                 Attempt::Answered(answer)
             }
         })
@@ -394,6 +394,14 @@ impl Runner {
             .write(move |t| ledger::record(t, &[outcome]))
             .await?;
         Ok(())
+    }
+
+    /// Every MI answer passes here: a 429 slows the whole run down.
+    fn note(&self, error: Option<&ApiError>) {
+        if error.is_some_and(|e| e.status() == Some(429)) {
+            self.stats.throttled.fetch_add(1, Relaxed);
+            self.limiter.throttled();
+        }
     }
 
     fn count(&self, outcome: &Outcome) {

@@ -91,11 +91,13 @@ impl Runner {
         let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
             let _slot = self.limiter.admit().await;
             self.stats.requests.fetch_add(1, Relaxed);
-            Looked(if workspace {
+            let answer = if workspace {
                 self.client.workspace().await
             } else {
                 self.client.project().await
-            })
+            };
+            self.note(answer.as_ref().err());
+            Looked(answer)
         })
         .await;
         finished.last.0.map_err(|error| {

@@ -68,7 +68,9 @@ impl Runner {
                 |_| async move {
                     let _slot = self.limiter.admit().await;
                     self.stats.requests.fetch_add(1, Relaxed);
-                    Listed(self.client.list_assets(page, LIST_PAGE).await)
+                    let answer = self.client.list_assets(page, LIST_PAGE).await;
+                    self.note(answer.as_ref().err());
+                    Listed(answer)
                 },
             )
             .await;

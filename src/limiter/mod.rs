@@ -13,10 +13,14 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
+
+pub mod aimd;
+use aimd::Aimd;
 
 /// The window `--rate` is defined over.
 const WINDOW: Duration = Duration::from_secs(1);
@@ -39,58 +43,131 @@ impl Clock for TokioClock {
 
 type Pacer = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
-/// Requests per second across every MI call of a run.
-pub struct RateGate {
-    pacer: Pacer,
-    clock: TokioClock,
+/// What the gate holds between calls.
+struct GateState {
+    pacer: Arc<Pacer>,
     per_window: usize,
-    recent: Mutex<VecDeque<Instant>>,
+    recent: VecDeque<Instant>,
+    aimd: Aimd,
+}
+
+impl GateState {
+    fn retune(&mut self, rate: f64, clock: TokioClock) {
+        self.pacer = Arc::new(pacer(rate, clock));
+        self.per_window = (rate.floor() as usize).max(1);
+    }
+}
+
+fn pacer(rate: f64, clock: TokioClock) -> Pacer {
+    let period = Duration::from_secs_f64(1.0 / rate.max(aimd::FLOOR));
+    let burst = NonZeroU32::new(((rate / f64::from(BURST_DIVISOR)) as u32).max(1))
+        .unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
+    RateLimiter::direct_with_clock(quota.allow_burst(burst), clock)
+}
+
+/// Requests per second across every MI call of a run, lowered while MI answers 429 and
+/// raised again, never above the configured ceiling.
+pub struct RateGate {
+    clock: TokioClock,
+    ceiling: u32,
+    state: Mutex<GateState>,
+    /// The current rate in thousandths of a request per second, for progress and status.
+    gauge: Arc<AtomicU64>,
 }
 
 impl RateGate {
     pub fn new(rate: NonZeroU32) -> Self {
-        let burst = NonZeroU32::new((rate.get() / BURST_DIVISOR).max(1)).unwrap_or(NonZeroU32::MIN);
         let clock = TokioClock {
             origin: Instant::now(),
         };
+        let ceiling = rate.get();
+        let state = GateState {
+            pacer: Arc::new(pacer(f64::from(ceiling), clock)),
+            per_window: ceiling as usize,
+            recent: VecDeque::with_capacity(ceiling as usize),
+            aimd: Aimd::new(ceiling, Instant::now()),
+        };
+        let gauge = Arc::new(AtomicU64::new(u64::from(ceiling) * 1000));
         Self {
-            pacer: RateLimiter::direct_with_clock(
-                Quota::per_second(rate).allow_burst(burst),
-                clock,
-            ),
             clock,
-            per_window: rate.get() as usize,
-            recent: Mutex::new(VecDeque::with_capacity(rate.get() as usize)),
+            ceiling,
+            state: Mutex::new(state),
+            gauge,
         }
     }
 
+    /// The configured ceiling.
     pub fn rate(&self) -> u32 {
-        self.per_window as u32
+        self.ceiling
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, rate: f64) {
+        self.gauge.store((rate * 1000.0) as u64, Relaxed);
+    }
+
+    /// MI answered 429: slow down (once per overshoot).
+    pub fn throttled(&self) {
+        let now = Instant::now();
+        let mut state = self.state();
+        let measured = state
+            .recent
+            .iter()
+            .filter(|t| now.duration_since(**t) < WINDOW)
+            .count() as f64;
+        if let Some(rate) = state.aimd.throttled(measured, now) {
+            state.retune(rate, self.clock);
+            drop(state);
+            tracing::debug!("MI is throttling: rate lowered to {rate:.1}/s");
+            self.publish(rate);
+        }
     }
 
     /// Waits until one more request may start.
     pub async fn admit(&self) {
-        while let Err(not_until) = self.pacer.check() {
-            let now = self.clock.now();
-            let wait: Duration = not_until.earliest_possible().duration_since(now).into();
-            tokio::time::sleep(wait).await;
+        loop {
+            let pacer = {
+                let mut state = self.state();
+                if let Some(rate) = state.aimd.tick(Instant::now()) {
+                    state.retune(rate, self.clock);
+                    self.publish(rate);
+                }
+                state.pacer.clone()
+            };
+            match pacer.check() {
+                Ok(()) => break,
+                Err(not_until) => {
+                    let wait: Duration = not_until
+                        .earliest_possible()
+                        .duration_since(self.clock.now())
+                        .into();
+                    tokio::time::sleep(wait).await;
+                }
+            }
         }
         loop {
             let wait = {
-                let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+                let mut state = self.state();
                 let now = Instant::now();
-                while recent
+                while state
+                    .recent
                     .front()
                     .is_some_and(|t| now.duration_since(*t) >= WINDOW)
                 {
-                    recent.pop_front();
+                    state.recent.pop_front();
                 }
-                if recent.len() < self.per_window {
-                    recent.push_back(now);
+                if state.recent.len() < state.per_window {
+                    state.recent.push_back(now);
                     return;
                 }
-                recent
-                    .front()
+                let excess = state.recent.len() - state.per_window;
+                state
+                    .recent
+                    .get(excess)
                     .map(|t| *t + WINDOW - now)
                     .unwrap_or_default()
             };
@@ -119,8 +196,24 @@ impl Limiter {
         self.concurrency
     }
 
+    /// The configured ceiling, if any.
     pub fn rate(&self) -> Option<u32> {
         self.rate.as_ref().map(RateGate::rate)
+    }
+
+    /// MI answered 429.
+    pub fn throttled(&self) {
+        if let Some(gate) = &self.rate {
+            gate.throttled();
+        }
+    }
+
+    /// The current rate in thousandths of a request per second (0: no limit), kept current.
+    pub fn gauge(&self) -> Arc<AtomicU64> {
+        match &self.rate {
+            Some(gate) => gate.gauge.clone(),
+            None => Arc::new(AtomicU64::new(0)),
+        }
     }
 
     /// Waits for a free slot, then for the rate; the slot is held until the permit drops.
