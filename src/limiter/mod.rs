@@ -74,6 +74,9 @@ pub struct RateGate {
     state: Mutex<GateState>,
     /// The current rate in thousandths of a request per second, for progress and status.
     gauge: Arc<AtomicU64>,
+    /// Waiters queue here (tokio's mutex is fair), so only the first in line sleeps on the
+    /// clock and each start costs one wake-up, not one per waiting task.
+    turn: tokio::sync::Mutex<()>,
 }
 
 impl RateGate {
@@ -94,6 +97,7 @@ impl RateGate {
             ceiling,
             state: Mutex::new(state),
             gauge,
+            turn: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -129,6 +133,7 @@ impl RateGate {
 
     /// Waits until one more request may start.
     pub async fn admit(&self) {
+        let _turn = self.turn.lock().await;
         loop {
             let pacer = {
                 let mut state = self.state();

@@ -62,6 +62,24 @@ impl Runner {
         dispatch_done: &CancellationToken,
         patience: Duration,
     ) -> Result<()> {
+        let done = CancellationToken::new();
+        let flushing = self
+            .checks
+            .flush_until(&self.writer, &done, checks::record_checks);
+        let checking = async {
+            let checked = self.check_registered(dispatch_done, patience).await;
+            done.cancel();
+            checked
+        };
+        let (checked, flushed) = tokio::join!(checking, flushing);
+        checked.and(flushed)
+    }
+
+    async fn check_registered(
+        &self,
+        dispatch_done: &CancellationToken,
+        patience: Duration,
+    ) -> Result<()> {
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
         let mut deadline: Option<Instant> = None;
         let slots = self.limiter.concurrency();
@@ -163,9 +181,7 @@ impl Runner {
         if result.state.is_some() {
             result.next_check_at = None;
         }
-        self.writer
-            .write(move |t| checks::record_checks(t, &[result]))
-            .await?;
+        self.checks.push(result);
         Ok(())
     }
 }

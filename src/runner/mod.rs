@@ -23,6 +23,7 @@ use crate::retry::{Backoff, Disposition, Finished, Retryable, with_retries};
 
 mod confirm;
 mod listing;
+mod outbox;
 mod preflight;
 mod reconciling;
 
@@ -121,6 +122,9 @@ pub struct Runner {
     pub shutdown: CancellationToken,
     /// A source still adding keys (a listing), if any.
     pub feed: Arc<Feed>,
+    /// Results of sent keys, written a moment later in batches.
+    outcomes: Arc<outbox::Outbox<Outcome>>,
+    checks: Arc<outbox::Outbox<crate::ledger::checks::CheckResult>>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -165,6 +169,8 @@ impl Runner {
             backoff: Backoff::default(),
             shutdown,
             feed: Arc::new(Feed::default()),
+            outcomes: Arc::default(),
+            checks: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -279,6 +285,20 @@ impl Runner {
     // ---- dispatch ---------------------------------------------------------------------------
 
     async fn dispatch(&self) -> Result<()> {
+        let done = CancellationToken::new();
+        let flushing = self
+            .outcomes
+            .flush_until(&self.writer, &done, ledger::record);
+        let sending = async {
+            let sent = self.send_pending().await;
+            done.cancel();
+            sent
+        };
+        let (sent, flushed) = tokio::join!(sending, flushing);
+        sent.and(flushed)
+    }
+
+    async fn send_pending(&self) -> Result<()> {
         let slots = self.limiter.concurrency();
         let admission = Arc::new(Semaphore::new(slots * ADMITTED_PER_SLOT));
         let mut tasks = JoinSet::new();
@@ -390,9 +410,7 @@ impl Runner {
                 hint: error.hint().map(str::to_owned),
             });
         }
-        self.writer
-            .write(move |t| ledger::record(t, &[outcome]))
-            .await?;
+        self.outcomes.push(outcome);
         Ok(())
     }
 
