@@ -57,12 +57,15 @@ async fn confirmation_records_every_final_status() {
 async fn polls_and_imports_share_one_rate_limit() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
-    let keys = keys(100, "shared");
+    // Imports take 5 s; the first checks are due 3 s after registration and queue behind at
+    // most the 16 imports already admitted (4 per slot).
+    let keys = keys(150, "shared");
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
-    job.limits.rate = Some(25);
+    job.limits.rate = Some(30);
+    job.limits.concurrency = 4;
     job.options.confirm = Some(Duration::from_secs(60));
     assert_eq!(import(job).await.exit, Exit::Success);
-    assert_eq!(ws.count(State::Completed), 100);
+    assert_eq!(ws.count(State::Completed), 150);
 
     let log = emu.request_log();
     let times: Vec<_> = log.iter().map(|(t, _)| *t).collect();
@@ -76,7 +79,7 @@ async fn polls_and_imports_share_one_rate_limit() {
         .max()
         .unwrap();
     // The emulator sees arrivals, which network jitter can bunch by a request or two.
-    assert!(most <= 27, "{most} requests in one second at --rate 25");
+    assert!(most <= 32, "{most} requests in one second at --rate 30");
     let first_poll = log
         .iter()
         .find(|(_, k)| *k == CallKind::ImportStatus)
