@@ -37,6 +37,8 @@ pub(super) fn router(shared: Shared_) -> Router {
             get(import_status),
         )
         .layer(middleware::from_fn_with_state(shared.clone(), gateway))
+        // Unsigned, outside the gateway: for benchmarks and people, not part of MI.
+        .route("/_emulator/stats", get(stats))
         .with_state(shared)
 }
 
@@ -297,4 +299,44 @@ async fn list_assets(
         "totalPage": total.div_ceil(page_size as usize),
         "pageNo": page_num,
     }))
+}
+
+/// What the emulator has seen, as JSON: counters, assets, duplicates, and the busiest
+/// one-second window.
+async fn stats(State(shared): State<Shared_>) -> Response {
+    let log = shared.request_log();
+    let busiest = |kind: Option<CallKind>| {
+        let times: Vec<_> = log.iter().filter(|(_, k)| kind.is_none_or(|want| *k == want)).map(|(t, _)| *t).collect();
+        let mut most = 0;
+        let mut start = 0;
+        for end in 0..times.len() {
+            while times[end].duration_since(times[start]) >= Duration::from_secs(1) {
+                start += 1;
+            }
+            most = most.max(end - start + 1);
+        }
+        (most, times.first().copied(), times.last().copied(), times.len())
+    };
+    let (most_all, ..) = busiest(None);
+    let (most_register, first, last, registers) = busiest(Some(CallKind::Register));
+    let span = match (first, last) {
+        (Some(a), Some(b)) => b.duration_since(a).as_secs_f64(),
+        _ => 0.0,
+    };
+    let c = shared.counters();
+    Json(json!({
+        "requests": c.requests,
+        "register_calls": c.register_calls,
+        "status_calls": c.status_calls,
+        "list_calls": c.list_calls,
+        "throttled": c.throttled,
+        "unavailable": c.unavailable,
+        "assets": shared.assets().len(),
+        "duplicates": shared.duplicates().len(),
+        "register_arrivals": registers,
+        "register_span_secs": span,
+        "busiest_second_all": most_all,
+        "busiest_second_register": most_register,
+    }))
+    .into_response()
 }
