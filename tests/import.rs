@@ -166,7 +166,11 @@ async fn second_run_on_the_same_ledger_sends_nothing_new() {
     assert_eq!(second.exit, Exit::Success);
     assert_eq!(second.requests, 0);
     assert_eq!(emu.counters().requests, calls);
-    assert_eq!(second.ingested.known, 50);
+    assert_eq!(
+        second.ingested,
+        Default::default(),
+        "an unchanged manifest is not read again"
+    );
     assert_registered_once(&ws, &emu, &keys);
 }
 
@@ -333,4 +337,33 @@ async fn breaker_stops_a_run_where_most_keys_fail() {
         "stopped soon after 100 finished keys, not at {failed}"
     );
     assert_eq!(failed + ws.count(State::Pending), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_manifest_or_other_settings_are_read_again() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let mut keys = keys(20, "grow");
+    let manifest = ws.manifest("m.csv", &keys);
+    assert_eq!(
+        import(job(&ws, &emu, manifest.clone())).await.ingested.new,
+        20
+    );
+
+    keys.push("grow/late-addition.mp4".into());
+    ws.manifest("m.csv", &keys);
+    let grown = import(job(&ws, &emu, manifest.clone())).await;
+    assert_eq!((grown.ingested.new, grown.ingested.known), (1, 20));
+    assert_eq!(emu.registrations(BUCKET, "grow/late-addition.mp4"), 1);
+
+    let mut filtered = job(&ws, &emu, manifest);
+    filtered.filters = mi_import::source::filter::Filters::default()
+        .with_globs(&["**/late-*".into()], &[])
+        .unwrap();
+    let again = import(filtered).await;
+    assert_eq!(
+        again.ingested.known, 1,
+        "other filters mean another reading"
+    );
+    assert_eq!(emu.counters().register_calls, 21);
 }

@@ -105,7 +105,31 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     let session = Session::open(&job, "run", Ledger::open(&job.db)?)?;
     let (writer, scope) = (&session.writer, &session.scope);
 
-    // ---- the manifest goes into the ledger before anything is sent
+    // ---- the manifest goes into the ledger before anything is sent, unless this very
+    // manifest was read in full before (the ledger never forgets a key)
+    let fingerprint = match job.manifest_given() {
+        true => Some(manifest_fingerprint(&job)?),
+        false => None,
+    };
+    let already = match &fingerprint {
+        Some(fp) => {
+            let (s, fp) = (scope.clone(), fp.clone());
+            writer
+                .write(move |t| ledger::manifest_read(t, &s, &fp))
+                .await?
+        }
+        None => None,
+    };
+    let reader = match &already {
+        Some((read_at, rows)) => {
+            tracing::info!(
+                "{}: unchanged since it was read on {read_at} ({rows} rows); not read again",
+                job.manifest.name()
+            );
+            None
+        }
+        None => reader,
+    };
     let ingested = match ingest(reader, &job, writer, scope).await {
         Ok(ingested) => ingested,
         Err(error) => {
@@ -119,7 +143,17 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
             return Err(error);
         }
     };
-    if job.manifest_given() {
+    if let (Some(fp), None) = (&fingerprint, &already) {
+        let (s, fp, rows) = (
+            scope.clone(),
+            fp.clone(),
+            ingested.new + ingested.new_skipped + ingested.known,
+        );
+        writer
+            .write(move |t| ledger::remember_manifest(t, &s, &fp, rows))
+            .await?;
+    }
+    if job.manifest_given() && already.is_none() {
         tracing::info!(
             "{}: {} new keys ({} of them ineligible), {} duplicate or already known",
             job.manifest.name(),
@@ -291,6 +325,40 @@ async fn with_progress<T>(
     done.cancel();
     let _ = shown.await;
     output
+}
+
+/// A manifest's identity for skipping it: its bytes, and every setting that shapes its rows.
+fn manifest_fingerprint(job: &ImportJob) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut hash = Sha256::new();
+    hash.update(format!(
+        "mi-import {}|{:?}|{:?}|{}\n",
+        env!("CARGO_PKG_VERSION"),
+        job.manifest_format,
+        job.default_bucket,
+        job.filters.fingerprint()
+    ));
+    match &job.manifest {
+        Manifest::None => {}
+        Manifest::Builtin { text, .. } => hash.update(text.as_bytes()),
+        Manifest::File(path) => {
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("cannot open the manifest {}", path.display()))
+                .map_err(input)?;
+            let mut buffer = vec![0; 1 << 20];
+            loop {
+                let n = file
+                    .read(&mut buffer)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                if n == 0 {
+                    break;
+                }
+                hash.update(&buffer[..n]);
+            }
+        }
+    }
+    Ok(format!("{:x}", hash.finalize()))
 }
 
 pub(crate) fn open_manifest(

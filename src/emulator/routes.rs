@@ -306,7 +306,11 @@ async fn list_assets(
 async fn stats(State(shared): State<Shared_>) -> Response {
     let log = shared.request_log();
     let busiest = |kind: Option<CallKind>| {
-        let times: Vec<_> = log.iter().filter(|(_, k)| kind.is_none_or(|want| *k == want)).map(|(t, _)| *t).collect();
+        let times: Vec<_> = log
+            .iter()
+            .filter(|(_, k)| kind.is_none_or(|want| *k == want))
+            .map(|(t, _)| *t)
+            .collect();
         let mut most = 0;
         let mut start = 0;
         for end in 0..times.len() {
@@ -315,7 +319,12 @@ async fn stats(State(shared): State<Shared_>) -> Response {
             }
             most = most.max(end - start + 1);
         }
-        (most, times.first().copied(), times.last().copied(), times.len())
+        (
+            most,
+            times.first().copied(),
+            times.last().copied(),
+            times.len(),
+        )
     };
     let (most_all, ..) = busiest(None);
     let (most_register, first, last, registers) = busiest(Some(CallKind::Register));

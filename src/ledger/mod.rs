@@ -31,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_keys_and_runs.sql"),
     include_str!("../../migrations/0002_confirmation.sql"),
     include_str!("../../migrations/0003_listings.sql"),
+    include_str!("../../migrations/0004_manifests.sql"),
 ];
 
 /// The first import-status check of a new asset waits this long: MI needs a moment.
@@ -448,6 +449,37 @@ pub fn counts(conn: &Connection, scope: Option<&Scope>) -> rusqlite::Result<Vec<
         .iter()
         .map(|s| (*s, found.get(s).copied().unwrap_or(0)))
         .collect())
+}
+
+/// When a manifest with this fingerprint was read in full into `scope`, and its row count.
+pub fn manifest_read(
+    conn: &Connection,
+    scope: &Scope,
+    fingerprint: &str,
+) -> rusqlite::Result<Option<(String, u64)>> {
+    conn.query_row(
+        "SELECT read_at, rows FROM manifests WHERE workspace = ?1 AND project = ?2 AND fingerprint = ?3",
+        params![scope.workspace, scope.project, fingerprint],
+        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
+    )
+    .optional()
+}
+
+/// Notes that a manifest was read in full into `scope`.
+pub fn remember_manifest(
+    conn: &Connection,
+    scope: &Scope,
+    fingerprint: &str,
+    rows: u64,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT OR REPLACE INTO manifests (workspace, project, fingerprint, rows, read_at)
+             VALUES (?1, ?2, ?3, ?4, {NOW})"
+        ),
+        params![scope.workspace, scope.project, fingerprint, rows as i64],
+    )?;
+    Ok(())
 }
 
 /// Starts a row in `runs`; returns its id.

@@ -22,8 +22,9 @@ use tokio::time::Instant;
 pub mod aimd;
 use aimd::Aimd;
 
-/// The window `--rate` is defined over.
-const WINDOW: Duration = Duration::from_secs(1);
+/// The window `--rate` is defined over, plus a margin: the promise is about what MI sees,
+/// and requests started exactly one second apart can arrive a little closer together.
+const WINDOW: Duration = Duration::from_millis(1010);
 /// The pacer's burst as a share of the rate: 1/20 of a second of starts may go at once, which
 /// absorbs timer lateness without bunching requests.
 const BURST_DIVISOR: u32 = 20;
@@ -287,9 +288,9 @@ mod tests {
     async fn uses_the_whole_rate() {
         let times = start_times(100, 64, 1001).await;
         let elapsed = times.last().unwrap().as_secs_f64();
-        // 1,001 starts at 100/s need just over 9 seconds after the first one.
-        assert!(elapsed <= 10.0, "took {elapsed}s");
-        assert!(elapsed >= 9.0, "took {elapsed}s");
+        // 1,000 gaps after the first start: at least 98 % of the rate, never above it.
+        let achieved = 1000.0 / elapsed;
+        assert!((98.0..=100.0).contains(&achieved), "{achieved}/s");
     }
 
     #[tokio::test(start_paused = true)]

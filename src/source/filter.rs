@@ -21,6 +21,8 @@ pub enum Left {
 /// The filters of one run.
 #[derive(Debug, Clone, Default)]
 pub struct Filters {
+    /// The glob patterns as given, for [`Filters::fingerprint`].
+    patterns: (Vec<String>, Vec<String>),
     include: Option<GlobSet>,
     exclude: Option<GlobSet>,
     pub min_size: Option<u64>,
@@ -35,7 +37,22 @@ impl Filters {
     pub fn with_globs(mut self, include: &[String], exclude: &[String]) -> Result<Self> {
         self.include = glob_set(include, "--include")?;
         self.exclude = glob_set(exclude, "--exclude")?;
+        self.patterns = (include.to_vec(), exclude.to_vec());
         Ok(self)
+    }
+
+    /// Every setting, as text: two runs with the same text keep the same keys.
+    pub fn fingerprint(&self) -> String {
+        format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.patterns,
+            self.min_size,
+            self.max_size,
+            self.modified_after,
+            self.modified_before,
+            self.min_age,
+            ()
+        )
     }
 
     /// `None` if the key is in; else which rule left it out.
