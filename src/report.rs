@@ -177,6 +177,17 @@ pub fn render_status(view: &StatusView) -> String {
                 "last run: {} started {}, {end}\n",
                 run.command, run.started_at
             ));
+            let summary = run.summary.as_ref();
+            let number = |name: &str| {
+                summary
+                    .and_then(|s| s.get(name))
+                    .and_then(serde_json::Value::as_f64)
+            };
+            if let (Some(rate), Some(throttled)) = (number("rate_at_end"), number("throttled")) {
+                text.push_str(&format!(
+                    "  its rate at the end: {rate}/s ({throttled} requests answered 429 on the way)\n"
+                ));
+            }
         }
     }
     text

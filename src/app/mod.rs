@@ -290,6 +290,8 @@ impl Session {
         let record = json!({
             "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "requests": requests,
+            "throttled": runner.stats.throttled.load(Relaxed),
+            "rate_at_end": rate_at_end(&runner.stats),
             "ending": format!("{ending:?}"),
         })
         .to_string();
@@ -311,6 +313,12 @@ impl Session {
             summary,
         })
     }
+}
+
+/// The limiter's rate when the run ended (requests/s), `None` without a limit.
+fn rate_at_end(stats: &crate::progress::Stats) -> Option<f64> {
+    let milli = stats.current_rate.load(Relaxed);
+    (milli > 0).then(|| (milli as f64 / 100.0).round() / 10.0)
 }
 
 /// Runs `work` while progress is shown, and clears the display afterwards.

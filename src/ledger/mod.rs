@@ -361,8 +361,19 @@ pub fn skip_reasons(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<(S
 /// The buckets of keys about to be sent (pending or uncertain), for preflight.
 pub fn buckets_to_send(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT DISTINCT bucket FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND state IN ('pending', 'uncertain') ORDER BY bucket",
+        // One index seek per distinct bucket, then a probe of the state index for each: a
+        // plain DISTINCT reads every row of the project.
+        "WITH RECURSIVE b(bucket) AS (
+             SELECT MIN(bucket) FROM keys WHERE workspace = ?1 AND project = ?2
+             UNION ALL
+             SELECT (SELECT MIN(bucket) FROM keys
+                     WHERE workspace = ?1 AND project = ?2 AND bucket > b.bucket)
+             FROM b WHERE b.bucket IS NOT NULL)
+         SELECT bucket FROM b
+         WHERE bucket IS NOT NULL AND EXISTS (
+             SELECT 1 FROM keys INDEXED BY keys_by_state
+             WHERE workspace = ?1 AND project = ?2 AND state IN ('pending', 'uncertain')
+               AND keys.bucket = b.bucket)",
     )?;
     let rows = stmt.query_map(params![scope.workspace, scope.project], |r| r.get(0))?;
     rows.collect()
@@ -426,29 +437,29 @@ pub fn resolve_uncertain(
 
 /// How many keys of `scope` are in each state (every state listed, zeros included).
 pub fn counts(conn: &Connection, scope: Option<&Scope>) -> rusqlite::Result<Vec<(State, u64)>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state, COUNT(*) FROM keys
-         WHERE (?1 IS NULL OR workspace = ?1) AND (?2 IS NULL OR project = ?2)
-         GROUP BY state",
-    )?;
-    let (ws, pid) = match scope {
-        Some(s) => (Some(s.workspace.as_str()), Some(s.project.as_str())),
-        None => (None, None),
+    // Two statements, so the scoped one can seek the state index instead of scanning it.
+    let found: Vec<(String, i64)> = match scope {
+        Some(s) => conn
+            .prepare_cached("SELECT state, COUNT(*) FROM keys WHERE workspace = ?1 AND project = ?2 GROUP BY state")?
+            .query_map(params![s.workspace, s.project], state_count)?
+            .collect::<rusqlite::Result<_>>()?,
+        None => conn
+            .prepare_cached("SELECT state, COUNT(*) FROM keys GROUP BY state")?
+            .query_map([], state_count)?
+            .collect::<rusqlite::Result<_>>()?,
     };
-    let mut found = std::collections::HashMap::new();
-    let rows = stmt.query_map(params![ws, pid], |r| {
-        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-    })?;
-    for row in rows {
-        let (state, n) = row?;
-        if let Ok(state) = state.parse::<State>() {
-            found.insert(state, n as u64);
-        }
-    }
+    let found: std::collections::HashMap<State, u64> = found
+        .into_iter()
+        .filter_map(|(state, n)| state.parse::<State>().ok().map(|st| (st, n as u64)))
+        .collect();
     Ok(State::ALL
         .iter()
         .map(|s| (*s, found.get(s).copied().unwrap_or(0)))
         .collect())
+}
+
+fn state_count(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64)> {
+    Ok((r.get(0)?, r.get(1)?))
 }
 
 /// When a manifest with this fingerprint was read in full into `scope`, and its row count.

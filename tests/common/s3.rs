@@ -53,7 +53,7 @@ impl S3Server {
         delay: std::time::Duration,
     ) -> Self {
         std::fs::create_dir_all(root.join(bucket)).unwrap();
-        let fs = s3s_fs::FileSystem::new(&root).unwrap();
+        let fs = NcpLike(s3s_fs::FileSystem::new(&root).unwrap());
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(S3_ACCESS, S3_SECRET));
         let s3 = builder.build();
@@ -175,4 +175,46 @@ fn unescape_xml(text: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&apos;", "'")
         .replace("&amp;", "&")
+}
+
+/// s3s-fs, answering listings as S3 does where s3s-fs differs: an empty `delimiter=` (which
+/// rclone sends for a recursive listing) means no delimiter, not a delimiter of "".
+/// ListObjectsV2 is refused, as NCP does (also at the HTTP layer, above).
+struct NcpLike(s3s_fs::FileSystem);
+
+#[async_trait::async_trait]
+impl s3s::S3 for NcpLike {
+    async fn list_objects(
+        &self,
+        mut req: s3s::S3Request<s3s::dto::ListObjectsInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsOutput>> {
+        if req.input.delimiter.as_deref() == Some("") {
+            req.input.delimiter = None;
+        }
+        self.0.list_objects(req).await
+    }
+
+    async fn list_objects_v2(
+        &self,
+        _req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
+        Err(s3s::s3_error!(
+            NotImplemented,
+            "ListObjectsV2 is not supported"
+        ))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadBucketInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadBucketOutput>> {
+        self.0.head_bucket(req).await
+    }
+
+    async fn head_object(
+        &self,
+        req: s3s::S3Request<s3s::dto::HeadObjectInput>,
+    ) -> s3s::S3Result<s3s::S3Response<s3s::dto::HeadObjectOutput>> {
+        self.0.head_object(req).await
+    }
 }
