@@ -24,7 +24,7 @@ const DEMO_MANIFEST: &str = include_str!("../sample-manifests/demo.csv");
 pub fn emulator_config(credentials: Credentials) -> EmulatorConfig {
     EmulatorConfig {
         latency: (Duration::from_millis(20), Duration::from_millis(120)),
-        rate_429: 0.03,
+        rate_429: 0.01,
         rate_503: 0.01,
         drop_after: 0.01,
         settle: Duration::from_secs(2),
