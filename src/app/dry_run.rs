@@ -103,13 +103,7 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
     let counts = ledger::counts(&tx, Some(&scope))?;
     let reasons = ledger::skip_reasons(&tx, &scope)?;
     tx.rollback()?;
-    let get = |s: State| {
-        counts
-            .iter()
-            .find(|(st, _)| *st == s)
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
-    };
+    let get = |s: State| ledger::count_in(&counts, s);
     let to_send = get(State::Pending)
         + get(State::Uncertain)
         + if job.retry_failed {

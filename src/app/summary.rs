@@ -3,8 +3,8 @@
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::ledger::State;
 use crate::ledger::listings::OnChanged;
+use crate::ledger::{self, State};
 use crate::progress::Stats;
 use crate::runner::ListSummary;
 
@@ -44,13 +44,7 @@ pub(crate) fn summarize(
     elapsed: std::time::Duration,
     db: &Path,
 ) -> String {
-    let get = |s: State| {
-        counts
-            .iter()
-            .find(|(st, _)| *st == s)
-            .map(|(_, n)| *n)
-            .unwrap_or(0)
-    };
+    let get = |s: State| ledger::count_in(counts, s);
     let reconciled = stats.reconciled.load(Relaxed);
     let mut text = format!(
         "this run: {} registered, {} failed in {:.1}s; {} requests, {} retries, {} throttled\n",

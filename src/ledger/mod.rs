@@ -458,6 +458,15 @@ pub fn counts(conn: &Connection, scope: Option<&Scope>) -> rusqlite::Result<Vec<
         .collect())
 }
 
+/// The count for `state` in what [`counts`] returned.
+pub fn count_in(counts: &[(State, u64)], state: State) -> u64 {
+    counts
+        .iter()
+        .find(|(s, _)| *s == state)
+        .map(|(_, n)| *n)
+        .unwrap_or(0)
+}
+
 fn state_count(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64)> {
     Ok((r.get(0)?, r.get(1)?))
 }

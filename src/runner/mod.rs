@@ -252,7 +252,7 @@ impl Runner {
                 .writer
                 .write(move |t| ledger::counts(t, Some(&scope)))
                 .await?;
-            let pending = count_of(&counts, State::Pending);
+            let pending = ledger::count_in(&counts, State::Pending);
             if pending == 0 && !self.feed.is_open() {
                 return Ok(Ending::Finished);
             }
@@ -443,14 +443,6 @@ impl Runner {
             });
         }
     }
-}
-
-fn count_of(counts: &[(State, u64)], state: State) -> u64 {
-    counts
-        .iter()
-        .find(|(s, _)| *s == state)
-        .map(|(_, n)| *n)
-        .unwrap_or(0)
 }
 
 /// What one key's attempts mean for its row, and the error that must stop the run, if any.
