@@ -56,8 +56,8 @@ pub fn claim_due(
         "UPDATE keys SET next_check_at = ?4
          WHERE id IN (SELECT id FROM keys
                       WHERE workspace = ?1 AND project = ?2 AND state = 'registered'
-                        AND asset_id IS NOT NULL AND COALESCE(next_check_at, 0) <= ?3
-                      ORDER BY COALESCE(next_check_at, 0), id LIMIT ?5)
+                        AND next_check_at <= ?3
+                      ORDER BY next_check_at, id LIMIT ?5)
          RETURNING id, key, asset_id, checks",
     )?;
     let lease_end = now + CHECK_LEASE.as_millis() as i64;
@@ -98,12 +98,23 @@ pub fn record_checks(conn: &Connection, results: &[CheckResult]) -> rusqlite::Re
 
 /// Registered assets of the scope still waiting for a final status, and when the soonest is
 /// due (Unix ms).
+/// The count reads the whole index range, so call it for display, not in a loop.
 pub fn awaiting(conn: &Connection, scope: &Scope) -> rusqlite::Result<(u64, Option<i64>)> {
-    conn.query_row(
-        "SELECT COUNT(*), MIN(COALESCE(next_check_at, 0)) FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND state = 'registered' AND asset_id IS NOT NULL",
+    let count: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM keys WHERE workspace = ?1 AND project = ?2 AND state = 'registered'",
         params![scope.workspace, scope.project],
-        |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        |r| r.get(0),
+    )?;
+    Ok((count as u64, soonest_due(conn, scope)?))
+}
+
+/// When the soonest registered asset is due (Unix ms); `None` when none waits. One index seek.
+pub fn soonest_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT MIN(next_check_at) FROM keys
+         WHERE workspace = ?1 AND project = ?2 AND state = 'registered'",
+        params![scope.workspace, scope.project],
+        |r| r.get(0),
     )
 }
 

@@ -32,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_confirmation.sql"),
     include_str!("../../migrations/0003_listings.sql"),
     include_str!("../../migrations/0004_manifests.sql"),
+    include_str!("../../migrations/0005_due_checks.sql"),
 ];
 
 /// The first import-status check of a new asset waits this long: MI needs a moment.
@@ -418,7 +419,7 @@ pub fn resolve_uncertain(
 ) -> rusqlite::Result<()> {
     let mut matched = conn.prepare_cached(&format!(
         "UPDATE keys SET state = 'registered', asset_id = ?2, registered_at = {NOW},
-             updated_at = {NOW}, message = 'found in the project''s asset list'
+             updated_at = {NOW}, message = 'found in the project''s asset list', next_check_at = 0
          WHERE id = ?1 AND state = 'uncertain'"
     ))?;
     for (id, asset_id) in found {

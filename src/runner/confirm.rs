@@ -24,6 +24,9 @@ use crate::retry::{Disposition, Retryable, with_retries};
 pub const MAX_CHECK_GAP: Duration = Duration::from_secs(300);
 /// How long `run` keeps confirming after its last import, by default.
 pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(600);
+/// How often the count of assets still waiting (for progress) is refreshed: it reads the
+/// whole index range, unlike the loop's own queries.
+const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Longest nap while nothing is due, so the end of dispatch is noticed promptly.
 const IDLE_NAP: Duration = Duration::from_millis(500);
 
@@ -81,6 +84,7 @@ impl Runner {
         patience: Duration,
     ) -> Result<()> {
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        let mut counted: Option<Instant> = None;
         let mut deadline: Option<Instant> = None;
         let slots = self.limiter.concurrency();
         while !self.stop.is_cancelled() {
@@ -107,13 +111,21 @@ impl Runner {
                 continue;
             }
             let scope = self.scope.clone();
-            let (waiting, soonest) = self
+            let soonest = self
                 .writer
-                .write(move |t| checks::awaiting(t, &scope))
+                .write(move |t| checks::soonest_due(t, &scope))
                 .await?;
-            self.stats.awaiting.store(waiting, Relaxed);
+            if counted.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
+                let scope = self.scope.clone();
+                let (waiting, _) = self
+                    .writer
+                    .write(move |t| checks::awaiting(t, &scope))
+                    .await?;
+                self.stats.awaiting.store(waiting, Relaxed);
+                counted = Some(Instant::now());
+            }
             let finished = dispatch_done.is_cancelled() && tasks.is_empty();
-            if finished && (waiting == 0 || deadline.is_some_and(|d| Instant::now() >= d)) {
+            if finished && (soonest.is_none() || deadline.is_some_and(|d| Instant::now() >= d)) {
                 break;
             }
             let until_due = soonest
