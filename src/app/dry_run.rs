@@ -70,14 +70,7 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
                 .0
                 .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint()))?;
             let seen = page.objects.len() as u64;
-            let mut rows = Vec::with_capacity(page.objects.len());
-            for object in page.objects {
-                match crate::runner::judge(&spec.bucket, object, &job.filters, now) {
-                    Ok(row) => rows.push(row),
-                    Err(crate::source::filter::Left::Settling) => summary.settling += 1,
-                    Err(_) => summary.left_out += 1,
-                }
-            }
+            let rows = summary.judge_page(&spec.bucket, page.objects, &job.filters);
             let (got, changed) = listings::record_page(
                 &tx,
                 &scope,
@@ -87,10 +80,7 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
                 page.next_marker.as_deref(),
                 job.on_changed,
             )?;
-            summary.pages += 1;
-            summary.objects += seen;
-            summary.new += got.new + got.new_skipped;
-            summary.changed += changed;
+            summary.add_page(seen, &got, changed);
             add(got);
             match page.next_marker {
                 Some(next) => marker = Some(next),

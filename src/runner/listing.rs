@@ -27,6 +27,35 @@ pub struct ListSummary {
     pub complete: bool,
 }
 
+impl ListSummary {
+    /// Judges one page's objects into ledger rows, counting those the filters leave out.
+    pub fn judge_page(
+        &mut self,
+        bucket: &str,
+        objects: Vec<Object>,
+        filters: &Filters,
+    ) -> Vec<NewKey> {
+        let now = SystemTime::now();
+        let mut rows = Vec::with_capacity(objects.len());
+        for object in objects {
+            match judge(bucket, object, filters, now) {
+                Ok(row) => rows.push(row),
+                Err(Left::Settling) => self.settling += 1,
+                Err(_) => self.left_out += 1,
+            }
+        }
+        rows
+    }
+
+    /// Counts a committed page.
+    pub fn add_page(&mut self, seen: u64, counts: &crate::ledger::Ingested, changed: u64) {
+        self.pages += 1;
+        self.objects += seen;
+        self.new += counts.new + counts.new_skipped;
+        self.changed += changed;
+    }
+}
+
 /// Turns one listed object into a ledger row, or `Err` with the filter that left it out.
 pub fn judge(
     bucket: &str,
@@ -93,16 +122,8 @@ impl Runner {
                     break;
                 }
             };
-            let now = SystemTime::now();
             let seen = page.objects.len() as u64;
-            let mut rows = Vec::with_capacity(page.objects.len());
-            for object in page.objects {
-                match judge(bucket, object, filters, now) {
-                    Ok(row) => rows.push(row),
-                    Err(Left::Settling) => summary.settling += 1,
-                    Err(_) => summary.left_out += 1,
-                }
-            }
+            let rows = summary.judge_page(bucket, page.objects, filters);
             let (scope, next) = (self.scope.clone(), page.next_marker.clone());
             let (counts, changed) = self
                 .writer
@@ -118,10 +139,7 @@ impl Runner {
                     )
                 })
                 .await?;
-            summary.pages += 1;
-            summary.objects += seen;
-            summary.new += counts.new + counts.new_skipped;
-            summary.changed += changed;
+            summary.add_page(seen, &counts, changed);
             self.stats.discovered.fetch_add(seen, Relaxed);
             self.stats.queued.fetch_add(
                 counts.new
