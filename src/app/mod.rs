@@ -237,7 +237,6 @@ pub async fn confirm(
 /// One command's hold on the ledger: its writer thread and its row in `runs`.
 struct Session {
     writer: LedgerWriter,
-    writer_thread: std::thread::JoinHandle<()>,
     scope: Scope,
     run_id: i64,
     started: Instant,
@@ -250,10 +249,11 @@ impl Session {
             project: job.target.project.clone(),
         };
         let run_id = ledger::start_run(ledger.conn(), command, Some(&scope))?;
-        let (writer, writer_thread) = LedgerWriter::spawn(ledger);
+        // The thread ends by itself once every writer handle (the runner's too) is dropped;
+        // every write is awaited, so nothing is left unwritten when the command returns.
+        let (writer, _thread) = LedgerWriter::spawn(ledger);
         Ok(Self {
             writer,
-            writer_thread,
             scope,
             run_id,
             started: Instant::now(),
@@ -299,10 +299,6 @@ impl Session {
         self.writer
             .write(move |t| ledger::finish_run(t, run_id, exit.code(), &record))
             .await?;
-        drop(self.writer);
-        let thread = self.writer_thread;
-        // The runner still holds a writer handle; the thread ends when it is dropped too.
-        drop(tokio::task::spawn_blocking(move || thread.join()));
         Ok(ImportResult {
             exit,
             ending,

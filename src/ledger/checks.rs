@@ -130,14 +130,7 @@ mod tests {
             project: "p".into(),
         };
         let keys: Vec<NewKey> = (0..n)
-            .map(|i| NewKey {
-                bucket: "b".into(),
-                key: format!("k{i}.mp4"),
-                size: None,
-                etag: None,
-                last_modified: None,
-                skip_reason: None,
-            })
+            .map(|i| NewKey::new("b", format!("k{i}.mp4")))
             .collect();
         insert_keys(l.conn(), &scope, &keys).unwrap();
         let outcomes: Vec<Outcome> = claim(l.conn(), &scope, n)

@@ -123,6 +123,20 @@ pub struct NewKey {
     pub skip_reason: Option<String>,
 }
 
+impl NewKey {
+    /// A key about which nothing else is known yet (no size, ETag or verdict).
+    pub fn new(bucket: impl Into<String>, key: impl Into<String>) -> Self {
+        Self {
+            bucket: bucket.into(),
+            key: key.into(),
+            size: None,
+            etag: None,
+            last_modified: None,
+            skip_reason: None,
+        }
+    }
+}
+
 /// A key taken for sending: durably `in_flight` by the time the caller sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {

@@ -8,14 +8,7 @@ fn scope() -> Scope {
 }
 
 fn key(k: &str) -> NewKey {
-    NewKey {
-        bucket: "b".into(),
-        key: k.into(),
-        size: None,
-        etag: None,
-        last_modified: None,
-        skip_reason: None,
-    }
+    NewKey::new("b", k)
 }
 
 fn state_of(l: &Ledger, k: &str) -> String {

@@ -17,7 +17,8 @@ use super::Ledger;
 const MAX_JOBS_PER_COMMIT: usize = 512;
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-type Job = Box<dyn FnOnce(&Transaction<'_>) -> Reply + Send>;
+/// Given the open transaction, or why none could be opened (then it only answers its caller).
+type Job = Box<dyn FnOnce(Result<&Transaction<'_>, &str>) -> Reply + Send>;
 
 /// A handle to the writer thread. Cheap to clone; the thread ends when every handle is gone.
 #[derive(Clone)]
@@ -44,11 +45,13 @@ impl LedgerWriter {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |txn| {
-            let result = work(txn);
+            let result = txn
+                .map_err(|e| anyhow!("ledger: cannot start a transaction: {e}"))
+                .and_then(|txn| work(txn).map_err(|e| anyhow!("ledger: {e}")));
             Box::new(move |committed: Result<(), String>| {
                 let answer = match (result, committed) {
                     (Ok(value), Ok(())) => Ok(value),
-                    (Err(e), _) => Err(anyhow!("ledger: {e}")),
+                    (Err(e), _) => Err(e),
                     (Ok(_), Err(e)) => Err(anyhow!("ledger commit failed: {e}")),
                 };
                 let _ = tx.send(answer);
@@ -76,24 +79,17 @@ fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>) {
             Err(e) => {
                 let message = e.to_string();
                 for job in jobs {
-                    fail_unrun(job, &message);
+                    job(Err(&message))(Ok(()));
                 }
                 continue;
             }
         };
-        let replies: Vec<Reply> = jobs.into_iter().map(|job| job(&txn)).collect();
+        let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Ok(&txn))).collect();
         let committed = txn.commit().map_err(|e| e.to_string());
         for reply in replies {
             reply(committed.clone());
         }
     }
-}
-
-/// A job that could not get a transaction still owes its caller an answer.
-fn fail_unrun(job: Job, message: &str) {
-    // Run it against nothing: the caller learns of the failure through its reply.
-    drop(job);
-    tracing::error!("ledger: cannot start a transaction: {message}");
 }
 
 #[cfg(test)]
@@ -112,14 +108,7 @@ mod tests {
         for i in 0..50 {
             let (w, s) = (writer.clone(), scope.clone());
             tasks.push(tokio::spawn(async move {
-                let k = NewKey {
-                    bucket: "b".into(),
-                    key: format!("k{i}"),
-                    size: None,
-                    etag: None,
-                    last_modified: None,
-                    skip_reason: None,
-                };
+                let k = NewKey::new("b", format!("k{i}"));
                 w.write(move |t| insert_keys(t, &s, &[k])).await.unwrap()
             }));
         }

@@ -85,14 +85,7 @@ mod tests {
             project: "p".into(),
         };
         let keys: Vec<NewKey> = (0..600)
-            .map(|i| NewKey {
-                bucket: "b".into(),
-                key: format!("k{i}"),
-                size: None,
-                etag: None,
-                last_modified: None,
-                skip_reason: None,
-            })
+            .map(|i| NewKey::new("b", format!("k{i}")))
             .collect();
         let s = scope.clone();
         let claimed = writer

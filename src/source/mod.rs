@@ -1,8 +1,8 @@
 //! Where keys come from, and which of them may be sent.
 //!
-//! A source yields rows one at a time; [`eligibility`] decides before anything is sent; the
-//! result enters the ledger as a [`NewKey`](crate::ledger::NewKey). Only the CSV manifest
-//! exists so far.
+//! A source yields rows one at a time: a CSV manifest ([`manifest`]) or a bucket listing
+//! ([`bucket`]). The user's [`filter`]s and MI's rules ([`eligibility`]) decide before anything
+//! is sent; the result enters the ledger as a [`NewKey`](crate::ledger::NewKey).
 
 pub mod bucket;
 pub mod eligibility;
@@ -15,11 +15,8 @@ use crate::ledger::NewKey;
 pub fn judged(bucket: String, key: String, size: Option<u64>) -> NewKey {
     let skip_reason = eligibility::refusal(&key, size);
     NewKey {
-        bucket,
-        key,
         size,
-        etag: None,
-        last_modified: None,
         skip_reason,
+        ..NewKey::new(bucket, key)
     }
 }
