@@ -35,6 +35,9 @@ pub struct Stats {
     pub import_failed: AtomicU64,
     /// Registered assets still waiting for a final import status.
     pub awaiting: AtomicU64,
+    /// `registered + reconciled` and `completed + import_failed` when `awaiting` was counted,
+    /// so the number shown between two counts follows what happened since.
+    pub awaiting_basis: (AtomicU64, AtomicU64),
     /// Objects a listing has seen so far.
     pub discovered: AtomicU64,
     /// A listing is still going (so the total is not known yet).
@@ -86,10 +89,40 @@ impl Stats {
         if polls > 0 {
             line.push_str(&format!(
                 "; confirmed {completed} completed, {import_failed} import_failed, {} waiting",
-                self.awaiting.load(Relaxed)
+                self.waiting()
             ));
         }
         line
+    }
+}
+
+impl Stats {
+    /// Notes the count of registered assets waiting for a final status.
+    pub fn set_awaiting(&self, counted: u64) {
+        self.awaiting.store(counted, Relaxed);
+        self.awaiting_basis
+            .0
+            .store(self.newly_registered(), Relaxed);
+        self.awaiting_basis.1.store(self.settled(), Relaxed);
+    }
+
+    /// The last count, moved on by what was registered and settled since.
+    pub fn waiting(&self) -> u64 {
+        let added = self
+            .newly_registered()
+            .saturating_sub(self.awaiting_basis.0.load(Relaxed));
+        let settled = self
+            .settled()
+            .saturating_sub(self.awaiting_basis.1.load(Relaxed));
+        (self.awaiting.load(Relaxed) + added).saturating_sub(settled)
+    }
+
+    fn newly_registered(&self) -> u64 {
+        self.registered.load(Relaxed) + self.reconciled.load(Relaxed)
+    }
+
+    fn settled(&self) -> u64 {
+        self.completed.load(Relaxed) + self.import_failed.load(Relaxed)
     }
 }
 
@@ -193,6 +226,17 @@ mod tests {
         assert_eq!(eta(100, 0.0, 0.0, false), "");
         assert_eq!(eta(100, 10.0, 5.0, true), "; eta: once the listing ends");
         assert_eq!(eta(0, 10.0, 5.0, false), "");
+    }
+
+    #[test]
+    fn waiting_follows_what_happened_since_the_last_count() {
+        let s = Stats::default();
+        s.registered.store(10, Relaxed);
+        s.set_awaiting(10);
+        s.registered.store(15, Relaxed);
+        s.completed.store(7, Relaxed);
+        s.import_failed.store(1, Relaxed);
+        assert_eq!(s.waiting(), 10 + 5 - 8);
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Runner {
                     .writer
                     .write(move |t| checks::awaiting(t, &scope))
                     .await?;
-                self.stats.awaiting.store(waiting, Relaxed);
+                self.stats.set_awaiting(waiting);
                 counted = Some(Instant::now());
             }
             let finished = dispatch_done.is_cancelled() && tasks.is_empty();
