@@ -189,10 +189,11 @@ async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
     };
     let mut child = spawn();
     while committed_pages() < 2 {
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the run ended before it could be killed"
-        );
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            panic!("the run ended ({status}) before it could be killed:\n{stderr}");
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     child.kill().unwrap();

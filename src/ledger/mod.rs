@@ -25,6 +25,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 /// The schema, in order. Append only: a released migration is never edited.
 const MIGRATIONS: &[&str] = &[
@@ -186,8 +187,8 @@ impl Ledger {
     }
 
     fn setup(mut conn: Connection) -> Result<Self> {
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        enter_wal(&conn)?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         migrate(&mut conn)?;
@@ -224,8 +225,33 @@ fn create_private(_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long a connection waits for another process's lock before it gives up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Switches the file to WAL. SQLite does not call the busy handler for this switch, so two
+/// processes opening a fresh ledger at once (a run and a `status`, or two overlapping cron
+/// runs before the lock file is taken) would see "database is locked"; wait here instead.
+fn enter_wal(conn: &Connection) -> Result<()> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update(None, "journal_mode", "WAL") {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
 /// Applies the migrations the file lacks, all in one exclusive transaction.
+/// A ledger already current is only read, so `status` beside a running job writes nothing.
 pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if current == MIGRATIONS.len() {
+        return Ok(());
+    }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
     let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() {

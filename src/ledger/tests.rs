@@ -141,3 +141,31 @@ fn state_names_round_trip() {
     }
     assert!("done".parse::<State>().unwrap_err().contains("one of"));
 }
+
+/// A run and a `status` (or two cron runs) may open a fresh ledger at the same moment;
+/// neither may fail with "database is locked".
+#[test]
+fn processes_opening_a_fresh_ledger_at_once_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut errors = Vec::new();
+    for i in 0..100 {
+        let path = dir.path().join(format!("l{i}.db"));
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let openers: Vec<_> = (0..3)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    Ledger::open(&path).map(drop).map_err(|e| format!("{e:#}"))
+                })
+            })
+            .collect();
+        errors.extend(openers.into_iter().filter_map(|t| t.join().unwrap().err()));
+    }
+    assert!(
+        errors.is_empty(),
+        "{} failed opens: {:?}",
+        errors.len(),
+        errors.first()
+    );
+}
