@@ -13,7 +13,7 @@ use mi_import::cli::{Cli, Command, LimitArgs, LogFormat, MiArgs, RunArgs};
 use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::exit::{self, Exit, input};
-use mi_import::progress::Display;
+use mi_import::progress::{self, Display};
 use mi_import::runner::RunOptions;
 use mi_import::source::bucket::{self, BucketSpec};
 use mi_import::source::filter::Filters;
@@ -60,7 +60,7 @@ fn init_logging(cli: &Cli) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::Stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match cli.global.log_format {
@@ -86,13 +86,13 @@ fn watch_signals(shutdown: CancellationToken) {
                 _ = term.recv() => 2,
             };
             if SIGNAL.swap(which, Ordering::SeqCst) != 0 {
-                eprintln!(
-                    "stopping now; keys that were being sent will be checked by the next run"
+                progress::note(
+                    "stopping now; keys that were being sent will be checked by the next run",
                 );
                 std::process::exit(if which == 1 { 130 } else { 143 });
             }
-            eprintln!(
-                "stopping: finishing requests in flight (press Ctrl-C again to quit at once)"
+            progress::note(
+                "stopping: finishing requests in flight (press Ctrl-C again to quit at once)",
             );
             shutdown.cancel();
         }

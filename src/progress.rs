@@ -2,12 +2,13 @@
 //! few seconds otherwise (cron, pipes), nothing with `--quiet`. Always on stderr.
 //!
 //! The runner only bumps the counters in [`Stats`]; a separate task reads them, so showing
-//! progress never slows the work.
+//! progress never slows the work. Log lines and notices go through [`Stderr`], which prints
+//! them above the bar instead of letting the next redraw paint over them.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use std::io::IsTerminal;
-use std::sync::Arc;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +52,24 @@ impl Stats {
         self.registered.load(Relaxed) + self.failed.load(Relaxed) + self.uncertain.load(Relaxed)
     }
 
-    /// One line, the same on a bar and in a log.
+    /// One line, for a log.
     pub fn line(&self, elapsed: Duration) -> String {
+        let (counts, pace) = self.parts(elapsed);
+        counts + &pace
+    }
+
+    /// The same on two lines under the bar, so it fits a narrow terminal.
+    fn bar_message(&self, elapsed: Duration) -> String {
+        let (counts, pace) = self.parts(elapsed);
+        match pace.strip_prefix("; ") {
+            Some(pace) => format!("{counts}\n  {pace}"),
+            None => counts,
+        }
+    }
+
+    /// What was done so far, then (each part starting with "; ") the pace, ETA and
+    /// confirmation.
+    fn parts(&self, elapsed: Duration) -> (String, String) {
         let done = self.finished();
         let queued = self.queued.load(Relaxed);
         let measured = done as f64 / elapsed.as_secs_f64().max(0.001);
@@ -71,6 +88,7 @@ impl Stats {
             self.retries.load(Relaxed),
             self.throttled.load(Relaxed),
         ));
+        let counts = std::mem::take(&mut line);
         let limit = self.current_rate.load(Relaxed) as f64 / 1000.0;
         if limit > 0.0 {
             line.push_str(&format!("; rate now {limit:.1}/s"));
@@ -92,7 +110,7 @@ impl Stats {
                 self.waiting()
             ));
         }
-        line
+        (counts, line)
     }
 }
 
@@ -148,6 +166,42 @@ pub fn eta(remaining: u64, measured: f64, limit: f64, listing: bool) -> String {
     )
 }
 
+/// The bar on screen, if any, for [`Stderr`] to print around.
+static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+fn shown_bar() -> Option<ProgressBar> {
+    SHOWN.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+fn set_shown_bar(bar: Option<ProgressBar>) {
+    *SHOWN.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+}
+
+/// Standard error, written above the progress bar while one is shown. Give it to the log
+/// subscriber, and print notices with [`note`].
+pub struct Stderr;
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match shown_bar() {
+            Some(bar) => bar
+                .suspend(|| std::io::stderr().write_all(buf))
+                .map(|()| buf.len()),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Prints one line for the operator on stderr, above the progress bar if one is shown.
+pub fn note(line: &str) {
+    // One write, so the bar is lifted once for the whole line and its newline.
+    let _ = Stderr.write_all(format!("{line}\n").as_bytes());
+}
+
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Display {
@@ -185,15 +239,17 @@ pub async fn show(stats: Arc<Stats>, display: Display, done: CancellationToken) 
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
             );
+            set_shown_bar(Some(bar.clone()));
             loop {
                 bar.set_length(stats.queued.load(Relaxed));
                 bar.set_position(stats.finished());
-                bar.set_message(stats.line(start.elapsed()));
+                bar.set_message(stats.bar_message(start.elapsed()));
                 tokio::select! {
                     _ = done.cancelled() => break,
                     _ = tokio::time::sleep(TICK) => {}
                 }
             }
+            set_shown_bar(None);
             bar.finish_and_clear();
         }
     }
@@ -249,6 +305,17 @@ mod tests {
         assert!(
             line.starts_with("5/10 keys, 1.0/s: 4 registered, 1 failed"),
             "{line}"
+        );
+        s.current_rate.store(2_000, Relaxed);
+        let line = s.line(Duration::from_secs(5));
+        assert!(
+            line.ends_with("throttled; rate now 2.0/s; eta 5s"),
+            "{line}"
+        );
+        let message = s.bar_message(Duration::from_secs(5));
+        assert!(
+            message.ends_with("throttled\n  rate now 2.0/s; eta 5s"),
+            "{message}"
         );
     }
 
