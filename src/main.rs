@@ -179,7 +179,7 @@ fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
         }
     }
     if !quiet {
-        eprint!("\n{}", result.summary);
+        eprint!("\n{}{}", result.summary, result.next_steps);
     }
     Ok(match result.exit {
         Exit::Interrupted => interrupted_exit(),

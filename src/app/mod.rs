@@ -92,7 +92,10 @@ pub struct ImportResult {
     pub counts: Vec<(State, u64)>,
     pub requests: u64,
     pub listed: Option<ListSummary>,
+    /// What happened, for the operator.
     pub summary: String,
+    /// What to do about it (the commands to run next), printed after the summary.
+    pub next_steps: String,
 }
 
 /// Runs one import: lock, ledger, manifest, dispatch, summary.
@@ -287,6 +290,7 @@ impl Session {
         let exit = exit_for(&ending, &counts);
         let requests = runner.stats.requests.load(Relaxed);
         let summary = summary::summarize(&counts, &runner.stats, self.started.elapsed(), db);
+        let next_steps = summary::next_steps(&counts, &runner.stats);
         let record = json!({
             "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "requests": requests,
@@ -307,6 +311,7 @@ impl Session {
             requests,
             listed: None,
             summary,
+            next_steps,
         })
     }
 }

@@ -80,6 +80,14 @@ pub(crate) fn summarize(
         states.join(", ")
     };
     text.push_str(&format!("ledger {}: {states}\n", db.display()));
+    text
+}
+
+/// What the operator can do next, given where the ledger stands.
+pub(crate) fn next_steps(counts: &[(State, u64)], stats: &Stats) -> String {
+    let get = |s: State| ledger::count_in(counts, s);
+    let polls = stats.polls.load(Relaxed);
+    let mut text = String::new();
     if get(State::ImportFailed) > 0 {
         text.push_str(
             "MI could not import some files: `mi-import report --state import_failed` shows why\n",
@@ -98,4 +106,40 @@ pub(crate) fn summarize(
         text.push_str("pending keys will be sent by the next run of the same command\n");
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    #[test]
+    fn advice_follows_the_states_left_and_stays_out_of_the_summary() {
+        let stats = Stats::default();
+        stats.polls.store(3, Relaxed);
+        let counts = [
+            (State::Pending, 5),
+            (State::Uncertain, 1),
+            (State::Registered, 2),
+            (State::Completed, 7),
+        ];
+        let summary = summarize(&counts, &stats, Duration::from_secs(1), Path::new("l.db"));
+        assert!(
+            summary.contains("ledger l.db: 5 pending, 1 uncertain, 2 registered, 7 completed"),
+            "{summary}"
+        );
+        assert!(!summary.contains("next run"), "{summary}");
+
+        let advice = next_steps(&counts, &stats);
+        for expected in [
+            "`mi-import confirm`",
+            "the next run checks them",
+            "pending keys will be sent",
+        ] {
+            assert!(advice.contains(expected), "{expected}: {advice}");
+        }
+        assert!(!advice.contains("--retry-failed"), "{advice}");
+        assert_eq!(next_steps(&[(State::Completed, 7)], &stats), "");
+    }
 }
