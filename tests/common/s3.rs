@@ -26,7 +26,10 @@ const KEY_ESCAPE: &AsciiSet = &NON_ALPHANUMERIC
 pub struct S3Server {
     pub addr: SocketAddr,
     pub root: PathBuf,
+    /// Listing pages asked for.
     pub list_calls: Arc<AtomicU64>,
+    /// Of those, the ones that started a listing from the beginning (no marker).
+    pub list_starts: Arc<AtomicU64>,
     pub v2_refused: Arc<AtomicU64>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -59,18 +62,21 @@ impl S3Server {
         let s3 = builder.build();
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (list_calls, v2_refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let (lc, v2) = (list_calls.clone(), v2_refused.clone());
+        let counters = Counters::default();
+        let (list_calls, list_starts, v2_refused) = (
+            counters.list_calls.clone(),
+            counters.list_starts.clone(),
+            counters.v2_refused.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (s3, lc, v2) = (s3.clone(), lc.clone(), v2.clone());
+                let (s3, counters) = (s3.clone(), counters.clone());
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| {
-                        ncp_like(s3.clone(), lc.clone(), v2.clone(), delay, req)
-                    });
+                    let service =
+                        service_fn(move |req| ncp_like(s3.clone(), counters.clone(), delay, req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
@@ -81,6 +87,7 @@ impl S3Server {
             addr,
             root,
             list_calls,
+            list_starts,
             v2_refused,
             _dir: None,
         }
@@ -103,17 +110,23 @@ impl S3Server {
     }
 }
 
+#[derive(Clone, Default)]
+struct Counters {
+    list_calls: Arc<AtomicU64>,
+    list_starts: Arc<AtomicU64>,
+    v2_refused: Arc<AtomicU64>,
+}
+
 async fn ncp_like(
     s3: s3s::service::S3Service,
-    list_calls: Arc<AtomicU64>,
-    v2_refused: Arc<AtomicU64>,
+    counters: Counters,
     delay: std::time::Duration,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Result<hyper::Response<s3s::Body>, s3s::HttpError> {
     let query = req.uri().query().unwrap_or("").to_owned();
     let is_get = req.method() == hyper::Method::GET;
     if is_get && query.contains("list-type=2") {
-        v2_refused.fetch_add(1, Ordering::Relaxed);
+        counters.v2_refused.fetch_add(1, Ordering::Relaxed);
         let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NotImplemented</Code><Message>ListObjectsV2 is not supported</Message></Error>";
         return Ok(hyper::Response::builder()
             .status(501)
@@ -123,7 +136,13 @@ async fn ncp_like(
     let listing =
         is_get && !req.uri().path().trim_matches('/').contains('/') && !query.contains("location");
     if listing {
-        list_calls.fetch_add(1, Ordering::Relaxed);
+        counters.list_calls.fetch_add(1, Ordering::Relaxed);
+        let from_start = !query
+            .split('&')
+            .any(|pair| pair.starts_with("marker=") && pair.len() > "marker=".len());
+        if from_start {
+            counters.list_starts.fetch_add(1, Ordering::Relaxed);
+        }
         tokio::time::sleep(delay).await;
     }
     let response = hyper::service::Service::call(&s3, req).await?;
