@@ -78,8 +78,13 @@ async fn polls_and_imports_share_one_rate_limit() {
         })
         .max()
         .unwrap();
-    // The emulator sees arrivals, which network jitter can bunch by a request or two.
-    assert!(most <= 32, "{most} requests in one second at --rate 30");
+    // One shared budget shows 30 here; polls with a budget of their own showed 60. The exact
+    // "never more than N in any second" is proven on a paused clock in the limiter's tests:
+    // the emulator sees arrivals, which a stall on a busy machine can bunch.
+    assert!(
+        most <= 36,
+        "{most} requests in one second at --rate 30: polls do not share the imports' limit"
+    );
     let first_poll = log
         .iter()
         .find(|(_, k)| *k == CallKind::ImportStatus)
