@@ -14,10 +14,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{FatalStop, Runner};
-use crate::api::{ApiError, Call, ImportStatus};
+use crate::api::Call;
 use crate::ledger::checks::{self, CheckResult, DueCheck};
 use crate::ledger::{FIRST_CHECK, State};
-use crate::retry::{Disposition, Retryable, with_retries};
+use crate::retry::Disposition;
 
 /// The longest gap between two checks of one asset: long videos take a while, and a poll a
 /// few minutes late costs nothing.
@@ -43,17 +43,6 @@ pub fn state_for(upload_status: &str) -> Option<State> {
         "COMPLETED" => Some(State::Completed),
         "FAILED" | "FILE_NOT_EXIST" | "INVALID_METADATA" => Some(State::ImportFailed),
         _ => None,
-    }
-}
-
-struct Polled(Result<ImportStatus, ApiError>);
-
-impl Retryable for Polled {
-    fn disposition(&self) -> Disposition {
-        match &self.0 {
-            Ok(_) => Disposition::Success,
-            Err(e) => e.disposition_for(Call::ImportStatus),
-        }
     }
 }
 
@@ -142,15 +131,12 @@ impl Runner {
     }
 
     async fn check_one(&self, due: DueCheck) -> Result<()> {
-        let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
-            let _slot = self.limiter.admit().await;
-            self.stats.polls.fetch_add(1, Relaxed);
-            self.stats.requests.fetch_add(1, Relaxed);
-            let answer = self.client.import_status(due.asset_id).await;
-            self.note(answer.as_ref().err());
-            Polled(answer)
-        })
-        .await;
+        let finished = self
+            .call_mi(Call::ImportStatus, || async {
+                self.stats.polls.fetch_add(1, Relaxed);
+                self.client.import_status(due.asset_id).await
+            })
+            .await;
         let later = checks::now_ms() + next_gap(due.checks).as_millis() as i64;
         let mut result = CheckResult {
             id: due.id,
@@ -159,7 +145,7 @@ impl Runner {
             upload_result: None,
             next_check_at: Some(later),
         };
-        match finished.last.0 {
+        match finished.last.result {
             Ok(status) => {
                 result.state = state_for(&status.upload_status);
                 if result.state.is_none() && status.upload_status != "IN_PROGRESS" {

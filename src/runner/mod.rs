@@ -129,6 +129,21 @@ pub struct Runner {
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
 
+/// One answer to an idempotent MI call, judged as that call: what `with_retries` needs.
+struct Answer<T> {
+    call: Call,
+    result: Result<T, ApiError>,
+}
+
+impl<T> Retryable for Answer<T> {
+    fn disposition(&self) -> Disposition {
+        match &self.result {
+            Ok(_) => Disposition::Success,
+            Err(e) => e.disposition_for(self.call),
+        }
+    }
+}
+
 /// One try at one key.
 enum Attempt {
     NotSent,
@@ -412,6 +427,22 @@ impl Runner {
         }
         self.outcomes.push(outcome);
         Ok(())
+    }
+
+    /// Makes an idempotent MI call through the limiter, retried as its answers say.
+    async fn call_mi<T, F, Fut>(&self, call: Call, send: F) -> Finished<Answer<T>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
+            let _slot = self.limiter.admit().await;
+            self.stats.requests.fetch_add(1, Relaxed);
+            let result = send().await;
+            self.note(result.as_ref().err());
+            Answer { call, result }
+        })
+        .await
     }
 
     /// Every MI answer passes here: a 429 slows the whole run down.

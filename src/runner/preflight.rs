@@ -2,11 +2,9 @@
 //! workspace, project or bucket costs a request or two, not a million failed rows.
 
 use serde_json::Value;
-use std::sync::atomic::Ordering::Relaxed;
 
 use super::{FatalStop, Runner};
-use crate::api::{ApiError, Call};
-use crate::retry::{Disposition, Retryable, with_retries};
+use crate::api::Call;
 
 /// Why preflight refused to start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,17 +13,6 @@ pub enum Refusal {
     Fatal(FatalStop),
     /// Our own check of the settings failed (exit 2).
     Settings(FatalStop),
-}
-
-struct Looked(Result<Value, ApiError>);
-
-impl Retryable for Looked {
-    fn disposition(&self) -> Disposition {
-        match &self.0 {
-            Ok(_) => Disposition::Success,
-            Err(e) => e.disposition_for(Call::Lookup),
-        }
-    }
 }
 
 /// The bucket MI links to the workspace, if its details name one.
@@ -88,19 +75,16 @@ impl Runner {
 
     async fn look(&self, workspace: bool) -> Result<Value, Refusal> {
         let what = if workspace { "workspace" } else { "project" };
-        let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
-            let _slot = self.limiter.admit().await;
-            self.stats.requests.fetch_add(1, Relaxed);
-            let answer = if workspace {
-                self.client.workspace().await
-            } else {
-                self.client.project().await
-            };
-            self.note(answer.as_ref().err());
-            Looked(answer)
-        })
-        .await;
-        finished.last.0.map_err(|error| {
+        let finished = self
+            .call_mi(Call::Lookup, || async {
+                if workspace {
+                    self.client.workspace().await
+                } else {
+                    self.client.project().await
+                }
+            })
+            .await;
+        finished.last.result.map_err(|error| {
             let target = self.client.target();
             let named = if workspace {
                 format!("workspace `{}`", target.workspace)

@@ -7,10 +7,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{FatalStop, LIST_PAGE, Runner};
-use crate::api::{ApiError, Call};
+use crate::api::Call;
 use crate::ledger;
 use crate::reconcile;
-use crate::retry::{Disposition, Retryable, with_retries};
+use crate::retry::Disposition;
 
 impl Runner {
     /// Looks up every uncertain key in one pass over the project's asset list.
@@ -61,20 +61,12 @@ impl Runner {
         let mut names: HashMap<String, Vec<i64>> = HashMap::new();
         let mut page = 1;
         loop {
-            let finished = with_retries(
-                self.max_attempts,
-                self.backoff,
-                &self.stop,
-                |_| async move {
-                    let _slot = self.limiter.admit().await;
-                    self.stats.requests.fetch_add(1, Relaxed);
-                    let answer = self.client.list_assets(page, LIST_PAGE).await;
-                    self.note(answer.as_ref().err());
-                    Listed(answer)
-                },
-            )
-            .await;
-            let listed = match finished.last.0 {
+            let finished = self
+                .call_mi(Call::ListAssets, || {
+                    self.client.list_assets(page, LIST_PAGE)
+                })
+                .await;
+            let listed = match finished.last.result {
                 Ok(listed) => listed,
                 Err(error) => {
                     if error.disposition_for(Call::ListAssets) == Disposition::Fatal {
@@ -102,17 +94,6 @@ impl Runner {
                 return Some(names);
             }
             page += 1;
-        }
-    }
-}
-
-struct Listed(Result<crate::api::AssetPage, ApiError>);
-
-impl Retryable for Listed {
-    fn disposition(&self) -> Disposition {
-        match &self.0 {
-            Ok(_) => Disposition::Success,
-            Err(e) => e.disposition_for(Call::ListAssets),
         }
     }
 }
