@@ -54,17 +54,13 @@ impl Runner {
         dispatch_done: &CancellationToken,
         patience: Duration,
     ) -> Result<()> {
-        let done = CancellationToken::new();
-        let flushing = self
-            .checks
-            .flush_until(&self.writer, &done, checks::record_checks);
-        let checking = async {
-            let checked = self.check_registered(dispatch_done, patience).await;
-            done.cancel();
-            checked
-        };
-        let (checked, flushed) = tokio::join!(checking, flushing);
-        checked.and(flushed)
+        self.checks
+            .flushing_during(
+                &self.writer,
+                checks::record_checks,
+                self.check_registered(dispatch_done, patience),
+            )
+            .await
     }
 
     async fn check_registered(

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
 
 use super::{FatalStop, Runner};
+use crate::ledger::NewKey;
 use crate::ledger::listings::{self, ListingState, OnChanged};
-use crate::ledger::{NewKey, Scope};
 use crate::source::bucket::{Listed, Lister, Object};
 use crate::source::eligibility;
 use crate::source::filter::{Filters, Left};
@@ -128,7 +128,7 @@ impl Runner {
             let (counts, changed) = self
                 .writer
                 .write(move |t| {
-                    page_commit(
+                    listings::record_page(
                         t,
                         &scope,
                         state.id,
@@ -160,18 +160,6 @@ impl Runner {
         self.feed.close();
         Ok(summary)
     }
-}
-
-fn page_commit(
-    t: &rusqlite::Transaction<'_>,
-    scope: &Scope,
-    listing: i64,
-    rows: &[NewKey],
-    seen: u64,
-    next: Option<&str>,
-    on_changed: OnChanged,
-) -> rusqlite::Result<(crate::ledger::Ingested, u64)> {
-    listings::record_page(t, scope, listing, rows, seen, next, on_changed)
 }
 
 #[cfg(test)]

@@ -300,17 +300,9 @@ impl Runner {
     // ---- dispatch ---------------------------------------------------------------------------
 
     async fn dispatch(&self) -> Result<()> {
-        let done = CancellationToken::new();
-        let flushing = self
-            .outcomes
-            .flush_until(&self.writer, &done, ledger::record);
-        let sending = async {
-            let sent = self.send_pending().await;
-            done.cancel();
-            sent
-        };
-        let (sent, flushed) = tokio::join!(sending, flushing);
-        sent.and(flushed)
+        self.outcomes
+            .flushing_during(&self.writer, ledger::record, self.send_pending())
+            .await
     }
 
     async fn send_pending(&self) -> Result<()> {

@@ -45,9 +45,27 @@ impl<T: Send + 'static> Outbox<T> {
         std::mem::take(&mut *self.items.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Runs `work` while what it pushes is written; returns once both are done, so nothing
+    /// pushed is left unwritten.
+    pub async fn flushing_during(
+        &self,
+        writer: &LedgerWriter,
+        write: fn(&rusqlite::Connection, &[T]) -> rusqlite::Result<usize>,
+        work: impl std::future::Future<Output = Result<()>>,
+    ) -> Result<()> {
+        let done = CancellationToken::new();
+        let working = async {
+            let worked = work.await;
+            done.cancel();
+            worked
+        };
+        let (worked, flushed) = tokio::join!(working, self.flush_until(writer, &done, write));
+        worked.and(flushed)
+    }
+
     /// Writes what waits every [`FLUSH_EVERY`], or sooner when [`FLUSH_AT`] results wait,
     /// until `done`; then once more, so nothing is left behind.
-    pub async fn flush_until(
+    async fn flush_until(
         &self,
         writer: &LedgerWriter,
         done: &CancellationToken,
