@@ -4,13 +4,12 @@
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use super::{INGEST_BATCH, ImportJob, Manifest, open_manifest};
+use super::{ImportJob, Manifest, next_batch, open_manifest};
 use crate::exit::input;
 use crate::ledger::listings;
 use crate::ledger::{self, Ingested, Ledger, Scope, State};
 use crate::runner::ListSummary;
 use crate::source::bucket::Lister;
-use crate::source::judged;
 
 /// What a run with these settings would do.
 pub async fn dry_run(job: &ImportJob) -> Result<String> {
@@ -26,26 +25,15 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
     };
     let tx = ledger.conn_mut().transaction()?;
     let mut read = Ingested::default();
-    let mut add = |got: Ingested| {
-        read.new += got.new;
-        read.new_skipped += got.new_skipped;
-        read.known += got.known;
-    };
     let now = std::time::SystemTime::now();
     if let Some(mut reader) = reader {
         loop {
-            let mut batch = Vec::with_capacity(INGEST_BATCH);
-            let mut rows = 0;
-            for row in reader.by_ref().take(INGEST_BATCH) {
-                rows += 1;
-                let row =
-                    row.map_err(|e| input(anyhow::anyhow!("{}: {e}", job.manifest.name())))?;
-                if job.filters.verdict(&row.key, row.size, None, now).is_none() {
-                    batch.push(judged(row.bucket, row.key, row.size));
-                }
+            let batch = next_batch(&mut reader, &job.filters, now);
+            if let Some(e) = batch.bad_row {
+                return Err(input(anyhow::anyhow!("{}: {e}", job.manifest.name())));
             }
-            add(ledger::insert_keys(&tx, &scope, &batch)?);
-            if rows < INGEST_BATCH {
+            read += ledger::insert_keys(&tx, &scope, &batch.keys)?;
+            if batch.last {
                 break;
             }
         }
@@ -81,7 +69,7 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
                 job.on_changed,
             )?;
             summary.add_page(seen, &got, changed);
-            add(got);
+            read += got;
             match page.next_marker {
                 Some(next) => marker = Some(next),
                 None => break,
@@ -113,8 +101,8 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
          failed earlier: {} ({})\n\
          ineligible, never sent: {}\n",
         job.manifest.name(),
-        read.new + read.new_skipped + read.known,
-        read.new + read.new_skipped,
+        read.rows(),
+        read.added(),
         get(State::Uncertain),
         get(State::Completed),
         get(State::Registered),

@@ -9,7 +9,7 @@ use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::MiClient;
@@ -22,18 +22,18 @@ pub use dry_run::dry_run;
 
 use crate::ledger::listings::{self, OnChanged};
 use crate::ledger::writer::LedgerWriter;
-use crate::ledger::{self, Ingested, Ledger, Scope, State};
+use crate::ledger::{self, Ingested, Ledger, NewKey, Scope, State};
 use crate::limiter::Limiter;
 use crate::progress::{self, Display};
 use crate::runner::{Ending, ListSummary, RunOptions, Runner};
 use crate::source::bucket::{BucketSpec, Lister};
 use crate::source::filter::Filters;
 use crate::source::judged;
-use crate::source::manifest::{ManifestFormat, ManifestReader};
+use crate::source::manifest::{ManifestError, ManifestFormat, ManifestReader};
 
 /// Rows per ledger transaction while reading a manifest: large enough that a million-row
 /// manifest needs a few hundred commits, small enough to keep memory flat.
-pub(crate) const INGEST_BATCH: usize = 5_000;
+const INGEST_BATCH: usize = 5_000;
 
 /// Where the manifest comes from.
 #[derive(Debug, Clone)]
@@ -147,11 +147,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         }
     };
     if let (Some(fp), None) = (&fingerprint, &already) {
-        let (s, fp, rows) = (
-            scope.clone(),
-            fp.clone(),
-            ingested.new + ingested.new_skipped + ingested.known,
-        );
+        let (s, fp, rows) = (scope.clone(), fp.clone(), ingested.rows());
         writer
             .write(move |t| ledger::remember_manifest(t, &s, &fp, rows))
             .await?;
@@ -160,7 +156,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         tracing::info!(
             "{}: {} new keys ({} of them ineligible), {} duplicate or already known",
             job.manifest.name(),
-            ingested.new + ingested.new_skipped,
+            ingested.added(),
             ingested.new_skipped,
             ingested.known
         );
@@ -370,9 +366,7 @@ fn manifest_fingerprint(job: &ImportJob) -> Result<String> {
     Ok(format!("{:x}", hash.finalize()))
 }
 
-pub(crate) fn open_manifest(
-    job: &ImportJob,
-) -> Result<ManifestReader<Box<dyn std::io::Read + Send>>> {
+pub(crate) fn open_manifest(job: &ImportJob) -> Result<Reader> {
     let name = job.manifest.name();
     let input_stream: Box<dyn std::io::Read + Send> = match &job.manifest {
         Manifest::File(path) => Box::new(
@@ -396,10 +390,51 @@ pub(crate) fn open_manifest(
     .map_err(|e| input(anyhow::anyhow!("{name}: {e}")))
 }
 
+type Reader = ManifestReader<Box<dyn std::io::Read + Send>>;
+
+/// The next rows of a manifest for the ledger.
+struct Batch {
+    /// Up to [`INGEST_BATCH`] rows that pass the filters, judged.
+    keys: Vec<NewKey>,
+    /// The malformed row that ended the batch early.
+    bad_row: Option<ManifestError>,
+    /// Nothing is left to read after this batch.
+    last: bool,
+}
+
+fn next_batch(reader: &mut Reader, filters: &Filters, now: SystemTime) -> Batch {
+    let mut keys = Vec::with_capacity(INGEST_BATCH);
+    for row in reader.by_ref() {
+        match row {
+            Ok(row) if filters.verdict(&row.key, row.size, None, now).is_some() => continue,
+            Ok(row) => keys.push(judged(row.bucket, row.key, row.size)),
+            Err(e) => {
+                return Batch {
+                    keys,
+                    bad_row: Some(e),
+                    last: true,
+                };
+            }
+        }
+        if keys.len() == INGEST_BATCH {
+            return Batch {
+                keys,
+                bad_row: None,
+                last: false,
+            };
+        }
+    }
+    Batch {
+        keys,
+        bad_row: None,
+        last: true,
+    }
+}
+
 /// Reads the whole manifest into the ledger before anything is sent, so a bad row stops the
 /// run with nothing sent; rows before it stay recorded.
 async fn ingest(
-    reader: Option<ManifestReader<Box<dyn std::io::Read + Send>>>,
+    reader: Option<Reader>,
     job: &ImportJob,
     writer: &LedgerWriter,
     scope: &Scope,
@@ -414,32 +449,17 @@ async fn ingest(
     tokio::task::spawn_blocking(move || {
         let mut total = Ingested::default();
         loop {
-            let mut batch = Vec::with_capacity(INGEST_BATCH);
-            let mut bad_row = None;
-            let now = std::time::SystemTime::now();
-            for row in reader.by_ref() {
-                match row {
-                    Ok(row) if filters.verdict(&row.key, row.size, None, now).is_some() => continue,
-                    Ok(row) => batch.push(judged(row.bucket, row.key, row.size)),
-                    Err(e) => {
-                        bad_row = Some(e);
-                        break;
-                    }
-                }
-                if batch.len() == INGEST_BATCH {
-                    break;
-                }
-            }
-            let last = batch.len() < INGEST_BATCH || bad_row.is_some();
+            let Batch {
+                keys,
+                bad_row,
+                last,
+            } = next_batch(&mut reader, &filters, SystemTime::now());
             let s = scope.clone();
-            let got = handle.block_on(writer.write(move |t| ledger::insert_keys(t, &s, &batch)))?;
-            total.new += got.new;
-            total.new_skipped += got.new_skipped;
-            total.known += got.known;
+            total += handle.block_on(writer.write(move |t| ledger::insert_keys(t, &s, &keys)))?;
             if let Some(e) = bad_row {
-                let before = total.new + total.new_skipped + total.known;
                 return Err(input(anyhow::anyhow!(
-                    "{name}: {e}\nnothing was sent; the {before} rows before it are recorded and will be imported once the file is fixed"
+                    "{name}: {e}\nnothing was sent; the {} rows before it are recorded and will be imported once the file is fixed",
+                    total.rows()
                 )));
             }
             if last {

@@ -167,6 +167,26 @@ pub struct Ingested {
     pub known: u64,
 }
 
+impl Ingested {
+    /// Keys the ledger did not know before, eligible or not.
+    pub fn added(&self) -> u64 {
+        self.new + self.new_skipped
+    }
+
+    /// Every row offered, known ones and repeats included.
+    pub fn rows(&self) -> u64 {
+        self.added() + self.known
+    }
+}
+
+impl std::ops::AddAssign for Ingested {
+    fn add_assign(&mut self, other: Self) {
+        self.new += other.new;
+        self.new_skipped += other.new_skipped;
+        self.known += other.known;
+    }
+}
+
 /// An open ledger file.
 pub struct Ledger {
     conn: Connection,

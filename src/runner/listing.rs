@@ -51,7 +51,7 @@ impl ListSummary {
     pub fn add_page(&mut self, seen: u64, counts: &crate::ledger::Ingested, changed: u64) {
         self.pages += 1;
         self.objects += seen;
-        self.new += counts.new + counts.new_skipped;
+        self.new += counts.added();
         self.changed += changed;
     }
 }
