@@ -12,8 +12,6 @@ use crate::app::{self, ImportJob, ImportResult, Manifest};
 use crate::config::{Credentials, Limits, Target};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::progress::Display;
-use crate::runner::RunOptions;
-use crate::source::manifest::ManifestFormat;
 
 /// The demo's ledger, in the working directory; each demo starts it afresh, since each demo's
 /// emulator starts empty.
@@ -51,38 +49,26 @@ pub async fn run(rate: u32, display: Display, shutdown: CancellationToken) -> Re
         config.workspace,
         config.project
     );
-    let job = ImportJob {
-        db: db.clone(),
-        target: Target::new(
-            &emulator.endpoint(),
-            Some(config.workspace.clone()),
-            Some(config.project.clone()),
-        )?,
-        credentials,
-        limits: Limits::new(
-            rate,
-            8,
-            crate::config::DEFAULT_MAX_ATTEMPTS,
-            Duration::from_secs(5),
-        )?,
+    let target = Target::new(
+        &emulator.endpoint(),
+        Some(config.workspace.clone()),
+        Some(config.project.clone()),
+    )?;
+    let limits = Limits::new(
+        rate,
+        8,
+        crate::config::DEFAULT_MAX_ATTEMPTS,
+        Duration::from_secs(5),
+    )?;
+    let mut job = ImportJob {
         manifest: Manifest::Builtin {
             name: "sample-manifests/demo.csv",
             text: DEMO_MANIFEST,
         },
-        manifest_format: ManifestFormat::Csv,
-        default_bucket: None,
-        listing: None,
-        filters: Default::default(),
-        on_changed: crate::ledger::listings::OnChanged::Report,
-        retry_failed: false,
-        options: RunOptions {
-            preflight: true,
-            allow_other_bucket: false,
-            buckets: Vec::new(),
-            confirm: Some(Duration::from_secs(60)),
-        },
         display,
+        ..ImportJob::new(db.clone(), target, credentials, limits)
     };
+    job.options.confirm = Some(Duration::from_secs(60));
     let result = app::import(job, shutdown).await;
     let duplicates = emulator.duplicates().len();
     emulator.stop();

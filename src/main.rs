@@ -123,28 +123,10 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Confirm(args) => {
             let display = Display::choose(quiet, args.limits.progress_interval);
             let (target, limits) = settings(args.mi, &args.limits)?;
+            let credentials = Credentials::discover().map_err(input)?;
             let job = ImportJob {
-                db: cli.global.db,
-                target,
-                credentials: Credentials::discover().map_err(input)?,
-                limits,
-                manifest: Manifest::Builtin {
-                    name: "(none)",
-                    text: "",
-                },
-                manifest_format: mi_import::source::manifest::ManifestFormat::Csv,
-                default_bucket: None,
-                listing: None,
-                filters: Default::default(),
-                on_changed: mi_import::ledger::listings::OnChanged::Report,
-                retry_failed: false,
-                options: RunOptions {
-                    preflight: false,
-                    allow_other_bucket: false,
-                    buckets: Vec::new(),
-                    confirm: Some(args.patience),
-                },
                 display,
+                ..ImportJob::new(cli.global.db, target, credentials, limits)
             };
             let result = app::confirm(job, args.patience, shutdown).await?;
             finish(result, quiet)

@@ -49,6 +49,31 @@ pub enum Manifest {
 }
 
 impl ImportJob {
+    /// A job with no source yet: no manifest or listing, no filters, preflight on, no
+    /// confirmation, nothing shown. Each command sets what it needs on top.
+    pub fn new(db: PathBuf, target: Target, credentials: Credentials, limits: Limits) -> Self {
+        Self {
+            db,
+            target,
+            credentials,
+            limits,
+            manifest: Manifest::None,
+            manifest_format: ManifestFormat::Csv,
+            default_bucket: None,
+            listing: None,
+            filters: Filters::default(),
+            on_changed: OnChanged::Report,
+            retry_failed: false,
+            options: RunOptions {
+                preflight: true,
+                allow_other_bucket: false,
+                buckets: Vec::new(),
+                confirm: None,
+            },
+            display: Display::Quiet,
+        }
+    }
+
     fn manifest_given(&self) -> bool {
         !matches!(self.manifest, Manifest::None)
     }

@@ -12,9 +12,6 @@ use mi_import::app::{self, ImportJob, ImportResult, Manifest};
 use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::ledger::{Ledger, State};
-use mi_import::progress::Display;
-use mi_import::runner::RunOptions;
-use mi_import::source::manifest::ManifestFormat;
 
 pub mod s3;
 
@@ -98,30 +95,16 @@ pub fn healthy() -> EmulatorConfig {
 
 /// An import job against `emulator` with no rate limit unless set.
 pub fn job(ws: &Workspace, emulator: &Emulator, manifest: PathBuf) -> ImportJob {
+    let target = Target::new(
+        &emulator.endpoint(),
+        Some("demo-workspace".into()),
+        Some("1001".into()),
+    )
+    .unwrap();
+    let limits = Limits::new(0, 16, 6, Duration::from_secs(5)).unwrap();
     ImportJob {
-        db: ws.db(),
-        target: Target::new(
-            &emulator.endpoint(),
-            Some("demo-workspace".into()),
-            Some("1001".into()),
-        )
-        .unwrap(),
-        credentials: credentials(),
-        limits: Limits::new(0, 16, 6, Duration::from_secs(5)).unwrap(),
         manifest: Manifest::File(manifest),
-        manifest_format: ManifestFormat::Csv,
-        default_bucket: None,
-        listing: None,
-        filters: Default::default(),
-        on_changed: mi_import::ledger::listings::OnChanged::Report,
-        retry_failed: false,
-        options: RunOptions {
-            preflight: true,
-            allow_other_bucket: false,
-            buckets: Vec::new(),
-            confirm: None,
-        },
-        display: Display::Quiet,
+        ..ImportJob::new(ws.db(), target, credentials(), limits)
     }
 }
 
