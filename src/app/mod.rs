@@ -360,7 +360,6 @@ async fn with_progress<T>(
 /// A manifest's identity for skipping it: its bytes, and every setting that shapes its rows.
 fn manifest_fingerprint(job: &ImportJob) -> Result<String> {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
     let mut hash = Sha256::new();
     hash.update(format!(
         "mi-import {}|{:?}|{:?}|{}\n",
@@ -376,16 +375,8 @@ fn manifest_fingerprint(job: &ImportJob) -> Result<String> {
             let mut file = std::fs::File::open(path)
                 .with_context(|| format!("cannot open the manifest {}", path.display()))
                 .map_err(input)?;
-            let mut buffer = vec![0; 1 << 20];
-            loop {
-                let n = file
-                    .read(&mut buffer)
-                    .with_context(|| format!("reading {}", path.display()))?;
-                if n == 0 {
-                    break;
-                }
-                hash.update(&buffer[..n]);
-            }
+            std::io::copy(&mut file, &mut hash)
+                .with_context(|| format!("reading {}", path.display()))?;
         }
     }
     Ok(format!("{:x}", hash.finalize()))
