@@ -69,15 +69,7 @@ async fn polls_and_imports_share_one_rate_limit() {
 
     let log = emu.request_log();
     let times: Vec<_> = log.iter().map(|(t, _)| *t).collect();
-    let most = (0..times.len())
-        .map(|i| {
-            times[i..]
-                .iter()
-                .take_while(|t| **t < times[i] + Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .unwrap();
+    let most = mi_import::emulator::busiest_second(&times);
     // One shared budget shows 30 here; polls with a budget of their own showed 60. The exact
     // "never more than N in any second" is proven on a paused clock in the limiter's tests:
     // the emulator sees arrivals, which a stall on a busy machine can bunch.

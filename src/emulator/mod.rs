@@ -20,7 +20,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Credentials;
-pub use state::{AssetRecord, CallKind, Counters};
+pub use state::{AssetRecord, CallKind, Counters, busiest_second};
 
 /// What the asset list's `fileName` holds (NCP-API.md marks this unsure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

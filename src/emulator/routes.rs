@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Hangup;
-use super::state::{CallKind, Fault, Shared};
+use super::state::{CallKind, Fault, Shared, busiest_second};
 use crate::api::client::HEADER_TRACE_ID;
 use crate::api::signer::{self, HEADER_ACCESS_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
@@ -311,16 +311,8 @@ async fn stats(State(shared): State<Shared_>) -> Response {
             .filter(|(_, k)| kind.is_none_or(|want| *k == want))
             .map(|(t, _)| *t)
             .collect();
-        let mut most = 0;
-        let mut start = 0;
-        for end in 0..times.len() {
-            while times[end].duration_since(times[start]) >= Duration::from_secs(1) {
-                start += 1;
-            }
-            most = most.max(end - start + 1);
-        }
         (
-            most,
+            busiest_second(&times),
             times.first().copied(),
             times.last().copied(),
             times.len(),

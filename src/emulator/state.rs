@@ -52,6 +52,19 @@ impl CallKind {
     }
 }
 
+/// The most arrivals within any one second, of `times` in arrival order.
+pub fn busiest_second(times: &[Instant]) -> usize {
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..times.len() {
+        while times[end].duration_since(times[start]) >= Duration::from_secs(1) {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
 #[derive(Default)]
 struct Inner {
     /// Arrival time of every signed request.
@@ -223,5 +236,23 @@ impl Shared {
 
     pub fn counters(&self) -> Counters {
         self.inner().counters
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busiest_second_counts_arrivals_less_than_a_second_apart() {
+        let base = Instant::now();
+        let at = |ms: &[u64]| -> Vec<Instant> {
+            ms.iter()
+                .map(|m| base + Duration::from_millis(*m))
+                .collect()
+        };
+        assert_eq!(busiest_second(&at(&[])), 0);
+        assert_eq!(busiest_second(&at(&[0, 100, 900, 1000, 1999])), 3);
+        assert_eq!(busiest_second(&at(&[0, 1000, 2000])), 1);
     }
 }
