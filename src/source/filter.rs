@@ -44,14 +44,13 @@ impl Filters {
     /// Every setting, as text: two runs with the same text keep the same keys.
     pub fn fingerprint(&self) -> String {
         format!(
-            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
             self.patterns,
             self.min_size,
             self.max_size,
             self.modified_after,
             self.modified_before,
             self.min_age,
-            ()
         )
     }
 
