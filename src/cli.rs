@@ -47,7 +47,7 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Import keys from a manifest; resumes by itself
+    /// Import keys from a manifest or a bucket listing; resumes by itself
     Run(RunArgs),
     /// Poll import-status of registered keys until final
     Confirm(ConfirmArgs),
@@ -93,6 +93,9 @@ pub struct LimitArgs {
     pub progress_interval: Duration,
 }
 
+/// How long confirmation goes on after the last import, by default.
+const DEFAULT_PATIENCE: &str = "10m";
+
 #[derive(Debug, Args)]
 pub struct ConfirmArgs {
     #[command(flatten)]
@@ -100,7 +103,7 @@ pub struct ConfirmArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Stop confirming after this long; what is still in progress stays registered
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = DEFAULT_PATIENCE)]
     pub patience: Duration,
 }
 
@@ -167,7 +170,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_confirm: bool,
     /// How long to keep confirming after the last import
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10m")]
+    #[arg(long, value_parser = humantime::parse_duration, default_value = DEFAULT_PATIENCE)]
     pub patience: Duration,
     /// Send keys in buckets other than the one linked to the workspace
     #[arg(long)]

@@ -22,8 +22,6 @@ use crate::retry::Disposition;
 /// The longest gap between two checks of one asset: long videos take a while, and a poll a
 /// few minutes late costs nothing.
 pub const MAX_CHECK_GAP: Duration = Duration::from_secs(300);
-/// How long `run` keeps confirming after its last import, by default.
-pub const DEFAULT_PATIENCE: Duration = Duration::from_secs(600);
 /// How often the count of assets still waiting (for progress) is refreshed: it reads the
 /// whole index range, unlike the loop's own queries.
 const COUNT_EVERY: Duration = Duration::from_secs(5);

@@ -27,10 +27,9 @@ mod outbox;
 mod preflight;
 mod reconciling;
 
-pub use listing::{ListSummary, judge};
+pub use listing::ListSummary;
 
-pub use confirm::{DEFAULT_PATIENCE, MAX_CHECK_GAP, next_gap, state_for};
-pub use preflight::{Refusal, bucket_refusal, linked_bucket};
+use preflight::Refusal;
 
 /// Keys taken from the ledger per claim: one fsync covers them all, and at most this many are
 /// left `in_flight` (to reconcile) if the process is killed.
