@@ -5,7 +5,7 @@ mod common;
 
 use common::s3::{S3_ACCESS, S3_SECRET, S3Server};
 use common::*;
-use mi_import::app::{ImportJob, Manifest};
+use mi_import::app::ImportJob;
 use mi_import::config::Credentials;
 use mi_import::exit::Exit;
 use mi_import::ledger::State;
@@ -20,16 +20,17 @@ fn bucket_job(
     s3: &S3Server,
     prefix: &str,
 ) -> ImportJob {
-    let mut job = job(ws, emu, ws.path("unused.csv"));
-    job.manifest = Manifest::None;
-    job.listing = Some(BucketSpec {
+    let listing = BucketSpec {
         endpoint: s3.endpoint(),
         region: "kr-standard".into(),
         bucket: BUCKET.into(),
         prefix: prefix.into(),
         credentials: Credentials::new(S3_ACCESS.into(), S3_SECRET.into()),
-    });
-    job
+    };
+    ImportJob {
+        listing: Some(listing),
+        ..base_job(ws, emu)
+    }
 }
 
 const ODD: &[&str] = &[

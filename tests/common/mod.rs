@@ -93,8 +93,8 @@ pub fn healthy() -> EmulatorConfig {
     EmulatorConfig::new(credentials())
 }
 
-/// An import job against `emulator` with no rate limit unless set.
-pub fn job(ws: &Workspace, emulator: &Emulator, manifest: PathBuf) -> ImportJob {
+/// A job against `emulator` with no source yet and no rate limit unless set.
+pub fn base_job(ws: &Workspace, emulator: &Emulator) -> ImportJob {
     let target = Target::new(
         &emulator.endpoint(),
         Some("demo-workspace".into()),
@@ -102,9 +102,14 @@ pub fn job(ws: &Workspace, emulator: &Emulator, manifest: PathBuf) -> ImportJob 
     )
     .unwrap();
     let limits = Limits::new(0, 16, 6, Duration::from_secs(5)).unwrap();
+    ImportJob::new(ws.db(), target, credentials(), limits)
+}
+
+/// An import of `manifest` against `emulator`, with no rate limit unless set.
+pub fn job(ws: &Workspace, emulator: &Emulator, manifest: PathBuf) -> ImportJob {
     ImportJob {
         manifest: Manifest::File(manifest),
-        ..ImportJob::new(ws.db(), target, credentials(), limits)
+        ..base_job(ws, emulator)
     }
 }
 
