@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::config;
 use crate::emulator::FileNameMode;
-use crate::ledger::State;
+use crate::ledger::{OnChanged, State};
 use crate::source::manifest::ManifestFormat;
 
 #[derive(Debug, Parser)]
@@ -25,16 +25,13 @@ pub struct Cli {
 
 #[derive(Debug, Args)]
 pub struct Global {
-    /// The ledger (SQLite) that records every key's outcome
-    #[arg(long, global = true, env = "MI_IMPORT_DB", default_value = config::DEFAULT_DB)]
-    pub db: PathBuf,
     /// More log detail (-v, -vv); RUST_LOG overrides
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
     /// Only errors; no progress
     #[arg(short, long, global = true, conflicts_with = "verbose")]
     pub quiet: bool,
-    /// Log format on stderr
+    /// Log format on stderr: with json, every line on stderr is one JSON object
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -47,18 +44,33 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Import keys from a manifest or a bucket listing; resumes by itself
-    Run(RunArgs),
+    /// Import keys from a manifest or a bucket listing; with neither, resume what the ledger holds
+    Run(Box<RunArgs>),
     /// Poll import-status of registered keys until final
     Confirm(ConfirmArgs),
-    /// Counts of keys per state, and the last run
+    /// Request MI's analysis (the index) of completed keys once each, and follow it
+    Analyze(AnalyzeCommandArgs),
+    /// Settle an uncertain key by hand: give it its asset, or declare it not registered
+    Resolve(ResolveArgs),
+    /// Counts of keys per state for each workspace and project, and the last run
     Status(StatusArgs),
     /// One row per key, as CSV or JSON Lines, on stdout or to a file
     Report(ReportArgs),
+    /// Write a consistent copy of the ledger (also while a run is going)
+    Backup(BackupArgs),
+    /// Remove one workspace's project from the ledger (MI's assets are not touched)
+    Forget(ForgetArgs),
     /// The sample manifest against the built-in emulator, no set-up needed
     Demo(DemoArgs),
     /// Serve the built-in MI emulator
     Emulator(EmulatorArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LedgerArgs {
+    /// The ledger (SQLite) that records every key's outcome
+    #[arg(long, env = "MI_IMPORT_DB", default_value = config::DEFAULT_DB)]
+    pub db: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -76,9 +88,9 @@ pub struct MiArgs {
 
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Request starts per second across all MI calls (0: no limit)
+    /// Request starts per second across all MI calls (0: no limit; 0.5: one every 2 s)
     #[arg(long, env = "MI_RATE", default_value_t = config::DEFAULT_RATE)]
-    pub rate: u32,
+    pub rate: f64,
     /// Requests in flight at once
     #[arg(long, env = "MI_CONCURRENCY", default_value_t = config::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
@@ -91,6 +103,10 @@ pub struct LimitArgs {
     /// Time between plain progress lines when stderr is not a terminal
     #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
     pub progress_interval: Duration,
+    /// How long MI's asset list may take to show a new asset: a key whose answer was lost is
+    /// sent again only if it is still missing this long after
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    pub list_settle: Duration,
 }
 
 /// How long confirmation goes on after the last import, by default.
@@ -98,6 +114,8 @@ const DEFAULT_PATIENCE: &str = "10m";
 
 #[derive(Debug, Args)]
 pub struct ConfirmArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
     #[command(flatten)]
     pub mi: MiArgs,
     #[command(flatten)]
@@ -109,6 +127,8 @@ pub struct ConfirmArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
     #[command(flatten)]
     pub mi: MiArgs,
     #[command(flatten)]
@@ -136,6 +156,9 @@ pub struct RunArgs {
     /// Object Storage region: kr-standard, us-standard, sg-standard, jp-standard, de-standard
     #[arg(long, env = "MI_S3_REGION", default_value = crate::source::bucket::DEFAULT_REGION)]
     pub s3_region: String,
+    /// Listing requests to Object Storage at once (folders are listed side by side)
+    #[arg(long, default_value_t = crate::source::bucket::DEFAULT_LIST_CONCURRENCY)]
+    pub list_concurrency: usize,
     /// Only keys matching this glob (repeatable; `*` stays within a folder, `**` crosses)
     #[arg(long)]
     pub include: Vec<String>,
@@ -158,12 +181,16 @@ pub struct RunArgs {
     #[arg(long, value_parser = humantime::parse_duration)]
     pub min_age: Option<Duration>,
     /// What to do with a registered object whose ETag or size changed
-    #[arg(long, value_enum, default_value_t = crate::ledger::listings::OnChanged::Report)]
-    pub on_changed: crate::ledger::listings::OnChanged,
+    #[arg(long, value_enum, default_value_t = OnChanged::Report)]
+    pub on_changed: OnChanged,
     /// Send keys marked failed again
     #[arg(long)]
     pub retry_failed: bool,
-    /// Read the manifest and the ledger, send nothing, and say what would happen
+    /// Register keys marked import_failed again (their files were fixed)
+    #[arg(long)]
+    pub retry_import_failed: bool,
+    /// Read the source and the ledger, ask MI nothing but the account, send nothing, and say
+    /// what would happen
     #[arg(long)]
     pub dry_run: bool,
     /// Do not poll import-status after registering (use `confirm` later)
@@ -175,10 +202,91 @@ pub struct RunArgs {
     /// Send keys in buckets other than the one linked to the workspace
     #[arg(long)]
     pub allow_other_bucket: bool,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+}
+
+/// What MI's analysis is asked for (`run --analyze`, `analyze`).
+#[derive(Debug, Clone, Args)]
+pub struct AnalysisArgs {
+    /// Request MI's analysis of each key that completes (needs --analysis-person-count)
+    #[arg(long)]
+    pub analyze: bool,
+    /// People to detect per asset, 0-10 (0 skips person analysis and is faster)
+    #[arg(long)]
+    pub analysis_person_count: Option<u8>,
+    /// Scene length: extra-short, short, medium (MI's default) or long (video only)
+    #[arg(long, value_enum)]
+    pub scene_range: Option<crate::api::analysis::SceneRange>,
+    /// Spoken language: enko (MI's default), en, ko, ja, zh-cn, zh-tw
+    #[arg(long, value_enum)]
+    pub source_language: Option<crate::api::analysis::SourceLanguage>,
+    /// Detect audio effects (video only)
+    #[arg(long)]
+    pub detect_audio_effects: bool,
+    /// A person tag to look for (repeatable, at most 30)
+    #[arg(long = "tag-id")]
+    pub tag_ids: Vec<i64>,
+    /// Shortest scene in seconds (with --max-scene-duration, instead of --scene-range)
+    #[arg(long)]
+    pub min_scene_duration: Option<u32>,
+    /// Longest scene in seconds (with --min-scene-duration)
+    #[arg(long)]
+    pub max_scene_duration: Option<u32>,
+    /// Request analysis again for keys whose analysis failed or was cancelled
+    #[arg(long)]
+    pub reanalyze_failed: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalyzeCommandArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    #[command(flatten)]
+    pub mi: MiArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub analysis: AnalysisArgs,
+    /// Stop following analyses after this long; what is still running is followed later
+    #[arg(long, value_parser = humantime::parse_duration, default_value = DEFAULT_PATIENCE)]
+    pub patience: Duration,
+    /// Count what would be sent for analysis, send nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The MI workspace name
+    #[arg(long, env = "MI_WORKSPACE")]
+    pub workspace: String,
+    /// The MI project ID
+    #[arg(long = "project", env = "MI_PROJECT_ID")]
+    pub project: String,
+    /// The key to settle, as the report shows it
+    #[arg(long)]
+    pub key: String,
+    /// Its bucket (needed only when the key is in several)
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// The key's asset in MI (one of its candidates, or one found in the console)
+    #[arg(long, conflicts_with = "not_registered")]
+    pub asset_id: Option<i64>,
+    /// MI has no asset for the key: the next run sends it
+    #[arg(long)]
+    pub not_registered: bool,
+    /// Say what would change, change nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
     /// Machine-readable output on stdout
     #[arg(long)]
     pub json: bool,
@@ -192,21 +300,52 @@ pub enum ReportFormat {
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
     #[arg(long, value_enum, default_value_t = ReportFormat::Csv)]
     pub format: ReportFormat,
-    /// Only keys in this state
-    #[arg(long)]
-    pub state: Option<State>,
+    /// Only keys in these states (repeatable, or comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub state: Vec<State>,
     /// Write here instead of stdout
     #[arg(long)]
     pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// Where to write the copy (a new file)
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    /// The workspace whose project is removed from the ledger
+    #[arg(long)]
+    pub workspace: String,
+    /// The project removed from the ledger
+    #[arg(long = "project")]
+    pub project: String,
+    /// Remove them (without it, only say what would be removed)
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
+    /// The demo's ledger, replaced by each demo
+    #[arg(long, default_value = crate::demo::DEMO_DB)]
+    pub db: PathBuf,
     /// Request starts per second (slow enough to watch)
-    #[arg(long, default_value_t = 25)]
-    pub rate: u32,
+    #[arg(long, default_value_t = 25.0)]
+    pub rate: f64,
+    /// Also request each completed asset's analysis, and follow it
+    #[arg(long)]
+    pub analyze: bool,
 }
 
 #[derive(Debug, Args)]
@@ -227,13 +366,16 @@ pub struct EmulatorArgs {
     /// Share of requests answered 429
     #[arg(long, default_value_t = 0.0)]
     pub rate_429: f64,
-    /// Share of requests answered 503
+    /// Share of requests answered 503 before they reach MI
     #[arg(long, default_value_t = 0.0)]
     pub rate_503: f64,
-    /// Share of register calls whose connection drops before the asset is created
+    /// Share of register calls answered 503 after the asset was created
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_after_create: f64,
+    /// Share of register and analysis calls whose connection drops before the work is done
     #[arg(long, default_value_t = 0.0)]
     pub drop_before: f64,
-    /// Share of register calls whose connection drops after the asset is created
+    /// Share of register and analysis calls whose connection drops after the work is done
     #[arg(long, default_value_t = 0.0)]
     pub drop_after: f64,
     /// Requests per second before the gateway answers 429
@@ -242,9 +384,36 @@ pub struct EmulatorArgs {
     /// How long imports stay IN_PROGRESS
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
     pub settle: Duration,
+    /// Extra import time per GB of the object (from --sizes), e.g. 30s
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub settle_per_gb: Duration,
     /// What the asset list's fileName holds
     #[arg(long, value_enum, default_value_t = FileNameMode::FullKey)]
     pub file_name: FileNameMode,
+    /// How long after its creation an asset shows in the asset list
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    pub list_lag: Duration,
+    /// Leave createdTime out of the asset list's entries
+    #[arg(long)]
+    pub list_without_time: bool,
+    /// Leave metaData.size out of the asset list's entries
+    #[arg(long)]
+    pub list_without_size: bool,
+    /// Put each asset's uploadStatus in the asset list's entries
+    #[arg(long)]
+    pub list_upload_status: bool,
+    /// Number new assets at random instead of in order
+    #[arg(long)]
+    pub random_ids: bool,
+    /// CSV `bucket,key,size` of the objects' sizes (for metaData.size and import times)
+    #[arg(long)]
+    pub sizes: Option<PathBuf>,
+    /// CSV `bucket,key` of assets the project holds before anything is registered
+    #[arg(long)]
+    pub preload: Option<PathBuf>,
+    /// Polls of an analysis before it reaches its final status
+    #[arg(long, default_value_t = 2)]
+    pub analysis_polls: u32,
     /// Seed for the fault dice
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

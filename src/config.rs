@@ -13,7 +13,7 @@ use std::time::Duration;
 pub const DEFAULT_ENDPOINT: &str = "https://mi.apigw.ntruss.com";
 /// Requests per second when the user sets none: MI documents no limit for the import call, and
 /// another MI call states 1,000 per minute; 10/s stays well under that.
-pub const DEFAULT_RATE: u32 = 10;
+pub const DEFAULT_RATE: f64 = 10.0;
 /// Requests in flight when the user sets none: enough to hide latency at the default rate.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Attempts per key before it is `failed`; covers a few minutes of 429s and 5xx.
@@ -138,12 +138,24 @@ impl Target {
             );
         }
         let workspace = required(workspace, "--workspace", "MI_WORKSPACE")?;
-        let project = required(project, "--project", "MI_PROJECT_ID")?;
+        let project = project_id(&required(project, "--project", "MI_PROJECT_ID")?);
         Ok(Self {
             endpoint,
             workspace,
             project,
         })
+    }
+}
+
+/// A project ID as MI numbers it: `01001` and `1001` are one project (leading zeros of a
+/// numeric ID are dropped), so one project never gets two scopes in the ledger.
+pub fn project_id(text: &str) -> String {
+    let text = text.trim();
+    if !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit()) {
+        let trimmed = text.trim_start_matches('0');
+        if trimmed.is_empty() { "0" } else { trimmed }.to_owned()
+    } else {
+        text.to_owned()
     }
 }
 
@@ -158,7 +170,7 @@ fn required(value: Option<String>, flag: &str, env: &str) -> Result<String> {
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Request starts per second; `None` means no rate limit (benchmarks, the emulator).
-    pub rate: Option<u32>,
+    pub rate: Option<f64>,
     pub concurrency: usize,
     pub max_attempts: u32,
     pub timeout: Duration,
@@ -166,11 +178,16 @@ pub struct Limits {
 
 impl Limits {
     pub fn new(
-        rate: u32,
+        rate: f64,
         concurrency: usize,
         max_attempts: u32,
         timeout: Duration,
     ) -> Result<Self> {
+        if !rate.is_finite() || rate < 0.0 {
+            bail!(
+                "--rate must be a number of requests per second, 0 for no limit\nhint: e.g. --rate 10 or --rate 0.5"
+            );
+        }
         if concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
@@ -181,7 +198,7 @@ impl Limits {
             bail!("--timeout must be longer than zero\nhint: e.g. --timeout 30s");
         }
         Ok(Self {
-            rate: (rate > 0).then_some(rate),
+            rate: (rate > 0.0).then_some(rate),
             concurrency,
             max_attempts,
             timeout,
@@ -225,9 +242,24 @@ mod tests {
     }
 
     #[test]
-    fn zero_rate_means_unlimited() {
-        let l = Limits::new(0, 1, 1, DEFAULT_TIMEOUT).unwrap();
+    fn zero_rate_means_unlimited_and_fractions_are_rates() {
+        let l = Limits::new(0.0, 1, 1, DEFAULT_TIMEOUT).unwrap();
         assert_eq!(l.rate, None);
-        assert!(Limits::new(5, 0, 1, DEFAULT_TIMEOUT).is_err());
+        assert_eq!(
+            Limits::new(0.5, 1, 1, DEFAULT_TIMEOUT).unwrap().rate,
+            Some(0.5)
+        );
+        assert!(Limits::new(5.0, 0, 1, DEFAULT_TIMEOUT).is_err());
+        assert!(Limits::new(-1.0, 1, 1, DEFAULT_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn numeric_project_ids_lose_leading_zeros() {
+        assert_eq!(project_id("01001"), "1001");
+        assert_eq!(project_id("1001"), "1001");
+        assert_eq!(project_id("000"), "0");
+        assert_eq!(project_id("p-01"), "p-01");
+        let t = Target::new("http://x", Some("ws".into()), Some("0042".into())).unwrap();
+        assert_eq!(t.project, "42");
     }
 }

@@ -4,7 +4,7 @@
 
 use anyhow::Result;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +31,17 @@ pub fn emulator_config(credentials: Credentials) -> EmulatorConfig {
     }
 }
 
-pub async fn run(rate: u32, display: Display, shutdown: CancellationToken) -> Result<ImportResult> {
+/// MI's list in the demo's emulator shows a new asset at once; a short settle window keeps
+/// the demo's lost answers from making it wait a minute.
+const DEMO_SETTLE: Duration = Duration::from_secs(3);
+
+pub async fn run(
+    rate: f64,
+    db: &Path,
+    analyze: bool,
+    display: Display,
+    shutdown: CancellationToken,
+) -> Result<ImportResult> {
     let credentials = Credentials::new(
         format!("demo-{:08x}", rand::random::<u32>()),
         format!("{:032x}", rand::random::<u128>()),
@@ -39,9 +49,12 @@ pub async fn run(rate: u32, display: Display, shutdown: CancellationToken) -> Re
     let config = emulator_config(credentials.clone());
     let emulator =
         Emulator::start(config.clone(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
-    let db = PathBuf::from(DEMO_DB);
+    let shown = db.display().to_string();
+    let db = db.to_path_buf();
     for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{DEMO_DB}{suffix}"));
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(path);
     }
     eprintln!(
         "demo: MI emulator on {} (workspace {}, project {}); importing sample-manifests/demo.csv at {rate} requests/s\n",
@@ -66,8 +79,10 @@ pub async fn run(rate: u32, display: Display, shutdown: CancellationToken) -> Re
             text: DEMO_MANIFEST,
         },
         display,
+        settle: DEMO_SETTLE,
         ..ImportJob::new(db.clone(), target, credentials, limits)
     };
+    let _ = analyze;
     job.options.confirm = Some(Duration::from_secs(60));
     let result = app::import(job, shutdown).await;
     let duplicates = emulator.duplicates().len();
@@ -81,7 +96,7 @@ pub async fn run(rate: u32, display: Display, shutdown: CancellationToken) -> Re
     // The emulator is gone with this process, and the next demo starts afresh: a real run's
     // advice (run again, confirm later) would mislead here.
     result.next_steps = format!(
-        "try: mi-import status --db {DEMO_DB}   |   mi-import report --db {DEMO_DB} --state skipped\n"
+        "try: mi-import status --db {shown}   |   mi-import report --db {shown} --state skipped\n"
     );
     Ok(result)
 }

@@ -15,6 +15,9 @@ pub enum Exit {
     Fatal,
     /// Another run holds this ledger.
     Locked,
+    /// The ledger could not be written (disk full, I/O error): the run stopped at once, and
+    /// nothing it recorded was lost.
+    LedgerWrite,
     /// SIGINT: requests in flight were finished and recorded.
     Interrupted,
     /// SIGTERM: likewise.
@@ -29,6 +32,7 @@ impl Exit {
             Exit::Usage => 2,
             Exit::Fatal => 3,
             Exit::Locked => 4,
+            Exit::LedgerWrite => 5,
             Exit::Interrupted => 130,
             Exit::Terminated => 143,
         }
@@ -45,18 +49,61 @@ pub fn input(error: impl Into<anyhow::Error>) -> anyhow::Error {
     InputError(error.into()).into()
 }
 
+/// A fatal answer from MI (credentials, permission, workspace, project) outside a run: exit 3.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct FatalError(#[from] pub anyhow::Error);
+
+/// Wraps an error as a fatal answer.
+pub fn fatal(error: impl Into<anyhow::Error>) -> anyhow::Error {
+    FatalError(error.into()).into()
+}
+
 /// The exit code for an error that ended the program.
 pub fn for_error(error: &anyhow::Error) -> Exit {
-    if error.downcast_ref::<InputError>().is_some() {
+    let chain = || error.chain();
+    if chain().any(|e| e.is::<InputError>()) {
         Exit::Usage
-    } else if matches!(
-        error.downcast_ref::<crate::lock::LockError>(),
-        Some(crate::lock::LockError::Held { .. })
-    ) {
+    } else if chain().any(|e| e.is::<FatalError>()) {
+        Exit::Fatal
+    } else if chain().any(|e| {
+        matches!(
+            e.downcast_ref::<crate::lock::LockError>(),
+            Some(crate::lock::LockError::Held { .. })
+        )
+    }) {
         Exit::Locked
+    } else if chain().any(is_write_failure) {
+        Exit::LedgerWrite
     } else {
         Exit::Trouble
     }
+}
+
+/// SQLite could not write: the disk (or the file system's quota) is full, or the write
+/// failed outright.
+fn is_write_failure(e: &(dyn std::error::Error + 'static)) -> bool {
+    use rusqlite::ErrorCode::{DiskFull, SystemIoFailure};
+    matches!(
+        e.downcast_ref::<rusqlite::Error>()
+            .and_then(rusqlite::Error::sqlite_error_code),
+        Some(DiskFull | SystemIoFailure)
+    )
+}
+
+/// The hint for an error that stopped writing the ledger.
+pub const LEDGER_WRITE_HINT: &str = "free space where the ledger lives (or fix the disk), then run the same command again: \
+     nothing recorded was lost, and keys that were being sent are checked in MI before any is sent again";
+
+/// A write to a closed pipe (`mi-import report | head -1`): the reader has what it wanted.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            || e.downcast_ref::<csv::Error>().is_some_and(|c| {
+                matches!(c.kind(), csv::ErrorKind::Io(io) if io.kind() == std::io::ErrorKind::BrokenPipe)
+            })
+    })
 }
 
 #[cfg(test)]
@@ -71,6 +118,7 @@ mod tests {
             (Exit::Usage, 2),
             (Exit::Fatal, 3),
             (Exit::Locked, 4),
+            (Exit::LedgerWrite, 5),
             (Exit::Interrupted, 130),
             (Exit::Terminated, 143),
         ];
@@ -87,6 +135,19 @@ mod tests {
             holder: "h".into(),
         };
         assert_eq!(for_error(&anyhow::Error::from(held)), Exit::Locked);
-        assert_eq!(for_error(&anyhow::anyhow!("disk full")), Exit::Trouble);
+        assert_eq!(
+            for_error(&anyhow::anyhow!("no reason known")),
+            Exit::Trouble
+        );
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let wrapped = anyhow::Error::new(full).context("ledger");
+        assert_eq!(for_error(&wrapped), Exit::LedgerWrite);
+        let nested = input(anyhow::anyhow!("bad").context("while reading"));
+        assert_eq!(for_error(&nested.context("outer")), Exit::Usage);
+        let pipe = anyhow::Error::new(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&pipe.context("writing the report")));
     }
 }

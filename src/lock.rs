@@ -1,8 +1,10 @@
 //! One run per ledger: an exclusive lock on `<ledger>.lock`, held for the life of the process.
 //!
-//! The kernel's advisory lock (`flock`) is released when its holder dies, however it dies, so
-//! a lock left by a killed run never blocks the next one. The file's text names the holder
-//! (pid, host, start time) for the message a second run prints.
+//! The lock file sits beside the ledger's real path (symlinks and `..` resolved), so every
+//! name for one ledger takes the same lock. The kernel's advisory lock (`flock`) is released
+//! when its holder dies, however it dies, so a lock left by a killed run never blocks the next
+//! one. The file's text names the holder (pid, host, start time) for the message a second
+//! run prints.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -19,7 +21,7 @@ pub struct LedgerLock {
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "the ledger {ledger} is in use by another mi-import ({holder})\nhint: wait for it to finish, or use another --db"
+        "the ledger {ledger} is in use by another mi-import ({holder})\nhint: wait for it to finish (or stop it); a run on another --db would not know what this ledger has sent"
     )]
     Held { ledger: String, holder: String },
     #[error("cannot lock the ledger through {path}: {source}")]
@@ -36,9 +38,15 @@ pub fn lock_path(ledger: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Takes the ledger's lock at once, or says who holds it.
-pub fn acquire(ledger: &Path, command: &str) -> Result<LedgerLock, LockError> {
-    let path = lock_path(ledger);
+/// Takes the ledger's lock at once, or says who holds it. A path that cannot hold a ledger
+/// (a missing folder) is an input error naming it.
+pub fn acquire(ledger: &Path, command: &str) -> anyhow::Result<LedgerLock> {
+    let real = crate::ledger::open::real_path(ledger)?;
+    Ok(acquire_real(ledger, &real, command)?)
+}
+
+fn acquire_real(ledger: &Path, real: &Path, command: &str) -> Result<LedgerLock, LockError> {
+    let path = lock_path(real);
     let io = |source| LockError::Io {
         path: path.display().to_string(),
         source,
@@ -93,6 +101,28 @@ pub fn host_name() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_name_of_one_ledger_takes_the_same_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        let db = dir.path().join("real/mi.db");
+        let link = dir.path().join("link.db");
+        std::os::unix::fs::symlink(&db, &link).unwrap();
+        let held = acquire(&link, "run").unwrap();
+        let err = acquire(&db, "run").unwrap_err();
+        assert!(
+            matches!(
+                err.downcast_ref::<LockError>(),
+                Some(LockError::Held { .. })
+            ),
+            "{err:#}"
+        );
+        let dotted = dir.path().join("real/../real/./mi.db");
+        assert!(acquire(&dotted, "run").is_err());
+        drop(held);
+        assert!(acquire(&dotted, "run").is_ok());
+    }
 
     #[test]
     fn second_holder_is_refused_with_the_first_named() {

@@ -15,7 +15,7 @@ use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::exit::{self, Exit, input};
 use mi_import::progress::{self, Display};
 use mi_import::runner::RunOptions;
-use mi_import::source::bucket::{self, BucketSpec};
+use mi_import::source::bucket::{self, BucketSpec, S3Place};
 use mi_import::source::filter::Filters;
 
 /// Which signal asked us to stop: 0 none, 1 SIGINT, 2 SIGTERM.
@@ -30,7 +30,7 @@ fn main() {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            progress::error(&format!("cannot start the async runtime: {e}"), None);
             std::process::exit(Exit::Trouble.code());
         }
     };
@@ -39,8 +39,15 @@ fn main() {
         watch_signals(shutdown.clone());
         match execute(cli, shutdown).await {
             Ok(exit) => exit,
+            // A closed pipe (`report | head`) is the reader saying it has enough.
+            Err(error) if exit::is_broken_pipe(&error) => Exit::Success,
             Err(error) => {
-                eprintln!("error: {error:#}");
+                let text = format!("{error:#}");
+                let (message, hint) = match text.split_once("\nhint: ") {
+                    Some((m, h)) => (m.to_owned(), Some(h.to_owned())),
+                    None => (text, None),
+                };
+                progress::error(&message, hint.as_deref());
                 exit::for_error(&error)
             }
         }
@@ -64,7 +71,10 @@ fn init_logging(cli: &Cli) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false);
     match cli.global.log_format {
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Json => {
+            progress::set_json(true);
+            builder.json().with_ansi(false).init()
+        }
         LogFormat::Text => builder.without_time().init(),
     }
 }
@@ -112,9 +122,9 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
     match cli.command {
         Command::Run(args) => {
             let dry_run = args.dry_run;
-            let job = import_job(args, cli.global.db, quiet)?;
+            let job = import_job(*args, quiet)?;
             if dry_run {
-                print!("{}", app::dry_run(&job).await?);
+                print!("{}", app::dry_run(&job, shutdown).await?);
                 return Ok(Exit::Success);
             }
             let result = app::import(job, shutdown).await?;
@@ -126,25 +136,43 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let credentials = Credentials::discover().map_err(input)?;
             let job = ImportJob {
                 display,
-                ..ImportJob::new(cli.global.db, target, credentials, limits)
+                settle: args.limits.list_settle,
+                ..ImportJob::new(args.ledger.db, target, credentials, limits)
             };
             let result = app::confirm(job, args.patience, shutdown).await?;
             finish(result, quiet)
         }
+        Command::Analyze(_) => Err(input(anyhow::anyhow!("analyze is not available yet"))),
+        Command::Resolve(args) => {
+            print!("{}", app::resolve(&args.ledger.db, &args)?);
+            Ok(Exit::Success)
+        }
         Command::Demo(args) => {
             let display = Display::choose(quiet, mi_import::progress::DEFAULT_PLAIN_INTERVAL);
-            let result = mi_import::demo::run(args.rate, display, shutdown).await?;
+            let result =
+                mi_import::demo::run(args.rate, &args.db, args.analyze, display, shutdown).await?;
             finish(result, quiet)
         }
         Command::Status(args) => {
-            print!("{}", app::status(&cli.global.db, args.json)?);
+            print!("{}", app::status(&args.ledger.db, args.json)?);
             Ok(Exit::Success)
         }
         Command::Report(args) => {
-            let rows = app::report(&cli.global.db, &args)?;
+            let rows = app::report(&args.ledger.db, &args)?;
             if let Some(path) = &args.output {
                 tracing::info!("{rows} rows written to {}", path.display());
             }
+            Ok(Exit::Success)
+        }
+        Command::Backup(args) => {
+            app::backup(&args.ledger.db, &args.file)?;
+            Ok(Exit::Success)
+        }
+        Command::Forget(args) => {
+            print!(
+                "{}",
+                app::forget(&args.ledger.db, &args.workspace, &args.project, args.yes)?
+            );
             Ok(Exit::Success)
         }
         Command::Emulator(args) => serve_emulator(args, shutdown).await,
@@ -152,21 +180,25 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
 }
 
 fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
+    let exit = match result.exit {
+        Exit::Interrupted => interrupted_exit(),
+        other => other,
+    };
     if let mi_import::runner::Ending::Fatal(stop) | mi_import::runner::Ending::Refused(stop) =
         &result.ending
     {
-        eprintln!("error: {}", stop.message);
-        if let Some(hint) = &stop.hint {
-            eprintln!("hint: {hint}");
-        }
+        progress::error(&stop.message, stop.hint.as_deref());
     }
-    if !quiet {
-        eprint!("\n{}{}", result.summary, result.next_steps);
+    if !quiet || progress::is_json() {
+        let record = serde_json::json!({
+            "exit_code": exit.code(),
+            "counts": result.counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "this_run": result.this_run.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "requests": result.requests,
+        });
+        progress::summary(&format!("{}{}", result.summary, result.next_steps), &record);
     }
-    Ok(match result.exit {
-        Exit::Interrupted => interrupted_exit(),
-        other => other,
-    })
+    Ok(exit)
 }
 
 fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
@@ -181,29 +213,24 @@ fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
     Ok((target, limits))
 }
 
-fn import_job(args: RunArgs, db: std::path::PathBuf, quiet: bool) -> Result<ImportJob> {
+fn import_job(args: RunArgs, quiet: bool) -> Result<ImportJob> {
     let display = Display::choose(quiet, args.limits.progress_interval);
     let (target, limits) = settings(args.mi, &args.limits)?;
     let credentials = Credentials::discover().map_err(input)?;
+    let endpoint = bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
+    let s3 = S3Place {
+        endpoint,
+        region: args.s3_region,
+        credentials: bucket::s3_credentials(&credentials),
+    };
     let (manifest, listing) = match (args.manifest, &args.bucket) {
         (Some(path), _) => (Manifest::File(path), None),
-        (None, Some(bucket)) => {
-            let endpoint =
-                bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
-            let spec = BucketSpec {
-                endpoint,
-                region: args.s3_region,
-                bucket: bucket.clone(),
-                prefix: args.prefix,
-                credentials: bucket::s3_credentials(&credentials),
-            };
-            (Manifest::None, Some(spec))
-        }
-        (None, None) => {
-            return Err(input(anyhow::anyhow!(
-                "nothing to import\nhint: pass --manifest FILE, or --bucket NAME [--prefix P] to list a bucket"
-            )));
-        }
+        (None, Some(bucket)) => (
+            Manifest::None,
+            Some(s3.spec(bucket.clone(), args.prefix.clone())),
+        ),
+        // No source: resume what the ledger holds for this workspace and project.
+        (None, None) => (Manifest::None, None::<BucketSpec>),
     };
     let mut filters = Filters::default()
         .with_globs(&args.include, &args.exclude)
@@ -213,8 +240,13 @@ fn import_job(args: RunArgs, db: std::path::PathBuf, quiet: bool) -> Result<Impo
     filters.modified_after = args.modified_after;
     filters.modified_before = args.modified_before;
     filters.min_age = args.min_age;
+    if args.list_concurrency == 0 {
+        return Err(input(anyhow::anyhow!(
+            "--list-concurrency must be at least 1"
+        )));
+    }
     Ok(ImportJob {
-        db,
+        db: args.ledger.db,
         target,
         credentials,
         limits,
@@ -222,11 +254,14 @@ fn import_job(args: RunArgs, db: std::path::PathBuf, quiet: bool) -> Result<Impo
         manifest_format: args.manifest_format,
         default_bucket: if listing.is_some() { None } else { args.bucket },
         listing,
+        s3: Some(s3),
         filters,
         on_changed: args.on_changed,
         retry_failed: args.retry_failed,
+        retry_import_failed: args.retry_import_failed,
+        settle: args.limits.list_settle,
+        list_concurrency: args.list_concurrency,
         options: RunOptions {
-            preflight: true,
             allow_other_bucket: args.allow_other_bucket,
             buckets: Vec::new(),
             confirm: (!args.no_confirm).then_some(args.patience),
@@ -241,39 +276,21 @@ async fn serve_emulator(
 ) -> Result<Exit> {
     let credentials = Credentials::discover()
         .map_err(|e| input(e.context("the emulator accepts the same key pair as the client")))?;
-    let config = EmulatorConfig {
-        workspace: args.workspace,
-        project: args.project,
-        bucket: args.bucket,
-        latency: (args.latency, args.latency),
-        rate_429: args.rate_429,
-        rate_503: args.rate_503,
-        drop_before: args.drop_before,
-        drop_after: args.drop_after,
-        rate_limit: args.rate_limit,
-        settle: args.settle,
-        file_name: args.file_name,
-        seed: args.seed,
-        ..EmulatorConfig::new(credentials)
-    };
+    let config = EmulatorConfig::from_args(&args, credentials).map_err(input)?;
     let emulator = Emulator::start(config.clone(), args.listen)
         .await
         .map_err(input)?;
     eprintln!(
-        "MI emulator on {} (workspace {}, project {}, bucket {}); Ctrl-C stops it",
+        "MI emulator on {} (workspace {}, project {}, bucket {}); statistics at {}/_emulator/stats; Ctrl-C stops it",
         emulator.endpoint(),
         config.workspace,
         config.project,
-        config.bucket
+        config.bucket,
+        emulator.endpoint()
     );
     let emulator = Arc::new(emulator);
     shutdown.cancelled().await;
-    let counters = emulator.counters();
-    eprintln!(
-        "{counters:?}\n{} assets, {} keys registered more than once",
-        emulator.assets().len(),
-        emulator.duplicates().len()
-    );
+    eprintln!("{}", emulator.describe());
     emulator.stop();
     Ok(Exit::Success)
 }

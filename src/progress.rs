@@ -45,9 +45,21 @@ pub struct Stats {
     pub listing: std::sync::atomic::AtomicBool,
     /// The limiter's current rate in thousandths of a request per second (0: no limit).
     pub current_rate: Arc<AtomicU64>,
+    /// Pages of MI's asset list read so far in a reconciliation pass, and how many it has
+    /// (0 when no pass is going).
+    pub asset_pages: AtomicU64,
+    pub asset_pages_total: AtomicU64,
 }
 
 impl Stats {
+    /// Keys a reconciliation pass proved absent go back to the queue: those this run had
+    /// counted as uncertain are no longer finished; others (left by a dead run) are new work.
+    pub fn requeue(&self, n: u64) {
+        let ours = self.uncertain.load(Relaxed).min(n);
+        self.uncertain.fetch_sub(ours, Relaxed);
+        self.queued.fetch_add(n - ours, Relaxed);
+    }
+
     pub fn finished(&self) -> u64 {
         self.registered.load(Relaxed) + self.failed.load(Relaxed) + self.uncertain.load(Relaxed)
     }
@@ -196,10 +208,51 @@ impl Write for Stderr {
     }
 }
 
+/// Whether stderr carries JSON only (`--log-format json`): then every notice, progress line,
+/// error and summary is a log event, one JSON object per line.
+static JSON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_json(on: bool) {
+    JSON.store(on, Relaxed);
+}
+
+pub fn is_json() -> bool {
+    JSON.load(Relaxed)
+}
+
 /// Prints one line for the operator on stderr, above the progress bar if one is shown.
 pub fn note(line: &str) {
+    if is_json() {
+        tracing::warn!(event = "notice", "{line}");
+        return;
+    }
     // One write, so the bar is lifted once for the whole line and its newline.
     let _ = Stderr.write_all(format!("{line}\n").as_bytes());
+}
+
+/// The error that ended a command, with its hint, printed once.
+pub fn error(message: &str, hint: Option<&str>) {
+    if is_json() {
+        match hint {
+            Some(hint) => tracing::error!(event = "error", hint, "{message}"),
+            None => tracing::error!(event = "error", "{message}"),
+        }
+        return;
+    }
+    let mut text = format!("error: {message}\n");
+    if let Some(hint) = hint {
+        text.push_str(&format!("hint: {hint}\n"));
+    }
+    let _ = Stderr.write_all(text.as_bytes());
+}
+
+/// The words a command ends with, and (for JSON) its counts and exit code as one event.
+pub fn summary(text: &str, record: &serde_json::Value) {
+    if is_json() {
+        tracing::info!(event = "summary", summary = %record, "{}", text.trim_end());
+        return;
+    }
+    let _ = Stderr.write_all(format!("\n{text}").as_bytes());
 }
 
 /// How progress is shown.
@@ -215,7 +268,7 @@ impl Display {
     pub fn choose(quiet: bool, interval: Duration) -> Self {
         if quiet {
             Display::Quiet
-        } else if std::io::stderr().is_terminal() {
+        } else if std::io::stderr().is_terminal() && !is_json() {
             Display::Bar
         } else {
             Display::Lines(interval)
@@ -229,7 +282,14 @@ pub async fn show(stats: Arc<Stats>, display: Display, done: CancellationToken) 
     match display {
         Display::Quiet => done.cancelled().await,
         Display::Lines(every) => {
-            show_lines(&stats, every, &done, |line| eprintln!("progress: {line}")).await
+            show_lines(&stats, every, &done, |line| {
+                if is_json() {
+                    tracing::info!(event = "progress", "{line}");
+                } else {
+                    eprintln!("progress: {line}");
+                }
+            })
+            .await
         }
         Display::Bar => {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());

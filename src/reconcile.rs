@@ -1,136 +1,746 @@
-//! Matching keys whose registration is unknown against the project's asset list.
+//! Deciding, from one pass over MI's asset list, what became of keys whose registration is
+//! unknown. Pure: the runner pages the list and the ledger supplies the keys and the evidence.
 //!
-//! MI's asset list has no filter by name and its `fileName` may be the full key or only its
-//! last segment (NCP-API.md marks this unsure). [`match_assets`] is the pure rule: full key
-//! first; the last segment only when exactly one listed asset and exactly one unsure key share
-//! it; never an asset the ledger already gives to another key. The runner does the paging.
+//! The rule: **a key is sent again only on proof that it is not registered, and given an
+//! asset only on evidence that the asset is its own.** MI's list has no filter by name, its
+//! `fileName` may be the full key or only its last segment, it may show a new asset only some
+//! time after it was made, and it holds assets made outside this ledger (NCP-API.md).
+//!
+//! - **Candidates.** A listed asset may be a key's if its name is the key's under MI's naming
+//!   (learned from assets the ledger knows; both forms while unknown), no key of the ledger
+//!   owns it (now or ever), its size does not contradict the object's, and nothing shows it was
+//!   made before the key's request could have left (its creation time or its ID, where the
+//!   ledger has learned how MI's times and IDs run).
+//! - **Registered** when exactly one candidate is within the key's send window by that same
+//!   evidence, and it is within no other unsure key's window.
+//! - **Not registered** when no asset is a candidate under MI's naming (under both forms while
+//!   it is not learned; never when MI's names follow neither form), and the list is known to
+//!   show every asset made before the key's outcome became unknown (the pass began a settle
+//!   window after that moment, was complete and steady, and showed the assets the ledger
+//!   knows from that time).
+//! - Otherwise the key **waits** (no candidate, but no proof yet) or is **ambiguous** (its
+//!   candidates are kept for `mi-import resolve`). Neither is ever sent.
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ledger::Claimed;
-
-/// The names worth remembering from the listing: every unsure key and its last segment.
-pub fn wanted_names(unsure: &[Claimed]) -> HashSet<String> {
-    unsure
-        .iter()
-        .flat_map(|c| [c.key.clone(), last_segment(&c.key).to_owned()])
-        .collect()
+/// A key whose outcome is unknown, with what the ledger knows of its send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsureKey {
+    pub id: i64,
+    pub bucket: String,
+    pub key: String,
+    pub size: Option<u64>,
+    /// No request for it left before this (Unix ms).
+    pub sent_at: i64,
+    /// No request for it was alive after this.
+    pub unsure_at: i64,
 }
+
+/// One entry of MI's asset list, as far as it matters here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub asset_id: i64,
+    pub file_name: String,
+    /// `metaData.size`, when the entry carries it.
+    pub size: Option<u64>,
+    /// `createdTime` as MI wrote it (no zone), read as if UTC, in ms.
+    pub created: Option<i64>,
+}
+
+/// An asset the ledger knows from MI's own answer: when its request left and its answer came.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    pub asset_id: i64,
+    pub key: String,
+    pub sent_at: i64,
+    pub answered_at: i64,
+}
+
+/// What `fileName` holds in this project's list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    FullKey,
+    LastSegment,
+    /// Neither: names cannot tell which asset is which key.
+    Other,
+}
+
+impl Naming {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Naming::FullKey => "full-key",
+            Naming::LastSegment => "last-segment",
+            Naming::Other => "other",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Naming> {
+        [Naming::FullKey, Naming::LastSegment, Naming::Other]
+            .into_iter()
+            .find(|n| n.as_str() == text)
+    }
+}
+
+/// How MI's `createdTime` relates to our clock: `created - offset` is our time of creation,
+/// give or take `tolerance` (ms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    pub offset: i64,
+    pub tolerance: i64,
+}
+
+/// What the ledger has learned about this project's list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Evidence {
+    pub naming: Option<Naming>,
+    pub clock: Option<Clock>,
+    /// Asset IDs grow with creation (learned from the ledger's own assets).
+    pub ids_ordered: bool,
+}
+
+/// What one pass found for one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Registered(i64),
+    NotRegistered,
+    /// No candidate, but no proof of absence yet: look again later.
+    Wait,
+    /// These assets may be the key's; only new evidence or the user can tell.
+    Ambiguous(Vec<i64>),
+}
+
+/// Fewest witnesses before a clock offset is trusted.
+const MIN_CLOCK_WITNESSES: usize = 3;
+/// Fewest witnesses before asset IDs are trusted to grow with creation.
+const MIN_ORDER_WITNESSES: usize = 5;
+/// Slack added to the measured spread of the clock offset.
+const CLOCK_SLACK_MS: i64 = 1_000;
+/// A spread wider than this means MI's times say nothing useful about single requests.
+const MAX_CLOCK_SPREAD_MS: i64 = 60_000;
 
 pub fn last_segment(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
-/// The verdict for each unsure key: `(row id, asset id)` pairs found, and row ids not found.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Verdict {
-    pub found: Vec<(i64, i64)>,
-    pub not_found: Vec<i64>,
+/// The names worth keeping from the listing: every unsure key and its last segment.
+pub fn wanted_names(unsure: &[UnsureKey]) -> HashSet<String> {
+    unsure
+        .iter()
+        .flat_map(|k| [k.key.clone(), last_segment(&k.key).to_owned()])
+        .collect()
 }
 
-/// `listing` maps a listed `fileName` to its asset IDs (ascending); `known` holds asset IDs the
-/// ledger already records for other keys.
-pub fn match_assets(
-    unsure: &[Claimed],
-    listing: &HashMap<String, Vec<i64>>,
-    known: &HashSet<i64>,
-) -> Verdict {
-    let free = |name: &str| -> Vec<i64> {
-        listing
-            .get(name)
-            .map(|ids| {
-                ids.iter()
-                    .copied()
-                    .filter(|id| !known.contains(id))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let mut segment_users: HashMap<&str, usize> = HashMap::new();
-    for c in unsure {
-        *segment_users.entry(last_segment(&c.key)).or_default() += 1;
-    }
-    let mut taken = HashSet::new();
-    let mut verdict = Verdict::default();
-    for c in unsure {
-        let by_key = free(&c.key).into_iter().find(|id| !taken.contains(id));
-        let by_segment = || {
-            let segment = last_segment(&c.key);
-            let ids = free(segment);
-            (segment != c.key && ids.len() == 1 && segment_users[segment] == 1).then(|| ids[0])
+/// The naming the listed witnesses show: one form only if every informative witness (a key
+/// with a folder, where the forms differ) agrees; `Other` if any shows neither form.
+pub fn learn_naming(witnesses: &[Witness], listed: &HashMap<i64, Listed>) -> Option<Naming> {
+    let (mut full, mut last) = (0, 0);
+    for w in witnesses {
+        let Some(entry) = listed.get(&w.asset_id) else {
+            continue;
         };
-        match by_key.or_else(by_segment).filter(|id| !taken.contains(id)) {
-            Some(id) => {
-                taken.insert(id);
-                verdict.found.push((c.id, id));
+        if !w.key.contains('/') {
+            if entry.file_name != w.key {
+                return Some(Naming::Other);
             }
-            None => verdict.not_found.push(c.id),
+            continue;
+        }
+        if entry.file_name == w.key {
+            full += 1;
+        } else if entry.file_name == last_segment(&w.key) {
+            last += 1;
+        } else {
+            return Some(Naming::Other);
         }
     }
-    verdict
+    match (full, last) {
+        (0, 0) => None,
+        (_, 0) => Some(Naming::FullKey),
+        (0, _) => Some(Naming::LastSegment),
+        _ => Some(Naming::Other),
+    }
+}
+
+/// The offset between MI's `createdTime` and our clock, from listed witnesses: each was made
+/// between its send and its answer.
+pub fn learn_clock(witnesses: &[Witness], listed: &HashMap<i64, Listed>) -> Option<Clock> {
+    let mut gaps: Vec<i64> = witnesses
+        .iter()
+        .filter_map(|w| Some(listed.get(&w.asset_id)?.created? - w.answered_at))
+        .collect();
+    if gaps.len() < MIN_CLOCK_WITNESSES {
+        return None;
+    }
+    gaps.sort_unstable();
+    let offset = gaps[gaps.len() / 2];
+    let spread = gaps.iter().map(|g| (g - offset).abs()).max().unwrap_or(0);
+    (spread <= MAX_CLOCK_SPREAD_MS).then_some(Clock {
+        offset,
+        tolerance: spread + CLOCK_SLACK_MS,
+    })
+}
+
+/// Whether asset IDs grow with creation: no witness answered before another was sent has the
+/// larger ID, over enough witnesses to mean something.
+pub fn learn_id_order(witnesses: &[Witness]) -> bool {
+    if witnesses.len() < MIN_ORDER_WITNESSES {
+        return false;
+    }
+    let mut by_answer: Vec<&Witness> = witnesses.iter().collect();
+    by_answer.sort_by_key(|w| w.answered_at);
+    let mut by_send: Vec<&Witness> = witnesses.iter().collect();
+    by_send.sort_by_key(|w| w.sent_at);
+    let (mut i, mut highest_before) = (0, None::<i64>);
+    let mut ordered_pairs = 0;
+    for w in by_send {
+        while i < by_answer.len() && by_answer[i].answered_at < w.sent_at {
+            highest_before = highest_before.max(Some(by_answer[i].asset_id));
+            i += 1;
+        }
+        if let Some(h) = highest_before {
+            if h >= w.asset_id {
+                return false;
+            }
+            ordered_pairs += 1;
+        }
+    }
+    ordered_pairs >= MIN_ORDER_WITNESSES - 1
+}
+
+/// Where a key's asset must lie by the ledger's own assets: above the IDs made before its
+/// send (`floor`), below the IDs sent after its outcome became unknown (`ceiling`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct IdBounds {
+    floor: Option<i64>,
+    ceiling: Option<i64>,
+}
+
+fn id_bounds(key: &UnsureKey, witnesses: &[Witness]) -> IdBounds {
+    let mut bounds = IdBounds::default();
+    for w in witnesses {
+        if w.answered_at < key.sent_at {
+            bounds.floor = bounds.floor.max(Some(w.asset_id));
+        }
+        if w.sent_at > key.unsure_at {
+            bounds.ceiling = Some(bounds.ceiling.map_or(w.asset_id, |c| c.min(w.asset_id)));
+        }
+    }
+    bounds
+}
+
+/// One pass over the list, and what it may prove.
+pub struct Pass<'a> {
+    /// Listed assets whose names are wanted.
+    pub listed: &'a [Listed],
+    /// Assets any key of the ledger has or had.
+    pub owned: &'a HashSet<i64>,
+    pub evidence: &'a Evidence,
+    pub witnesses: &'a [Witness],
+    /// The list showed every asset made before this moment (`None`: nothing is proven).
+    pub fresh_as_of: Option<i64>,
+}
+
+/// How one listed asset stands against one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fit {
+    /// Cannot be the key's.
+    No,
+    /// May be the key's.
+    Maybe,
+    /// May be, and evidence puts its creation inside the key's send window.
+    Window,
+}
+
+fn fit(key: &UnsureKey, asset: &Listed, pass: &Pass<'_>, bounds: IdBounds) -> Fit {
+    let ev = pass.evidence;
+    let named = match ev.naming {
+        Some(Naming::FullKey) => asset.file_name == key.key,
+        Some(Naming::LastSegment) => asset.file_name == last_segment(&key.key),
+        Some(Naming::Other) => false,
+        None => asset.file_name == key.key || asset.file_name == last_segment(&key.key),
+    };
+    if !named || pass.owned.contains(&asset.asset_id) {
+        return Fit::No;
+    }
+    if let (Some(a), Some(b)) = (key.size, asset.size)
+        && a != b
+    {
+        return Fit::No;
+    }
+    // Made before the key's request could have left: not the key's. Made after its outcome
+    // became unknown proves nothing (MI may finish a request the client gave up on), so only
+    // the window's start excludes.
+    let mut windows = Vec::new();
+    if let (Some(clock), Some(created)) = (ev.clock, asset.created) {
+        let made = created - clock.offset;
+        if made < key.sent_at - clock.tolerance {
+            return Fit::No;
+        }
+        windows.push(made <= key.unsure_at + clock.tolerance);
+    }
+    if ev.ids_ordered {
+        if bounds.floor.is_some_and(|f| asset.asset_id <= f) {
+            return Fit::No;
+        }
+        // IDs place an asset inside the window only between two known neighbours; without
+        // both, they say nothing either way.
+        if let (Some(_), Some(ceiling)) = (bounds.floor, bounds.ceiling) {
+            windows.push(asset.asset_id < ceiling);
+        }
+    }
+    if !windows.is_empty() && windows.iter().all(|inside| *inside) {
+        Fit::Window
+    } else {
+        Fit::Maybe
+    }
+}
+
+/// The verdict for every unsure key of one pass.
+pub fn judge(keys: &[UnsureKey], pass: &Pass<'_>) -> Vec<(i64, Verdict)> {
+    let by_name: HashMap<&str, Vec<&Listed>> =
+        pass.listed.iter().fold(HashMap::new(), |mut map, a| {
+            map.entry(a.file_name.as_str()).or_default().push(a);
+            map
+        });
+    let fits: Vec<Vec<(i64, Fit)>> = keys
+        .iter()
+        .map(|key| {
+            let bounds = if pass.evidence.ids_ordered {
+                id_bounds(key, pass.witnesses)
+            } else {
+                IdBounds::default()
+            };
+            let mut names = vec![key.key.as_str()];
+            if last_segment(&key.key) != key.key {
+                names.push(last_segment(&key.key));
+            }
+            let mut found: Vec<(i64, Fit)> = names
+                .iter()
+                .flat_map(|n| by_name.get(n).into_iter().flatten())
+                .map(|a| (a.asset_id, fit(key, a, pass, bounds)))
+                .filter(|(_, f)| *f != Fit::No)
+                .collect();
+            found.sort_unstable();
+            found.dedup_by_key(|(asset, _)| *asset);
+            found
+        })
+        .collect();
+    let mut windows_of: HashMap<i64, usize> = HashMap::new();
+    for found in &fits {
+        for (asset, f) in found {
+            if *f == Fit::Window {
+                *windows_of.entry(*asset).or_default() += 1;
+            }
+        }
+    }
+    keys.iter()
+        .zip(fits)
+        .map(|(key, found)| {
+            let inside: Vec<i64> = found
+                .iter()
+                .filter(|(_, f)| *f == Fit::Window)
+                .map(|(a, _)| *a)
+                .collect();
+            let verdict = match inside.as_slice() {
+                [only] if windows_of[only] == 1 => Verdict::Registered(*only),
+                _ if found.is_empty() => {
+                    // Unknown naming: no asset bears the name under either form, which is
+                    // proof enough; names that follow neither form prove nothing.
+                    let named = pass.evidence.naming != Some(Naming::Other);
+                    if named && pass.fresh_as_of.is_some_and(|t| t >= key.unsure_at) {
+                        Verdict::NotRegistered
+                    } else {
+                        Verdict::Wait
+                    }
+                }
+                _ => Verdict::Ambiguous(found.iter().map(|(a, _)| *a).collect()),
+            };
+            (key.id, verdict)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn unsure(keys: &[&str]) -> Vec<Claimed> {
-        keys.iter()
-            .enumerate()
-            .map(|(i, k)| Claimed {
-                id: i as i64 + 1,
-                bucket: "b".into(),
-                key: (*k).into(),
-            })
-            .collect()
+    const S: i64 = 1_000;
+
+    fn key(id: i64, key: &str, size: Option<u64>, sent: i64, unsure: i64) -> UnsureKey {
+        UnsureKey {
+            id,
+            bucket: "b".into(),
+            key: key.into(),
+            size,
+            sent_at: sent * S,
+            unsure_at: unsure * S,
+        }
     }
 
-    fn listing(pairs: &[(&str, i64)]) -> HashMap<String, Vec<i64>> {
-        let mut map: HashMap<String, Vec<i64>> = HashMap::new();
-        for (name, id) in pairs {
-            map.entry((*name).into()).or_default().push(*id);
+    fn asset(id: i64, name: &str, size: Option<u64>, created: Option<i64>) -> Listed {
+        Listed {
+            asset_id: id,
+            file_name: name.into(),
+            size,
+            created: created.map(|c| c * S),
         }
-        map
+    }
+
+    fn evidence(naming: Naming, clock: bool) -> Evidence {
+        Evidence {
+            naming: Some(naming),
+            clock: clock.then_some(Clock {
+                offset: 0,
+                tolerance: S / 2,
+            }),
+            ids_ordered: false,
+        }
+    }
+
+    fn judge_with(
+        keys: &[UnsureKey],
+        listed: &[Listed],
+        evidence: &Evidence,
+        owned: &[i64],
+        fresh_as_of: Option<i64>,
+    ) -> Vec<Verdict> {
+        let owned: HashSet<i64> = owned.iter().copied().collect();
+        let pass = Pass {
+            listed,
+            owned: &owned,
+            evidence,
+            witnesses: &[],
+            fresh_as_of: fresh_as_of.map(|t| t * S),
+        };
+        judge(keys, &pass).into_iter().map(|(_, v)| v).collect()
     }
 
     #[test]
-    fn full_key_match_wins() {
-        let keys = unsure(&["a/x.mp4", "b/y.mp4"]);
-        let v = match_assets(&keys, &listing(&[("a/x.mp4", 10)]), &HashSet::new());
+    fn an_asset_made_in_the_send_window_is_the_keys() {
+        let keys = [key(1, "day01/cam/clip01.mp4", None, 100, 101)];
+        let listed = [asset(7, "day01/cam/clip01.mp4", None, Some(100))];
+        let got = judge_with(&keys, &listed, &evidence(Naming::FullKey, true), &[], None);
+        assert_eq!(got, [Verdict::Registered(7)]);
+    }
+
+    #[test]
+    fn without_evidence_a_lone_candidate_stays_ambiguous() {
+        // No creation time and no learned ID order: a console upload of the same name cannot
+        // be told from this key's own asset.
+        let keys = [key(1, "a/x.mp4", None, 100, 101)];
+        let listed = [asset(7, "a/x.mp4", None, None)];
+        let got = judge_with(
+            &keys,
+            &listed,
+            &evidence(Naming::FullKey, false),
+            &[],
+            Some(500),
+        );
+        assert_eq!(got, [Verdict::Ambiguous(vec![7])]);
+    }
+
+    #[test]
+    fn twins_are_split_by_size() {
+        let keys = [
+            key(1, "day01/cam/clip01.mp4", Some(10), 100, 101),
+            key(2, "day02/cam/clip01.mp4", Some(20), 100, 101),
+        ];
+        let listed = [
+            asset(7, "clip01.mp4", Some(20), Some(100)),
+            asset(8, "clip01.mp4", Some(10), Some(100)),
+        ];
+        let got = judge_with(
+            &keys,
+            &listed,
+            &evidence(Naming::LastSegment, true),
+            &[],
+            None,
+        );
+        assert_eq!(got, [Verdict::Registered(8), Verdict::Registered(7)]);
+    }
+
+    #[test]
+    fn twins_are_split_by_time() {
+        let keys = [
+            key(1, "day01/cam/clip01.mp4", None, 100, 101),
+            key(2, "day02/cam/clip01.mp4", None, 200, 201),
+        ];
+        let listed = [
+            asset(7, "clip01.mp4", None, Some(100)),
+            asset(8, "clip01.mp4", None, Some(200)),
+        ];
+        let got = judge_with(
+            &keys,
+            &listed,
+            &evidence(Naming::LastSegment, true),
+            &[],
+            None,
+        );
+        assert_eq!(got, [Verdict::Registered(7), Verdict::Registered(8)]);
+    }
+
+    #[test]
+    fn twins_sent_together_with_equal_sizes_stay_uncertain_with_their_candidates() {
+        let keys = [
+            key(1, "day01/cam/clip01.mp4", Some(5), 100, 101),
+            key(2, "day02/cam/clip01.mp4", Some(5), 100, 101),
+        ];
+        let listed = [
+            asset(7, "clip01.mp4", Some(5), Some(100)),
+            asset(8, "clip01.mp4", Some(5), Some(100)),
+        ];
+        let got = judge_with(
+            &keys,
+            &listed,
+            &evidence(Naming::LastSegment, true),
+            &[],
+            Some(900),
+        );
         assert_eq!(
-            v,
-            Verdict {
-                found: vec![(1, 10)],
-                not_found: vec![2]
-            }
+            got,
+            [
+                Verdict::Ambiguous(vec![7, 8]),
+                Verdict::Ambiguous(vec![7, 8])
+            ]
         );
     }
 
     #[test]
-    fn last_segment_only_when_unambiguous() {
-        let keys = unsure(&["2024/01/x.mp4", "2024/02/y.mp4", "2024/03/y.mp4"]);
-        let list = listing(&[("x.mp4", 10), ("y.mp4", 11)]);
-        let v = match_assets(&keys, &list, &HashSet::new());
-        // x.mp4 belongs to one unsure key; y.mp4 could be either of two, so neither is matched.
-        assert_eq!(v.found, vec![(1, 10)]);
-        assert_eq!(v.not_found, vec![2, 3]);
-
-        let list = listing(&[("x.mp4", 10), ("x.mp4", 12)]);
-        let v = match_assets(&unsure(&["d/x.mp4"]), &list, &HashSet::new());
-        assert_eq!(v.not_found, vec![1], "two listed assets share the segment");
+    fn an_asset_some_key_of_the_ledger_has_or_had_is_never_taken() {
+        let keys = [key(1, "a/x.mp4", None, 100, 101)];
+        let listed = [asset(7, "a/x.mp4", None, Some(100))];
+        let got = judge_with(
+            &keys,
+            &listed,
+            &evidence(Naming::FullKey, true),
+            &[7],
+            Some(500),
+        );
+        assert_eq!(got, [Verdict::NotRegistered]);
     }
 
     #[test]
-    fn assets_owned_by_other_keys_are_not_taken() {
-        let keys = unsure(&["a/x.mp4"]);
-        let list = listing(&[("a/x.mp4", 10)]);
-        let v = match_assets(&keys, &list, &HashSet::from([10]));
-        assert_eq!(v.not_found, vec![1]);
+    fn a_foreign_asset_made_before_the_send_is_not_the_keys() {
+        let keys = [key(1, "a/x.mp4", None, 100, 101)];
+        let listed = [asset(7, "a/x.mp4", None, Some(50))];
+        let ev = evidence(Naming::FullKey, true);
+        assert_eq!(
+            judge_with(&keys, &listed, &ev, &[], Some(500)),
+            [Verdict::NotRegistered]
+        );
+        assert_eq!(
+            judge_with(&keys, &listed, &ev, &[], None),
+            [Verdict::Wait],
+            "absence needs a current list"
+        );
     }
 
     #[test]
-    fn wanted_names_cover_keys_and_segments() {
-        let names = wanted_names(&unsure(&["a/b/c.mp4"]));
-        assert!(names.contains("a/b/c.mp4") && names.contains("c.mp4"));
+    fn absence_needs_a_list_current_past_the_unknown_moment_and_a_usable_naming() {
+        let keys = [key(1, "a/x.mp4", None, 100, 101)];
+        let full = evidence(Naming::FullKey, true);
+        assert_eq!(
+            judge_with(&keys, &[], &full, &[], Some(100)),
+            [Verdict::Wait]
+        );
+        assert_eq!(
+            judge_with(&keys, &[], &full, &[], Some(101)),
+            [Verdict::NotRegistered]
+        );
+        let unknown = Evidence {
+            naming: None,
+            ..full.clone()
+        };
+        assert_eq!(
+            judge_with(&keys, &[], &unknown, &[], Some(500)),
+            [Verdict::NotRegistered],
+            "absent under both forms"
+        );
+        let near = [asset(7, "other/x.mp4", None, Some(100))];
+        assert_eq!(
+            judge_with(&keys, &near, &unknown, &[], Some(500)),
+            [Verdict::NotRegistered],
+            "another folder's file of the same name is no candidate under either form"
+        );
+        let same_name = [asset(7, "x.mp4", None, Some(100))];
+        assert_eq!(
+            judge_with(&keys, &same_name, &unknown, &[], Some(500)),
+            [Verdict::Registered(7)],
+            "the last segment is a candidate while the naming is not known"
+        );
+        let other = evidence(Naming::Other, true);
+        let listed = [asset(7, "a/x.mp4", None, Some(100))];
+        assert_eq!(
+            judge_with(&keys, &listed, &other, &[], Some(500)),
+            [Verdict::Wait],
+            "names that follow no known form prove nothing either way"
+        );
+    }
+
+    #[test]
+    fn a_late_asset_is_never_ruled_out() {
+        // Made well after the answer was lost: perhaps MI finished the request late.
+        let keys = [key(1, "a/x.mp4", None, 100, 101)];
+        let listed = [asset(7, "a/x.mp4", None, Some(150))];
+        let got = judge_with(
+            &keys,
+            &listed,
+            &evidence(Naming::FullKey, true),
+            &[],
+            Some(500),
+        );
+        assert_eq!(got, [Verdict::Ambiguous(vec![7])]);
+    }
+
+    #[test]
+    fn under_an_unknown_naming_both_forms_are_candidates() {
+        let keys = [key(1, "a/x.mp4", None, 100, 101)];
+        let listed = [asset(7, "x.mp4", None, Some(100))];
+        let ev = Evidence {
+            naming: None,
+            ..evidence(Naming::FullKey, true)
+        };
+        assert_eq!(
+            judge_with(&keys, &listed, &ev, &[], None),
+            [Verdict::Registered(7)]
+        );
+    }
+
+    fn witness(id: i64, key: &str, sent: i64, answered: i64) -> Witness {
+        Witness {
+            asset_id: id,
+            key: key.into(),
+            sent_at: sent * S,
+            answered_at: answered * S,
+        }
+    }
+
+    #[test]
+    fn naming_is_learned_from_the_ledgers_own_assets() {
+        let ws = [
+            witness(1, "d/a.mp4", 0, 1),
+            witness(2, "top.mp4", 0, 1),
+            witness(3, "e/b.mp4", 0, 1),
+        ];
+        let list = |names: &[(i64, &str)]| -> HashMap<i64, Listed> {
+            names
+                .iter()
+                .map(|(id, n)| (*id, asset(*id, n, None, None)))
+                .collect()
+        };
+        assert_eq!(
+            learn_naming(
+                &ws,
+                &list(&[(1, "d/a.mp4"), (2, "top.mp4"), (3, "e/b.mp4")])
+            ),
+            Some(Naming::FullKey)
+        );
+        assert_eq!(
+            learn_naming(&ws, &list(&[(1, "a.mp4"), (2, "top.mp4")])),
+            Some(Naming::LastSegment)
+        );
+        assert_eq!(
+            learn_naming(&ws, &list(&[(1, "a.mp4"), (3, "e/b.mp4")])),
+            Some(Naming::Other),
+            "mixed forms are no form"
+        );
+        assert_eq!(learn_naming(&ws, &list(&[(2, "top.mp4")])), None);
+        assert_eq!(
+            learn_naming(&ws, &list(&[(1, "A.MP4")])),
+            Some(Naming::Other)
+        );
+    }
+
+    #[test]
+    fn the_clock_offset_is_learned_and_a_wild_spread_is_refused() {
+        let ws: Vec<Witness> = (0..5)
+            .map(|i| witness(i, "k", 10 * i, 10 * i + 1))
+            .collect();
+        let nine_hours = 9 * 3600;
+        let listed: HashMap<i64, Listed> = (0..5)
+            .map(|i| (i, asset(i, "k", None, Some(10 * i + 1 + nine_hours))))
+            .collect();
+        let clock = learn_clock(&ws, &listed).unwrap();
+        assert_eq!(clock.offset, nine_hours * S);
+        assert_eq!(clock.tolerance, CLOCK_SLACK_MS);
+        let wild: HashMap<i64, Listed> = (0..5)
+            .map(|i| (i, asset(i, "k", None, Some(1000 * i))))
+            .collect();
+        assert_eq!(learn_clock(&ws, &wild), None);
+    }
+
+    #[test]
+    fn id_order_is_learned_and_bounds_a_keys_asset() {
+        let ws: Vec<Witness> = (0..6)
+            .map(|i| witness(100 + i, "k", 10 * i, 10 * i + 1))
+            .collect();
+        assert!(learn_id_order(&ws));
+        let mut shuffled = ws.clone();
+        shuffled[1].asset_id = 200;
+        assert!(!learn_id_order(&shuffled));
+
+        // Key sent at 25 (after witness 102 was answered at 21), lost at 26 (before 103 left
+        // at 30): its asset lies strictly between 102 and 103.
+        let ev = Evidence {
+            naming: Some(Naming::FullKey),
+            clock: None,
+            ids_ordered: true,
+        };
+        let keys = [key(1, "x/k.mp4", None, 25, 26)];
+        let owned = HashSet::new();
+        let pass = |listed: &[Listed]| {
+            judge(
+                &keys,
+                &Pass {
+                    listed,
+                    owned: &owned,
+                    evidence: &ev,
+                    witnesses: &ws,
+                    fresh_as_of: Some(1000 * S),
+                },
+            )[0]
+            .1
+            .clone()
+        };
+        // No ID lies strictly between 102 and 103: one above is after the window, which is
+        // never ruled out (MI may finish a request late) but is no evidence either.
+        let late = [asset(150, "x/k.mp4", None, None)];
+        assert_eq!(pass(&late), Verdict::Ambiguous(vec![150]));
+        let before = [asset(101, "x/k.mp4", None, None)];
+        assert_eq!(
+            pass(&before),
+            Verdict::NotRegistered,
+            "made before the send"
+        );
+    }
+
+    #[test]
+    fn id_bounds_attribute_an_asset_between_its_neighbours() {
+        let ws = vec![
+            witness(10, "a", 0, 1),
+            witness(11, "b", 2, 3),
+            witness(12, "c", 4, 5),
+            witness(20, "d", 30, 31),
+            witness(21, "e", 32, 33),
+        ];
+        assert!(learn_id_order(&ws));
+        let ev = Evidence {
+            naming: Some(Naming::FullKey),
+            clock: None,
+            ids_ordered: true,
+        };
+        let keys = [key(1, "x/k.mp4", None, 10, 11)];
+        let owned = HashSet::new();
+        let listed = [asset(15, "x/k.mp4", None, None)];
+        let got = judge(
+            &keys,
+            &Pass {
+                listed: &listed,
+                owned: &owned,
+                evidence: &ev,
+                witnesses: &ws,
+                fresh_as_of: None,
+            },
+        );
+        assert_eq!(got, [(1, Verdict::Registered(15))]);
     }
 }

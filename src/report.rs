@@ -1,6 +1,6 @@
-//! Reading the ledger for people and scripts: `status` (counts per state, the last run) and
-//! `report` (one row per key, CSV or JSON Lines). Data goes to stdout or a file; nothing here
-//! changes the ledger.
+//! Reading the ledger for people and scripts: `status` (counts per state for each
+//! (workspace, project) the ledger holds, the last run) and `report` (one row per key, CSV or
+//! JSON Lines). Data goes to stdout or a file; nothing here changes the ledger.
 
 use anyhow::{Context, Result};
 use rusqlite::Connection;
@@ -8,7 +8,7 @@ use serde::Serialize;
 use std::io::Write;
 
 use crate::cli::ReportFormat;
-use crate::ledger::{self, State};
+use crate::ledger::{self, Scope, State, ms_text};
 
 /// Report columns, in order; the first four are the contract (DESIGN.md).
 pub const COLUMNS: &[&str] = &[
@@ -16,14 +16,19 @@ pub const COLUMNS: &[&str] = &[
     "key",
     "state",
     "asset_id",
+    "candidates",
     "upload_status",
     "upload_result",
+    "analysis_status",
+    "index_id",
+    "analysis_message",
     "attempts",
     "http_status",
     "error_code",
     "message",
     "trace_id",
     "size",
+    "changed_at",
     "first_seen_at",
     "updated_at",
     "registered_at",
@@ -38,14 +43,20 @@ pub struct ReportRow {
     pub key: String,
     pub state: String,
     pub asset_id: Option<i64>,
+    /// For an uncertain key: MI assets that may be its own, space-separated.
+    pub candidates: Option<String>,
     pub upload_status: Option<String>,
     pub upload_result: Option<String>,
+    pub analysis_status: Option<String>,
+    pub index_id: Option<String>,
+    pub analysis_message: Option<String>,
     pub attempts: u32,
     pub http_status: Option<u16>,
     pub error_code: Option<String>,
     pub message: Option<String>,
     pub trace_id: Option<String>,
     pub size: Option<i64>,
+    pub changed_at: Option<String>,
     pub first_seen_at: String,
     pub updated_at: String,
     pub registered_at: Option<String>,
@@ -53,36 +64,52 @@ pub struct ReportRow {
     pub project: String,
 }
 
-/// Writes every key (or those in `state`) to `out`; returns how many.
+/// Writes every key (or those in `states`) to `out`; returns how many.
 pub fn write_report(
     conn: &Connection,
     format: ReportFormat,
-    state: Option<State>,
+    states: &[State],
     out: impl Write,
 ) -> Result<u64> {
-    let mut stmt = conn.prepare(&format!(
-        "SELECT {} FROM keys WHERE (?1 IS NULL OR state = ?1) ORDER BY id",
-        COLUMNS.join(", ")
-    ))?;
-    let rows = stmt.query_map([state.map(State::as_str)], |r| {
+    let codes: Vec<i64> = states.iter().map(|s| s.code()).collect();
+    let mut stmt = conn.prepare(
+        "SELECT b.name, k.key, k.state, k.asset_id, k.candidates, k.upload_status,
+                k.upload_result, a.status, a.index_id, a.message, k.attempts, k.http_status,
+                k.error_code, k.message, k.trace_id, k.size, k.changed_at, k.first_seen_at,
+                k.updated_at, k.registered_at, s.workspace, s.project
+         FROM keys k
+         JOIN buckets b ON b.id = k.bucket
+         JOIN scopes s ON s.id = k.scope
+         LEFT JOIN analyses a ON a.key_id = k.id
+         WHERE ?1 = '[]' OR k.state IN (SELECT value FROM json_each(?1))
+         ORDER BY k.id",
+    )?;
+    let filter = serde_json::to_string(&codes)?;
+    let time = |v: Option<i64>| v.map(ms_text);
+    let rows = stmt.query_map([filter], |r| {
         Ok(ReportRow {
             bucket: r.get(0)?,
             key: r.get(1)?,
-            state: r.get(2)?,
+            state: r.get::<_, State>(2)?.as_str().to_owned(),
             asset_id: r.get(3)?,
-            upload_status: r.get(4)?,
-            upload_result: r.get(5)?,
-            attempts: r.get(6)?,
-            http_status: r.get(7)?,
-            error_code: r.get(8)?,
-            message: r.get(9)?,
-            trace_id: r.get(10)?,
-            size: r.get(11)?,
-            first_seen_at: r.get(12)?,
-            updated_at: r.get(13)?,
-            registered_at: r.get(14)?,
-            workspace: r.get(15)?,
-            project: r.get(16)?,
+            candidates: r.get(4)?,
+            upload_status: r.get(5)?,
+            upload_result: r.get(6)?,
+            analysis_status: r.get(7)?,
+            index_id: r.get(8)?,
+            analysis_message: r.get(9)?,
+            attempts: r.get(10)?,
+            http_status: r.get(11)?,
+            error_code: r.get(12)?,
+            message: r.get(13)?,
+            trace_id: r.get(14)?,
+            size: r.get(15)?,
+            changed_at: time(r.get(16)?),
+            first_seen_at: ms_text(r.get(17)?),
+            updated_at: ms_text(r.get(18)?),
+            registered_at: time(r.get(19)?),
+            workspace: r.get(20)?,
+            project: r.get(21)?,
         })
     })?;
     let mut written = 0;
@@ -117,7 +144,19 @@ pub struct StatusView {
     pub total: u64,
     pub states: std::collections::BTreeMap<String, u64>,
     pub awaiting_confirmation: u64,
+    /// Uncertain keys MI's list could not settle: they wait for `mi-import resolve`.
+    pub awaiting_resolve: u64,
+    /// Each (workspace, project) the ledger holds, with its own counts.
+    pub scopes: Vec<ScopeView>,
     pub last_run: Option<LastRun>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ScopeView {
+    pub workspace: String,
+    pub project: String,
+    pub total: u64,
+    pub states: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -129,18 +168,31 @@ pub struct LastRun {
     pub summary: Option<serde_json::Value>,
 }
 
+fn state_map(counts: &[(State, u64)]) -> std::collections::BTreeMap<String, u64> {
+    counts
+        .iter()
+        .map(|(s, n)| (s.as_str().to_owned(), *n))
+        .collect()
+}
+
 pub fn status_view(conn: &Connection) -> Result<StatusView> {
     let counts = ledger::counts(conn, None).context("counting keys")?;
     let total = counts.iter().map(|(_, n)| n).sum();
-    let awaiting_confirmation = counts
-        .iter()
-        .find(|(s, _)| *s == State::Registered)
-        .map(|(_, n)| *n)
-        .unwrap_or(0);
-    let states = counts
-        .into_iter()
-        .map(|(s, n)| (s.as_str().to_owned(), n))
-        .collect();
+    let mut scopes = Vec::new();
+    for scope in Scope::all(conn)? {
+        let counts = ledger::counts(conn, Some(&scope))?;
+        scopes.push(ScopeView {
+            total: counts.iter().map(|(_, n)| n).sum(),
+            states: state_map(&counts),
+            workspace: scope.workspace,
+            project: scope.project,
+        });
+    }
+    let awaiting_resolve: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM keys WHERE state = 2 AND candidates IS NOT NULL",
+        [],
+        |r| r.get(0),
+    )?;
     let last_run =
         ledger::last_run(conn)?.map(|(command, started_at, finished_at, exit_code, summary)| {
             LastRun {
@@ -153,18 +205,51 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
         });
     Ok(StatusView {
         total,
-        states,
-        awaiting_confirmation,
+        awaiting_confirmation: ledger::count_in(&counts, State::Registered),
+        awaiting_resolve: awaiting_resolve as u64,
+        states: state_map(&counts),
+        scopes,
         last_run,
     })
+}
+
+fn render_states(
+    text: &mut String,
+    states: &std::collections::BTreeMap<String, u64>,
+    indent: &str,
+) {
+    for state in State::ALL {
+        let n = states.get(state.as_str()).copied().unwrap_or(0);
+        text.push_str(&format!("{indent}{:<14}{n:>10}\n", state.as_str()));
+    }
 }
 
 /// The human form of `status`.
 pub fn render_status(view: &StatusView) -> String {
     let mut text = format!("{} keys\n", view.total);
-    for state in State::ALL {
-        let n = view.states.get(state.as_str()).copied().unwrap_or(0);
-        text.push_str(&format!("  {:<14}{n:>10}\n", state.as_str()));
+    if view.scopes.len() > 1 {
+        for scope in &view.scopes {
+            text.push_str(&format!(
+                "workspace {}, project {}: {} keys\n",
+                scope.workspace, scope.project, scope.total
+            ));
+            render_states(&mut text, &scope.states, "  ");
+        }
+    } else {
+        if let Some(scope) = view.scopes.first() {
+            text.push_str(&format!(
+                "workspace {}, project {}\n",
+                scope.workspace, scope.project
+            ));
+        }
+        render_states(&mut text, &view.states, "  ");
+    }
+    if view.awaiting_resolve > 0 {
+        text.push_str(&format!(
+            "{} uncertain {} candidate assets MI's list could not tell apart: see `mi-import report --state uncertain`, then `mi-import resolve`\n",
+            view.awaiting_resolve,
+            if view.awaiting_resolve == 1 { "key has" } else { "keys have" }
+        ));
     }
     match &view.last_run {
         None => text.push_str("no run yet\n"),
@@ -196,26 +281,21 @@ pub fn render_status(view: &StatusView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, NewKey, Scope, insert_keys};
+    use crate::ledger::{Ledger, NewKey, OnChanged, insert_keys};
 
     fn ledger_with_keys() -> Ledger {
         let l = Ledger::open_in_memory().unwrap();
-        let scope = Scope {
-            workspace: "ws".into(),
-            project: "7".into(),
-        };
+        let scope = Scope::open(l.conn(), "ws", "7").unwrap();
         let key = |k: &str, skip: Option<&str>| NewKey {
-            bucket: "media".into(),
-            key: k.into(),
             size: Some(5),
-            etag: None,
-            last_modified: None,
             skip_reason: skip.map(Into::into),
+            ..NewKey::new("media", k)
         };
         insert_keys(
             l.conn(),
             &scope,
             &[key("a,\"b\".mp4", None), key("dir/", Some("folder marker"))],
+            OnChanged::Report,
         )
         .unwrap();
         l
@@ -226,7 +306,7 @@ mod tests {
         let l = ledger_with_keys();
         let mut out = Vec::new();
         assert_eq!(
-            write_report(l.conn(), ReportFormat::Csv, None, &mut out).unwrap(),
+            write_report(l.conn(), ReportFormat::Csv, &[], &mut out).unwrap(),
             2
         );
         let text = String::from_utf8(out).unwrap();
@@ -235,7 +315,7 @@ mod tests {
             lines
                 .next()
                 .unwrap()
-                .starts_with("bucket,key,state,asset_id,upload_status")
+                .starts_with("bucket,key,state,asset_id,candidates,upload_status")
         );
         assert!(
             lines
@@ -247,39 +327,51 @@ mod tests {
             lines
                 .next()
                 .unwrap()
-                .contains(",skipped,,,,0,,,folder marker,")
+                .contains(",skipped,,,,,,,,0,,,folder marker,")
         );
     }
 
     #[test]
-    fn jsonl_report_filters_by_state() {
+    fn jsonl_report_filters_by_states() {
         let l = ledger_with_keys();
         let mut out = Vec::new();
-        write_report(
-            l.conn(),
-            ReportFormat::Jsonl,
-            Some(State::Skipped),
-            &mut out,
-        )
-        .unwrap();
+        write_report(l.conn(), ReportFormat::Jsonl, &[State::Skipped], &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1);
         let row: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
         assert_eq!(row["key"], "dir/");
         assert_eq!(row["message"], "folder marker");
         assert_eq!(row["asset_id"], serde_json::Value::Null);
+        let mut both = Vec::new();
+        let n = write_report(
+            l.conn(),
+            ReportFormat::Jsonl,
+            &[State::Skipped, State::Pending],
+            &mut both,
+        )
+        .unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]
-    fn status_counts_every_state() {
+    fn status_counts_every_state_of_every_scope() {
         let l = ledger_with_keys();
+        let other = Scope::open(l.conn(), "ws", "8").unwrap();
+        insert_keys(
+            l.conn(),
+            &other,
+            &[NewKey::new("media", "z.mp4")],
+            OnChanged::Report,
+        )
+        .unwrap();
         let view = status_view(l.conn()).unwrap();
-        assert_eq!(view.total, 2);
-        assert_eq!(view.states["pending"], 1);
+        assert_eq!(view.total, 3);
+        assert_eq!(view.states["pending"], 2);
         assert_eq!(view.states["failed"], 0);
+        assert_eq!(view.scopes.len(), 2);
         let text = render_status(&view);
         assert!(
-            text.contains("skipped") && text.contains("no run yet"),
+            text.contains("workspace ws, project 8: 1 keys") && text.contains("no run yet"),
             "{text}"
         );
     }

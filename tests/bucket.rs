@@ -8,8 +8,8 @@ use common::*;
 use mi_import::app::ImportJob;
 use mi_import::config::Credentials;
 use mi_import::exit::Exit;
+use mi_import::ledger::OnChanged;
 use mi_import::ledger::State;
-use mi_import::ledger::listings::OnChanged;
 use mi_import::source::bucket::BucketSpec;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -166,6 +166,8 @@ async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
         "--s3-endpoint",
         &s3_endpoint,
         "--no-confirm",
+        "--list-settle",
+        "2s",
         "--rate",
         "0",
     ];
@@ -278,7 +280,7 @@ async fn changed_objects_are_reported_and_on_request_registered_again() {
         1,
         "left alone by default"
     );
-    let changed_at: Option<String> = ws
+    let changed_at: Option<i64> = ws
         .ledger()
         .conn()
         .query_row(
@@ -352,8 +354,10 @@ async fn dry_run_lists_the_bucket_but_sends_and_records_nothing() {
     }
     s3.put(BUCKET, "dry/notes.txt", 100);
     let mut job = bucket_job(&ws, &emu, &s3, "");
-    job.limits.rate = Some(10);
-    let text = mi_import::app::dry_run(&job).await.unwrap();
+    job.limits.rate = Some(10.0);
+    let text = mi_import::app::dry_run(&job, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
     assert!(
         text.contains("listing: 1201 objects in 2 pages, 1201 new"),
         "{text}"
@@ -361,6 +365,11 @@ async fn dry_run_lists_the_bucket_but_sends_and_records_nothing() {
     assert!(text.contains("would send 1200 keys"), "{text}");
     assert!(text.contains("ineligible, never sent: 1"), "{text}");
     assert!(text.contains("at --rate 10: about 2m"), "{text}");
-    assert_eq!(emu.counters().requests, 0);
+    let c = emu.counters();
+    assert_eq!(
+        (c.requests, c.register_calls),
+        (2, 0),
+        "only the two look-ups of the account"
+    );
     assert!(ws.rows().is_empty(), "the ledger is unchanged");
 }

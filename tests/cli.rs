@@ -27,7 +27,7 @@ fn all_files(ws: &Workspace) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wrong_secret_exits_3_with_keys_pending_and_no_secret_shown() {
+async fn wrong_secret_exits_3_recording_nothing_and_no_secret_shown() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(25, "auth"));
@@ -37,7 +37,15 @@ async fn wrong_secret_exits_3_with_keys_pending_and_no_secret_shown() {
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("HTTP 401"), "{stderr}");
     assert!(stderr.contains("hint: check NCLOUD_ACCESS_KEY"), "{stderr}");
-    assert_eq!(ws.count(State::Pending), 25);
+    assert_eq!(
+        stderr.matches("HTTP 401").count(),
+        1,
+        "the error is said once: {stderr}"
+    );
+    assert!(
+        ws.rows().is_empty(),
+        "the account is checked before the manifest is read: nothing recorded"
+    );
     assert_eq!(
         emu.counters().register_calls,
         0,
@@ -73,7 +81,12 @@ async fn manifest_error_names_the_line_sends_nothing_and_keeps_earlier_rows() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("broken.csv: line 4:"), "{stderr}");
     assert!(stderr.contains("nothing was sent"), "{stderr}");
-    assert_eq!(emu.counters().requests, 0);
+    let c = emu.counters();
+    assert_eq!(
+        (c.requests, c.register_calls),
+        (2, 0),
+        "only the account's two look-ups"
+    );
     assert_eq!(
         ws.count(State::Pending),
         2,
@@ -218,10 +231,10 @@ async fn status_json_and_report_read_the_ledger() {
     .await;
     let csv = text(&report.stdout);
     let mut lines = csv.lines();
-    assert!(lines.next().unwrap().starts_with("bucket,key,state,asset_id,upload_status,upload_result,attempts,http_status,error_code,message,trace_id"));
+    assert!(lines.next().unwrap().starts_with("bucket,key,state,asset_id,candidates,upload_status,upload_result,analysis_status,index_id,analysis_message,attempts,http_status,error_code,message,trace_id"));
     let row = lines.next().unwrap();
     assert!(
-        row.starts_with("media-archive,x/bad.mp4,failed,,,,1,400,10001,invalid request,emu-"),
+        row.starts_with("media-archive,x/bad.mp4,failed,,,,,,,,1,400,10001,invalid request,emu-"),
         "{row}"
     );
     assert_eq!(lines.next(), None);

@@ -109,7 +109,7 @@ async fn permanent_refusal_fails_the_key_after_one_attempt() {
     let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
     assert_eq!(result.exit, Exit::Trouble, "a failed key makes exit code 1");
     let ledger = ws.ledger();
-    let (state, attempts, status, code): (String, u32, u16, String) = ledger
+    let (state, attempts, status, code): (State, u32, u16, String) = ledger
         .conn()
         .query_row(
             "SELECT state, attempts, http_status, error_code FROM keys WHERE key = 'bad/refuse-me.mp4'",
@@ -118,8 +118,8 @@ async fn permanent_refusal_fails_the_key_after_one_attempt() {
         )
         .unwrap();
     assert_eq!(
-        (state.as_str(), attempts, status, code.as_str()),
-        ("failed", 1, 400, "10001")
+        (state, attempts, status, code.as_str()),
+        (State::Failed, 1, 400, "10001")
     );
     assert_eq!(
         emu.counters().register_calls,
@@ -164,8 +164,8 @@ async fn second_run_on_the_same_ledger_sends_nothing_new() {
     let calls = emu.counters().requests;
     let second = import(job(&ws, &emu, manifest)).await;
     assert_eq!(second.exit, Exit::Success);
-    assert_eq!(second.requests, 0);
-    assert_eq!(emu.counters().requests, calls);
+    assert_eq!(second.requests, 2, "only the account's two look-ups");
+    assert_eq!(emu.counters().requests, calls + 2);
     assert_eq!(
         second.ingested,
         Default::default(),
@@ -195,7 +195,7 @@ async fn interrupted_run_resumes_without_sending_any_key_twice() {
         trigger.cancel();
     });
     let mut first = job(&ws, &emu, manifest.clone());
-    first.limits.rate = Some(200);
+    first.limits.rate = Some(200.0);
     let stopped = mi_import::app::import(first, shutdown).await.unwrap();
     assert_eq!(stopped.ending, Ending::Interrupted);
     assert_eq!(stopped.exit, Exit::Interrupted);
@@ -254,17 +254,21 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
     // A run that died: all ten claimed (in_flight), and MI got the first four.
     {
         let ledger = ws.ledger();
-        let scope = mi_import::ledger::Scope {
-            workspace: "demo-workspace".into(),
-            project: "1001".into(),
-        };
+        let scope =
+            mi_import::ledger::Scope::open(ledger.conn(), "demo-workspace", "1001").unwrap();
         let rows: Vec<_> = keys
             .iter()
             .map(|k| mi_import::source::judged(BUCKET.into(), k.clone(), None))
             .collect();
-        mi_import::ledger::insert_keys(ledger.conn(), &scope, &rows).unwrap();
+        mi_import::ledger::insert_keys(
+            ledger.conn(),
+            &scope,
+            &rows,
+            mi_import::ledger::OnChanged::Report,
+        )
+        .unwrap();
         assert_eq!(
-            mi_import::ledger::claim(ledger.conn(), &scope, 10)
+            mi_import::ledger::claim(ledger.conn(), &scope, 10, 1, mi_import::ledger::now_ms())
                 .unwrap()
                 .len(),
             10
@@ -290,13 +294,12 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unknown_project_stops_the_run_with_keys_pending() {
+async fn unknown_project_stops_the_run_before_anything_is_recorded() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let keys = keys(30, "nowhere");
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
     job.target.project = "9999".into();
-    job.limits.concurrency = 2;
     let result = import(job).await;
     assert_eq!(result.exit, Exit::Fatal);
     let Ending::Fatal(stop) = &result.ending else {
@@ -307,13 +310,38 @@ async fn unknown_project_stops_the_run_with_keys_pending() {
         stop.hint.as_deref().unwrap_or("").contains("--project"),
         "{stop:?}"
     );
+    assert!(ws.rows().is_empty(), "a typo leaves no rows behind");
+    let scopes = mi_import::ledger::Scope::all(ws.ledger().conn()).unwrap();
+    assert!(scopes.is_empty(), "nor a scope: {scopes:?}");
+    assert_eq!(emu.counters().register_calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_revoked_mid_run_stop_it_with_untouched_keys_pending() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        refuse_after: Some(12),
+        ..healthy()
+    })
+    .await;
+    let keys = keys(60, "revoked");
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.limits.concurrency = 2;
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Fatal);
+    let Ending::Fatal(stop) = &result.ending else {
+        panic!("{:?}", result.ending)
+    };
+    assert!(stop.message.contains("401"), "{}", stop.message);
     assert_eq!(
-        ws.count(State::Pending),
-        30,
+        ws.count(State::Failed),
+        0,
         "no key is failed for a fatal answer"
     );
+    assert_eq!(ws.count(State::Registered), 12);
+    assert_eq!(ws.count(State::Pending), 48);
     assert!(
-        emu.counters().register_calls <= 2,
+        emu.counters().unauthorized <= 2,
         "no more than the requests already in flight"
     );
 }
@@ -353,7 +381,11 @@ async fn a_changed_manifest_or_other_settings_are_read_again() {
     keys.push("grow/late-addition.mp4".into());
     ws.manifest("m.csv", &keys);
     let grown = import(job(&ws, &emu, manifest.clone())).await;
-    assert_eq!((grown.ingested.new, grown.ingested.known), (1, 20));
+    assert_eq!(
+        (grown.ingested.new, grown.ingested.known),
+        (1, 0),
+        "only the appended row is read"
+    );
     assert_eq!(emu.registrations(BUCKET, "grow/late-addition.mp4"), 1);
 
     let mut filtered = job(&ws, &emu, manifest);

@@ -52,13 +52,37 @@ pub struct ImportStatus {
     pub upload_result: Option<String>,
 }
 
-/// One asset as the project's asset list shows it.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
+/// One asset as the project's asset list shows it: its ID and name, and what the entry may
+/// also carry (not every reading of the list does: NCP-API.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetSummary {
     pub asset_id: i64,
-    #[serde(default)]
     pub file_name: String,
+    /// `metaData.size`, bytes.
+    pub size: Option<u64>,
+    /// `createdTime`, written by MI without a zone, read as if UTC (ms).
+    pub created: Option<i64>,
+    /// `uploadStatus`, if the entry carries the import's status.
+    pub upload_status: Option<String>,
+}
+
+impl AssetSummary {
+    fn from_entry(entry: &Value) -> Option<Self> {
+        let text = |p: &str| entry.pointer(p).and_then(Value::as_str);
+        Some(Self {
+            asset_id: entry.get("assetId").and_then(as_i64)?,
+            file_name: text("/fileName").unwrap_or_default().to_owned(),
+            size: entry
+                .pointer("/metaData/size")
+                .and_then(as_i64)
+                .and_then(|s| u64::try_from(s).ok()),
+            created: text("/createdTime")
+                .or_else(|| text("/createdDate"))
+                .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
+                .map(crate::ledger::epoch_ms),
+            upload_status: text("/uploadStatus").map(str::to_owned),
+        })
+    }
 }
 
 /// One page of the project's asset list.
@@ -159,23 +183,40 @@ impl MiClient {
             .call::<()>(Method::GET, &path, Some(&query), None)
             .await?;
         let result = value.get("result").cloned().unwrap_or(Value::Null);
-        let assets: Vec<AssetSummary> = serde_json::from_value(
-            result
-                .get("content")
-                .cloned()
-                .unwrap_or(Value::Array(vec![])),
-        )
-        .map_err(|e| ApiError::BadBody {
-            status: 200,
-            message: format!("asset list: {e}"),
-            trace_id,
-        })?;
+        let entries = match result.get("content") {
+            Some(Value::Array(entries)) => entries.as_slice(),
+            None | Some(Value::Null) => &[],
+            Some(_) => {
+                return Err(ApiError::BadBody {
+                    status: 200,
+                    message: "asset list: result.content is not a list".into(),
+                    trace_id,
+                });
+            }
+        };
+        let assets = entries
+            .iter()
+            .map(|e| {
+                AssetSummary::from_entry(e).ok_or_else(|| ApiError::BadBody {
+                    status: 200,
+                    message: "asset list: an entry without an assetId".into(),
+                    trace_id: trace_id.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let number = |name: &str| result.get(name).and_then(as_i64).unwrap_or(0).max(0) as u64;
         Ok(AssetPage {
             assets,
             total_count: number("totalCount"),
             total_pages: number("totalPage") as u32,
         })
+    }
+
+    /// `GET …/assets/{id}`: one asset's details (their schema is not documented; that the
+    /// asset exists is what matters).
+    pub async fn asset(&self, asset_id: i64) -> Result<Value, ApiError> {
+        let path = format!("{}/assets/{asset_id}", self.project_path());
+        Ok(self.call::<()>(Method::GET, &path, None, None).await?.0)
     }
 
     /// `GET /api/v1/workspaces/{ws}`: the workspace's details (its linked `bucketName`).
@@ -257,6 +298,7 @@ impl MiClient {
                 code: Some(code),
                 trace_id,
                 retry_after: None,
+                gateway: false,
             }),
             _ => Ok((value, trace_id)),
         }

@@ -17,6 +17,9 @@ pub enum Call {
     Register,
     ImportStatus,
     ListAssets,
+    /// One asset's details: a 404 means that asset is gone.
+    Asset,
+    /// The workspace or the project: a 404 means the settings are wrong.
     Lookup,
 }
 
@@ -43,6 +46,9 @@ pub enum ApiError {
         message: String,
         trace_id: Option<String>,
         retry_after: Option<Duration>,
+        /// The API Gateway's envelope (`{"error": …}`), not MI's own: the request may not
+        /// have reached MI at all (a route the gateway does not know answers 404 this way).
+        gateway: bool,
     },
     /// A success status with a body we could not read.
     #[error("unreadable answer from MI (HTTP {status}): {message}")]
@@ -66,7 +72,7 @@ impl ApiError {
         trace_id: Option<String>,
         retry_after: Option<Duration>,
     ) -> Self {
-        let (code, message) = parse_error_body(body);
+        let (code, message, gateway) = parse_error_body(body);
         let message = message.unwrap_or_else(|| default_message(status).to_owned());
         ApiError::Http {
             status,
@@ -74,6 +80,7 @@ impl ApiError {
             message,
             trace_id,
             retry_after,
+            gateway,
         }
     }
 
@@ -93,15 +100,24 @@ impl ApiError {
                 ..
             } => match *status {
                 401 | 403 => Disposition::Fatal,
-                // The workspace or project in the path does not exist; for one asset's status
-                // it only means that asset is gone.
-                404 if call == Call::ImportStatus => Disposition::Permanent,
+                // An asset's own call: the asset is gone. (Whether the workspace and project
+                // still exist is checked before this answer is believed; see `runner::confirm`.)
+                404 if matches!(call, Call::ImportStatus | Call::Asset) => Disposition::Permanent,
+                // The workspace or project in the path does not exist.
                 404 => Disposition::Fatal,
-                408 | 429 | 503 => Disposition::Retry {
+                // The gateway's throttle answers before MI sees the request: nothing was made.
+                429 => Disposition::Retry {
                     after: *retry_after,
                 },
-                // A 500, 502 or 504 may come after the backend created the asset.
-                500..=599 => unknown,
+                // 408, 503 and every 5xx may come after MI made the asset (the gateway gave up
+                // waiting, or failed on the way back): for the register call that is an unknown
+                // outcome, never a blind retry.
+                408 | 500..=599 => match unknown {
+                    Disposition::Retry { .. } => Disposition::Retry {
+                        after: *retry_after,
+                    },
+                    other => other,
+                },
                 _ => Disposition::Permanent,
             },
         }
@@ -119,6 +135,11 @@ impl ApiError {
             ApiError::Http { code, .. } => code.as_deref(),
             _ => None,
         }
+    }
+
+    /// Whether the answer came in the API Gateway's envelope rather than MI's own.
+    pub fn from_gateway(&self) -> bool {
+        matches!(self, ApiError::Http { gateway: true, .. })
     }
 
     pub fn trace_id(&self) -> Option<&str> {
@@ -164,15 +185,16 @@ fn default_message(status: u16) -> &'static str {
     }
 }
 
-/// Reads either error envelope. Returns (code, message), each if present.
-pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
+/// Reads either error envelope. Returns (code, message), each if present, and whether it
+/// was the gateway's envelope.
+pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         let text = String::from_utf8_lossy(body)
             .trim()
             .chars()
             .take(200)
             .collect::<String>();
-        return (None, (!text.is_empty()).then_some(text));
+        return (None, (!text.is_empty()).then_some(text), false);
     };
     let scalar = |v: Option<&Value>| match v {
         Some(Value::String(s)) => Some(s.clone()),
@@ -186,9 +208,13 @@ pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) {
             m.push_str(": ");
             m.push_str(&d);
         }
-        return (code, message);
+        return (code, message, true);
     }
-    (scalar(value.get("code")), scalar(value.get("message")))
+    (
+        scalar(value.get("code")),
+        scalar(value.get("message")),
+        false,
+    )
 }
 
 impl fmt::Display for Call {
@@ -197,6 +223,7 @@ impl fmt::Display for Call {
             Call::Register => "register",
             Call::ImportStatus => "import-status",
             Call::ListAssets => "list-assets",
+            Call::Asset => "asset",
             Call::Lookup => "lookup",
         })
     }
@@ -218,12 +245,12 @@ mod tests {
             (401, Fatal),
             (403, Fatal),
             (404, Fatal),
-            (408, Retry { after: None }),
+            (408, Uncertain),
             (413, Permanent),
             (429, Retry { after: None }),
             (500, Uncertain),
             (502, Uncertain),
-            (503, Retry { after: None }),
+            (503, Uncertain),
             (504, Uncertain),
         ];
         for (status, want) in table {
@@ -277,30 +304,32 @@ mod tests {
 
     #[test]
     fn parses_mi_envelope() {
-        let (code, msg) = parse_error_body(br#"{"code":"10016","message":"folder selected"}"#);
+        let (code, msg, gateway) =
+            parse_error_body(br#"{"code":"10016","message":"folder selected"}"#);
         assert_eq!(
-            (code.as_deref(), msg.as_deref()),
-            (Some("10016"), Some("folder selected"))
+            (code.as_deref(), msg.as_deref(), gateway),
+            (Some("10016"), Some("folder selected"), false)
         );
     }
 
     #[test]
     fn parses_gateway_envelope_with_string_or_number_code() {
         let body = br#"{"error":{"errorCode":"200","message":"Authentication Failed","details":"Invalid authentication information."}}"#;
-        let (code, msg) = parse_error_body(body);
+        let (code, msg, gateway) = parse_error_body(body);
+        assert!(gateway);
         assert_eq!(code.as_deref(), Some("200"));
         assert_eq!(
             msg.as_deref(),
             Some("Authentication Failed: Invalid authentication information.")
         );
-        let (code, _) =
+        let (code, _, _) =
             parse_error_body(br#"{"error":{"errorCode":420,"message":"Rate limited"}}"#);
         assert_eq!(code.as_deref(), Some("420"));
     }
 
     #[test]
     fn non_json_body_becomes_the_message() {
-        let (code, msg) = parse_error_body(b"<html>Bad Gateway</html>");
+        let (code, msg, _) = parse_error_body(b"<html>Bad Gateway</html>");
         assert_eq!(code, None);
         assert_eq!(msg.as_deref(), Some("<html>Bad Gateway</html>"));
         let e = ApiError::from_answer(503, b"", Some("t-1".into()), None);

@@ -6,3 +6,4 @@ pub mod signer;
 
 pub use client::{AssetPage, AssetSummary, ImportStatus, MiClient, Registered};
 pub use error::{ApiError, Call};
+pub mod analysis;

@@ -1,56 +1,75 @@
-//! `run --dry-run`: the source read against the ledger inside a transaction that is rolled
-//! back. Sends nothing, changes nothing, and says what a run would do.
+//! `run --dry-run`: the account checked (two safe look-ups), the source read against the
+//! ledger inside a transaction that is rolled back. Sends nothing, changes nothing, and says
+//! what a run would do and how long it would take.
 
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use super::{ImportJob, Manifest, next_batch, open_manifest};
-use crate::exit::input;
-use crate::ledger::listings;
-use crate::ledger::{self, Ingested, Ledger, Scope, State};
+use super::ingest::{self, next_batch};
+use super::{ImportJob, summary};
+use crate::api::MiClient;
+use crate::ledger::{self, Ingested, Ledger, Scope, State, listings};
 use crate::runner::ListSummary;
-use crate::source::bucket::Lister;
+use crate::source::bucket::{Listed, Lister};
+
+/// Import-status checks per key when the ledger has no history of its own to tell.
+const ASSUMED_CHECKS_PER_KEY: f64 = 1.5;
 
 /// What a run with these settings would do.
-pub async fn dry_run(job: &ImportJob) -> Result<String> {
-    let reader = match job.manifest {
-        Manifest::None => None,
-        _ => Some(open_manifest(job)?),
-    };
+pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<String> {
+    if job.manifest_given() {
+        ingest::check(job)?;
+    }
+    let lister = job
+        .listing
+        .as_ref()
+        .map(|spec| Lister::new(spec, job.limits.timeout));
+    if let Some(lister) = &lister {
+        lister.check_bucket().await?;
+    }
+    let account = check_account(job).await?;
     let _lock = crate::lock::acquire(&job.db, "run --dry-run")?;
     let mut ledger = Ledger::open(&job.db)?;
-    let scope = Scope {
-        workspace: job.target.workspace.clone(),
-        project: job.target.project.clone(),
-    };
     let tx = ledger.conn_mut().transaction()?;
+    let scope = Scope::open(&tx, &job.target.workspace, &job.target.project)?;
     let mut read = Ingested::default();
     let now = std::time::SystemTime::now();
-    if let Some(mut reader) = reader {
+    if let Some(path) = ingest::path_key(&job.manifest) {
+        let earlier = ledger::runs::manifest_read(&tx, &scope, &path, &ingest::settings(job))?;
+        let mut opened = ingest::open(job, earlier)?;
         loop {
-            let batch = next_batch(&mut reader, &job.filters, now);
+            let batch = next_batch(&mut opened.reader, &job.filters, now);
             if let Some(e) = batch.bad_row {
-                return Err(input(anyhow::anyhow!("{}: {e}", job.manifest.name())));
+                return Err(crate::exit::input(anyhow::anyhow!(
+                    "{}: {e}",
+                    job.manifest.name()
+                )));
             }
-            read += ledger::insert_keys(&tx, &scope, &batch.keys)?;
+            read += ledger::insert_keys(&tx, &scope, &batch.keys, job.on_changed)?;
             if batch.last {
                 break;
             }
         }
     }
     let mut listed = None;
-    if let Some(spec) = &job.listing {
-        let lister = Lister::new(spec, job.limits.timeout);
-        let listing = listings::new_listing(&tx, &scope, &spec.bucket, &spec.prefix)?;
+    if let (Some(spec), Some(lister)) = (&job.listing, &lister) {
+        let state = listings::open_listing(&tx, &scope, &spec.bucket, &spec.prefix, true)?;
         let mut summary = ListSummary::default();
-        let mut marker: Option<String> = None;
-        let never = CancellationToken::new();
         loop {
+            let Some(part) = listings::parts_to_list(&tx, state.id, &[], 1)?.pop() else {
+                break;
+            };
             let finished = crate::retry::with_retries(
                 job.limits.max_attempts,
                 crate::retry::Backoff::default(),
-                &never,
-                |_| async { crate::source::bucket::Listed(lister.page(marker.as_deref()).await) },
+                &shutdown,
+                |_| async {
+                    Listed(
+                        lister
+                            .page(&part.prefix, part.marker.as_deref(), part.flat)
+                            .await,
+                    )
+                },
             )
             .await;
             let page = finished
@@ -59,42 +78,37 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
                 .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint()))?;
             let seen = page.objects.len() as u64;
             let rows = summary.judge_page(&spec.bucket, page.objects, &job.filters);
-            let (got, changed) = listings::record_page(
-                &tx,
-                &scope,
-                listing,
-                &rows,
+            let record = listings::PageRecord {
+                listing: state.id,
+                part: part.id,
+                keys: &rows,
                 seen,
-                page.next_marker.as_deref(),
-                job.on_changed,
-            )?;
-            summary.add_page(seen, &got, changed);
+                next_marker: page.next_marker.as_deref(),
+                subfolders: &page.subfolders,
+            };
+            let (got, _) = listings::record_page(&tx, &scope, &record, job.on_changed)?;
+            summary.add_page(seen, &got);
             read += got;
-            match page.next_marker {
-                Some(next) => marker = Some(next),
-                None => break,
-            }
         }
         summary.complete = true;
         listed = Some(summary);
     }
     let counts = ledger::counts(&tx, Some(&scope))?;
     let reasons = ledger::skip_reasons(&tx, &scope)?;
+    let checks_per_key = checks_per_key(&tx, &scope)?;
     tx.rollback()?;
     let get = |s: State| ledger::count_in(&counts, s);
+    let retried = |wanted: bool, s: State| if wanted { get(s) } else { 0 };
     let to_send = get(State::Pending)
         + get(State::Uncertain)
-        + if job.retry_failed {
-            get(State::Failed)
-        } else {
-            0
-        };
+        + retried(job.retry_failed, State::Failed)
+        + retried(job.retry_import_failed, State::ImportFailed);
     let done = get(State::Registered) + get(State::Completed) + get(State::ImportFailed);
     let mut text = listed
-        .map(|l| super::summary::describe_listing(&l, job.on_changed))
+        .map(|l| summary::describe_listing(&l, job.on_changed))
         .unwrap_or_default();
     text.push_str(&format!(
-        "dry run: nothing was sent and the ledger is unchanged\n\
+        "dry run: nothing was sent and the ledger is unchanged\n{account}\n\
          {}: {} rows, {} new to the ledger\n\
          would send {to_send} keys ({} of them uncertain, to be checked in MI's asset list first)\n\
          already done: {done} ({} completed, {} registered awaiting confirmation, {} import_failed)\n\
@@ -118,17 +132,79 @@ pub async fn dry_run(job: &ImportJob) -> Result<String> {
     for (reason, n) in reasons {
         text.push_str(&format!("  {n:>8}  {reason}\n"));
     }
+    let confirming = job.options.confirm.is_some();
+    let checks = if confirming {
+        (to_send as f64 * checks_per_key).ceil() as u64
+    } else {
+        0
+    };
     text.push_str(&match job.limits.rate {
         Some(rate) => format!(
-            "at --rate {rate}: about {} for the imports
-",
+            "at --rate {rate}: about {} for {} imports{}\n",
             humantime::format_duration(std::time::Duration::from_secs(
-                to_send.div_ceil(rate as u64)
-            ))
+                ((to_send + checks) as f64 / rate).ceil() as u64
+            )),
+            to_send,
+            if confirming {
+                format!(
+                    " and about {checks} import-status checks ({checks_per_key:.1} a key), which share the rate"
+                )
+            } else {
+                String::new()
+            }
         ),
-        None => "no rate limit set: the service's own limit decides the time
-"
-        .into(),
+        None => "no rate limit set: the service's own limit decides the time\n".into(),
     });
     Ok(text)
+}
+
+/// The two look-ups a run starts with: a wrong key pair, workspace or project shows here.
+async fn check_account(job: &ImportJob) -> Result<String> {
+    let client = MiClient::new(
+        job.target.clone(),
+        job.credentials.clone(),
+        job.limits.timeout,
+    )?;
+    let t = &job.target;
+    let refused = |what: String, e: crate::api::ApiError| {
+        let hint = e
+            .hint()
+            .unwrap_or("MI is not answering; try again later, or check --endpoint");
+        crate::exit::fatal(anyhow::anyhow!(
+            "preflight: cannot read the {what}: {e} (at {})\nhint: {hint}",
+            t.endpoint
+        ))
+    };
+    let workspace = client
+        .workspace()
+        .await
+        .map_err(|e| refused(format!("workspace `{}`", t.workspace), e))?;
+    client
+        .project()
+        .await
+        .map_err(|e| refused(format!("project `{}`", t.project), e))?;
+    Ok(match crate::runner::linked_bucket(&workspace) {
+        Some(bucket) => format!(
+            "the account answers: workspace `{}` (linked to bucket `{bucket}`), project `{}`",
+            t.workspace, t.project
+        ),
+        None => format!(
+            "the account answers: workspace `{}`, project `{}`",
+            t.workspace, t.project
+        ),
+    })
+}
+
+/// Import-status checks per confirmed key so far in this project, or an assumption.
+fn checks_per_key(conn: &rusqlite::Connection, scope: &Scope) -> rusqlite::Result<f64> {
+    let (checks, keys): (i64, i64) = conn.query_row(
+        "SELECT COALESCE(SUM(checks), 0), COUNT(*) FROM keys WHERE scope = ?1 AND state IN (4, 5)",
+        [scope.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(if keys >= 20 {
+        checks as f64 / keys as f64
+    } else {
+        ASSUMED_CHECKS_PER_KEY
+    })
 }

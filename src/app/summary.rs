@@ -3,15 +3,21 @@
 use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 
-use crate::ledger::listings::OnChanged;
-use crate::ledger::{self, State};
+use crate::ledger::{self, OnChanged, State};
 use crate::progress::Stats;
-use crate::runner::ListSummary;
+use crate::runner::{Ending, ListSummary, plural};
+
+/// `n` and its noun, singular or plural.
+pub(crate) fn count(n: u64, one: &'static str, many: &'static str) -> String {
+    format!("{n} {}", plural(n, one, many))
+}
 
 pub(crate) fn describe_listing(listed: &ListSummary, on_changed: OnChanged) -> String {
     let mut text = format!(
-        "listing: {} objects in {} pages, {} new to the ledger",
-        listed.objects, listed.pages, listed.new
+        "listing: {} in {}, {} new to the ledger",
+        count(listed.objects, "object", "objects"),
+        count(listed.pages, "page", "pages"),
+        listed.new
     );
     if listed.left_out > 0 {
         text.push_str(&format!(", {} left out by the filters", listed.left_out));
@@ -26,13 +32,21 @@ pub(crate) fn describe_listing(listed: &ListSummary, on_changed: OnChanged) -> S
         text.push_str("; not finished: the next run resumes it");
     }
     text.push('\n');
-    if listed.changed > 0 {
+    let noted = listed.changed - listed.requeued;
+    if listed.requeued > 0 {
+        text.push_str(&format!(
+            "{} changed since the ledger last saw {} (ETag or size) and will be sent (again)\n",
+            count(listed.requeued, "object", "objects"),
+            plural(listed.requeued, "it", "them")
+        ));
+    }
+    if noted > 0 {
         text.push_str(&match on_changed {
             OnChanged::Report => format!(
-                "{} registered objects changed since (ETag or size); left alone, see the report's changed_at, or pass --on-changed reimport\n",
-                listed.changed
+                "{} changed since registration (ETag or size); left alone, see the report's changed_at, or pass --on-changed reimport\n",
+                count(noted, "registered object", "registered objects")
             ),
-            OnChanged::Reimport => format!("{} changed objects were registered again\n", listed.changed),
+            OnChanged::Reimport => format!("{noted} changed objects were noted\n"),
         });
     }
     text
@@ -40,6 +54,7 @@ pub(crate) fn describe_listing(listed: &ListSummary, on_changed: OnChanged) -> S
 
 pub(crate) fn summarize(
     counts: &[(State, u64)],
+    this_run: &[(State, u64)],
     stats: &Stats,
     elapsed: std::time::Duration,
     db: &Path,
@@ -47,26 +62,29 @@ pub(crate) fn summarize(
     let get = |s: State| ledger::count_in(counts, s);
     let reconciled = stats.reconciled.load(Relaxed);
     let mut text = format!(
-        "this run: {} registered, {} failed in {:.1}s; {} requests, {} retries, {} throttled\n",
+        "this run: {} registered, {} failed in {:.1}s; {}, {}, {} throttled\n",
         stats.registered.load(Relaxed) + reconciled,
         stats.failed.load(Relaxed),
         elapsed.as_secs_f64(),
-        stats.requests.load(Relaxed),
-        stats.retries.load(Relaxed),
+        count(stats.requests.load(Relaxed), "request", "requests"),
+        count(stats.retries.load(Relaxed), "retry", "retries"),
         stats.throttled.load(Relaxed),
     );
     let polls = stats.polls.load(Relaxed);
     if polls > 0 {
         text.push_str(&format!(
-            "confirmation: {} completed, {} import_failed, {} still in progress ({polls} import-status checks)\n",
+            "confirmation: {} completed, {} import_failed, {} still in progress ({})\n",
             stats.completed.load(Relaxed),
             stats.import_failed.load(Relaxed),
             get(State::Registered),
+            count(polls, "import-status check", "import-status checks"),
         ));
     }
     if reconciled > 0 {
         text.push_str(&format!(
-            "{reconciled} keys whose answer was lost were found registered in MI's asset list, not sent again\n"
+            "{} whose answer was lost {} found registered in MI's asset list, not sent again\n",
+            count(reconciled, "key", "keys"),
+            plural(reconciled, "was", "were")
         ));
     }
     let states: Vec<String> = counts
@@ -80,17 +98,31 @@ pub(crate) fn summarize(
         states.join(", ")
     };
     text.push_str(&format!("ledger {}: {states}\n", db.display()));
+    let earlier: Vec<String> = [State::Failed, State::ImportFailed, State::Uncertain]
+        .iter()
+        .filter_map(|s| {
+            let left = get(*s).saturating_sub(ledger::count_in(this_run, *s));
+            (left > 0).then(|| format!("{left} {s}"))
+        })
+        .collect();
+    if !earlier.is_empty() {
+        text.push_str(&format!(
+            "left by earlier runs (not this run's doing, so not in its exit code): {}\n",
+            earlier.join(", ")
+        ));
+    }
     text
 }
 
-/// What the operator can do next, given where the ledger stands.
-pub(crate) fn next_steps(counts: &[(State, u64)], stats: &Stats) -> String {
+/// What the operator can do next, given how the run ended and where the ledger stands.
+pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats) -> String {
     let get = |s: State| ledger::count_in(counts, s);
     let polls = stats.polls.load(Relaxed);
     let mut text = String::new();
     if get(State::ImportFailed) > 0 {
         text.push_str(
-            "MI could not import some files: `mi-import report --state import_failed` shows why\n",
+            "MI could not import some files: `mi-import report --state import_failed` shows why; once a file is fixed, \
+             a changed object is registered again by itself, or run with --retry-import-failed\n",
         );
     }
     if get(State::Registered) > 0 && polls > 0 {
@@ -100,10 +132,22 @@ pub(crate) fn next_steps(counts: &[(State, u64)], stats: &Stats) -> String {
         text.push_str("see `mi-import report --state failed`; run again with --retry-failed to send failed keys again\n");
     }
     if get(State::Uncertain) > 0 {
-        text.push_str("uncertain keys could not be checked against MI; the next run checks them before sending\n");
+        text.push_str(
+            "uncertain keys are never sent again without proof that MI has no asset for them: \
+             the next run looks again; `mi-import report --state uncertain` lists them with candidate assets, \
+             `mi-import resolve` settles one by hand\n",
+        );
     }
     if get(State::Pending) > 0 {
-        text.push_str("pending keys will be sent by the next run of the same command\n");
+        text.push_str(match ending {
+            Ending::Fatal(_) | Ending::Refused(_) => {
+                "fix what the error above names, then run the same command again: the pending keys are sent then\n"
+            }
+            Ending::Interrupted => {
+                "run the same command again to resume (or `mi-import run` with only --workspace and --project: the ledger remembers the rest)\n"
+            }
+            Ending::Finished => "pending keys will be sent by the next run\n",
+        });
     }
     text
 }
@@ -124,22 +168,62 @@ mod tests {
             (State::Registered, 2),
             (State::Completed, 7),
         ];
-        let summary = summarize(&counts, &stats, Duration::from_secs(1), Path::new("l.db"));
+        let summary = summarize(
+            &counts,
+            &[],
+            &stats,
+            Duration::from_secs(1),
+            Path::new("l.db"),
+        );
         assert!(
             summary.contains("ledger l.db: 5 pending, 1 uncertain, 2 registered, 7 completed"),
             "{summary}"
         );
+        assert!(
+            summary.contains(
+                "left by earlier runs (not this run's doing, so not in its exit code): 1 uncertain"
+            ),
+            "{summary}"
+        );
         assert!(!summary.contains("next run"), "{summary}");
 
-        let advice = next_steps(&counts, &stats);
+        let advice = next_steps(&counts, &Ending::Finished, &stats);
         for expected in [
             "`mi-import confirm`",
-            "the next run checks them",
+            "`mi-import resolve`",
             "pending keys will be sent",
         ] {
             assert!(advice.contains(expected), "{expected}: {advice}");
         }
         assert!(!advice.contains("--retry-failed"), "{advice}");
-        assert_eq!(next_steps(&[(State::Completed, 7)], &stats), "");
+        assert_eq!(
+            next_steps(&[(State::Completed, 7)], &Ending::Finished, &stats),
+            ""
+        );
+    }
+
+    #[test]
+    fn after_a_fatal_stop_the_advice_is_to_fix_the_cause_first() {
+        let stats = Stats::default();
+        let stop = crate::runner::FatalStop {
+            message: "401".into(),
+            hint: None,
+        };
+        let advice = next_steps(&[(State::Pending, 3)], &Ending::Fatal(stop), &stats);
+        assert!(
+            advice.starts_with("fix what the error above names"),
+            "{advice}"
+        );
+    }
+
+    #[test]
+    fn counts_are_said_in_words_that_agree() {
+        assert_eq!(count(1, "key", "keys"), "1 key");
+        assert_eq!(count(2, "retry", "retries"), "2 retries");
+        let stats = Stats::default();
+        stats.requests.store(1, Relaxed);
+        stats.retries.store(1, Relaxed);
+        let summary = summarize(&[], &[], &stats, Duration::from_secs(1), Path::new("l.db"));
+        assert!(summary.contains("1 request, 1 retry"), "{summary}");
     }
 }

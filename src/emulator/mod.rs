@@ -2,10 +2,14 @@
 //! knobs for latency, faults and a server-side rate limit. `demo` and the tests run it
 //! in-process; `mi-import emulator --listen ADDR` serves it for manual use and benchmarks.
 //!
-//! It counts registrations per (bucket, key), so a test can prove that nothing was registered
-//! twice. It is a stand-in, not a model of MI's internals: where MI's behaviour is unknown
-//! (the error for an unknown workspace, what `fileName` holds) it picks one reading and the
-//! knobs allow the other.
+//! It counts registrations per (bucket, key) and analyses per asset, so a test can prove that
+//! nothing was registered or analysed twice. It is a stand-in, not a model of MI's internals:
+//! where MI's behaviour is unknown (NCP-API.md's unsure points) the knobs play each reading:
+//! what the asset list's `fileName` holds, how late it shows a new asset, whether its entries
+//! carry a creation time, a size or the upload status, whether asset IDs grow in order, and
+//! assets already in the project before a run. Its credentials are the client's own
+//! (`NCLOUD_ACCESS_KEY`/`NCLOUD_SECRET_KEY`, or `~/.ncloud/configure`); `/_emulator/stats`
+//! (unsigned) shows what it saw.
 
 mod routes;
 mod state;
@@ -20,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Credentials;
-pub use state::{AssetRecord, CallKind, Counters, busiest_second};
+pub use state::{AssetRecord, CallKind, Counters, busiest_second, final_status};
 
 /// What the asset list's `fileName` holds (NCP-API.md marks this unsure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -43,17 +47,39 @@ pub struct EmulatorConfig {
     pub latency: (Duration, Duration),
     pub rate_429: f64,
     pub rate_503: f64,
-    /// Register calls whose connection is dropped before the asset is created.
+    /// Register calls answered 503 (the gateway's "Endpoint Error") after the asset was made.
+    pub fail_after_create: f64,
+    /// Register and analysis calls whose connection is dropped before the work is done.
     pub drop_before: f64,
-    /// Register calls whose connection is dropped after the asset is created.
+    /// Register and analysis calls whose connection is dropped after the work is done.
     pub drop_after: f64,
     /// Requests per second answered before the gateway says 429; `None` for no limit.
     pub rate_limit: Option<u32>,
     /// How long an import stays `IN_PROGRESS`.
     pub settle: Duration,
+    /// And how much longer per GB of the object (its size from `sizes`).
+    pub settle_per_gb: Duration,
     /// Keys containing this text are refused with HTTP 400 (a permanent error).
     pub reject_containing: Option<String>,
     pub file_name: FileNameMode,
+    /// How long after its creation an asset appears in the asset list.
+    pub list_lag: Duration,
+    /// Whether list entries carry `createdTime` (MI's clock, Korea time, no zone).
+    pub list_created_time: bool,
+    /// Whether list entries carry `metaData.size`.
+    pub list_size: bool,
+    /// Whether list entries carry `uploadStatus`.
+    pub list_upload_status: bool,
+    /// New assets get random IDs instead of growing ones.
+    pub random_ids: bool,
+    /// Objects' sizes by (bucket, key).
+    pub sizes: std::collections::HashMap<(String, String), u64>,
+    /// Assets in the project before anything is registered (console uploads, another ledger).
+    pub preload: Vec<(String, String)>,
+    /// Looks at an analysis before it reaches its final status.
+    pub analysis_polls: u32,
+    /// After this many registrations the key pair is refused (401), as if revoked mid-run.
+    pub refuse_after: Option<u64>,
     pub seed: u64,
 }
 
@@ -68,15 +94,95 @@ impl EmulatorConfig {
             latency: (Duration::ZERO, Duration::ZERO),
             rate_429: 0.0,
             rate_503: 0.0,
+            fail_after_create: 0.0,
             drop_before: 0.0,
             drop_after: 0.0,
             rate_limit: None,
             settle: Duration::ZERO,
+            settle_per_gb: Duration::ZERO,
             reject_containing: None,
             file_name: FileNameMode::FullKey,
+            list_lag: Duration::ZERO,
+            list_created_time: true,
+            list_size: true,
+            list_upload_status: false,
+            random_ids: false,
+            sizes: Default::default(),
+            preload: Vec::new(),
+            analysis_polls: 2,
+            refuse_after: None,
             seed: 1,
         }
     }
+
+    /// The emulator as `mi-import emulator` was asked to serve it.
+    pub fn from_args(args: &crate::cli::EmulatorArgs, credentials: Credentials) -> Result<Self> {
+        let sizes = match &args.sizes {
+            Some(path) => read_pairs(path, true)?
+                .into_iter()
+                .map(|(b, k, size)| ((b, k), size.unwrap_or(0)))
+                .collect(),
+            None => Default::default(),
+        };
+        let preload = match &args.preload {
+            Some(path) => read_pairs(path, false)?
+                .into_iter()
+                .map(|(b, k, _)| (b, k))
+                .collect(),
+            None => Vec::new(),
+        };
+        Ok(Self {
+            workspace: args.workspace.clone(),
+            project: args.project.clone(),
+            bucket: args.bucket.clone(),
+            latency: (args.latency, args.latency),
+            rate_429: args.rate_429,
+            rate_503: args.rate_503,
+            fail_after_create: args.fail_after_create,
+            drop_before: args.drop_before,
+            drop_after: args.drop_after,
+            rate_limit: args.rate_limit,
+            settle: args.settle,
+            settle_per_gb: args.settle_per_gb,
+            file_name: args.file_name,
+            list_lag: args.list_lag,
+            list_created_time: !args.list_without_time,
+            list_size: !args.list_without_size,
+            list_upload_status: args.list_upload_status,
+            random_ids: args.random_ids,
+            sizes,
+            preload,
+            analysis_polls: args.analysis_polls,
+            seed: args.seed,
+            ..Self::new(credentials)
+        })
+    }
+}
+
+/// Reads `bucket,key[,size]` rows (no header) from a CSV file.
+fn read_pairs(path: &std::path::Path, sized: bool) -> Result<Vec<(String, String, Option<u64>)>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let mut rows = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: line {}", path.display(), line + 1))?;
+        let field = |i: usize| record.get(i).unwrap_or("").to_owned();
+        let size = match (sized, record.get(2)) {
+            (true, Some(s)) => Some(s.trim().parse().with_context(|| {
+                format!(
+                    "{}: line {}: size `{s}` is not a number",
+                    path.display(),
+                    line + 1
+                )
+            })?),
+            _ => None,
+        };
+        rows.push((field(0), field(1), size));
+    }
+    Ok(rows)
 }
 
 /// A running emulator. Dropping it does not stop it; call [`Emulator::stop`].
@@ -131,6 +237,48 @@ impl Emulator {
     /// When each signed request arrived, and which call it was.
     pub fn request_log(&self) -> Vec<(tokio::time::Instant, CallKind)> {
         self.shared.request_log()
+    }
+
+    /// Accepted analysis requests per asset.
+    pub fn analyses_accepted(&self) -> std::collections::HashMap<i64, u32> {
+        self.shared.analyses_accepted()
+    }
+
+    /// What it saw, in words, for the operator when it stops.
+    pub fn describe(&self) -> String {
+        let c = self.counters();
+        let assets = self.assets();
+        let registered = assets.iter().filter(|a| a.registered).count();
+        let twice = self
+            .analyses_accepted()
+            .values()
+            .filter(|n| **n > 1)
+            .count();
+        format!(
+            "the emulator answered {} requests: {} registrations ({} answered 503 after creating, {} dropped before and {} after), \
+             {} import-status checks, {} asset-list pages, {} analysis requests; {} throttled, {} answered 503, {} refused for a bad signature\n\
+             {} assets registered for {} distinct keys ({} registered more than once); {} assets analysed more than once",
+            c.requests,
+            c.register_calls,
+            c.failed_after_create,
+            c.dropped_before,
+            c.dropped_after,
+            c.status_calls,
+            c.list_calls,
+            c.analysis_calls,
+            c.throttled,
+            c.unavailable,
+            c.unauthorized,
+            registered,
+            registered
+                - self
+                    .duplicates()
+                    .iter()
+                    .map(|d| d.2 as usize - 1)
+                    .sum::<usize>(),
+            self.duplicates().len(),
+            twice
+        )
     }
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::Hangup;
-use super::state::{CallKind, Fault, Shared, busiest_second};
+use super::state::{AssetRecord, CallKind, Fault, Shared, busiest_second};
 use crate::api::client::HEADER_TRACE_ID;
 use crate::api::signer::{self, HEADER_ACCESS_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};
 
@@ -35,6 +35,18 @@ pub(super) fn router(shared: Shared_) -> Router {
         .route(
             &format!("{project}/assets/{{asset_id}}/import-status"),
             get(import_status),
+        )
+        .route(
+            &format!("{project}/assets/{{asset_id}}"),
+            get(asset_details),
+        )
+        .route(
+            &format!("{project}/assets/{{asset_id}}/index"),
+            post(analyze),
+        )
+        .route(
+            &format!("{project}/assets/{{asset_id}}/index/status"),
+            get(analysis_status),
         )
         .layer(middleware::from_fn_with_state(shared.clone(), gateway))
         // Unsigned, outside the gateway: for benchmarks and people, not part of MI.
@@ -76,7 +88,22 @@ async fn gateway(State(shared): State<Shared_>, request: Request, next: Next) ->
             &format!("Authentication Failed: {why}"),
         );
     }
-    shared.log(CallKind::of_path(request.uri().path()));
+    if shared
+        .config
+        .refuse_after
+        .is_some_and(|n| shared.counters().register_calls >= n)
+    {
+        shared.count(|c| c.unauthorized += 1);
+        return gateway_error(
+            StatusCode::UNAUTHORIZED,
+            "200",
+            "Authentication Failed: the key pair was revoked",
+        );
+    }
+    shared.log(CallKind::of(
+        request.method().as_str(),
+        request.uri().path(),
+    ));
     let fault = shared.admit();
     tokio::time::sleep(shared.latency()).await;
     match fault {
@@ -215,6 +242,11 @@ async fn register(
         shared.count(|c| c.dropped_after += 1);
         hangup.now().await;
     }
+    if shared.roll(shared.config.fail_after_create) {
+        // The gateway gave up on MI's answer; the asset exists all the same.
+        shared.count(|c| c.failed_after_create += 1);
+        return gateway_error(StatusCode::SERVICE_UNAVAILABLE, "500", "Endpoint Error");
+    }
     success(json!({
         "assetId": asset_id,
         "createUserName": "emulator",
@@ -239,32 +271,138 @@ async fn import_status(
             &format!("asset {asset_id} not found"),
         );
     };
-    let (status, result) = if asset.created.elapsed() < shared.config.settle {
-        ("IN_PROGRESS", None)
-    } else {
-        final_status(&asset.key)
-    };
+    let (status, result) = shared.upload_status(&asset);
     success(json!({"assetId": asset_id, "uploadStatus": status, "uploadResult": result}))
 }
 
-/// The emulator's stand-in for what MI finds when it reads the file: markers in the key name
-/// decide, so demos and tests can show every final status.
-fn final_status(key: &str) -> (&'static str, Option<&'static str>) {
-    let name = key.to_ascii_lowercase();
-    if name.contains("corrupt") {
-        (
-            "INVALID_METADATA",
-            Some("unsupported resolution: 4096x2160"),
-        )
-    } else if name.contains("missing") {
-        (
-            "FILE_NOT_EXIST",
-            Some("the object does not exist in the bucket"),
-        )
-    } else if name.contains("broken") {
-        ("FAILED", Some("transcoding failed"))
-    } else {
-        ("COMPLETED", None)
+/// MI's clock as its answers show it: Korea time, with no zone.
+fn mi_time(at: std::time::SystemTime) -> String {
+    let korea = at + Duration::from_secs(9 * 3600);
+    let text = humantime::format_rfc3339_nanos(korea).to_string();
+    text.trim_end_matches('Z').to_owned()
+}
+
+/// One entry of the asset list, carrying what this reading of the list carries.
+fn list_entry(shared: &Shared, asset: &AssetRecord, pid: &str) -> Value {
+    let mut meta = json!({});
+    if shared.config.list_size
+        && let Some(size) = asset.size
+    {
+        meta["size"] = json!(size);
+    }
+    let mut entry = json!({
+        "assetId": asset.asset_id,
+        "fileName": shared.file_name(&asset.key),
+        "projectId": pid,
+        "metaData": meta,
+    });
+    if shared.config.list_created_time {
+        entry["createdTime"] = json!(mi_time(asset.created_wall));
+    }
+    if shared.config.list_upload_status {
+        entry["uploadStatus"] = json!(shared.upload_status(asset).0);
+    }
+    entry
+}
+
+async fn asset_details(
+    State(shared): State<Shared_>,
+    Path((ws, pid, asset_id)): Path<(String, String, i64)>,
+) -> Response {
+    shared.count(|c| c.asset_calls += 1);
+    if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
+        return r;
+    }
+    match shared.asset(asset_id) {
+        Some(asset) => success(list_entry(&shared, &asset, &pid)),
+        None => mi_error(
+            StatusCode::NOT_FOUND,
+            "40403",
+            &format!("asset {asset_id} not found"),
+        ),
+    }
+}
+
+async fn analyze(
+    State(shared): State<Shared_>,
+    Extension(hangup): Extension<Hangup>,
+    Path((ws, pid, asset_id)): Path<(String, String, i64)>,
+    body: axum::body::Bytes,
+) -> Response {
+    shared.count(|c| c.analysis_calls += 1);
+    if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
+        return r;
+    }
+    let Some(asset) = shared.asset(asset_id) else {
+        return mi_error(
+            StatusCode::NOT_FOUND,
+            "40403",
+            &format!("asset {asset_id} not found"),
+        );
+    };
+    let persons = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|b| b.get("analysisPersonCount").and_then(Value::as_u64));
+    if persons.is_none_or(|n| n > 10) {
+        return mi_error(
+            StatusCode::BAD_REQUEST,
+            "10001",
+            "invalid request: analysisPersonCount (0-10) is required",
+        );
+    }
+    if shared.upload_status(&asset).0 != "COMPLETED" {
+        return mi_error(
+            StatusCode::BAD_REQUEST,
+            "10014",
+            "the asset's registration is not complete",
+        );
+    }
+    if shared.roll(shared.config.drop_before) {
+        shared.count(|c| c.dropped_before += 1);
+        hangup.now().await;
+    }
+    let index_id = match shared.start_analysis(asset_id) {
+        Ok(id) => id,
+        Err(status) => {
+            return mi_error(
+                StatusCode::CONFLICT,
+                "40901",
+                &format!("an analysis of asset {asset_id} is already {status}"),
+            );
+        }
+    };
+    if shared.roll(shared.config.drop_after) {
+        shared.count(|c| c.dropped_after += 1);
+        hangup.now().await;
+    }
+    success(json!({"id": index_id}))
+}
+
+async fn analysis_status(
+    State(shared): State<Shared_>,
+    Path((ws, pid, asset_id)): Path<(String, String, i64)>,
+) -> Response {
+    shared.count(|c| c.analysis_status_calls += 1);
+    if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
+        return r;
+    }
+    let Some(asset) = shared.asset(asset_id) else {
+        return mi_error(
+            StatusCode::NOT_FOUND,
+            "40403",
+            &format!("asset {asset_id} not found"),
+        );
+    };
+    match shared.poll_analysis(asset_id, &asset.key) {
+        None => success(json!({"status": "BEFORE_ANALYZE"})),
+        Some(record) => {
+            let message = (record.status == "ANALYZE_FAIL").then_some("no scene could be analysed");
+            success(json!({
+                "status": record.status,
+                "indexId": record.index_id,
+                "analyzeStatusMessage": message,
+            }))
+        }
     }
 }
 
@@ -286,12 +424,10 @@ async fn list_assets(
     }
     let page_num = q.page_num.unwrap_or(1).max(1);
     let page_size = q.page_size.unwrap_or(20).clamp(1, 1000);
-    let (names, total) = shared.page(page_num, page_size);
-    let content: Vec<Value> = names
-        .into_iter()
-        .map(
-            |(id, name)| json!({"assetId": id, "fileName": name, "projectId": pid, "metaData": {}}),
-        )
+    let (assets, total) = shared.page(page_num, page_size);
+    let content: Vec<Value> = assets
+        .iter()
+        .map(|asset| list_entry(&shared, asset, &pid))
         .collect();
     success(json!({
         "content": content,
@@ -330,6 +466,11 @@ async fn stats(State(shared): State<Shared_>) -> Response {
         "register_calls": c.register_calls,
         "status_calls": c.status_calls,
         "list_calls": c.list_calls,
+        "asset_calls": c.asset_calls,
+        "analysis_calls": c.analysis_calls,
+        "analysis_status_calls": c.analysis_status_calls,
+        "failed_after_create": c.failed_after_create,
+        "analyses_twice": shared.analyses_accepted().values().filter(|n| **n > 1).count(),
         "throttled": c.throttled,
         "unavailable": c.unavailable,
         "assets": shared.assets().len(),

@@ -1,21 +1,33 @@
-//! The emulator's memory: assets, registrations per key, counters, fault dice.
+//! The emulator's memory: assets, registrations per key, analyses, counters, fault dice.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 
 use super::{EmulatorConfig, FileNameMode};
 
-/// One registered asset.
+/// One asset in the project.
 #[derive(Debug, Clone)]
 pub struct AssetRecord {
     pub asset_id: i64,
     pub bucket: String,
     pub key: String,
     pub created: Instant,
+    pub created_wall: SystemTime,
+    pub size: Option<u64>,
+    /// Registered through the API (not present before the run, as a console upload is).
+    pub registered: bool,
+}
+
+/// An analysis MI accepted for an asset.
+#[derive(Debug, Clone)]
+pub struct AnalysisRecord {
+    pub index_id: i64,
+    pub polls: u32,
+    pub status: &'static str,
 }
 
 /// What the emulator has seen, for tests and benchmarks.
@@ -25,9 +37,13 @@ pub struct Counters {
     pub register_calls: u64,
     pub status_calls: u64,
     pub list_calls: u64,
+    pub asset_calls: u64,
+    pub analysis_calls: u64,
+    pub analysis_status_calls: u64,
     pub unauthorized: u64,
     pub throttled: u64,
     pub unavailable: u64,
+    pub failed_after_create: u64,
     pub dropped_before: u64,
     pub dropped_after: u64,
 }
@@ -37,15 +53,21 @@ pub struct Counters {
 pub enum CallKind {
     Register,
     ImportStatus,
+    ListAssets,
+    Analysis,
     Other,
 }
 
 impl CallKind {
-    pub fn of_path(path: &str) -> Self {
+    pub fn of(method: &str, path: &str) -> Self {
         if path.ends_with("/assets/import/object-storage") {
             CallKind::Register
         } else if path.ends_with("/import-status") {
             CallKind::ImportStatus
+        } else if path.ends_with("/assets") && method == "GET" {
+            CallKind::ListAssets
+        } else if path.contains("/index") {
+            CallKind::Analysis
         } else {
             CallKind::Other
         }
@@ -70,8 +92,12 @@ struct Inner {
     /// Arrival time of every signed request.
     log: Vec<(Instant, CallKind)>,
     next_id: i64,
+    used_ids: HashSet<i64>,
     assets: BTreeMap<i64, AssetRecord>,
     registrations: HashMap<(String, String), u32>,
+    analyses: HashMap<i64, AnalysisRecord>,
+    /// Analysis requests accepted per asset.
+    analyzed: HashMap<i64, u32>,
     counters: Counters,
     admitted: VecDeque<Instant>,
 }
@@ -97,24 +123,27 @@ impl Shared {
             next_id: 100_001,
             ..Default::default()
         };
-        Self {
+        let shared = Self {
             config,
             inner: Mutex::new(inner),
             dice,
+        };
+        for (bucket, key) in shared.config.preload.clone() {
+            shared.insert(&bucket, &key, false);
         }
+        shared
     }
 
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn dice(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.dice.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn roll(&self, probability: f64) -> bool {
-        probability > 0.0
-            && self
-                .dice
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .random_bool(probability.min(1.0))
+        probability > 0.0 && self.dice().random_bool(probability.min(1.0))
     }
 
     pub fn latency(&self) -> Duration {
@@ -122,8 +151,10 @@ impl Shared {
         if hi <= lo {
             return lo;
         }
-        let mut dice = self.dice.lock().unwrap_or_else(|p| p.into_inner());
-        Duration::from_micros(dice.random_range(lo.as_micros() as u64..=hi.as_micros() as u64))
+        Duration::from_micros(
+            self.dice()
+                .random_range(lo.as_micros() as u64..=hi.as_micros() as u64),
+        )
     }
 
     pub fn log(&self, kind: CallKind) {
@@ -167,43 +198,87 @@ impl Shared {
         Fault::None
     }
 
-    pub fn create(&self, bucket: &str, key: &str) -> i64 {
-        let mut inner = self.inner();
-        let asset_id = inner.next_id;
+    fn new_id(&self, inner: &mut Inner) -> i64 {
+        if self.config.random_ids {
+            loop {
+                let id = self.dice().random_range(1_000_000..2_000_000_000i64);
+                if inner.used_ids.insert(id) {
+                    return id;
+                }
+            }
+        }
+        let id = inner.next_id;
         inner.next_id += 1;
+        id
+    }
+
+    fn insert(&self, bucket: &str, key: &str, registered: bool) -> i64 {
+        let mut inner = self.inner();
+        let asset_id = self.new_id(&mut inner);
         let record = AssetRecord {
             asset_id,
             bucket: bucket.into(),
             key: key.into(),
             created: Instant::now(),
+            created_wall: SystemTime::now(),
+            size: self
+                .config
+                .sizes
+                .get(&(bucket.to_owned(), key.to_owned()))
+                .copied(),
+            registered,
         };
         inner.assets.insert(asset_id, record);
-        *inner
-            .registrations
-            .entry((bucket.into(), key.into()))
-            .or_default() += 1;
+        if registered {
+            *inner
+                .registrations
+                .entry((bucket.into(), key.into()))
+                .or_default() += 1;
+        }
         asset_id
+    }
+
+    /// Registers (bucket, key) as a new asset, as the API does.
+    pub fn create(&self, bucket: &str, key: &str) -> i64 {
+        self.insert(bucket, key, true)
     }
 
     pub fn asset(&self, asset_id: i64) -> Option<AssetRecord> {
         self.inner().assets.get(&asset_id).cloned()
     }
 
-    /// One page of assets in id order, as (assetId, fileName), and the total.
-    pub fn page(&self, page_num: u32, page_size: u32) -> (Vec<(i64, String)>, usize) {
-        let inner = self.inner();
-        let skip = (page_num.max(1) as usize - 1) * page_size as usize;
-        let names = inner
-            .assets
-            .values()
-            .skip(skip)
-            .take(page_size as usize)
-            .map(|a| (a.asset_id, self.file_name(&a.key)))
-            .collect();
-        (names, inner.assets.len())
+    /// How long the import of `asset` takes: the base, plus the time per GB of its size.
+    pub fn import_time(&self, asset: &AssetRecord) -> Duration {
+        let gb = asset.size.unwrap_or(0) as f64 / 1e9;
+        self.config.settle + self.config.settle_per_gb.mul_f64(gb)
     }
 
-    fn file_name(&self, key: &str) -> String {
+    /// The upload status of `asset` now.
+    pub fn upload_status(&self, asset: &AssetRecord) -> (&'static str, Option<&'static str>) {
+        if asset.created.elapsed() < self.import_time(asset) {
+            ("IN_PROGRESS", None)
+        } else {
+            final_status(&asset.key)
+        }
+    }
+
+    /// One page of the assets the list shows now (those older than the list's lag), in ID
+    /// order, and how many it shows in all.
+    pub fn page(&self, page_num: u32, page_size: u32) -> (Vec<AssetRecord>, usize) {
+        let inner = self.inner();
+        let lag = self.config.list_lag;
+        let visible = || inner.assets.values().filter(|a| a.created.elapsed() >= lag);
+        let skip = (page_num.max(1) as usize - 1) * page_size as usize;
+        let page = visible()
+            .skip(skip)
+            .take(page_size as usize)
+            .cloned()
+            .collect();
+        (page, visible().count())
+    }
+
+    /// The name the list gives an asset.
+    pub fn file_name(&self, key: &str) -> String {
         match self.config.file_name {
             FileNameMode::FullKey => key.to_owned(),
             FileNameMode::LastSegment => key.rsplit('/').next().unwrap_or(key).to_owned(),
@@ -236,6 +311,77 @@ impl Shared {
 
     pub fn counters(&self) -> Counters {
         self.inner().counters
+    }
+
+    // ---- analysis
+
+    /// Accepts an analysis of `asset_id`: its index ID, or the status of one still waiting
+    /// or running (MI answers 409 then).
+    pub fn start_analysis(&self, asset_id: i64) -> Result<i64, &'static str> {
+        let mut inner = self.inner();
+        if let Some(current) = inner.analyses.get(&asset_id)
+            && matches!(current.status, "WAIT_ANALYZE" | "ANALYZING")
+        {
+            return Err(current.status);
+        }
+        let index_id = self.new_id(&mut inner);
+        inner.analyses.insert(
+            asset_id,
+            AnalysisRecord {
+                index_id,
+                polls: 0,
+                status: "WAIT_ANALYZE",
+            },
+        );
+        *inner.analyzed.entry(asset_id).or_default() += 1;
+        Ok(index_id)
+    }
+
+    /// One look at an asset's analysis: it moves on with each look, to its final status after
+    /// the configured number of looks.
+    pub fn poll_analysis(&self, asset_id: i64, key: &str) -> Option<AnalysisRecord> {
+        let mut inner = self.inner();
+        let record = inner.analyses.get_mut(&asset_id)?;
+        record.polls += 1;
+        let done = record.polls > self.config.analysis_polls;
+        record.status = match record.status {
+            "WAIT_ANALYZE" | "ANALYZING" if done => {
+                if key.to_ascii_lowercase().contains("unanalyzable") {
+                    "ANALYZE_FAIL"
+                } else {
+                    "ANALYZE_COMPLETED"
+                }
+            }
+            "WAIT_ANALYZE" if record.polls > 1 => "ANALYZING",
+            other => other,
+        };
+        Some(record.clone())
+    }
+
+    /// Accepted analysis requests per asset.
+    pub fn analyses_accepted(&self) -> HashMap<i64, u32> {
+        self.inner().analyzed.clone()
+    }
+}
+
+/// The emulator's stand-in for what MI finds when it reads the file: markers in the key name
+/// decide, so demos and tests can show every final status.
+pub fn final_status(key: &str) -> (&'static str, Option<&'static str>) {
+    let name = key.to_ascii_lowercase();
+    if name.contains("corrupt") {
+        (
+            "INVALID_METADATA",
+            Some("unsupported resolution: 4096x2160"),
+        )
+    } else if name.contains("missing") {
+        (
+            "FILE_NOT_EXIST",
+            Some("the object does not exist in the bucket"),
+        )
+    } else if name.contains("broken") {
+        ("FAILED", Some("transcoding failed"))
+    } else {
+        ("COMPLETED", None)
     }
 }
 

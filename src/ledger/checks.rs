@@ -6,9 +6,9 @@
 //! the next look by the lease.
 
 use rusqlite::{Connection, params};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use super::{NOW, Scope, State};
+use super::{Scope, State, now_ms};
 
 /// How long a claimed check owns its row before another may take it.
 const CHECK_LEASE: Duration = Duration::from_secs(60);
@@ -22,27 +22,18 @@ pub struct DueCheck {
     pub checks: u32,
 }
 
-/// What one import-status check found.
+/// What one import-status check found, about one asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckResult {
     pub id: i64,
+    /// The asset checked: the result is applied only while the key still has this asset.
+    pub asset_id: i64,
     /// `Completed` or `ImportFailed` when final; `None` leaves the key `registered`.
     pub state: Option<State>,
     pub upload_status: Option<String>,
     pub upload_result: Option<String>,
     /// When to look again, if not final.
     pub next_check_at: Option<i64>,
-}
-
-/// Milliseconds since the Unix epoch, the unit of `next_check_at`.
-pub fn epoch_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub fn now_ms() -> i64 {
-    epoch_ms(SystemTime::now())
 }
 
 /// Takes up to `limit` registered assets due by now, soonest first.
@@ -53,45 +44,64 @@ pub fn claim_due(
 ) -> rusqlite::Result<Vec<DueCheck>> {
     let now = now_ms();
     let mut stmt = conn.prepare_cached(
-        "UPDATE keys SET next_check_at = ?4
+        "UPDATE keys SET next_check_at = ?3
          WHERE id IN (SELECT id FROM keys
-                      WHERE workspace = ?1 AND project = ?2 AND state = 'registered'
-                        AND next_check_at <= ?3
-                      ORDER BY next_check_at, id LIMIT ?5)
+                      WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2
+                      ORDER BY next_check_at LIMIT ?4)
          RETURNING id, key, asset_id, checks",
     )?;
     let lease_end = now + CHECK_LEASE.as_millis() as i64;
-    let rows = stmt.query_map(
-        params![scope.workspace, scope.project, now, lease_end, limit as i64],
-        |r| {
-            Ok(DueCheck {
-                id: r.get(0)?,
-                key: r.get(1)?,
-                asset_id: r.get(2)?,
-                checks: r.get(3)?,
-            })
-        },
-    )?;
+    let rows = stmt.query_map(params![scope.id, now, lease_end, limit as i64], |r| {
+        Ok(DueCheck {
+            id: r.get(0)?,
+            key: r.get(1)?,
+            asset_id: r.get(2)?,
+            checks: r.get(3)?,
+        })
+    })?;
     rows.collect()
 }
 
-/// Writes what checks found. Only rows still `registered` change.
-pub fn record_checks(conn: &Connection, results: &[CheckResult]) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE keys SET state = COALESCE(?2, state), upload_status = COALESCE(?3, upload_status),
-             upload_result = COALESCE(?4, upload_result), next_check_at = ?5,
-             checks = checks + 1, updated_at = {NOW}
-         WHERE id = ?1 AND state = 'registered'"
-    ))?;
+/// Writes what checks found, as settled by `run`. Only rows still `registered` with the
+/// asset that was checked change: an answer about a key's old asset (one given up when the
+/// object changed) says nothing about its new one.
+pub fn record_checks(
+    conn: &Connection,
+    results: &[CheckResult],
+    run: i64,
+) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE keys SET state = COALESCE(?3, state), upload_status = COALESCE(?4, upload_status),
+             upload_result = COALESCE(?5, upload_result), next_check_at = ?6,
+             checks = checks + 1, updated_at = ?7,
+             run = CASE WHEN ?3 IS NULL THEN run ELSE ?8 END
+         WHERE id = ?1 AND asset_id = ?2 AND state = 3",
+    )?;
+    let now = now_ms();
     let mut changed = 0;
     for r in results {
         changed += stmt.execute(params![
             r.id,
-            r.state.map(State::as_str),
+            r.asset_id,
+            r.state.map(State::code),
             r.upload_status,
             r.upload_result,
-            r.next_check_at
+            r.next_check_at,
+            now,
+            run
         ])?;
+    }
+    Ok(changed)
+}
+
+/// Hands claimed checks back (due now), when they were given up before an answer came.
+pub fn release_checks(conn: &Connection, ids: &[i64]) -> rusqlite::Result<usize> {
+    let mut stmt =
+        conn.prepare_cached("UPDATE keys SET next_check_at = ?2 WHERE id = ?1 AND state = 3")?;
+    let now = now_ms();
+    let mut changed = 0;
+    for id in ids {
+        changed += stmt.execute(params![id, now])?;
     }
     Ok(changed)
 }
@@ -101,8 +111,8 @@ pub fn record_checks(conn: &Connection, results: &[CheckResult]) -> rusqlite::Re
 /// The count reads the whole index range, so call it for display, not in a loop.
 pub fn awaiting(conn: &Connection, scope: &Scope) -> rusqlite::Result<(u64, Option<i64>)> {
     let count: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM keys WHERE workspace = ?1 AND project = ?2 AND state = 'registered'",
-        params![scope.workspace, scope.project],
+        "SELECT COUNT(*) FROM keys WHERE scope = ?1 AND state = 3",
+        params![scope.id],
         |r| r.get(0),
     )?;
     Ok((count as u64, soonest_due(conn, scope)?))
@@ -111,9 +121,8 @@ pub fn awaiting(conn: &Connection, scope: &Scope) -> rusqlite::Result<(u64, Opti
 /// When the soonest registered asset is due (Unix ms); `None` when none waits. One index seek.
 pub fn soonest_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
-        "SELECT MIN(next_check_at) FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND state = 'registered'",
-        params![scope.workspace, scope.project],
+        "SELECT MIN(next_check_at) FROM keys WHERE scope = ?1 AND state = 3",
+        params![scope.id],
         |r| r.get(0),
     )
 }
@@ -121,19 +130,16 @@ pub fn soonest_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, NewKey, Outcome, claim, insert_keys, record};
+    use crate::ledger::{Ledger, NewKey, OnChanged, Outcome, claim, insert_keys, record};
 
     fn registered_ledger(n: usize) -> (Ledger, Scope) {
         let l = Ledger::open_in_memory().unwrap();
-        let scope = Scope {
-            workspace: "w".into(),
-            project: "p".into(),
-        };
+        let scope = Scope::open(l.conn(), "w", "p").unwrap();
         let keys: Vec<NewKey> = (0..n)
             .map(|i| NewKey::new("b", format!("k{i}.mp4")))
             .collect();
-        insert_keys(l.conn(), &scope, &keys).unwrap();
-        let outcomes: Vec<Outcome> = claim(l.conn(), &scope, n)
+        insert_keys(l.conn(), &scope, &keys, OnChanged::Report).unwrap();
+        let outcomes: Vec<Outcome> = claim(l.conn(), &scope, n, 1, now_ms())
             .unwrap()
             .iter()
             .map(|c| Outcome {
@@ -144,7 +150,7 @@ mod tests {
                 ..Default::default()
             })
             .collect();
-        record(l.conn(), &outcomes).unwrap();
+        record(l.conn(), &outcomes, 1).unwrap();
         // Make them due now.
         l.conn()
             .execute("UPDATE keys SET next_check_at = 0", [])
@@ -169,6 +175,7 @@ mod tests {
         let results = [
             CheckResult {
                 id: due[0].id,
+                asset_id: due[0].asset_id,
                 state: Some(State::ImportFailed),
                 upload_status: Some("INVALID_METADATA".into()),
                 upload_result: Some("unsupported resolution".into()),
@@ -176,16 +183,17 @@ mod tests {
             },
             CheckResult {
                 id: due[1].id,
+                asset_id: due[1].asset_id,
                 state: None,
                 upload_status: Some("IN_PROGRESS".into()),
                 upload_result: None,
                 next_check_at: Some(later),
             },
         ];
-        assert_eq!(record_checks(l.conn(), &results).unwrap(), 2);
+        assert_eq!(record_checks(l.conn(), &results, 1).unwrap(), 2);
         let (waiting, soonest) = awaiting(l.conn(), &scope).unwrap();
         assert_eq!((waiting, soonest), (1, Some(later)));
-        let (state, status, checks): (String, String, u32) = l
+        let (state, status, checks): (State, String, u32) = l
             .conn()
             .query_row(
                 "SELECT state, upload_status, checks FROM keys WHERE id = ?1",
@@ -194,12 +202,46 @@ mod tests {
             )
             .unwrap();
         assert_eq!(
-            (state.as_str(), status.as_str(), checks),
-            ("import_failed", "INVALID_METADATA", 1)
+            (state, status.as_str(), checks),
+            (State::ImportFailed, "INVALID_METADATA", 1)
         );
         assert!(
             claim_due(l.conn(), &scope, 10).unwrap().is_empty(),
             "the waiting one is not due yet"
         );
+    }
+
+    #[test]
+    fn a_result_about_an_asset_the_key_no_longer_has_changes_nothing() {
+        let (l, scope) = registered_ledger(1);
+        let due = claim_due(l.conn(), &scope, 1).unwrap();
+        // The object changed and the key was registered again with a new asset.
+        l.conn()
+            .execute("UPDATE keys SET asset_id = 9999", [])
+            .unwrap();
+        let stale = CheckResult {
+            id: due[0].id,
+            asset_id: due[0].asset_id,
+            state: Some(State::Completed),
+            upload_status: Some("COMPLETED".into()),
+            upload_result: None,
+            next_check_at: None,
+        };
+        assert_eq!(record_checks(l.conn(), &[stale], 1).unwrap(), 0);
+        let state: State = l
+            .conn()
+            .query_row("SELECT state FROM keys", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(state, State::Registered);
+    }
+
+    #[test]
+    fn released_checks_are_due_at_once() {
+        let (l, scope) = registered_ledger(2);
+        let due = claim_due(l.conn(), &scope, 2).unwrap();
+        assert!(claim_due(l.conn(), &scope, 2).unwrap().is_empty());
+        let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
+        assert_eq!(release_checks(l.conn(), &ids).unwrap(), 2);
+        assert_eq!(claim_due(l.conn(), &scope, 2).unwrap().len(), 2);
     }
 }

@@ -1,146 +1,172 @@
-//! Statements for bucket listings: where a listing stands, and objects found by it (which,
-//! unlike manifest rows, carry ETag and size, so a changed object can be noticed).
+//! Statements for bucket listings: where a listing stands, part by part, and the objects it
+//! found (which, unlike manifest rows, carry ETag and size, so a changed object is noticed).
+//!
+//! A listing of (bucket, prefix) is made of parts. A part lists one prefix after its saved
+//! marker: with a delimiter, its subfolders become parts of their own (so parts can be listed
+//! side by side); `flat`, everything below it in one sequence. Each page is committed with its
+//! part's new marker, so a killed run resumes every part where it stood.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Ingested, NOW, NewKey, Scope, insert_keys};
+use super::{Ingested, NewKey, OnChanged, Scope, bucket_id, insert_keys, now_ms};
 
 /// A listing to continue or start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListingState {
     pub id: i64,
-    /// Continue after this key; `None` to start at the beginning.
-    pub marker: Option<String>,
-    /// The listing already reached the end: only dispatch is left.
+    /// Every part reached its end: only dispatch is left.
     pub listed: bool,
+    /// Pages committed so far (by this run and the runs it resumes).
+    pub pages: u64,
 }
 
-/// What to do with an object that changed since it was registered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OnChanged {
-    /// Note it in the ledger and the report; leave the asset as it is.
-    Report,
-    /// Register it again (a new asset; the old one stays in MI).
-    Reimport,
+/// One part of a listing still to list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    pub id: i64,
+    pub prefix: String,
+    pub flat: bool,
+    /// Continue after this key; `None` to start at the beginning of the prefix.
+    pub marker: Option<String>,
 }
 
-/// The open listing of (bucket, prefix) left by a run that did not finish, or a new one.
+/// What one listed page adds to the ledger.
+#[derive(Debug, Clone, Copy)]
+pub struct PageRecord<'a> {
+    pub listing: i64,
+    pub part: i64,
+    pub keys: &'a [NewKey],
+    /// Objects on the page, before filters.
+    pub seen: u64,
+    /// Where the part goes on; `None` when it reached its end.
+    pub next_marker: Option<&'a str>,
+    /// Subfolders the page named, each a part to list.
+    pub subfolders: &'a [String],
+}
+
+/// The open listing of (bucket, prefix) left by a run that did not finish, or a new one
+/// whose one part lists the whole prefix (`flat`, or by folders).
 pub fn open_listing(
     conn: &Connection,
     scope: &Scope,
     bucket: &str,
     prefix: &str,
+    flat: bool,
 ) -> rusqlite::Result<ListingState> {
+    let bucket = bucket_id(conn, bucket)?;
     let open = conn
         .query_row(
-            "SELECT id, marker, listed_at IS NOT NULL FROM listings
-             WHERE workspace = ?1 AND project = ?2 AND bucket = ?3 AND prefix = ?4 AND closed_at IS NULL
+            "SELECT id, listed_at IS NOT NULL, pages FROM listings
+             WHERE scope = ?1 AND bucket = ?2 AND prefix = ?3 AND closed_at IS NULL
              ORDER BY id DESC LIMIT 1",
-            params![scope.workspace, scope.project, bucket, prefix],
-            |r| Ok(ListingState { id: r.get(0)?, marker: r.get(1)?, listed: r.get(2)? }),
+            params![scope.id, bucket, prefix],
+            |r| {
+                Ok(ListingState {
+                    id: r.get(0)?,
+                    listed: r.get(1)?,
+                    pages: r.get::<_, i64>(2)? as u64,
+                })
+            },
         )
         .optional()?;
     if let Some(open) = open {
         return Ok(open);
     }
-    let id = new_listing(conn, scope, bucket, prefix)?;
+    conn.execute(
+        "INSERT INTO listings (scope, bucket, prefix, started_at) VALUES (?1, ?2, ?3, ?4)",
+        params![scope.id, bucket, prefix, now_ms()],
+    )?;
+    let id = conn.last_insert_rowid();
+    conn.execute(
+        "INSERT INTO listing_parts (listing, prefix, flat) VALUES (?1, ?2, ?3)",
+        params![id, prefix, flat],
+    )?;
     Ok(ListingState {
         id,
-        marker: None,
         listed: false,
+        pages: 0,
     })
 }
 
-/// Starts a listing from the beginning; returns its id.
-pub fn new_listing(
+/// Up to `limit` parts of `listing` still to list, oldest first, other than those in `busy`.
+pub fn parts_to_list(
     conn: &Connection,
-    scope: &Scope,
-    bucket: &str,
-    prefix: &str,
-) -> rusqlite::Result<i64> {
-    conn.execute(
-        &format!(
-            "INSERT INTO listings (workspace, project, bucket, prefix, started_at)
-             VALUES (?1, ?2, ?3, ?4, {NOW})"
-        ),
-        params![scope.workspace, scope.project, bucket, prefix],
+    listing: i64,
+    busy: &[i64],
+    limit: usize,
+) -> rusqlite::Result<Vec<Part>> {
+    let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, prefix, flat, marker FROM listing_parts
+         WHERE listing = ?1 AND done = 0 AND id NOT IN (SELECT value FROM json_each(?2))
+         ORDER BY id LIMIT ?3",
     )?;
-    Ok(conn.last_insert_rowid())
+    let rows = stmt.query_map(params![listing, busy, limit as i64], |r| {
+        Ok(Part {
+            id: r.get(0)?,
+            prefix: r.get(1)?,
+            flat: r.get(2)?,
+            marker: r.get(3)?,
+        })
+    })?;
+    rows.collect()
 }
 
-/// Records one page: its keys, and the listing's new position, in the caller's transaction.
-/// Returns the ingest counts and how many known objects were found changed.
+/// Records one page in the caller's transaction: its keys, its subfolders as new parts, and
+/// its part's new position. Returns the ingest counts, and whether the whole listing is done.
 pub fn record_page(
     conn: &Connection,
     scope: &Scope,
-    listing: i64,
-    keys: &[NewKey],
-    seen: u64,
-    next_marker: Option<&str>,
+    page: &PageRecord<'_>,
     on_changed: OnChanged,
-) -> rusqlite::Result<(Ingested, u64)> {
-    let counts = insert_keys(conn, scope, keys)?;
-    let mut changed = 0;
-    if counts.known > 0 {
-        changed = mark_changed(conn, scope, keys, on_changed)?;
-    }
-    conn.execute(
-        &format!(
-            "UPDATE listings SET marker = COALESCE(?2, marker), pages = pages + 1, objects = objects + ?3,
-                 listed_at = CASE WHEN ?2 IS NULL THEN {NOW} ELSE NULL END
-             WHERE id = ?1"
-        ),
-        params![listing, next_marker, seen as i64],
+) -> rusqlite::Result<(Ingested, bool)> {
+    let counts = insert_keys(conn, scope, page.keys, on_changed)?;
+    let mut add = conn.prepare_cached(
+        "INSERT INTO listing_parts (listing, prefix) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
     )?;
-    Ok((counts, changed))
-}
-
-/// Known, registered objects whose ETag or size differ from what was recorded.
-fn mark_changed(
-    conn: &Connection,
-    scope: &Scope,
-    keys: &[NewKey],
-    on_changed: OnChanged,
-) -> rusqlite::Result<u64> {
-    let reimport = on_changed == OnChanged::Reimport;
-    let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE keys SET changed_at = {NOW}, updated_at = {NOW},
-             message = CASE WHEN ?7 THEN 'object changed since registration; registered again'
-                            ELSE 'object changed since registration (ETag or size); left as it is' END,
-             previous_asset_id = CASE WHEN ?7 THEN asset_id ELSE previous_asset_id END,
-             asset_id = CASE WHEN ?7 THEN NULL ELSE asset_id END,
-             state = CASE WHEN ?7 THEN 'pending' ELSE state END,
-             upload_status = CASE WHEN ?7 THEN NULL ELSE upload_status END,
-             upload_result = CASE WHEN ?7 THEN NULL ELSE upload_result END,
-             etag = ?5, size = ?6
-         WHERE workspace = ?1 AND project = ?2 AND bucket = ?3 AND key = ?4
-           AND state IN ('registered', 'completed', 'import_failed')
-           AND ((etag IS NOT NULL AND ?5 IS NOT NULL AND etag <> ?5)
-                OR (size IS NOT NULL AND ?6 IS NOT NULL AND size <> ?6))"
-    ))?;
-    let mut changed = 0;
-    for k in keys.iter().filter(|k| k.skip_reason.is_none()) {
-        let size = k.size.map(|s| s as i64);
-        changed += stmt.execute(params![
-            scope.workspace,
-            scope.project,
-            k.bucket,
-            k.key,
-            k.etag,
-            size,
-            reimport
-        ])? as u64;
+    for folder in page.subfolders {
+        add.execute(params![page.listing, folder])?;
     }
-    Ok(changed)
+    conn.prepare_cached(
+        "UPDATE listing_parts SET marker = COALESCE(?2, marker), done = ?2 IS NULL WHERE id = ?1",
+    )?
+    .execute(params![page.part, page.next_marker])?;
+    let open_parts: i64 = conn
+        .prepare_cached("SELECT COUNT(*) FROM listing_parts WHERE listing = ?1 AND done = 0")?
+        .query_row(params![page.listing], |r| r.get(0))?;
+    conn.prepare_cached(
+        "UPDATE listings SET pages = pages + 1, objects = objects + ?2,
+             listed_at = CASE WHEN ?3 = 0 THEN ?4 ELSE NULL END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        page.listing,
+        page.seen as i64,
+        open_parts,
+        now_ms()
+    ])?;
+    Ok((counts, open_parts == 0))
 }
 
 /// The run that owned the listing finished: the next run lists from the start.
 pub fn close_listing(conn: &Connection, listing: i64) -> rusqlite::Result<()> {
     conn.execute(
-        &format!("UPDATE listings SET closed_at = {NOW} WHERE id = ?1"),
-        params![listing],
+        "UPDATE listings SET closed_at = ?2 WHERE id = ?1",
+        params![listing, now_ms()],
     )?;
     Ok(())
+}
+
+/// Listings of `scope` a run left unfinished, as (bucket, prefix): a run with no source
+/// continues them.
+pub fn unfinished(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT buckets.name, listings.prefix FROM listings
+         JOIN buckets ON buckets.id = listings.bucket
+         WHERE listings.scope = ?1 AND listings.closed_at IS NULL ORDER BY listings.id",
+    )?;
+    let rows = stmt.query_map(params![scope.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
 }
 
 #[cfg(test)]
@@ -148,84 +174,118 @@ mod tests {
     use super::*;
     use crate::ledger::{Ledger, Outcome, State, claim, record};
 
-    fn scope() -> Scope {
-        Scope {
-            workspace: "w".into(),
-            project: "p".into(),
+    fn object(key: &str, etag: &str, size: u64) -> NewKey {
+        NewKey {
+            size: Some(size),
+            etag: Some(etag.into()),
+            ..NewKey::new("b", key)
         }
     }
 
-    fn object(key: &str, etag: &str, size: u64) -> NewKey {
-        NewKey {
-            bucket: "b".into(),
-            key: key.into(),
-            size: Some(size),
-            etag: Some(etag.into()),
-            last_modified: None,
-            skip_reason: None,
+    fn page<'a>(
+        listing: i64,
+        part: i64,
+        keys: &'a [NewKey],
+        next: Option<&'a str>,
+        subfolders: &'a [String],
+    ) -> PageRecord<'a> {
+        PageRecord {
+            listing,
+            part,
+            keys,
+            seen: keys.len() as u64,
+            next_marker: next,
+            subfolders,
         }
     }
 
     #[test]
-    fn an_unfinished_listing_resumes_and_a_closed_one_starts_over() {
+    fn an_unfinished_listing_resumes_part_by_part_and_a_closed_one_starts_over() {
         let l = Ledger::open_in_memory().unwrap();
-        let first = open_listing(l.conn(), &scope(), "b", "pre/").unwrap();
-        assert_eq!(first.marker, None);
-        record_page(
-            l.conn(),
-            &scope(),
-            first.id,
-            &[object("pre/a.mp4", "e1", 5)],
-            1,
-            Some("pre/a.mp4"),
-            OnChanged::Report,
-        )
-        .unwrap();
-        let resumed = open_listing(l.conn(), &scope(), "b", "pre/").unwrap();
+        let scope = Scope::open(l.conn(), "w", "p").unwrap();
+        let first = open_listing(l.conn(), &scope, "b", "pre/", false).unwrap();
+        let root = parts_to_list(l.conn(), first.id, &[], 10).unwrap();
+        assert_eq!(root.len(), 1);
         assert_eq!(
-            (resumed.id, resumed.marker.as_deref(), resumed.listed),
-            (first.id, Some("pre/a.mp4"), false)
+            (root[0].prefix.as_str(), root[0].marker.as_deref()),
+            ("pre/", None)
         );
-        record_page(
+        let folders = vec!["pre/a/".to_string(), "pre/b/".to_string()];
+        let keys = [object("pre/x.mp4", "e1", 5)];
+        let (_, done) = record_page(
             l.conn(),
-            &scope(),
-            first.id,
-            &[],
-            0,
-            None,
+            &scope,
+            &page(first.id, root[0].id, &keys, Some("pre/x.mp4"), &folders),
             OnChanged::Report,
         )
         .unwrap();
+        assert!(!done);
+
+        let resumed = open_listing(l.conn(), &scope, "b", "pre/", false).unwrap();
+        assert_eq!(
+            (resumed.id, resumed.listed, resumed.pages),
+            (first.id, false, 1)
+        );
+        let parts = parts_to_list(l.conn(), first.id, &[], 10).unwrap();
+        let shown: Vec<_> = parts
+            .iter()
+            .map(|p| (p.prefix.as_str(), p.marker.as_deref()))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("pre/", Some("pre/x.mp4")),
+                ("pre/a/", None),
+                ("pre/b/", None)
+            ]
+        );
+        assert_eq!(
+            parts_to_list(l.conn(), first.id, &[parts[0].id], 1).unwrap()[0].prefix,
+            "pre/a/"
+        );
+        for part in &parts {
+            record_page(
+                l.conn(),
+                &scope,
+                &page(first.id, part.id, &[], None, &[]),
+                OnChanged::Report,
+            )
+            .unwrap();
+        }
         assert!(
-            open_listing(l.conn(), &scope(), "b", "pre/")
+            open_listing(l.conn(), &scope, "b", "pre/", false)
                 .unwrap()
                 .listed
         );
+        assert_eq!(
+            unfinished(l.conn(), &scope).unwrap(),
+            [("b".to_string(), "pre/".to_string())]
+        );
         close_listing(l.conn(), first.id).unwrap();
-        let fresh = open_listing(l.conn(), &scope(), "b", "pre/").unwrap();
+        let fresh = open_listing(l.conn(), &scope, "b", "pre/", false).unwrap();
         assert_ne!(fresh.id, first.id);
-        assert_eq!(fresh.marker, None);
+        assert!(unfinished(l.conn(), &scope).unwrap().len() == 1);
     }
 
     #[test]
     fn changed_objects_are_noted_or_queued_again() {
         for (mode, state) in [
-            (OnChanged::Report, "registered"),
-            (OnChanged::Reimport, "pending"),
+            (OnChanged::Report, State::Registered),
+            (OnChanged::Reimport, State::Pending),
         ] {
             let l = Ledger::open_in_memory().unwrap();
-            let listing = open_listing(l.conn(), &scope(), "b", "").unwrap().id;
+            let scope = Scope::open(l.conn(), "w", "p").unwrap();
+            let listing = open_listing(l.conn(), &scope, "b", "", true).unwrap().id;
+            let part = parts_to_list(l.conn(), listing, &[], 1).unwrap()[0].id;
+            let keys = [object("a.mp4", "e1", 5), object("b.mp4", "e1", 5)];
             record_page(
                 l.conn(),
-                &scope(),
-                listing,
-                &[object("a.mp4", "e1", 5), object("b.mp4", "e1", 5)],
-                2,
-                None,
+                &scope,
+                &page(listing, part, &keys, Some("b.mp4"), &[]),
                 mode,
             )
             .unwrap();
-            let claimed = claim(l.conn(), &scope(), 10).unwrap();
+            let claimed = claim(l.conn(), &scope, 10, 1, now_ms()).unwrap();
             let outcomes: Vec<Outcome> = claimed
                 .iter()
                 .map(|c| Outcome {
@@ -235,22 +295,32 @@ mod tests {
                     ..Default::default()
                 })
                 .collect();
-            record(l.conn(), &outcomes).unwrap();
-            let page = [object("a.mp4", "e2", 5), object("b.mp4", "e1", 5)];
-            let (counts, changed) =
-                record_page(l.conn(), &scope(), listing, &page, 2, None, mode).unwrap();
-            assert_eq!((counts.known, changed), (2, 1), "{mode:?}");
-            let (st, asset, previous): (String, Option<i64>, Option<i64>) = l
+            record(l.conn(), &outcomes, 1).unwrap();
+            let keys = [object("a.mp4", "e2", 5), object("b.mp4", "e1", 5)];
+            let (counts, _) = record_page(
+                l.conn(),
+                &scope,
+                &page(listing, part, &keys, None, &[]),
+                mode,
+            )
+            .unwrap();
+            assert_eq!((counts.known, counts.changed), (2, 1), "{mode:?}");
+            let (st, asset): (State, Option<i64>) = l
                 .conn()
                 .query_row(
-                    "SELECT state, asset_id, previous_asset_id FROM keys WHERE key = 'a.mp4'",
+                    "SELECT state, asset_id FROM keys WHERE key = 'a.mp4'",
                     [],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .unwrap();
             assert_eq!(st, state, "{mode:?}");
             if mode == OnChanged::Reimport {
-                assert_eq!((asset, previous), (None, Some(claimed[0].id + 10)));
+                assert_eq!(asset, None);
+                let kept: i64 = l
+                    .conn()
+                    .query_row("SELECT asset_id FROM asset_history", [], |r| r.get(0))
+                    .unwrap();
+                assert_eq!(kept, claimed[0].id + 10, "the old asset is remembered");
             }
         }
     }

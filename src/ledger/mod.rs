@@ -1,9 +1,13 @@
 //! The ledger: one SQLite row per (workspace, project, bucket, key), the truth about every key.
 //!
 //! This module owns the schema (applied from `migrations/` at open, tracked by
-//! `PRAGMA user_version`, append-only), the state vocabulary, and every statement that reads
-//! or changes a row. It does no networking. During a run a single writer thread owns the
-//! connection (see [`writer`]); `status` and `report` read it directly.
+//! `PRAGMA user_version`, append-only; see [`open`]), the state vocabulary, and every
+//! statement that reads or changes a row. It does no networking. During a run a single writer
+//! thread owns the connection (see [`writer`]); `status` and `report` read it directly.
+//!
+//! Rows are compact: the (workspace, project) pair and the bucket are small integers
+//! ([`Scope`], `buckets`), states are small integers ([`State::code`]), times are Unix
+//! milliseconds. Every statement takes the time as an argument or reads [`now_ms`].
 //!
 //! # Durability
 //!
@@ -18,29 +22,39 @@
 
 pub mod checks;
 pub mod listings;
+pub mod open;
+pub mod runs;
+pub mod unsure;
 pub mod writer;
 
-use anyhow::{Context, Result, bail};
-use rusqlite::{Connection, OptionalExtension, params};
-use std::fmt;
-use std::path::Path;
-use std::str::FromStr;
-use std::time::{Duration, Instant};
+pub use open::{Ledger, migrate};
+pub use runs::{finish_run, last_run, start_run};
 
-/// The schema, in order. Append only: a released migration is never edited.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_keys_and_runs.sql"),
-    include_str!("../../migrations/0002_confirmation.sql"),
-    include_str!("../../migrations/0003_listings.sql"),
-    include_str!("../../migrations/0004_manifests.sql"),
-    include_str!("../../migrations/0005_due_checks.sql"),
-];
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The first import-status check of a new asset waits this long: MI needs a moment.
-pub const FIRST_CHECK: std::time::Duration = std::time::Duration::from_secs(3);
+pub const FIRST_CHECK: Duration = Duration::from_secs(3);
 
-/// SQLite's own clock, in UTC with milliseconds, so every time in the ledger reads the same.
-pub const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
+/// Milliseconds since the Unix epoch, the ledger's unit of time.
+pub fn epoch_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+pub fn now_ms() -> i64 {
+    epoch_ms(SystemTime::now())
+}
+
+/// A ledger time as text for people and reports: RFC 3339, UTC, milliseconds.
+pub fn ms_text(ms: i64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(at).to_string()
+}
 
 /// The ledger's vocabulary (DESIGN.md, "Key states").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -80,7 +94,18 @@ impl State {
         }
     }
 
-    /// A run with keys in this state exits 1 rather than 0.
+    /// The number stored in the `state` column (the order of [`State::ALL`]).
+    pub fn code(self) -> i64 {
+        State::ALL.iter().position(|s| *s == self).unwrap_or(0) as i64
+    }
+
+    pub fn from_code(code: i64) -> Option<State> {
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| State::ALL.get(i).copied())
+    }
+
+    /// A key this run left in this state makes it exit 1 rather than 0.
     pub fn is_trouble(self) -> bool {
         matches!(self, State::Failed | State::ImportFailed | State::Uncertain)
     }
@@ -105,11 +130,104 @@ impl FromStr for State {
     }
 }
 
-/// The project a set of rows belongs to.
+impl rusqlite::types::FromSql for State {
+    fn column_result(value: rusqlite::types::ValueRef<'_>) -> rusqlite::types::FromSqlResult<Self> {
+        let code = value.as_i64()?;
+        State::from_code(code).ok_or(rusqlite::types::FromSqlError::OutOfRange(code))
+    }
+}
+
+/// The project a set of rows belongs to: a (workspace, project) pair and its number in the
+/// ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
+    pub id: i64,
     pub workspace: String,
     pub project: String,
+}
+
+impl Scope {
+    /// The scope of (workspace, project), created if the ledger has none yet.
+    pub fn open(conn: &Connection, workspace: &str, project: &str) -> rusqlite::Result<Scope> {
+        conn.execute(
+            "INSERT INTO scopes (workspace, project) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            params![workspace, project],
+        )?;
+        Ok(Self::find(conn, workspace, project)?.expect("just inserted"))
+    }
+
+    /// The scope of (workspace, project), if the ledger has one.
+    pub fn find(
+        conn: &Connection,
+        workspace: &str,
+        project: &str,
+    ) -> rusqlite::Result<Option<Scope>> {
+        conn.query_row(
+            "SELECT id FROM scopes WHERE workspace = ?1 AND project = ?2",
+            params![workspace, project],
+            |r| r.get(0),
+        )
+        .optional()
+        .map(|id| {
+            id.map(|id| Scope {
+                id,
+                workspace: workspace.to_owned(),
+                project: project.to_owned(),
+            })
+        })
+    }
+
+    /// Every scope the ledger holds, in the order they were first used.
+    pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Scope>> {
+        let mut stmt = conn.prepare("SELECT id, workspace, project FROM scopes ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Scope {
+                id: r.get(0)?,
+                workspace: r.get(1)?,
+                project: r.get(2)?,
+            })
+        })?;
+        rows.collect()
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "workspace {}, project {}", self.workspace, self.project)
+    }
+}
+
+/// The number of bucket `name`, created if new.
+pub fn bucket_id(conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+    let mut find = conn.prepare_cached("SELECT id FROM buckets WHERE name = ?1")?;
+    if let Some(id) = find.query_row([name], |r| r.get(0)).optional()? {
+        return Ok(id);
+    }
+    conn.prepare_cached("INSERT INTO buckets (name) VALUES (?1)")?
+        .execute([name])?;
+    Ok(conn.last_insert_rowid())
+}
+
+/// Every bucket's name by its number (a handful of rows).
+pub fn bucket_names(conn: &Connection) -> rusqlite::Result<HashMap<i64, String>> {
+    let mut stmt = conn.prepare_cached("SELECT id, name FROM buckets")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Bucket numbers for names, created as needed, asked once per name.
+#[derive(Default)]
+pub(crate) struct BucketIds(HashMap<String, i64>);
+
+impl BucketIds {
+    pub fn get(&mut self, conn: &Connection, name: &str) -> rusqlite::Result<i64> {
+        if let Some(id) = self.0.get(name) {
+            return Ok(*id);
+        }
+        let id = bucket_id(conn, name)?;
+        self.0.insert(name.to_owned(), id);
+        Ok(id)
+    }
 }
 
 /// A key as a source found it, with eligibility's verdict.
@@ -119,7 +237,8 @@ pub struct NewKey {
     pub key: String,
     pub size: Option<u64>,
     pub etag: Option<String>,
-    pub last_modified: Option<String>,
+    /// Last modified, Unix ms.
+    pub modified: Option<i64>,
     /// Why it will never be sent, if eligibility refused it.
     pub skip_reason: Option<String>,
 }
@@ -132,7 +251,7 @@ impl NewKey {
             key: key.into(),
             size: None,
             etag: None,
-            last_modified: None,
+            modified: None,
             skip_reason: None,
         }
     }
@@ -150,6 +269,7 @@ pub struct Claimed {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Outcome {
     pub id: i64,
+    /// `None` puts the key back to `pending` (never sent, or to be retried by the next run).
     pub state: Option<State>,
     pub attempts: u32,
     pub asset_id: Option<i64>,
@@ -165,6 +285,11 @@ pub struct Ingested {
     pub new: u64,
     pub new_skipped: u64,
     pub known: u64,
+    /// Known keys whose object changed (size or ETag) since the ledger last saw it.
+    pub changed: u64,
+    /// Of those, keys queued to be sent (again): a skipped key now eligible, an import that
+    /// failed, or any registered one with `--on-changed reimport`.
+    pub requeued: u64,
 }
 
 impl Ingested {
@@ -184,126 +309,38 @@ impl std::ops::AddAssign for Ingested {
         self.new += other.new;
         self.new_skipped += other.new_skipped;
         self.known += other.known;
+        self.changed += other.changed;
+        self.requeued += other.requeued;
     }
 }
 
-/// An open ledger file.
-pub struct Ledger {
-    conn: Connection,
-}
-
-impl Ledger {
-    /// Opens (creating, owner-only) and migrates the ledger at `path`.
-    pub fn open(path: &Path) -> Result<Self> {
-        create_private(path)?;
-        let conn = Connection::open(path)
-            .with_context(|| format!("opening the ledger {}", path.display()))?;
-        Self::setup(conn).with_context(|| format!("preparing the ledger {}", path.display()))
-    }
-
-    /// An in-memory ledger, for unit tests.
-    pub fn open_in_memory() -> Result<Self> {
-        Self::setup(Connection::open_in_memory()?)
-    }
-
-    fn setup(mut conn: Connection) -> Result<Self> {
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        enter_wal(&conn)?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        migrate(&mut conn)?;
-        Ok(Self { conn })
-    }
-
-    pub fn conn(&self) -> &Connection {
-        &self.conn
-    }
-
-    pub fn conn_mut(&mut self) -> &mut Connection {
-        &mut self.conn
-    }
-}
-
-#[cfg(unix)]
-fn create_private(path: &Path) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if path.exists() {
-        return Ok(());
-    }
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating the ledger {}", path.display()))?;
-    Ok(())
-}
-
-#[cfg(not(unix))]
-fn create_private(_path: &Path) -> Result<()> {
-    Ok(())
-}
-
-/// How long a connection waits for another process's lock before it gives up.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Switches the file to WAL. SQLite does not call the busy handler for this switch, so two
-/// processes opening a fresh ledger at once (a run and a `status`, or two overlapping cron
-/// runs before the lock file is taken) would see "database is locked"; wait here instead.
-fn enter_wal(conn: &Connection) -> Result<()> {
-    let deadline = Instant::now() + BUSY_TIMEOUT;
-    loop {
-        match conn.pragma_update(None, "journal_mode", "WAL") {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::DatabaseBusy && Instant::now() < deadline =>
-            {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            other => return Ok(other?),
-        }
-    }
-}
-
-/// Applies the migrations the file lacks, all in one exclusive transaction.
-/// A ledger already current is only read, so `status` beside a running job writes nothing.
-pub fn migrate(conn: &mut Connection) -> Result<()> {
-    let current: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if current == MIGRATIONS.len() {
-        return Ok(());
-    }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
-    let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-    if version > MIGRATIONS.len() {
-        bail!(
-            "the ledger's schema version {version} is newer than this mi-import knows ({})\n\
-             hint: use a newer mi-import with this ledger",
-            MIGRATIONS.len()
-        );
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-        tx.execute_batch(sql)
-            .with_context(|| format!("applying migration {}", i + 1))?;
-    }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
-    tx.commit()?;
-    Ok(())
+/// What to do with an object that changed since it was registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnChanged {
+    /// Note it in the ledger and the report; leave the asset as it is.
+    Report,
+    /// Register it again (a new asset; the old one stays in MI).
+    Reimport,
 }
 
 // ---- statements: each takes a connection or transaction, so the writer and tests share them
 
-/// Records keys a source found; keys already known are left as they are.
+/// Records keys a source found. Keys already known stay as they are, unless their object
+/// changed (see [`note_change`]).
 pub fn insert_keys(
     conn: &Connection,
     scope: &Scope,
     keys: &[NewKey],
+    on_changed: OnChanged,
 ) -> rusqlite::Result<Ingested> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO keys (workspace, project, bucket, key, state, size, etag, last_modified,
-                           message, first_seen_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, {NOW}, {NOW})
-         ON CONFLICT (workspace, project, bucket, key) DO NOTHING"
-    ))?;
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO keys (scope, bucket, key, state, size, etag, modified, message,
+                           first_seen_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+         ON CONFLICT (scope, bucket, key) DO NOTHING",
+    )?;
+    let now = now_ms();
+    let mut buckets = BucketIds::default();
     let mut counts = Ingested::default();
     for k in keys {
         let state = if k.skip_reason.is_some() {
@@ -311,20 +348,32 @@ pub fn insert_keys(
         } else {
             State::Pending
         };
-        let size = k.size.map(|s| s as i64);
-        let added = stmt.execute(params![
-            scope.workspace,
-            scope.project,
-            k.bucket,
+        let bucket = buckets.get(conn, &k.bucket)?;
+        let added = insert.execute(params![
+            scope.id,
+            bucket,
             k.key,
-            state.as_str(),
-            size,
+            state.code(),
+            k.size.map(|s| s as i64),
             k.etag,
-            k.last_modified,
-            k.skip_reason
+            k.modified,
+            k.skip_reason,
+            now
         ])?;
         match (added, state) {
-            (0, _) => counts.known += 1,
+            (0, _) => {
+                counts.known += 1;
+                if k.size.is_some() || k.etag.is_some() {
+                    match note_change(conn, scope, bucket, k, on_changed, now)? {
+                        Change::None => {}
+                        Change::Noted => counts.changed += 1,
+                        Change::Requeued => {
+                            counts.changed += 1;
+                            counts.requeued += 1;
+                        }
+                    }
+                }
+            }
             (_, State::Skipped) => counts.new_skipped += 1,
             _ => counts.new += 1,
         }
@@ -332,77 +381,239 @@ pub fn insert_keys(
     Ok(counts)
 }
 
-/// Takes up to `limit` pending keys, oldest first, and marks them `in_flight`.
-pub fn claim(conn: &Connection, scope: &Scope, limit: usize) -> rusqlite::Result<Vec<Claimed>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "UPDATE keys SET state = 'in_flight', updated_at = {NOW}
-         WHERE id IN (SELECT id FROM keys
-                      WHERE workspace = ?1 AND project = ?2 AND state = 'pending'
-                      ORDER BY id LIMIT ?3)
-         RETURNING id, bucket, key"
-    ))?;
-    let rows = stmt.query_map(params![scope.workspace, scope.project, limit as i64], |r| {
-        Ok(Claimed {
-            id: r.get(0)?,
-            bucket: r.get(1)?,
-            key: r.get(2)?,
+/// What a known key's object having changed did to its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    None,
+    Noted,
+    Requeued,
+}
+
+/// A known key seen again with a size or ETag different from what the ledger holds:
+/// - `skipped`: judged again (an empty placeholder filled, an oversized file replaced), and
+///   queued if now eligible;
+/// - `import_failed`: queued to be registered again (the file was fixed);
+/// - `registered`/`completed`: noted, or queued again with `--on-changed reimport`.
+///
+/// An asset given up this way is kept in `asset_history`, so it is never mistaken for the
+/// new registration.
+pub fn note_change(
+    conn: &Connection,
+    scope: &Scope,
+    bucket: i64,
+    seen: &NewKey,
+    on_changed: OnChanged,
+    now: i64,
+) -> rusqlite::Result<Change> {
+    let mut find = conn.prepare_cached(
+        "SELECT id, state, size, etag, asset_id FROM keys
+         WHERE scope = ?1 AND bucket = ?2 AND key = ?3",
+    )?;
+    let Some((id, state, size, etag, asset_id)) = find
+        .query_row(params![scope.id, bucket, seen.key], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, State>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<i64>>(4)?,
+            ))
         })
+        .optional()?
+    else {
+        return Ok(Change::None);
+    };
+    // A key whose request may be out keeps what it was sent with: reconciliation compares
+    // the asset MI made with the object as it was then.
+    if matches!(state, State::InFlight | State::Uncertain) {
+        return Ok(Change::None);
+    }
+    let new_size = seen.size.map(|s| s as i64);
+    let differs = matches!((&etag, &seen.etag), (Some(a), Some(b)) if a != b)
+        || matches!((size, new_size), (Some(a), Some(b)) if a != b);
+    if !differs {
+        return Ok(Change::None);
+    }
+    let requeue = match state {
+        State::Skipped => seen.skip_reason.is_none(),
+        State::ImportFailed => seen.skip_reason.is_none(),
+        State::Registered | State::Completed => {
+            on_changed == OnChanged::Reimport && seen.skip_reason.is_none()
+        }
+        // Keys not yet settled take the new size and ETag as they are.
+        _ => false,
+    };
+    if requeue && let Some(old) = asset_id {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO asset_history (asset_id, key_id, at, why) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![old, id, now, "the object changed and was registered again"])?;
+    }
+    let (new_state, message) = match (state, requeue) {
+        (State::Skipped, true) => (State::Pending, None),
+        (State::Skipped, false) => (State::Skipped, seen.skip_reason.clone()),
+        (_, true) => (
+            State::Pending,
+            Some("object changed since registration; registered again".to_owned()),
+        ),
+        (State::Registered | State::Completed | State::ImportFailed, false) => (
+            state,
+            Some("object changed since registration (ETag or size); left as it is".to_owned()),
+        ),
+        (other, false) => (other, None),
+    };
+    let settled = matches!(
+        state,
+        State::Registered | State::Completed | State::ImportFailed
+    );
+    let noted = settled || state == State::Skipped;
+    conn.prepare_cached(
+        "UPDATE keys SET size = ?2, etag = COALESCE(?3, etag), modified = COALESCE(?4, modified),
+             state = ?5, message = CASE WHEN ?8 THEN ?6 ELSE message END,
+             changed_at = CASE WHEN ?9 THEN ?7 ELSE changed_at END, updated_at = ?7,
+             asset_id = CASE WHEN ?10 THEN NULL ELSE asset_id END,
+             upload_status = CASE WHEN ?10 THEN NULL ELSE upload_status END,
+             upload_result = CASE WHEN ?10 THEN NULL ELSE upload_result END,
+             next_check_at = CASE WHEN ?10 THEN NULL ELSE next_check_at END,
+             checks = CASE WHEN ?10 THEN 0 ELSE checks END,
+             attempts = CASE WHEN ?10 THEN 0 ELSE attempts END,
+             http_status = CASE WHEN ?10 THEN NULL ELSE http_status END,
+             error_code = CASE WHEN ?10 THEN NULL ELSE error_code END
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        id,
+        new_size.or(size),
+        seen.etag,
+        seen.modified,
+        new_state.code(),
+        message,
+        now,
+        message.is_some() || state == State::Skipped,
+        noted,
+        requeue
+    ])?;
+    Ok(if requeue {
+        Change::Requeued
+    } else if settled {
+        Change::Noted
+    } else {
+        Change::None
+    })
+}
+
+/// Takes up to `limit` pending keys, oldest first, and marks them `in_flight` by `run` as of
+/// `now` (the start of their send window: no request for them leaves before this).
+pub fn claim(
+    conn: &Connection,
+    scope: &Scope,
+    limit: usize,
+    run: i64,
+    now: i64,
+) -> rusqlite::Result<Vec<Claimed>> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE keys SET state = 1, sent_at = ?3, updated_at = ?3, run = ?4
+         WHERE id IN (SELECT id FROM keys WHERE scope = ?1 AND state = 0 ORDER BY id LIMIT ?2)
+         RETURNING id, bucket, key",
+    )?;
+    let rows = stmt.query_map(params![scope.id, limit as i64, now, run], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, String>(2)?,
+        ))
     })?;
-    let mut claimed: Vec<Claimed> = rows.collect::<rusqlite::Result<_>>()?;
+    let rows: Vec<(i64, i64, String)> = rows.collect::<rusqlite::Result<_>>()?;
+    let names = bucket_names(conn)?;
+    let mut claimed: Vec<Claimed> = rows
+        .into_iter()
+        .map(|(id, bucket, key)| Claimed {
+            id,
+            bucket: names.get(&bucket).cloned().unwrap_or_default(),
+            key,
+        })
+        .collect();
     claimed.sort_by_key(|c| c.id);
     Ok(claimed)
 }
 
-/// Writes what became of claimed keys. Only `in_flight` rows change, so a late answer can never
-/// overwrite a row something else already settled. Returns how many rows changed.
-pub fn record(conn: &Connection, outcomes: &[Outcome]) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare_cached(&format!(
+/// Writes what became of claimed keys, as settled by `run`. Only `in_flight` rows change, so
+/// a late answer can never overwrite a row something else already settled. Returns how many
+/// rows changed.
+pub fn record(conn: &Connection, outcomes: &[Outcome], run: i64) -> rusqlite::Result<usize> {
+    let mut stmt = conn.prepare_cached(
         "UPDATE keys SET state = ?2, attempts = attempts + ?3,
              asset_id = COALESCE(?4, asset_id), http_status = ?5, error_code = ?6,
-             message = ?7, trace_id = COALESCE(?8, trace_id), updated_at = {NOW},
-             registered_at = CASE WHEN ?2 = 'registered' THEN {NOW} ELSE registered_at END,
-             next_check_at = CASE WHEN ?2 = 'registered' THEN ?9 ELSE next_check_at END
-         WHERE id = ?1 AND state = 'in_flight'"
-    ))?;
-    let first_check = checks::now_ms() + FIRST_CHECK.as_millis() as i64;
+             message = ?7, trace_id = ?8, updated_at = ?10,
+             registered_at = CASE WHEN ?2 = 3 THEN ?10 ELSE registered_at END,
+             next_check_at = CASE WHEN ?2 = 3 THEN ?9 ELSE next_check_at END,
+             unsure_at = CASE WHEN ?2 = 2 THEN ?10 ELSE NULL END,
+             found_by = NULL, candidates = NULL,
+             run = CASE WHEN ?2 = 0 THEN run ELSE ?11 END
+         WHERE id = ?1 AND state = 1",
+    )?;
+    let now = now_ms();
+    let first_check = now + FIRST_CHECK.as_millis() as i64;
     let mut changed = 0;
     for o in outcomes {
         let state = o.state.unwrap_or(State::Pending);
+        // A success needs no trace id; a failure keeps it for support.
+        let trace = (state != State::Registered)
+            .then_some(o.trace_id.as_deref())
+            .flatten();
         changed += stmt.execute(params![
             o.id,
-            state.as_str(),
+            state.code(),
             o.attempts,
             o.asset_id,
             o.http_status,
             o.error_code,
             o.message,
-            o.trace_id,
-            first_check
+            trace,
+            first_check,
+            now,
+            run
         ])?;
     }
     Ok(changed)
 }
 
-/// Rows a dead run left `in_flight`: their requests may have reached MI.
-pub fn mark_in_flight_uncertain(conn: &Connection, scope: &Scope) -> rusqlite::Result<usize> {
+/// Rows a dead run left `in_flight`: their requests may have reached MI. No request of the
+/// dead run left after its last commit (its heartbeat), and none was alive longer than its
+/// request timeout after that: that is when their outcome became unknown (never later than
+/// `now`, never earlier than the key's own send).
+pub fn mark_in_flight_uncertain(
+    conn: &Connection,
+    scope: &Scope,
+    run: i64,
+    now: i64,
+) -> rusqlite::Result<usize> {
     conn.execute(
-        &format!(
-            "UPDATE keys SET state = 'uncertain', updated_at = {NOW},
-                 message = 'a run stopped while this key was being sent'
-             WHERE workspace = ?1 AND project = ?2 AND state = 'in_flight'"
-        ),
-        params![scope.workspace, scope.project],
+        "UPDATE keys SET state = 2, updated_at = ?2, run = ?3,
+             unsure_at = MAX(COALESCE(sent_at, 0), MIN(?2, COALESCE(
+                 (SELECT runs.alive_at + runs.timeout_ms FROM runs WHERE runs.id = keys.run), ?2))),
+             message = 'a run stopped while this key was being sent'
+         WHERE scope = ?1 AND state = 1",
+        params![scope.id, now, run],
     )
 }
 
-/// Sends `failed` keys again on this run (`--retry-failed`).
-pub fn requeue_failed(conn: &Connection, scope: &Scope) -> rusqlite::Result<usize> {
+/// Sends keys in `state` (`failed`, or `import_failed` once their files are fixed) again on
+/// this run. An asset an `import_failed` key had is kept in `asset_history`.
+pub fn requeue(conn: &Connection, scope: &Scope, state: State) -> rusqlite::Result<usize> {
+    let now = now_ms();
     conn.execute(
-        &format!(
-            "UPDATE keys SET state = 'pending', updated_at = {NOW}
-             WHERE workspace = ?1 AND project = ?2 AND state = 'failed'"
-        ),
-        params![scope.workspace, scope.project],
+        "INSERT OR IGNORE INTO asset_history (asset_id, key_id, at, why)
+         SELECT asset_id, id, ?3, 'its import failed; registered again on request'
+         FROM keys WHERE scope = ?1 AND state = ?2 AND asset_id IS NOT NULL",
+        params![scope.id, state.code(), now],
+    )?;
+    conn.execute(
+        "UPDATE keys SET state = 0, updated_at = ?3, asset_id = NULL, upload_status = NULL,
+             upload_result = NULL, next_check_at = NULL, checks = 0,
+             message = 'sent again on request'
+         WHERE scope = ?1 AND state = ?2",
+        params![scope.id, state.code(), now],
     )
 }
 
@@ -410,10 +621,10 @@ pub fn requeue_failed(conn: &Connection, scope: &Scope) -> rusqlite::Result<usiz
 pub fn skip_reasons(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<(String, u64)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT COALESCE(message, 'no reason recorded'), COUNT(*) FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND state = 'skipped'
+         WHERE scope = ?1 AND state = 7
          GROUP BY 1 ORDER BY 2 DESC, 1",
     )?;
-    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| {
+    let rows = stmt.query_map(params![scope.id], |r| {
         Ok((r.get(0)?, r.get::<_, i64>(1)? as u64))
     })?;
     rows.collect()
@@ -425,93 +636,36 @@ pub fn buckets_to_send(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec
         // One index seek per distinct bucket, then a probe of the state index for each: a
         // plain DISTINCT reads every row of the project.
         "WITH RECURSIVE b(bucket) AS (
-             SELECT MIN(bucket) FROM keys WHERE workspace = ?1 AND project = ?2
+             SELECT MIN(bucket) FROM keys WHERE scope = ?1
              UNION ALL
-             SELECT (SELECT MIN(bucket) FROM keys
-                     WHERE workspace = ?1 AND project = ?2 AND bucket > b.bucket)
+             SELECT (SELECT MIN(bucket) FROM keys WHERE scope = ?1 AND bucket > b.bucket)
              FROM b WHERE b.bucket IS NOT NULL)
-         SELECT bucket FROM b
-         WHERE bucket IS NOT NULL AND EXISTS (
+         SELECT buckets.name FROM b JOIN buckets ON buckets.id = b.bucket
+         WHERE EXISTS (
              SELECT 1 FROM keys INDEXED BY keys_by_state
-             WHERE workspace = ?1 AND project = ?2 AND state IN ('pending', 'uncertain')
-               AND keys.bucket = b.bucket)",
+             WHERE scope = ?1 AND state IN (0, 2) AND keys.bucket = b.bucket)
+         ORDER BY buckets.name",
     )?;
-    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| r.get(0))?;
+    let rows = stmt.query_map(params![scope.id], |r| r.get(0))?;
     rows.collect()
 }
 
-/// The keys whose registration is unknown, for reconciliation.
-pub fn uncertain_keys(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<Claimed>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, bucket, key FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND state = 'uncertain' ORDER BY id",
-    )?;
-    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| {
-        Ok(Claimed {
-            id: r.get(0)?,
-            bucket: r.get(1)?,
-            key: r.get(2)?,
-        })
-    })?;
-    rows.collect()
-}
-
-/// Asset IDs the ledger already holds for this project (reconciliation must not give an asset
-/// that belongs to one key to another).
-pub fn known_asset_ids(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<i64>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT asset_id FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND asset_id IS NOT NULL
-         UNION ALL
-         SELECT previous_asset_id FROM keys
-         WHERE workspace = ?1 AND project = ?2 AND previous_asset_id IS NOT NULL",
-    )?;
-    let rows = stmt.query_map(params![scope.workspace, scope.project], |r| r.get(0))?;
-    rows.collect()
-}
-
-/// Settles uncertain keys: a found asset makes the key `registered`; the rest go back to
-/// `pending`, since MI has no asset for them.
-pub fn resolve_uncertain(
-    conn: &Connection,
-    found: &[(i64, i64)],
-    not_found: &[i64],
-) -> rusqlite::Result<()> {
-    let mut matched = conn.prepare_cached(&format!(
-        "UPDATE keys SET state = 'registered', asset_id = ?2, registered_at = {NOW},
-             updated_at = {NOW}, message = 'found in the project''s asset list', next_check_at = 0
-         WHERE id = ?1 AND state = 'uncertain'"
-    ))?;
-    for (id, asset_id) in found {
-        matched.execute(params![id, asset_id])?;
-    }
-    let mut unmatched = conn.prepare_cached(&format!(
-        "UPDATE keys SET state = 'pending', updated_at = {NOW},
-             message = 'not in the project''s asset list; will be sent again'
-         WHERE id = ?1 AND state = 'uncertain'"
-    ))?;
-    for id in not_found {
-        unmatched.execute(params![id])?;
-    }
-    Ok(())
-}
-
-/// How many keys of `scope` are in each state (every state listed, zeros included).
+/// How many keys of `scope` are in each state (every state listed, zeros included); all
+/// scopes together with `None`.
 pub fn counts(conn: &Connection, scope: Option<&Scope>) -> rusqlite::Result<Vec<(State, u64)>> {
-    // Two statements, so the scoped one can seek the state index instead of scanning it.
-    let found: Vec<(String, i64)> = match scope {
+    let found: Vec<(i64, i64)> = match scope {
         Some(s) => conn
-            .prepare_cached("SELECT state, COUNT(*) FROM keys WHERE workspace = ?1 AND project = ?2 GROUP BY state")?
-            .query_map(params![s.workspace, s.project], state_count)?
+            .prepare_cached("SELECT state, COUNT(*) FROM keys WHERE scope = ?1 GROUP BY state")?
+            .query_map(params![s.id], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?,
         None => conn
             .prepare_cached("SELECT state, COUNT(*) FROM keys GROUP BY state")?
-            .query_map([], state_count)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<_>>()?,
     };
-    let found: std::collections::HashMap<State, u64> = found
+    let found: HashMap<State, u64> = found
         .into_iter()
-        .filter_map(|(state, n)| state.parse::<State>().ok().map(|st| (st, n as u64)))
+        .filter_map(|(code, n)| State::from_code(code).map(|st| (st, n as u64)))
         .collect();
     Ok(State::ALL
         .iter()
@@ -528,83 +682,63 @@ pub fn count_in(counts: &[(State, u64)], state: State) -> u64 {
         .unwrap_or(0)
 }
 
-fn state_count(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, i64)> {
-    Ok((r.get(0)?, r.get(1)?))
-}
-
-/// When a manifest with this fingerprint was read in full into `scope`, and its row count.
-pub fn manifest_read(
+/// Keys `run` left failed, import_failed or uncertain: what makes this run exit 1.
+pub fn trouble_of_run(
     conn: &Connection,
     scope: &Scope,
-    fingerprint: &str,
-) -> rusqlite::Result<Option<(String, u64)>> {
-    conn.query_row(
-        "SELECT read_at, rows FROM manifests WHERE workspace = ?1 AND project = ?2 AND fingerprint = ?3",
-        params![scope.workspace, scope.project, fingerprint],
-        |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)),
-    )
-    .optional()
+    run: i64,
+) -> rusqlite::Result<Vec<(State, u64)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, COUNT(*) FROM keys INDEXED BY keys_by_state
+         WHERE scope = ?1 AND state IN (2, 5, 6) AND run = ?2 GROUP BY state",
+    )?;
+    let rows = stmt.query_map(params![scope.id, run], |r| {
+        Ok((r.get::<_, State>(0)?, r.get::<_, i64>(1)? as u64))
+    })?;
+    rows.collect()
 }
 
-/// Notes that a manifest was read in full into `scope`.
-pub fn remember_manifest(
-    conn: &Connection,
-    scope: &Scope,
-    fingerprint: &str,
-    rows: u64,
-) -> rusqlite::Result<()> {
+/// Removes a scope that holds nothing (no key, listing or manifest): what a refused run
+/// created for a mistyped workspace or project.
+pub fn forget_scope_if_empty(conn: &Connection, scope: &Scope) -> rusqlite::Result<()> {
     conn.execute(
-        &format!(
-            "INSERT OR REPLACE INTO manifests (workspace, project, fingerprint, rows, read_at)
-             VALUES (?1, ?2, ?3, ?4, {NOW})"
-        ),
-        params![scope.workspace, scope.project, fingerprint, rows as i64],
+        "DELETE FROM scopes WHERE id = ?1
+           AND NOT EXISTS (SELECT 1 FROM keys WHERE scope = ?1)
+           AND NOT EXISTS (SELECT 1 FROM listings WHERE scope = ?1)
+           AND NOT EXISTS (SELECT 1 FROM manifests WHERE scope = ?1)",
+        params![scope.id],
     )?;
     Ok(())
 }
 
-/// Starts a row in `runs`; returns its id.
-pub fn start_run(conn: &Connection, command: &str, scope: Option<&Scope>) -> rusqlite::Result<i64> {
+/// Removes every row of a scope from the ledger, on purpose (`mi-import forget`); the
+/// removal is recorded in `events`. Returns how many keys it held.
+pub fn forget_scope(conn: &Connection, scope: &Scope) -> rusqlite::Result<u64> {
     conn.execute(
-        &format!(
-            "INSERT INTO runs (command, workspace, project, pid, host, started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, {NOW})"
-        ),
+        "DELETE FROM asset_history WHERE key_id IN (SELECT id FROM keys WHERE scope = ?1)",
+        params![scope.id],
+    )?;
+    let keys = conn.execute("DELETE FROM keys WHERE scope = ?1", params![scope.id])?;
+    conn.execute(
+        "DELETE FROM listing_parts WHERE listing IN (SELECT id FROM listings WHERE scope = ?1)",
+        params![scope.id],
+    )?;
+    for table in ["listings", "manifests", "facts"] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE scope = ?1"),
+            params![scope.id],
+        )?;
+    }
+    conn.execute("DELETE FROM scopes WHERE id = ?1", params![scope.id])?;
+    conn.execute(
+        "INSERT INTO events (at, scope, action, detail) VALUES (?1, NULL, 'forget', ?2)",
         params![
-            command,
-            scope.map(|s| &s.workspace),
-            scope.map(|s| &s.project),
-            std::process::id(),
-            crate::lock::host_name()
+            now_ms(),
+            serde_json::json!({"workspace": scope.workspace, "project": scope.project, "keys": keys})
+                .to_string()
         ],
     )?;
-    Ok(conn.last_insert_rowid())
-}
-
-/// Closes a run's row with its exit code and a JSON summary.
-pub fn finish_run(
-    conn: &Connection,
-    run_id: i64,
-    exit_code: i32,
-    summary: &str,
-) -> rusqlite::Result<()> {
-    conn.execute(
-        &format!("UPDATE runs SET finished_at = {NOW}, exit_code = ?2, summary = ?3 WHERE id = ?1"),
-        params![run_id, exit_code, summary],
-    )?;
-    Ok(())
-}
-
-/// The most recent run, if any: (command, started, finished, exit code, summary).
-pub type RunRow = (String, String, Option<String>, Option<i32>, Option<String>);
-
-pub fn last_run(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
-    conn.query_row(
-        "SELECT command, started_at, finished_at, exit_code, summary FROM runs ORDER BY id DESC LIMIT 1",
-        [],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
-    )
-    .optional()
+    Ok(keys as u64)
 }
 
 #[cfg(test)]

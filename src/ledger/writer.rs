@@ -3,7 +3,8 @@
 //! Work that arrives together is committed together: the thread takes every job waiting in
 //! its queue, runs them all in one transaction, commits (one fsync), and only then answers
 //! each caller. So a caller that gets an answer knows its change is on disk, and the number
-//! of fsyncs stays small however many keys are moving.
+//! of fsyncs stays small however many keys are moving. Each commit also stamps the run's
+//! heartbeat, so a killed run's last moment of life is on disk.
 
 use anyhow::{Result, anyhow};
 use rusqlite::Transaction;
@@ -16,9 +17,9 @@ use super::Ledger;
 /// queued behind it.
 const MAX_JOBS_PER_COMMIT: usize = 512;
 
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+type Reply = Box<dyn FnOnce(Result<(), rusqlite::Error>) + Send>;
 /// Given the open transaction, or why none could be opened (then it only answers its caller).
-type Job = Box<dyn FnOnce(Result<&Transaction<'_>, &str>) -> Reply + Send>;
+type Job = Box<dyn FnOnce(Result<&Transaction<'_>, &rusqlite::Error>) -> Reply + Send>;
 
 /// A handle to the writer thread. Cheap to clone; the thread ends when every handle is gone.
 #[derive(Clone)]
@@ -27,12 +28,12 @@ pub struct LedgerWriter {
 }
 
 impl LedgerWriter {
-    /// Moves the ledger onto its own thread.
-    pub fn spawn(ledger: Ledger) -> (Self, std::thread::JoinHandle<()>) {
+    /// Moves the ledger onto its own thread; each commit stamps `run`'s heartbeat, if any.
+    pub fn spawn(ledger: Ledger, run: Option<i64>) -> (Self, std::thread::JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || serve(ledger, queue))
+            .spawn(move || serve(ledger, queue, run))
             .expect("spawning the ledger thread");
         (Self { jobs }, thread)
     }
@@ -46,13 +47,15 @@ impl LedgerWriter {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |txn| {
             let result = txn
-                .map_err(|e| anyhow!("ledger: cannot start a transaction: {e}"))
-                .and_then(|txn| work(txn).map_err(|e| anyhow!("ledger: {e}")));
-            Box::new(move |committed: Result<(), String>| {
+                .map_err(|e| {
+                    anyhow::Error::new(same_error(e)).context("ledger: cannot start a transaction")
+                })
+                .and_then(|txn| work(txn).map_err(|e| anyhow::Error::new(e).context("ledger")));
+            Box::new(move |committed: Result<(), rusqlite::Error>| {
                 let answer = match (result, committed) {
                     (Ok(value), Ok(())) => Ok(value),
                     (Err(e), _) => Err(e),
-                    (Ok(_), Err(e)) => Err(anyhow!("ledger commit failed: {e}")),
+                    (Ok(_), Err(e)) => Err(anyhow::Error::new(e).context("ledger: commit failed")),
                 };
                 let _ = tx.send(answer);
             })
@@ -65,7 +68,7 @@ impl LedgerWriter {
     }
 }
 
-fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>) {
+fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>, run: Option<i64>) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
@@ -77,46 +80,65 @@ fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>) {
         let txn = match ledger.conn_mut().transaction() {
             Ok(txn) => txn,
             Err(e) => {
-                let message = e.to_string();
                 for job in jobs {
-                    job(Err(&message))(Ok(()));
+                    job(Err(&e))(Ok(()));
                 }
                 continue;
             }
         };
         let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Ok(&txn))).collect();
-        let committed = txn.commit().map_err(|e| e.to_string());
+        let beat = match run {
+            Some(run) => super::runs::heartbeat(&txn, run),
+            None => Ok(()),
+        };
+        let committed = beat.and_then(|()| txn.commit());
         for reply in replies {
-            reply(committed.clone());
+            reply(match &committed {
+                Ok(()) => Ok(()),
+                Err(e) => Err(same_error(e)),
+            });
         }
+    }
+}
+
+/// rusqlite's error is not `Clone`; every caller of a failed commit gets its code and text.
+fn same_error(e: &rusqlite::Error) -> rusqlite::Error {
+    match e {
+        rusqlite::Error::SqliteFailure(code, message) => {
+            rusqlite::Error::SqliteFailure(*code, message.clone())
+        }
+        other => rusqlite::Error::ToSqlConversionFailure(other.to_string().into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{NewKey, Scope, State, claim, counts, insert_keys};
+    use crate::ledger::{NewKey, OnChanged, Scope, State, claim, counts, insert_keys, now_ms};
 
     #[tokio::test]
     async fn concurrent_writes_all_commit_and_answer() {
-        let (writer, thread) = LedgerWriter::spawn(Ledger::open_in_memory().unwrap());
-        let scope = Scope {
-            workspace: "w".into(),
-            project: "p".into(),
-        };
+        let ledger = Ledger::open_in_memory().unwrap();
+        let scope = Scope::open(ledger.conn(), "w", "p").unwrap();
+        let (writer, thread) = LedgerWriter::spawn(ledger, None);
         let mut tasks = Vec::new();
         for i in 0..50 {
             let (w, s) = (writer.clone(), scope.clone());
             tasks.push(tokio::spawn(async move {
                 let k = NewKey::new("b", format!("k{i}"));
-                w.write(move |t| insert_keys(t, &s, &[k])).await.unwrap()
+                w.write(move |t| insert_keys(t, &s, &[k], OnChanged::Report))
+                    .await
+                    .unwrap()
             }));
         }
         for t in tasks {
             assert_eq!(t.await.unwrap().new, 1);
         }
         let s = scope.clone();
-        let got = writer.write(move |t| claim(t, &s, 100)).await.unwrap();
+        let got = writer
+            .write(move |t| claim(t, &s, 100, 1, now_ms()))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 50);
         let n = writer
             .write(move |t| counts(t, Some(&scope)))
@@ -129,11 +151,34 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_statement_is_reported_to_its_caller() {
-        let (writer, _thread) = LedgerWriter::spawn(Ledger::open_in_memory().unwrap());
+        let (writer, _thread) = LedgerWriter::spawn(Ledger::open_in_memory().unwrap(), None);
         let err = writer
             .write(|t| t.execute("INSERT INTO no_such_table VALUES (1)", []))
             .await
             .unwrap_err();
-        assert!(err.to_string().contains("no_such_table"), "{err}");
+        assert!(format!("{err:#}").contains("no_such_table"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn every_commit_stamps_the_runs_heartbeat() {
+        let ledger = Ledger::open_in_memory().unwrap();
+        let run = crate::ledger::start_run(ledger.conn(), "run", None, std::time::Duration::ZERO)
+            .unwrap();
+        ledger
+            .conn()
+            .execute("UPDATE runs SET alive_at = 0", [])
+            .unwrap();
+        let (writer, _thread) = LedgerWriter::spawn(ledger, Some(run));
+        let before = now_ms();
+        let alive: i64 = writer
+            .write(|t| t.query_row("SELECT 1", [], |r| r.get::<_, i64>(0)))
+            .await
+            .unwrap();
+        assert_eq!(alive, 1);
+        let stamped: i64 = writer
+            .write(|t| t.query_row("SELECT alive_at FROM runs", [], |r| r.get(0)))
+            .await
+            .unwrap();
+        assert!(stamped >= before, "{stamped} < {before}");
     }
 }

@@ -17,23 +17,24 @@ pub const BACKOFF_FACTOR: f64 = 0.85;
 pub const CLIMB_SHARE: f64 = 0.05;
 /// One decrease per this long, and no climbing this soon after a 429.
 pub const COOLDOWN: Duration = Duration::from_secs(1);
-/// The rate never goes below one request per second.
+/// The rate never goes below one request per second (or the ceiling, if that is lower).
 pub const FLOOR: f64 = 1.0;
 
 /// The adaptive rate of one run.
 #[derive(Debug, Clone)]
 pub struct Aimd {
     ceiling: f64,
+    floor: f64,
     current: f64,
     last_change: Instant,
     last_throttle: Option<Instant>,
 }
 
 impl Aimd {
-    pub fn new(ceiling: u32, now: Instant) -> Self {
-        let ceiling = f64::from(ceiling.max(1));
+    pub fn new(ceiling: f64, now: Instant) -> Self {
         Self {
             ceiling,
+            floor: FLOOR.min(ceiling),
             current: ceiling,
             last_change: now,
             last_throttle: None,
@@ -60,7 +61,7 @@ impl Aimd {
         } else {
             self.current
         };
-        let next = (base * BACKOFF_FACTOR).max(FLOOR);
+        let next = (base * BACKOFF_FACTOR).max(self.floor);
         (next != self.current).then(|| {
             self.current = next;
             next
@@ -92,7 +93,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_429_drops_to_a_share_of_the_measured_rate_once_per_cooldown() {
-        let mut a = Aimd::new(200, Instant::now());
+        let mut a = Aimd::new(200.0, Instant::now());
         assert_eq!(
             a.throttled(45.0, Instant::now()),
             Some(45.0 * BACKOFF_FACTOR)
@@ -111,7 +112,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn climbs_back_each_quiet_second_up_to_the_ceiling() {
-        let mut a = Aimd::new(50, Instant::now());
+        let mut a = Aimd::new(50.0, Instant::now());
         a.throttled(20.0, Instant::now());
         assert_eq!(a.current(), 17.0);
         tokio::time::advance(Duration::from_millis(500)).await;
@@ -133,13 +134,13 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn never_below_the_floor_and_untouched_without_429s() {
-        let mut a = Aimd::new(3, Instant::now());
+        let mut a = Aimd::new(3.0, Instant::now());
         for _ in 0..20 {
             a.throttled(1.0, Instant::now());
             tokio::time::advance(COOLDOWN).await;
         }
         assert_eq!(a.current(), FLOOR);
-        let mut steady = Aimd::new(100, Instant::now());
+        let mut steady = Aimd::new(100.0, Instant::now());
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(steady.tick(Instant::now()), None);
         assert_eq!(steady.current(), 100.0);
@@ -151,7 +152,7 @@ mod tests {
     async fn settles_near_a_limit_it_cannot_see() {
         use std::collections::VecDeque;
         let (limit, second) = (40, Duration::from_secs(1));
-        let mut a = Aimd::new(200, Instant::now());
+        let mut a = Aimd::new(200.0, Instant::now());
         let (mut starts, mut accepted) = (VecDeque::new(), VecDeque::new());
         let (mut credit, mut sent, mut refused) = (0.0, 0u32, 0u32);
         for _ in 0..20_000 {

@@ -47,7 +47,9 @@ type Pacer = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nan
 /// What the gate holds between calls.
 struct GateState {
     pacer: Arc<Pacer>,
+    /// At most this many starts within any `window`.
     per_window: usize,
+    window: Duration,
     recent: VecDeque<Instant>,
     aimd: Aimd,
 }
@@ -55,12 +57,23 @@ struct GateState {
 impl GateState {
     fn retune(&mut self, rate: f64, clock: TokioClock) {
         self.pacer = Arc::new(pacer(rate, clock));
-        self.per_window = (rate.floor() as usize).max(1);
+        (self.per_window, self.window) = window_for(rate);
+    }
+}
+
+/// The sliding window that keeps `rate`: its whole part within any second (1.01 s, the
+/// margin); below one request a second, one start per `1 / rate` seconds (plus the margin).
+fn window_for(rate: f64) -> (usize, Duration) {
+    if rate >= 1.0 {
+        (rate.floor() as usize, WINDOW)
+    } else {
+        let margin = WINDOW - Duration::from_secs(1);
+        (1, Duration::from_secs_f64(1.0 / rate.max(0.001)) + margin)
     }
 }
 
 fn pacer(rate: f64, clock: TokioClock) -> Pacer {
-    let period = Duration::from_secs_f64(1.0 / rate.max(aimd::FLOOR));
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
     let burst = NonZeroU32::new(((rate / f64::from(BURST_DIVISOR)) as u32).max(1))
         .unwrap_or(NonZeroU32::MIN);
     let quota = Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN));
@@ -71,7 +84,7 @@ fn pacer(rate: f64, clock: TokioClock) -> Pacer {
 /// raised again, never above the configured ceiling.
 pub struct RateGate {
     clock: TokioClock,
-    ceiling: u32,
+    ceiling: f64,
     state: Mutex<GateState>,
     /// The current rate in thousandths of a request per second, for progress and status.
     gauge: Arc<AtomicU64>,
@@ -81,18 +94,20 @@ pub struct RateGate {
 }
 
 impl RateGate {
-    pub fn new(rate: NonZeroU32) -> Self {
+    pub fn new(rate: f64) -> Self {
         let clock = TokioClock {
             origin: Instant::now(),
         };
-        let ceiling = rate.get();
+        let ceiling = rate;
+        let (per_window, window) = window_for(ceiling);
         let state = GateState {
-            pacer: Arc::new(pacer(f64::from(ceiling), clock)),
-            per_window: ceiling as usize,
-            recent: VecDeque::with_capacity(ceiling as usize),
+            pacer: Arc::new(pacer(ceiling, clock)),
+            per_window,
+            window,
+            recent: VecDeque::with_capacity(per_window),
             aimd: Aimd::new(ceiling, Instant::now()),
         };
-        let gauge = Arc::new(AtomicU64::new(u64::from(ceiling) * 1000));
+        let gauge = Arc::new(AtomicU64::new((ceiling * 1000.0) as u64));
         Self {
             clock,
             ceiling,
@@ -103,7 +118,7 @@ impl RateGate {
     }
 
     /// The configured ceiling.
-    pub fn rate(&self) -> u32 {
+    pub fn rate(&self) -> f64 {
         self.ceiling
     }
 
@@ -122,8 +137,13 @@ impl RateGate {
         let measured = state
             .recent
             .iter()
-            .filter(|t| now.duration_since(**t) < WINDOW)
-            .count() as f64;
+            .filter(|t| now.duration_since(**t) < state.window)
+            .count() as f64
+            / if state.window > WINDOW {
+                state.window.as_secs_f64()
+            } else {
+                1.0
+            };
         if let Some(rate) = state.aimd.throttled(measured, now) {
             state.retune(rate, self.clock);
             drop(state);
@@ -159,10 +179,11 @@ impl RateGate {
             let wait = {
                 let mut state = self.state();
                 let now = Instant::now();
+                let window = state.window;
                 while state
                     .recent
                     .front()
-                    .is_some_and(|t| now.duration_since(*t) >= WINDOW)
+                    .is_some_and(|t| now.duration_since(*t) >= window)
                 {
                     state.recent.pop_front();
                 }
@@ -174,7 +195,7 @@ impl RateGate {
                 state
                     .recent
                     .get(excess)
-                    .map(|t| *t + WINDOW - now)
+                    .map(|t| *t + window - now)
                     .unwrap_or_default()
             };
             tokio::time::sleep(wait).await;
@@ -190,9 +211,9 @@ pub struct Limiter {
 }
 
 impl Limiter {
-    pub fn new(rate: Option<u32>, concurrency: usize) -> Self {
+    pub fn new(rate: Option<f64>, concurrency: usize) -> Self {
         Self {
-            rate: rate.and_then(NonZeroU32::new).map(RateGate::new),
+            rate: rate.filter(|r| *r > 0.0).map(RateGate::new),
             in_flight: Semaphore::new(concurrency),
             concurrency,
         }
@@ -203,7 +224,7 @@ impl Limiter {
     }
 
     /// The configured ceiling, if any.
-    pub fn rate(&self) -> Option<u32> {
+    pub fn rate(&self) -> Option<f64> {
         self.rate.as_ref().map(RateGate::rate)
     }
 
@@ -242,7 +263,7 @@ mod tests {
     use std::sync::Arc;
 
     async fn start_times(rate: u32, workers: usize, requests: usize) -> Vec<Duration> {
-        let limiter = Arc::new(Limiter::new(Some(rate), workers));
+        let limiter = Arc::new(Limiter::new(Some(f64::from(rate)), workers));
         let origin = Instant::now();
         let times = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
@@ -298,6 +319,21 @@ mod tests {
         let times = start_times(50, 200, 200).await;
         let first_second = times.iter().filter(|t| **t < WINDOW).count();
         assert!(first_second <= 50, "{first_second}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_below_one_spaces_starts_by_its_inverse() {
+        let limiter = Arc::new(Limiter::new(Some(0.5), 4));
+        let origin = Instant::now();
+        let mut times = Vec::new();
+        for _ in 0..4 {
+            let _permit = limiter.admit().await;
+            times.push(Instant::now() - origin);
+        }
+        for pair in times.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_secs(2), "{times:?}");
+        }
+        assert!(times[3] <= Duration::from_millis(6_100), "{times:?}");
     }
 
     #[tokio::test]

@@ -14,9 +14,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{FatalStop, Runner};
-use crate::api::Call;
+use crate::api::{ApiError, Call};
 use crate::ledger::checks::{self, CheckResult, DueCheck};
-use crate::ledger::{FIRST_CHECK, State};
+use crate::ledger::{self, FIRST_CHECK, State};
 use crate::retry::Disposition;
 
 /// The longest gap between two checks of one asset: long videos take a while, and a poll a
@@ -52,10 +52,11 @@ impl Runner {
         dispatch_done: &CancellationToken,
         patience: Duration,
     ) -> Result<()> {
+        let run = self.run_id;
         self.checks
             .flushing_during(
                 &self.writer,
-                checks::record_checks,
+                move |t, results| checks::record_checks(t, results, run),
                 self.check_registered(dispatch_done, patience),
             )
             .await
@@ -67,6 +68,7 @@ impl Runner {
         patience: Duration,
     ) -> Result<()> {
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
+        let mut out: Vec<(tokio::task::Id, i64)> = Vec::new();
         let mut counted: Option<Instant> = None;
         let mut deadline: Option<Instant> = None;
         let slots = self.limiter.concurrency();
@@ -74,8 +76,22 @@ impl Runner {
             if deadline.is_none() && dispatch_done.is_cancelled() {
                 deadline = Some(Instant::now() + patience);
             }
-            while let Some(done) = tasks.try_join_next() {
-                done??;
+            while let Some(done) = tasks.try_join_next_with_id() {
+                let (id, result) = done.map_err(|e| anyhow::anyhow!(e))?;
+                out.retain(|(task, _)| *task != id);
+                result?;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                // Patience is over: checks not answered yet are given up, and handed back
+                // so that the next `confirm` looks at them at once.
+                tasks.abort_all();
+                let ids: Vec<i64> = out.iter().map(|(_, id)| *id).collect();
+                if !ids.is_empty() {
+                    self.writer
+                        .write(move |t| checks::release_checks(t, &ids))
+                        .await?;
+                }
+                return Ok(());
             }
             let free = slots.saturating_sub(tasks.len());
             let due = if free > 0 {
@@ -88,8 +104,9 @@ impl Runner {
             };
             if !due.is_empty() {
                 for check in due {
-                    let runner = self.clone();
-                    tasks.spawn(async move { runner.check_one(check).await });
+                    let (runner, id) = (self.clone(), check.id);
+                    let handle = tasks.spawn(async move { runner.check_one(check).await });
+                    out.push((handle.id(), id));
                 }
                 continue;
             }
@@ -107,18 +124,24 @@ impl Runner {
                 self.stats.set_awaiting(waiting);
                 counted = Some(Instant::now());
             }
-            let finished = dispatch_done.is_cancelled() && tasks.is_empty();
-            if finished && (soonest.is_none() || deadline.is_some_and(|d| Instant::now() >= d)) {
+            if dispatch_done.is_cancelled() && tasks.is_empty() && soonest.is_none() {
                 break;
             }
             let until_due = soonest
-                .map(|at| (at - checks::now_ms()).max(1) as u64)
+                .map(|at| (at - ledger::now_ms()).max(1) as u64)
                 .unwrap_or(u64::MAX);
-            let nap = Duration::from_millis(until_due).min(IDLE_NAP);
+            let mut nap = Duration::from_millis(until_due).min(IDLE_NAP);
+            if let Some(d) = deadline {
+                nap = nap.min(d.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
                 _ = tokio::time::sleep(nap) => {}
                 _ = self.stop.cancelled() => {}
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => done??,
+                Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                    let (id, result) = done.map_err(|e| anyhow::anyhow!(e))?;
+                    out.retain(|(task, _)| *task != id);
+                    result?;
+                }
             }
         }
         self.drain(tasks).await
@@ -131,9 +154,10 @@ impl Runner {
                 self.client.import_status(due.asset_id).await
             })
             .await;
-        let later = checks::now_ms() + next_gap(due.checks).as_millis() as i64;
+        let later = ledger::now_ms() + next_gap(due.checks).as_millis() as i64;
         let mut result = CheckResult {
             id: due.id,
+            asset_id: due.asset_id,
             state: None,
             upload_status: None,
             upload_result: None,
@@ -158,6 +182,17 @@ impl Runner {
                     message: format!("{error} (while checking the import of {})", due.key),
                     hint: error.hint().map(str::to_owned),
                 }),
+                Disposition::Permanent if error.status() == Some(404) => {
+                    if !self.asset_is_gone(&error, &due).await {
+                        return Ok(());
+                    }
+                    result.state = Some(State::ImportFailed);
+                    result.upload_result = Some(format!(
+                        "MI has no asset {} any more (deleted?): {}",
+                        due.asset_id,
+                        error.detail()
+                    ));
+                }
                 Disposition::Permanent => {
                     result.state = Some(State::ImportFailed);
                     result.upload_result = Some(format!("import-status: {}", error.detail()));
@@ -175,6 +210,46 @@ impl Runner {
         }
         self.checks.push(result);
         Ok(())
+    }
+
+    /// Whether a 404 about one asset means that asset is gone: only if it is MI's own answer
+    /// and the project still answers. Otherwise the run stops (exit 3) and marks nothing.
+    async fn asset_is_gone(&self, error: &ApiError, due: &DueCheck) -> bool {
+        let project = if error.from_gateway() {
+            None
+        } else {
+            Some(
+                self.call_mi(Call::Lookup, || self.client.project())
+                    .await
+                    .last
+                    .result,
+            )
+        };
+        match project {
+            Some(Ok(_)) => true,
+            Some(Err(e)) if e.disposition_for(Call::Lookup) != Disposition::Fatal => {
+                // The project could not be read just now: look at this asset again later.
+                tracing::debug!(
+                    "asset {}: 404, and the project did not answer: {e}",
+                    due.asset_id
+                );
+                false
+            }
+            other => {
+                let why = match other {
+                    Some(Err(e)) => format!("and the project no longer answers: {e}"),
+                    _ => "in the API Gateway's words, not MI's: the path itself is unknown".into(),
+                };
+                self.stop_for(FatalStop {
+                    message: format!(
+                        "{error} (checking asset {} of {}), {why}",
+                        due.asset_id, due.key
+                    ),
+                    hint: Some("check --endpoint, --workspace and --project".into()),
+                });
+                false
+            }
+        }
     }
 }
 

@@ -1,16 +1,19 @@
-//! Listing a bucket into the ledger while dispatch runs: each page is judged (the user's
-//! filters, then MI's rules) and committed with the listing's new position in one
-//! transaction, so a killed run resumes from the last committed page and no key is lost or
-//! counted twice.
+//! Listing a bucket into the ledger while dispatch runs. A listing is made of parts (see
+//! [`crate::ledger::listings`]); up to `--list-concurrency` parts are listed side by side, a
+//! page at a time. Each page is judged (the user's filters, then MI's rules) and committed
+//! with its part's new position and its subfolders (new parts) in one transaction, so a
+//! killed run resumes every part from its last committed page and no key is lost.
 
 use anyhow::Result;
+use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::SystemTime;
+use tokio::task::JoinSet;
 
 use super::{FatalStop, Runner};
-use crate::ledger::NewKey;
-use crate::ledger::listings::{self, ListingState, OnChanged};
-use crate::source::bucket::{Listed, Lister, Object};
+use crate::ledger::listings::{self, ListingState, PageRecord, Part};
+use crate::ledger::{NewKey, OnChanged};
+use crate::source::bucket::{ListError, Listed, Lister, Object, Page};
 use crate::source::eligibility;
 use crate::source::filter::{Filters, Left};
 
@@ -21,6 +24,8 @@ pub struct ListSummary {
     pub objects: u64,
     pub new: u64,
     pub changed: u64,
+    /// Of the changed, those queued to be sent (again).
+    pub requeued: u64,
     pub left_out: u64,
     pub settling: u64,
     /// The listing reached the end (now or in the run this one resumes).
@@ -48,11 +53,28 @@ impl ListSummary {
     }
 
     /// Counts a committed page.
-    pub fn add_page(&mut self, seen: u64, counts: &crate::ledger::Ingested, changed: u64) {
+    pub fn add_page(&mut self, seen: u64, counts: &crate::ledger::Ingested) {
         self.pages += 1;
         self.objects += seen;
         self.new += counts.added();
-        self.changed += changed;
+        self.changed += counts.changed;
+        self.requeued += counts.requeued;
+    }
+}
+
+impl std::ops::Add for ListSummary {
+    type Output = ListSummary;
+    fn add(self, other: ListSummary) -> ListSummary {
+        ListSummary {
+            pages: self.pages + other.pages,
+            objects: self.objects + other.objects,
+            new: self.new + other.new,
+            changed: self.changed + other.changed,
+            requeued: self.requeued + other.requeued,
+            left_out: self.left_out + other.left_out,
+            settling: self.settling + other.settling,
+            complete: self.complete && other.complete,
+        }
     }
 }
 
@@ -72,93 +94,144 @@ pub fn judge(
         key: object.key,
         size: Some(object.size),
         etag: object.etag,
-        last_modified: object
-            .last_modified
-            .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        modified: object.last_modified.map(crate::ledger::epoch_ms),
         skip_reason,
     })
 }
 
+/// One page of one part, as a listing task brings it back.
+type Fetched = (Part, Result<Page, ListError>, bool);
+
 impl Runner {
-    /// Lists from where `state` stands to the end, feeding dispatch page by page. A listing
-    /// that fails for good stops the run.
+    /// Lists from where `state` stands to the end, up to `concurrency` parts at a time,
+    /// feeding dispatch page by page. A listing that fails for good stops the run.
     pub async fn list_bucket(
         &self,
-        lister: &Lister,
+        lister: &Arc<Lister>,
         bucket: &str,
         state: ListingState,
         filters: &Filters,
         on_changed: OnChanged,
+        concurrency: usize,
     ) -> Result<ListSummary> {
         let mut summary = ListSummary {
             complete: state.listed,
             ..Default::default()
         };
-        let mut marker = state.marker;
-        self.stats.listing.store(!state.listed, Relaxed);
         if state.listed {
             tracing::info!(
                 "the listing of `{bucket}` finished in the run this one resumes; not listing again"
             );
-        } else if let Some(m) = &marker {
-            tracing::info!("resuming the listing of `{bucket}` after `{m}`");
+            return Ok(summary);
         }
-        while !summary.complete && !self.stop.is_cancelled() {
-            let finished = crate::retry::with_retries(
-                self.max_attempts,
-                self.backoff,
-                &self.stop,
-                |_| async { Listed(lister.page(marker.as_deref()).await) },
-            )
-            .await;
-            let page = match finished.last.0 {
+        if state.pages > 0 {
+            tracing::info!(
+                "resuming the listing of `{bucket}` ({} pages were listed before)",
+                state.pages
+            );
+        }
+        self.stats.listing.store(true, Relaxed);
+        let mut tasks: JoinSet<Fetched> = JoinSet::new();
+        let mut busy: Vec<i64> = Vec::new();
+        loop {
+            if !self.stop.is_cancelled() && tasks.len() < concurrency.max(1) {
+                let (id, want, taken) = (state.id, concurrency.max(1) - tasks.len(), busy.clone());
+                let parts = self
+                    .writer
+                    .write(move |t| listings::parts_to_list(t, id, &taken, want))
+                    .await?;
+                for part in parts {
+                    busy.push(part.id);
+                    let (runner, lister) = (self.clone(), lister.clone());
+                    tasks.spawn(async move { runner.fetch_page(&lister, part).await });
+                }
+            }
+            let Some(done) = tasks.join_next().await else {
+                summary.complete = !self.stop.is_cancelled();
+                break;
+            };
+            let (part, page, interrupted) = done?;
+            busy.retain(|id| *id != part.id);
+            let page = match page {
                 Ok(page) => page,
-                Err(_) if finished.interrupted => break,
+                Err(_) if interrupted => continue,
                 Err(error) => {
                     self.stop_for(FatalStop {
                         message: error.to_string(),
                         hint: Some(error.hint().into()),
                     });
-                    break;
+                    continue;
                 }
             };
-            let seen = page.objects.len() as u64;
-            let rows = summary.judge_page(bucket, page.objects, filters);
-            let (scope, next) = (self.scope.clone(), page.next_marker.clone());
-            let (counts, changed) = self
-                .writer
-                .write(move |t| {
-                    listings::record_page(
-                        t,
-                        &scope,
-                        state.id,
-                        &rows,
-                        seen,
-                        next.as_deref(),
-                        on_changed,
-                    )
-                })
-                .await?;
-            summary.add_page(seen, &counts, changed);
-            self.stats.discovered.fetch_add(seen, Relaxed);
-            self.stats.queued.fetch_add(
-                counts.new
-                    + if on_changed == OnChanged::Reimport {
-                        changed
-                    } else {
-                        0
-                    },
-                Relaxed,
-            );
-            self.feed.arrived();
-            match page.next_marker {
-                Some(next) => marker = Some(next),
-                None => summary.complete = true,
-            }
+            self.record_page(
+                &mut summary,
+                bucket,
+                state.id,
+                part,
+                page,
+                filters,
+                on_changed,
+            )
+            .await?;
         }
         self.stats.listing.store(false, Relaxed);
-        self.feed.close();
         Ok(summary)
+    }
+
+    /// One page of a part, retried as its answers say.
+    async fn fetch_page(&self, lister: &Lister, part: Part) -> Fetched {
+        let finished = crate::retry::with_retries(
+            self.pace.max_attempts,
+            self.backoff,
+            &self.stop,
+            |_| async {
+                Listed(
+                    lister
+                        .page(&part.prefix, part.marker.as_deref(), part.flat)
+                        .await,
+                )
+            },
+        )
+        .await;
+        (part, finished.last.0, finished.interrupted)
+    }
+
+    /// Judges a page and commits it with its part's new position; dispatch hears of it.
+    #[allow(clippy::too_many_arguments)]
+    async fn record_page(
+        &self,
+        summary: &mut ListSummary,
+        bucket: &str,
+        listing: i64,
+        part: Part,
+        page: Page,
+        filters: &Filters,
+        on_changed: OnChanged,
+    ) -> Result<()> {
+        let seen = page.objects.len() as u64;
+        let rows = summary.judge_page(bucket, page.objects, filters);
+        let (scope, next, subfolders) = (self.scope.clone(), page.next_marker, page.subfolders);
+        let (counts, _) = self
+            .writer
+            .write(move |t| {
+                let record = PageRecord {
+                    listing,
+                    part: part.id,
+                    keys: &rows,
+                    seen,
+                    next_marker: next.as_deref(),
+                    subfolders: &subfolders,
+                };
+                listings::record_page(t, &scope, &record, on_changed)
+            })
+            .await?;
+        summary.add_page(seen, &counts);
+        self.stats.discovered.fetch_add(seen, Relaxed);
+        self.stats
+            .queued
+            .fetch_add(counts.new + counts.requeued, Relaxed);
+        self.feed.arrived();
+        Ok(())
     }
 }
 

@@ -28,19 +28,21 @@ mod preflight;
 mod reconciling;
 
 pub use listing::ListSummary;
+pub use preflight::linked_bucket;
+pub use reconciling::DEFAULT_SETTLE;
 
-use preflight::Refusal;
-
-/// Keys taken from the ledger per claim: one fsync covers them all, and at most this many are
-/// left `in_flight` (to reconcile) if the process is killed.
+/// Most keys taken from the ledger per claim: one fsync covers them all.
 const MAX_CLAIM: usize = 256;
-/// Keys admitted per unit of concurrency: some wait for a retry while others are sent.
-const ADMITTED_PER_SLOT: usize = 4;
+/// Keys claimed ahead of the requests in flight, at most: they wait for the rate limiter
+/// while `in_flight` on disk, so a kill leaves at most `--concurrency` plus this many keys
+/// to look up in MI's asset list.
+const MAX_CLAIM_AHEAD: usize = 32;
 /// How long a shutdown waits for requests already sent before it gives up on them (they are
 /// reconciled next run).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Reconcile-and-resend rounds in one run before the rest is left `uncertain`.
-const MAX_ROUNDS: u32 = 5;
+/// Passes over MI's asset list in one run before the keys still unsure are left `uncertain`
+/// for the next run: each pass pages the whole project.
+const MAX_PASSES: u32 = 6;
 /// The breaker looks only after this many finished keys.
 const BREAKER_MIN_FINISHED: u64 = 100;
 /// Page size for the asset list: the largest MI serves.
@@ -69,8 +71,6 @@ pub enum Ending {
 /// What a run does besides sending pending keys.
 #[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Check the account before the first import.
-    pub preflight: bool,
     pub allow_other_bucket: bool,
     /// Buckets the run will send from though the ledger may not list them yet (a listing).
     pub buckets: Vec<String>,
@@ -105,6 +105,28 @@ impl Feed {
         self.open.store(false, Relaxed);
         self.arrived.notify_one();
     }
+
+    /// Closes the feed when dropped: every way out of a source ends dispatch's wait.
+    pub fn closer(self: &Arc<Self>) -> FeedCloser {
+        FeedCloser(self.clone())
+    }
+}
+
+/// See [`Feed::closer`].
+pub struct FeedCloser(Arc<Feed>);
+
+impl Drop for FeedCloser {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// How a run paces itself, beyond the limiter.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    pub max_attempts: u32,
+    /// How long MI's asset list may take to show a new asset: absence proves nothing sooner.
+    pub settle: Duration,
 }
 
 /// Everything one run needs.
@@ -115,7 +137,9 @@ pub struct Runner {
     pub limiter: Arc<Limiter>,
     pub stats: Arc<Stats>,
     pub scope: Scope,
-    pub max_attempts: u32,
+    /// This run's row in `runs`: keys it settles carry it, so the exit code is about this run.
+    pub run_id: i64,
+    pub pace: Pace,
     pub backoff: Backoff,
     /// Cancelled from outside (a signal): finish what is in flight, send nothing new.
     pub shutdown: CancellationToken,
@@ -165,7 +189,8 @@ impl Runner {
         writer: LedgerWriter,
         limiter: Arc<Limiter>,
         scope: Scope,
-        max_attempts: u32,
+        run_id: i64,
+        pace: Pace,
         shutdown: CancellationToken,
     ) -> Self {
         let stop = shutdown.child_token();
@@ -179,7 +204,8 @@ impl Runner {
                 ..Stats::default()
             }),
             scope,
-            max_attempts,
+            run_id,
+            pace,
             backoff: Backoff::default(),
             shutdown,
             feed: Arc::new(Feed::default()),
@@ -190,12 +216,12 @@ impl Runner {
         }
     }
 
-    /// Sends every pending key of the scope (reconciling uncertain ones first) while confirming
-    /// registered ones.
+    /// Sends every pending key of the scope while confirming registered ones, and settles
+    /// keys whose outcome is unknown. The account was checked first ([`Runner::check_account`]).
     pub async fn run(&self, options: &RunOptions) -> Result<Ending> {
         let dispatch_done = CancellationToken::new();
         let importing = async {
-            let ending = self.import(options).await;
+            let ending = self.import().await;
             dispatch_done.cancel();
             ending
         };
@@ -208,75 +234,147 @@ impl Runner {
         let (ending, confirmed) = tokio::join!(importing, confirming);
         let ending = ending?;
         confirmed?;
-        Ok(match ending {
-            Ending::Refused(_) => ending,
-            _ => self.ending().unwrap_or(ending),
-        })
+        Ok(self.ending().unwrap_or(ending))
     }
 
-    /// Only confirms registered assets (the `confirm` command).
+    /// Only confirms registered assets (the `confirm` command), after checking the account.
     pub async fn confirm_only(&self, patience: Duration) -> Result<Ending> {
+        if let Err(ending) = self.check_account().await? {
+            return Ok(ending);
+        }
         let done = CancellationToken::new();
         done.cancel();
         self.confirm(&done, patience).await?;
         Ok(self.ending().unwrap_or(Ending::Finished))
     }
 
-    async fn import(&self, options: &RunOptions) -> Result<Ending> {
+    /// Preflight, before any other MI call: a wrong key pair, workspace or project stops
+    /// here; and only once they are known to exist may a later 404 be read as being about
+    /// one asset. The bucket the workspace is linked to, if its details name one.
+    pub async fn check_account(&self) -> Result<Result<Option<String>, Ending>> {
+        Ok(match self.preflight().await {
+            Ok(linked) => Ok(linked),
+            Err(stop) => {
+                self.stop_for(stop.clone());
+                Err(Ending::Fatal(stop))
+            }
+        })
+    }
+
+    /// Refuses keys in buckets other than the one the workspace is linked to, unless allowed
+    /// (a settings error: nothing is sent).
+    pub async fn check_buckets(
+        &self,
+        linked: Option<&str>,
+        options: &RunOptions,
+    ) -> Result<Option<FatalStop>> {
+        let Some(linked) = linked else {
+            tracing::info!("the workspace's details name no linked bucket; buckets not checked");
+            return Ok(None);
+        };
         let scope = self.scope.clone();
+        let mut buckets = self
+            .writer
+            .write(move |t| ledger::buckets_to_send(t, &scope))
+            .await?;
+        buckets.extend(options.buckets.iter().cloned());
+        buckets.sort();
+        buckets.dedup();
+        let refusal = preflight::bucket_refusal(linked, &buckets, options.allow_other_bucket);
+        if refusal.is_some() {
+            self.stop.cancel();
+        }
+        Ok(refusal)
+    }
+
+    /// Sends what is pending; then, while keys are unsure, waits until MI's list can prove
+    /// their fate, looks them up, and sends again those proven absent.
+    async fn import(&self) -> Result<Ending> {
+        let (scope, run) = (self.scope.clone(), self.run_id);
         let recovered = self
             .writer
-            .write(move |t| ledger::mark_in_flight_uncertain(t, &scope))
+            .write(move |t| ledger::mark_in_flight_uncertain(t, &scope, run, ledger::now_ms()))
             .await?;
         if recovered > 0 {
             tracing::warn!(
-                "{recovered} keys were being sent when a run stopped; checking MI before sending them again"
+                "{recovered} {} being sent when a run stopped; checking MI before sending {} again",
+                plural(recovered as u64, "key was", "keys were"),
+                if recovered == 1 { "it" } else { "them" }
             );
         }
-        if options.preflight {
-            let scope = self.scope.clone();
-            let mut buckets = self
-                .writer
-                .write(move |t| ledger::buckets_to_send(t, &scope))
-                .await?;
-            buckets.extend(options.buckets.iter().cloned());
-            buckets.sort();
-            buckets.dedup();
-            if !buckets.is_empty() {
-                match self.preflight(&buckets, options.allow_other_bucket).await {
-                    None => {}
-                    Some(Refusal::Fatal(stop)) => self.stop_for(stop),
-                    Some(Refusal::Settings(stop)) => {
-                        self.stop.cancel();
-                        return Ok(Ending::Refused(stop));
-                    }
-                }
-            }
-        }
-        for round in 1..=MAX_ROUNDS {
+        let mut passes = 0;
+        let mut registered_before_pass = None;
+        let mut last_pass = 0;
+        loop {
             if let Some(ending) = self.ending() {
                 return Ok(ending);
             }
-            self.reconcile().await?;
+            self.dispatch().await?;
+            // The list must show this run's own last registrations too before a pass can
+            // prove anything: a pass during which assets appear is not steady.
+            let sent_until = ledger::now_ms();
             if let Some(ending) = self.ending() {
                 return Ok(ending);
             }
             let scope = self.scope.clone();
-            let counts = self
+            let unsure = self
                 .writer
-                .write(move |t| ledger::counts(t, Some(&scope)))
+                .write(move |t| ledger::unsure::uncertain_keys(t, &scope))
                 .await?;
-            let pending = ledger::count_in(&counts, State::Pending);
-            if pending == 0 && !self.feed.is_open() {
+            // Keys without candidates wait for a proof a pass can give. Keys this run found
+            // ambiguous are worth another look once it has registered more keys (new
+            // witnesses of how MI names, times and numbers assets); older ambiguous keys wait
+            // for the user, since a pass pages the whole project.
+            let waiting: Vec<i64> = unsure
+                .iter()
+                .filter(|u| u.candidates.is_none())
+                .map(|u| u.key.unsure_at)
+                .collect();
+            let registered = self.stats.registered.load(Relaxed);
+            let new_witnesses = registered_before_pass.is_none_or(|before| registered > before);
+            let ours_ambiguous = unsure
+                .iter()
+                .any(|u| u.candidates.is_some() && u.run == Some(self.run_id));
+            if (waiting.is_empty() && !(ours_ambiguous && new_witnesses)) || passes == MAX_PASSES {
                 return Ok(Ending::Finished);
             }
-            if round == 1 {
-                self.stats.queued.fetch_add(pending, Relaxed);
+            let latest = waiting.iter().max().copied().unwrap_or(0);
+            let ready = latest.max(sent_until).max(last_pass) + self.pace.settle.as_millis() as i64;
+            self.wait_until(ready, unsure.len()).await;
+            if let Some(ending) = self.ending() {
+                return Ok(ending);
             }
-            tracing::debug!("round {round}: {pending} keys to send");
-            self.dispatch().await?;
+            passes += 1;
+            registered_before_pass = Some(registered);
+            let Some(pass) = self.reconcile().await? else {
+                return Ok(self.ending().unwrap_or(Ending::Finished));
+            };
+            // Nothing to send again (so no new witnesses), and nothing a later pass could
+            // prove sooner: done for this run.
+            if pass.settled.resend == 0 && (pass.proven || pass.settled.waiting == 0) {
+                return Ok(self.ending().unwrap_or(Ending::Finished));
+            }
+            last_pass = ledger::now_ms();
         }
-        Ok(self.ending().unwrap_or(Ending::Finished))
+    }
+
+    /// Sleeps until `at` (Unix ms) unless the run is stopped, saying why.
+    async fn wait_until(&self, at: i64, keys: usize) {
+        let wait = at - ledger::now_ms();
+        if wait <= 0 {
+            return;
+        }
+        let wait = Duration::from_millis(wait as u64);
+        tracing::info!(
+            "{keys} {} an unknown outcome; waiting {} until MI's asset list can show whether {} registered",
+            plural(keys as u64, "key has", "keys have"),
+            humantime::format_duration(Duration::from_secs(wait.as_secs().max(1))),
+            if keys == 1 { "it was" } else { "they were" }
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.stop.cancelled() => {}
+        }
     }
 
     fn ending(&self) -> Option<Ending> {
@@ -290,7 +388,7 @@ impl Runner {
     pub fn stop_for(&self, fatal: FatalStop) {
         let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
-            tracing::error!("stopping: {}", fatal.message);
+            tracing::debug!("stopping: {}", fatal.message);
             *slot = Some(fatal);
         }
         self.stop.cancel();
@@ -299,44 +397,60 @@ impl Runner {
     // ---- dispatch ---------------------------------------------------------------------------
 
     async fn dispatch(&self) -> Result<()> {
+        let run = self.run_id;
         self.outcomes
-            .flushing_during(&self.writer, ledger::record, self.send_pending())
+            .flushing_during(
+                &self.writer,
+                move |t, outcomes| ledger::record(t, outcomes, run),
+                self.send_pending(),
+            )
             .await
     }
 
+    /// Claims keys only as places to send them free up: at most `--concurrency` plus a small
+    /// batch are `in_flight` at any moment.
     async fn send_pending(&self) -> Result<()> {
         let slots = self.limiter.concurrency();
-        let admission = Arc::new(Semaphore::new(slots * ADMITTED_PER_SLOT));
+        let capacity = slots + slots.min(MAX_CLAIM_AHEAD);
+        let admission = Arc::new(Semaphore::new(capacity));
+        // Wait for half the places before claiming, so claims come in batches.
+        let batch = (capacity / 2).max(1) as u32;
         let mut tasks = JoinSet::new();
-        'claiming: while !self.stop.is_cancelled() {
-            let (scope, want) = (self.scope.clone(), (slots * 2).clamp(1, MAX_CLAIM));
-            let batch = self
+        while !self.stop.is_cancelled() {
+            let first = tokio::select! {
+                p = admission.clone().acquire_many_owned(batch) => p.expect("never closed"),
+                _ = self.stop.cancelled() => break,
+            };
+            let mut permits = first;
+            while permits.num_permits() < capacity.min(MAX_CLAIM) {
+                match admission.clone().try_acquire_owned() {
+                    Ok(p) => permits.merge(p),
+                    Err(_) => break,
+                }
+            }
+            let (scope, want, run) = (self.scope.clone(), permits.num_permits(), self.run_id);
+            let claimed = self
                 .writer
-                .write(move |t| ledger::claim(t, &scope, want))
+                .write(move |t| ledger::claim(t, &scope, want, run, ledger::now_ms()))
                 .await?;
-            if batch.is_empty() {
+            if claimed.is_empty() {
+                drop(permits);
                 if !self.feed.is_open() {
                     break;
                 }
                 tokio::select! {
                     _ = self.feed.arrived.notified() => continue,
                     _ = self.stop.cancelled() => break,
+                    Some(done) = tasks.join_next(), if !tasks.is_empty() => { done??; continue }
                 }
             }
-            let mut batch = batch.into_iter();
-            while let Some(key) = batch.next() {
-                let permit = tokio::select! {
-                    p = admission.clone().acquire_owned() => p.expect("never closed"),
-                    _ = self.stop.cancelled() => {
-                        self.release(std::iter::once(key).chain(batch).collect()).await?;
-                        break 'claiming;
-                    }
-                };
+            for key in claimed {
+                let place = permits.split(1).expect("one place per claimed key");
                 let runner = self.clone();
-                tasks.spawn(async move { runner.import_one(key, permit).await });
-                while let Some(done) = tasks.try_join_next() {
-                    done??;
-                }
+                tasks.spawn(async move { runner.import_one(key, place).await });
+            }
+            while let Some(done) = tasks.try_join_next() {
+                done??;
             }
         }
         self.drain(tasks).await
@@ -366,49 +480,33 @@ impl Runner {
         }
     }
 
-    /// Puts claimed keys that were never sent back to `pending`.
-    async fn release(&self, keys: Vec<Claimed>) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
-        let outcomes: Vec<Outcome> = keys
-            .iter()
-            .map(|k| Outcome {
-                id: k.id,
-                ..Default::default()
-            })
-            .collect();
-        self.stats
-            .released
-            .fetch_add(outcomes.len() as u64, Relaxed);
-        self.writer
-            .write(move |t| ledger::record(t, &outcomes))
-            .await?;
-        Ok(())
-    }
-
-    async fn import_one(&self, key: Claimed, _admitted: OwnedSemaphorePermit) -> Result<()> {
-        let finished = with_retries(self.max_attempts, self.backoff, &self.stop, |attempt| {
-            let key = &key;
-            async move {
-                let _slot = tokio::select! {
-                    slot = self.limiter.admit() => slot,
-                    _ = self.stop.cancelled() => return Attempt::NotSent,
-                };
-                if self.stop.is_cancelled() {
-                    return Attempt::NotSent;
+    async fn import_one(&self, key: Claimed, _place: OwnedSemaphorePermit) -> Result<()> {
+        let finished = with_retries(
+            self.pace.max_attempts,
+            self.backoff,
+            &self.stop,
+            |attempt| {
+                let key = &key;
+                async move {
+                    let _slot = tokio::select! {
+                        slot = self.limiter.admit() => slot,
+                        _ = self.stop.cancelled() => return Attempt::NotSent,
+                    };
+                    if self.stop.is_cancelled() {
+                        return Attempt::NotSent;
+                    }
+                    if attempt > 1 {
+                        self.stats.retries.fetch_add(1, Relaxed);
+                    }
+                    self.stats.requests.fetch_add(1, Relaxed);
+                    let answer = self.client.register(&key.bucket, &key.key).await;
+                    self.note(answer.as_ref().err());
+                    Attempt::Answered(answer)
                 }
-                if attempt > 1 {
-                    self.stats.retries.fetch_add(1, Relaxed);
-                }
-                self.stats.requests.fetch_add(1, Relaxed);
-                let answer = self.client.register(&key.bucket, &key.key).await;
-                self.note(answer.as_ref().err());
-                Attempt::Answered(answer)
-            }
-        })
+            },
+        )
         .await;
-        let (outcome, fatal) = outcome_of(&key, finished, self.max_attempts);
+        let (outcome, fatal) = outcome_of(&key, finished, self.pace.max_attempts);
         self.count(&outcome);
         if let Some(error) = fatal {
             self.stop_for(FatalStop {
@@ -426,13 +524,18 @@ impl Runner {
         F: Fn() -> Fut,
         Fut: std::future::Future<Output = Result<T, ApiError>>,
     {
-        with_retries(self.max_attempts, self.backoff, &self.stop, |_| async {
-            let _slot = self.limiter.admit().await;
-            self.stats.requests.fetch_add(1, Relaxed);
-            let result = send().await;
-            self.note(result.as_ref().err());
-            Answer { call, result }
-        })
+        with_retries(
+            self.pace.max_attempts,
+            self.backoff,
+            &self.stop,
+            |_| async {
+                let _slot = self.limiter.admit().await;
+                self.stats.requests.fetch_add(1, Relaxed);
+                let result = send().await;
+                self.note(result.as_ref().err());
+                Answer { call, result }
+            },
+        )
         .await
     }
 
@@ -467,6 +570,11 @@ impl Runner {
     }
 }
 
+/// `n` with the singular or plural words that follow it.
+pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
+    if n == 1 { one } else { many }
+}
+
 /// What one key's attempts mean for its row, and the error that must stop the run, if any.
 fn outcome_of(
     key: &Claimed,
@@ -498,6 +606,8 @@ fn outcome_of(
     outcome.message = Some(error.detail());
     let disposition = error.disposition_for(Call::Register);
     outcome.state = match disposition {
+        // The last request may have reached MI: its outcome is unknown, interrupted or not.
+        Disposition::Uncertain => Some(State::Uncertain),
         _ if finished.interrupted => None,
         Disposition::Retry { .. } => {
             outcome.message = Some(format!(
@@ -506,7 +616,6 @@ fn outcome_of(
             ));
             Some(State::Failed)
         }
-        Disposition::Uncertain => Some(State::Uncertain),
         Disposition::Permanent => Some(State::Failed),
         Disposition::Fatal => return (outcome, Some(error)),
         Disposition::Success | Disposition::Abandoned => None,
@@ -564,9 +673,18 @@ mod tests {
         let (o, _) = outcome_of(&key(), answered(429, 5), 5);
         assert_eq!(o.state, Some(State::Failed));
         assert!(o.message.unwrap().starts_with("gave up after 5 attempts"));
-        let mut f = answered(503, 2);
+        let mut f = answered(429, 2);
         f.interrupted = true;
         assert_eq!(outcome_of(&key(), f, 5).0.state, None);
+    }
+
+    #[test]
+    fn a_gateway_error_on_register_is_an_unknown_outcome_never_a_retry() {
+        for status in [408, 500, 502, 503, 504] {
+            let (o, fatal) = outcome_of(&key(), answered(status, 1), 5);
+            assert_eq!(o.state, Some(State::Uncertain), "HTTP {status}");
+            assert!(fatal.is_none());
+        }
     }
 
     #[test]

@@ -47,12 +47,15 @@ impl<T: Send + 'static> Outbox<T> {
 
     /// Runs `work` while what it pushes is written; returns once both are done, so nothing
     /// pushed is left unwritten.
-    pub async fn flushing_during(
+    pub async fn flushing_during<W>(
         &self,
         writer: &LedgerWriter,
-        write: fn(&rusqlite::Connection, &[T]) -> rusqlite::Result<usize>,
+        write: W,
         work: impl std::future::Future<Output = Result<()>>,
-    ) -> Result<()> {
+    ) -> Result<()>
+    where
+        W: Fn(&rusqlite::Connection, &[T]) -> rusqlite::Result<usize> + Clone + Send + 'static,
+    {
         let done = CancellationToken::new();
         let working = async {
             let worked = work.await;
@@ -65,12 +68,15 @@ impl<T: Send + 'static> Outbox<T> {
 
     /// Writes what waits every [`FLUSH_EVERY`], or sooner when [`FLUSH_AT`] results wait,
     /// until `done`; then once more, so nothing is left behind.
-    async fn flush_until(
+    async fn flush_until<W>(
         &self,
         writer: &LedgerWriter,
         done: &CancellationToken,
-        write: fn(&rusqlite::Connection, &[T]) -> rusqlite::Result<usize>,
-    ) -> Result<()> {
+        write: W,
+    ) -> Result<()>
+    where
+        W: Fn(&rusqlite::Connection, &[T]) -> rusqlite::Result<usize> + Clone + Send + 'static,
+    {
         loop {
             let last = tokio::select! {
                 _ = tokio::time::sleep(FLUSH_EVERY) => false,
@@ -79,6 +85,7 @@ impl<T: Send + 'static> Outbox<T> {
             };
             let batch = self.take();
             if !batch.is_empty() {
+                let write = write.clone();
                 writer.write(move |t| write(t, &batch)).await?;
             }
             if last {
@@ -92,31 +99,33 @@ impl<T: Send + 'static> Outbox<T> {
 mod tests {
     use super::*;
     use crate::ledger::{
-        Ledger, NewKey, Outcome, Scope, State, claim, counts, insert_keys, record,
+        Ledger, NewKey, OnChanged, Outcome, Scope, State, claim, counts, insert_keys, now_ms,
+        record,
     };
 
     #[tokio::test]
     async fn everything_pushed_is_written_by_the_time_the_flusher_ends() {
-        let (writer, _thread) = LedgerWriter::spawn(Ledger::open_in_memory().unwrap());
-        let scope = Scope {
-            workspace: "w".into(),
-            project: "p".into(),
-        };
+        let ledger = Ledger::open_in_memory().unwrap();
+        let scope = Scope::open(ledger.conn(), "w", "p").unwrap();
+        let (writer, _thread) = LedgerWriter::spawn(ledger, None);
         let keys: Vec<NewKey> = (0..600)
             .map(|i| NewKey::new("b", format!("k{i}")))
             .collect();
         let s = scope.clone();
         let claimed = writer
             .write(move |t| {
-                insert_keys(t, &s, &keys)?;
-                claim(t, &s, 600)
+                insert_keys(t, &s, &keys, OnChanged::Report)?;
+                claim(t, &s, 600, 1, now_ms())
             })
             .await
             .unwrap();
         let outbox = std::sync::Arc::new(Outbox::default());
         let done = CancellationToken::new();
         let (o, w, d) = (outbox.clone(), writer.clone(), done.clone());
-        let flusher = tokio::spawn(async move { o.flush_until(&w, &d, record).await });
+        let flusher =
+            tokio::spawn(
+                async move { o.flush_until(&w, &d, |t, items| record(t, items, 1)).await },
+            );
         for c in claimed {
             outbox.push(Outcome {
                 id: c.id,

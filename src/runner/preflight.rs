@@ -1,19 +1,10 @@
-//! Preflight: before the first import, one look at the account, so a wrong key pair,
+//! Preflight: before any other MI call, one look at the account, so a wrong key pair,
 //! workspace, project or bucket costs a request or two, not a million failed rows.
 
 use serde_json::Value;
 
 use super::{FatalStop, Runner};
 use crate::api::Call;
-
-/// Why preflight refused to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
-    /// MI answered in a way that stops the run (exit 3).
-    Fatal(FatalStop),
-    /// Our own check of the settings failed (exit 2).
-    Settings(FatalStop),
-}
 
 /// The bucket MI links to the workspace, if its details name one.
 pub fn linked_bucket(workspace: &Value) -> Option<&str> {
@@ -50,30 +41,15 @@ pub fn bucket_refusal(linked: &str, buckets: &[String], allow_other: bool) -> Op
 }
 
 impl Runner {
-    /// Checks credentials, workspace, project and bucket. `buckets` are those of the keys about
-    /// to be sent.
-    pub async fn preflight(&self, buckets: &[String], allow_other_bucket: bool) -> Option<Refusal> {
-        let workspace = match self.look(true).await {
-            Ok(w) => w,
-            Err(refusal) => return Some(refusal),
-        };
-        if let Err(refusal) = self.look(false).await {
-            return Some(refusal);
-        }
-        match linked_bucket(&workspace) {
-            Some(linked) => {
-                bucket_refusal(linked, buckets, allow_other_bucket).map(Refusal::Settings)
-            }
-            None => {
-                tracing::info!(
-                    "the workspace's details name no linked bucket; buckets not checked"
-                );
-                None
-            }
-        }
+    /// Reads the workspace and the project; the bucket the workspace is linked to, if its
+    /// details name one, or why the run cannot start.
+    pub(super) async fn preflight(&self) -> Result<Option<String>, FatalStop> {
+        let workspace = self.look(true).await?;
+        self.look(false).await?;
+        Ok(linked_bucket(&workspace).map(str::to_owned))
     }
 
-    async fn look(&self, workspace: bool) -> Result<Value, Refusal> {
+    async fn look(&self, workspace: bool) -> Result<Value, FatalStop> {
         let what = if workspace { "workspace" } else { "project" };
         let finished = self
             .call_mi(Call::Lookup, || async {
@@ -94,7 +70,7 @@ impl Runner {
                     target.project, target.workspace
                 )
             };
-            Refusal::Fatal(FatalStop {
+            FatalStop {
                 message: format!(
                     "preflight: cannot read the {what}: {error} ({named} at {})",
                     target.endpoint
@@ -102,7 +78,7 @@ impl Runner {
                 hint: error.hint().map(str::to_owned).or_else(|| {
                     Some("MI is not answering; try again later, or check --endpoint".into())
                 }),
-            })
+            }
         })
     }
 }

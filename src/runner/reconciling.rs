@@ -1,65 +1,247 @@
-//! Reconciliation: one pass over the project's asset list settles every key whose outcome
-//! is unknown, before any of them is sent again. The matching rule itself is pure and lives
-//! in [`crate::reconcile`].
+//! Reconciliation: one pass over the project's asset list serves every key whose outcome is
+//! unknown. The pass gathers what the rule in [`crate::reconcile`] needs: the listed assets
+//! that bear the keys' names, the ledger's own assets as witnesses (how MI names, times and
+//! numbers assets, and whether the list is current), and which candidates the ledger already
+//! owns. The verdicts are written in one transaction; a kill during the pass loses nothing
+//! (the keys stay uncertain and the next run passes again).
 
 use anyhow::Result;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
-use super::{FatalStop, LIST_PAGE, Runner};
-use crate::api::Call;
-use crate::ledger;
-use crate::reconcile;
+use super::{FatalStop, LIST_PAGE, Runner, plural};
+use crate::api::{ApiError, Call};
+use crate::ledger::{self, unsure};
+use crate::reconcile::{self, Evidence, Listed, Naming, Pass, UnsureKey, Witness};
 use crate::retry::Disposition;
 
+/// How long MI's asset list may take to show a new asset, unless `--list-settle` says
+/// otherwise: a key missing from the list proves nothing until this long after its outcome
+/// became unknown. A search index typically shows a new entry within seconds; a minute is a
+/// wide margin, and costs only a wait at the end of a run that lost answers.
+pub const DEFAULT_SETTLE: Duration = Duration::from_secs(60);
+/// Witnesses are taken from this long before the earliest unsure key's send on.
+const WITNESS_LOOKBACK: Duration = Duration::from_secs(600);
+/// Most witnesses held for one pass (their keys are in memory).
+const MAX_WITNESSES: usize = 100_000;
+/// Witnesses answered within this long before the list is supposed to be current are checked
+/// for being listed: one missing means the list lags more than the settle window.
+const FRESHNESS_WINDOW: Duration = Duration::from_secs(600);
+/// Missing witnesses looked up one by one (a deleted asset is no sign of lag); more missing
+/// than this and the list is taken as not current.
+const MAX_PROBES: usize = 20;
+/// The fact under which the learned naming is kept.
+const NAMING_FACT: &str = "list_naming";
+
+/// What one pass decided.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct PassResult {
+    pub settled: unsure::Settled,
+    /// The list was known current: absence was proven where names were absent.
+    pub proven: bool,
+}
+
+/// What one pass over the list collected.
+struct Collected {
+    /// Assets bearing a wanted name.
+    named: Vec<Listed>,
+    /// Witnesses found in the list, by asset ID.
+    witnesses: HashMap<i64, Listed>,
+    /// Every page reported the same total: nothing was added or removed during the pass, so
+    /// no asset slipped between two pages.
+    steady: bool,
+    pages: u32,
+}
+
 impl Runner {
-    /// Looks up every uncertain key in one pass over the project's asset list.
-    pub(super) async fn reconcile(&self) -> Result<()> {
+    /// Looks up every uncertain key in one pass over the project's asset list. `None` when
+    /// there was nothing to look up, or the list could not be read (the keys stay uncertain).
+    pub(super) async fn reconcile(&self) -> Result<Option<PassResult>> {
         let scope = self.scope.clone();
         let unsure = self
             .writer
-            .write(move |t| ledger::uncertain_keys(t, &scope))
+            .write(move |t| unsure::uncertain_keys(t, &scope))
             .await?;
         if unsure.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        tracing::info!(
-            "checking MI's asset list for {} keys with an unknown outcome",
-            unsure.len()
-        );
-        let Some(listing) = self.list_names(reconcile::wanted_names(&unsure)).await else {
-            return Ok(());
-        };
+        let keys: Vec<UnsureKey> = unsure.into_iter().map(|u| u.key).collect();
+        let earliest = keys.iter().map(|k| k.sent_at).min().unwrap_or(0);
+        let since = earliest - WITNESS_LOOKBACK.as_millis() as i64;
         let scope = self.scope.clone();
-        let known: HashSet<i64> = self
+        let (witnesses, stored) = self
             .writer
-            .write(move |t| ledger::known_asset_ids(t, &scope))
-            .await?
-            .into_iter()
-            .collect();
-        let verdict = reconcile::match_assets(&unsure, &listing, &known);
-        tracing::info!(
-            "{} found registered, {} not registered (will be sent)",
-            verdict.found.len(),
-            verdict.not_found.len()
-        );
-        self.stats
-            .reconciled
-            .fetch_add(verdict.found.len() as u64, Relaxed);
-        self.stats
-            .queued
-            .fetch_add(verdict.not_found.len() as u64, Relaxed);
-        self.writer
-            .write(move |t| ledger::resolve_uncertain(t, &verdict.found, &verdict.not_found))
+            .write(move |t| {
+                Ok((
+                    unsure::witnesses(t, &scope, since, MAX_WITNESSES)?,
+                    unsure::fact(t, &scope, NAMING_FACT)?,
+                ))
+            })
             .await?;
-        Ok(())
+        tracing::info!(
+            "checking MI's asset list for {} {} with an unknown outcome",
+            keys.len(),
+            plural(keys.len() as u64, "key", "keys")
+        );
+        let started = ledger::now_ms();
+        let wanted = reconcile::wanted_names(&keys);
+        let witness_ids: HashSet<i64> = witnesses.iter().map(|w| w.asset_id).collect();
+        let Some(collected) = self.collect(&wanted, &witness_ids).await else {
+            return Ok(None);
+        };
+        let evidence = self
+            .learn(
+                &witnesses,
+                &collected,
+                stored.as_deref().and_then(Naming::parse),
+            )
+            .await?;
+        let current = collected.steady && self.shows_recent(&witnesses, &collected, started).await;
+        let fresh_as_of = current.then(|| started - self.pace.settle.as_millis() as i64);
+        let ids: Vec<i64> = collected.named.iter().map(|a| a.asset_id).collect();
+        let owned = self
+            .writer
+            .write(move |t| unsure::owned_among(t, &ids))
+            .await?;
+        let verdicts = reconcile::judge(
+            &keys,
+            &Pass {
+                listed: &collected.named,
+                owned: &owned,
+                evidence: &evidence,
+                witnesses: &witnesses,
+                fresh_as_of,
+            },
+        );
+        let run = self.run_id;
+        let settled = self
+            .writer
+            .write(move |t| unsure::apply_verdicts(t, &verdicts, started, run))
+            .await?;
+        self.stats.reconciled.fetch_add(settled.registered, Relaxed);
+        self.stats.requeue(settled.resend);
+        tracing::info!(
+            "asset list ({} {}): {} found registered, {} not registered (sent again), {} still unknown{}",
+            collected.pages,
+            plural(collected.pages as u64, "page", "pages"),
+            settled.registered,
+            settled.resend,
+            settled.waiting + settled.ambiguous,
+            if settled.ambiguous > 0 {
+                format!(
+                    " ({} with candidate assets: see `mi-import report --state uncertain`, settle with `mi-import resolve`)",
+                    settled.ambiguous
+                )
+            } else {
+                String::new()
+            }
+        );
+        Ok(Some(PassResult {
+            settled,
+            proven: fresh_as_of.is_some(),
+        }))
     }
 
-    /// Pages the whole asset list, keeping only the names asked for. `None` if the listing
-    /// could not be completed (the keys then stay uncertain).
-    async fn list_names(&self, wanted: HashSet<String>) -> Option<HashMap<String, Vec<i64>>> {
-        let mut names: HashMap<String, Vec<i64>> = HashMap::new();
+    /// What the listed witnesses teach, remembered for the next pass; the naming learned
+    /// before stands when this pass shows no witness.
+    async fn learn(
+        &self,
+        witnesses: &[Witness],
+        collected: &Collected,
+        stored: Option<Naming>,
+    ) -> Result<Evidence> {
+        let learned = reconcile::learn_naming(witnesses, &collected.witnesses);
+        if let Some(naming) = learned
+            && learned != stored
+        {
+            match naming {
+                Naming::Other => tracing::warn!(
+                    "MI's asset list names assets neither by their full key nor by its last segment; keys whose answer was lost cannot be found by name and stay uncertain"
+                ),
+                _ => tracing::info!(
+                    "MI's asset list names assets by their {} (learned from assets this ledger registered)",
+                    match naming {
+                        Naming::FullKey => "full object key",
+                        _ => "file name (the key's last segment)",
+                    }
+                ),
+            }
+            let scope = self.scope.clone();
+            self.writer
+                .write(move |t| unsure::learn(t, &scope, NAMING_FACT, naming.as_str()))
+                .await?;
+        }
+        Ok(Evidence {
+            naming: learned.or(stored),
+            clock: reconcile::learn_clock(witnesses, &collected.witnesses),
+            ids_ordered: reconcile::learn_id_order(witnesses),
+        })
+    }
+
+    /// Whether the list shows the assets this ledger registered shortly before the moment it
+    /// should be current to: one missing that still exists means the list lags longer than the
+    /// settle window, and absence proves nothing this pass.
+    async fn shows_recent(
+        &self,
+        witnesses: &[Witness],
+        collected: &Collected,
+        started: i64,
+    ) -> bool {
+        let until = started - self.pace.settle.as_millis() as i64;
+        let from = until - FRESHNESS_WINDOW.as_millis() as i64;
+        let missing: Vec<i64> = witnesses
+            .iter()
+            .filter(|w| (from..=until).contains(&w.answered_at))
+            .filter(|w| !collected.witnesses.contains_key(&w.asset_id))
+            .map(|w| w.asset_id)
+            .collect();
+        if missing.len() > MAX_PROBES {
+            tracing::warn!(
+                "MI's asset list does not show {} assets registered more than {} before it was read; it may lag more than --list-settle, so keys missing from it are not sent again yet",
+                missing.len(),
+                humantime::format_duration(self.pace.settle)
+            );
+            return false;
+        }
+        for asset in missing {
+            let finished = self.call_mi(Call::Asset, || self.client.asset(asset)).await;
+            match finished.last.result {
+                Err(e) if e.status() == Some(404) => {
+                    tracing::debug!("asset {asset} is gone from MI (deleted?)");
+                }
+                Ok(_) => {
+                    tracing::warn!(
+                        "MI's asset list does not show asset {asset}, which exists and was registered more than {} before the list was read; it may lag more than --list-settle, so keys missing from it are not sent again yet",
+                        humantime::format_duration(self.pace.settle)
+                    );
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!("cannot look up asset {asset}: {e}");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Pages the whole asset list, keeping the assets named as wanted and the witnesses.
+    /// `None` if the listing could not be completed.
+    async fn collect(
+        &self,
+        wanted: &HashSet<String>,
+        witness_ids: &HashSet<i64>,
+    ) -> Option<Collected> {
+        let mut collected = Collected {
+            named: Vec::new(),
+            witnesses: HashMap::new(),
+            steady: true,
+            pages: 0,
+        };
+        let mut total_count = None;
         let mut page = 1;
+        self.stats.asset_pages.store(0, Relaxed);
         loop {
             let finished = self
                 .call_mi(Call::ListAssets, || {
@@ -69,31 +251,51 @@ impl Runner {
             let listed = match finished.last.result {
                 Ok(listed) => listed,
                 Err(error) => {
-                    if error.disposition_for(Call::ListAssets) == Disposition::Fatal {
-                        self.stop_for(FatalStop {
-                            message: format!("{error} (while listing the project's assets)"),
-                            hint: error.hint().map(str::to_owned),
-                        });
-                    } else if !finished.interrupted {
-                        tracing::error!(
-                            "cannot list the project's assets: {error}; uncertain keys stay uncertain"
-                        );
-                    }
+                    self.list_failed(&error, finished.interrupted);
+                    self.stats.asset_pages_total.store(0, Relaxed);
                     return None;
                 }
             };
+            if *total_count.get_or_insert(listed.total_count) != listed.total_count {
+                collected.steady = false;
+            }
+            self.stats
+                .asset_pages_total
+                .store(u64::from(listed.total_pages.max(page)), Relaxed);
+            self.stats.asset_pages.store(u64::from(page), Relaxed);
+            collected.pages = page;
             for asset in listed.assets {
-                if wanted.contains(&asset.file_name) {
-                    names
-                        .entry(asset.file_name)
-                        .or_default()
-                        .push(asset.asset_id);
+                let entry = Listed {
+                    asset_id: asset.asset_id,
+                    size: asset.size,
+                    created: asset.created,
+                    file_name: asset.file_name,
+                };
+                if witness_ids.contains(&entry.asset_id) {
+                    collected.witnesses.insert(entry.asset_id, entry.clone());
+                }
+                if wanted.contains(&entry.file_name) {
+                    collected.named.push(entry);
                 }
             }
             if page >= listed.total_pages {
-                return Some(names);
+                self.stats.asset_pages_total.store(0, Relaxed);
+                return Some(collected);
             }
             page += 1;
+        }
+    }
+
+    fn list_failed(&self, error: &ApiError, interrupted: bool) {
+        if error.disposition_for(Call::ListAssets) == Disposition::Fatal {
+            self.stop_for(FatalStop {
+                message: format!("{error} (while listing the project's assets)"),
+                hint: error.hint().map(str::to_owned),
+            });
+        } else if !interrupted {
+            tracing::error!(
+                "cannot list the project's assets: {error}; keys with an unknown outcome stay uncertain"
+            );
         }
     }
 }

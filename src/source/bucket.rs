@@ -19,6 +19,9 @@ use crate::retry::{Disposition, Retryable};
 
 /// Keys per page: the most ListObjects returns.
 pub const PAGE_SIZE: i32 = 1000;
+/// Listing requests at once by default: rclone's default for its listing workers (checkers),
+/// few enough to stay far from any per-account limit of Object Storage.
+pub const DEFAULT_LIST_CONCURRENCY: usize = 8;
 
 /// NCP Object Storage regions and their endpoints (NCP-API.md).
 pub const REGIONS: &[(&str, &str)] = &[
@@ -29,6 +32,27 @@ pub const REGIONS: &[(&str, &str)] = &[
     ("de-standard", "https://de.object.ncloudstorage.com"),
 ];
 pub const DEFAULT_REGION: &str = "kr-standard";
+
+/// Where Object Storage is and how to read it, for listings named later (a run without a
+/// source continues the listings an earlier run left unfinished).
+#[derive(Debug, Clone)]
+pub struct S3Place {
+    pub endpoint: String,
+    pub region: String,
+    pub credentials: Credentials,
+}
+
+impl S3Place {
+    pub fn spec(&self, bucket: String, prefix: String) -> BucketSpec {
+        BucketSpec {
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone(),
+            bucket,
+            prefix,
+            credentials: self.credentials.clone(),
+        }
+    }
+}
 
 /// Where to list.
 #[derive(Debug, Clone)]
@@ -83,6 +107,8 @@ pub struct Object {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub objects: Vec<Object>,
+    /// Folders directly below the listed prefix (asked for with a delimiter).
+    pub subfolders: Vec<String>,
     pub next_marker: Option<String>,
 }
 
@@ -124,6 +150,7 @@ impl Retryable for Listed {
 /// Lists one bucket prefix.
 pub struct Lister {
     client: aws_sdk_s3::Client,
+    endpoint: String,
     bucket: String,
     prefix: String,
 }
@@ -165,18 +192,59 @@ impl Lister {
             .build();
         Self {
             client: aws_sdk_s3::Client::from_conf(config),
+            endpoint: spec.endpoint.clone(),
             bucket: spec.bucket.clone(),
             prefix: spec.prefix.clone(),
         }
     }
 
-    /// The page after `marker` (from the start when `None`).
-    pub async fn page(&self, marker: Option<&str>) -> Result<Page, ListError> {
+    /// Asks for the bucket (HeadBucket), to learn before anything else whether it exists and
+    /// may be read: an input error (exit 2) naming the bucket if not.
+    pub async fn check_bucket(&self) -> anyhow::Result<()> {
+        let answer = self.client.head_bucket().bucket(&self.bucket).send().await;
+        let Err(error) = answer else {
+            return Ok(());
+        };
+        let (b, at) = (&self.bucket, &self.endpoint);
+        let text = match &error {
+            SdkError::ServiceError(ctx) => match ctx.raw().status().as_u16() {
+                404 => format!(
+                    "bucket `{b}` does not exist at {at}\nhint: check --bucket, and --s3-region or --s3-endpoint"
+                ),
+                status @ (401 | 403) => format!(
+                    "the key pair may not read bucket `{b}` at {at} (HTTP {status})\nhint: check that the key pair may read this bucket (or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
+                ),
+                status => format!(
+                    "cannot read bucket `{b}` at {at} (HTTP {status})\nhint: check --s3-endpoint, and try again later"
+                ),
+            },
+            other => format!(
+                "cannot reach Object Storage at {at}: {}\nhint: check --s3-endpoint (or --s3-region) and the network",
+                root_cause(other)
+            ),
+        };
+        Err(crate::exit::input(anyhow::anyhow!(text)))
+    }
+
+    /// The prefix this lister was made for.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The page of `prefix` after `marker` (from the start when `None`): everything below the
+    /// prefix (`flat`), or its objects and its subfolders (with a `/` delimiter).
+    pub async fn page(
+        &self,
+        prefix: &str,
+        marker: Option<&str>,
+        flat: bool,
+    ) -> Result<Page, ListError> {
         let answer = self
             .client
             .list_objects()
             .bucket(&self.bucket)
-            .prefix(&self.prefix)
+            .prefix(prefix)
+            .set_delimiter((!flat).then(|| "/".to_owned()))
             .max_keys(PAGE_SIZE)
             .encoding_type(EncodingType::Url)
             .set_marker(marker.map(str::to_owned))
@@ -204,10 +272,22 @@ impl Lister {
                     .and_then(|t| SystemTime::try_from(*t).ok()),
             });
         }
+        let mut subfolders = Vec::with_capacity(answer.common_prefixes().len());
+        for folder in answer.common_prefixes() {
+            let Some(raw) = folder.prefix() else { continue };
+            subfolders.push(decode(raw).map_err(|m| self.bad(format!("folder `{raw}`: {m}")))?);
+        }
         let next_marker = if answer.is_truncated() == Some(true) {
+            // Without NextMarker, the page ends at its greatest key or folder.
+            let last = objects
+                .last()
+                .map(|o| o.key.clone())
+                .into_iter()
+                .chain(subfolders.last().cloned())
+                .max();
             let next = match answer.next_marker() {
                 Some(m) => Some(decode(m).map_err(|e| self.bad(format!("next marker: {e}")))?),
-                None => objects.last().map(|o| o.key.clone()),
+                None => last,
             };
             if next.is_none() {
                 return Err(self.bad("a truncated page with no keys and no next marker".into()));
@@ -218,6 +298,7 @@ impl Lister {
         };
         Ok(Page {
             objects,
+            subfolders,
             next_marker,
         })
     }
@@ -232,20 +313,34 @@ impl Lister {
     }
 
     fn error(&self, error: SdkError<ListObjectsError, HttpResponse>) -> ListError {
-        let (status, retryable) = match &error {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        let (status, retryable, message) = match &error {
             SdkError::ServiceError(ctx) => {
                 let status = ctx.raw().status().as_u16();
-                (Some(status), status == 429 || status >= 500)
+                let code = ctx.err().code().unwrap_or("error");
+                let text = ctx.err().message().unwrap_or("");
+                (
+                    Some(status),
+                    status == 429 || status >= 500,
+                    format!(
+                        "HTTP {status} {code}{}{text}",
+                        if text.is_empty() { "" } else { ": " }
+                    ),
+                )
             }
-            SdkError::TimeoutError(_)
-            | SdkError::DispatchFailure(_)
-            | SdkError::ResponseError(_) => (None, true),
-            _ => (None, false),
+            SdkError::TimeoutError(_) => (None, true, "timed out".to_owned()),
+            SdkError::DispatchFailure(_) => (
+                None,
+                true,
+                format!("cannot reach Object Storage: {}", root_cause(&error)),
+            ),
+            SdkError::ResponseError(_) => (None, true, "the answer broke off".to_owned()),
+            other => (
+                None,
+                false,
+                aws_sdk_s3::error::DisplayErrorContext(other).to_string(),
+            ),
         };
-        let mut message = aws_sdk_s3::error::DisplayErrorContext(&error).to_string();
-        if let Some(status) = status {
-            message = format!("HTTP {status}: {message}");
-        }
         ListError {
             bucket: self.bucket.clone(),
             message,
@@ -253,6 +348,17 @@ impl Lister {
             retryable,
         }
     }
+}
+
+/// The root cause of a failed request (refused, DNS, TLS), in one line.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut last = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        last = e.to_string();
+        source = e.source();
+    }
+    last
 }
 
 /// Decodes a key S3 sent URL-encoded: `%XX` escapes, and `+` for a space (as S3 encodes, and

@@ -16,6 +16,9 @@ pub enum ManifestFormat {
     Csv,
     /// No header; `bucket,key[,version]` with URL-encoded keys, as S3 Batch Operations writes.
     S3Batch,
+    /// No header; one key per line, as it is (what `rclone lsf` or `aws s3 ls` scripts
+    /// write); the bucket comes from `--bucket`.
+    Keys,
 }
 
 /// One usable row.
@@ -36,6 +39,14 @@ pub enum ManifestError {
     Row { line: u64, message: String },
 }
 
+/// The headerless S3 Batch Operations form: `bucket,key[,version]`.
+const BATCH_COLUMNS: Columns = Columns {
+    width: None,
+    key: 1,
+    bucket: Some(0),
+    size: None,
+};
+
 #[derive(Debug, Clone, Copy)]
 struct Columns {
     /// Fields every row must have (the header's count); `None` for the headerless form.
@@ -45,14 +56,82 @@ struct Columns {
     size: Option<usize>,
 }
 
+/// Gives every blank line a space, so the CSV parser counts it: it skips empty lines without
+/// counting them, which would put every later row's line number off by one.
+pub struct BlankLines<R> {
+    inner: R,
+    after_newline: bool,
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    at: usize,
+}
+
+impl<R: Read> BlankLines<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            after_newline: true,
+            buf: vec![0; 64 * 1024],
+            out: Vec::with_capacity(64 * 1024 + 1024),
+            at: 0,
+        }
+    }
+}
+
+impl<R: Read> Read for BlankLines<R> {
+    fn read(&mut self, into: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.out.len() {
+            let n = self.inner.read(&mut self.buf)?;
+            self.out.clear();
+            self.at = 0;
+            for &b in &self.buf[..n] {
+                if b == b'\n' && self.after_newline {
+                    self.out.push(b' ');
+                }
+                self.after_newline = b == b'\n';
+                self.out.push(b);
+            }
+        }
+        let n = into.len().min(self.out.len() - self.at);
+        into[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
 /// Streams rows out of a manifest without holding it in memory.
 pub struct ManifestReader<R: Read> {
-    csv: csv::Reader<BufReader<R>>,
+    csv: csv::Reader<BufReader<BlankLines<R>>>,
     columns: Columns,
     format: ManifestFormat,
     default_bucket: Option<String>,
     record: csv::ByteRecord,
+    /// Lines of the file before this reader's input (when continuing an earlier read).
+    lines_before: u64,
 }
+
+fn csv_reader<R: Read>(input: R, format: ManifestFormat, has_headers: bool) -> csv::Reader<R> {
+    // `\n` ends a record; a `\r` before it is dropped in `field`. (The csv crate's own CRLF
+    // handling reports every row one line early.)
+    let mut builder = csv::ReaderBuilder::new();
+    builder
+        .terminator(csv::Terminator::Any(b'\n'))
+        .has_headers(has_headers)
+        .flexible(true);
+    if format == ManifestFormat::Keys {
+        // A whole line is one key: commas and quotes are part of it.
+        builder.delimiter(b'\0').quoting(false);
+    }
+    builder.from_reader(input)
+}
+
+/// One key per line, no header.
+const KEY_COLUMNS: Columns = Columns {
+    width: None,
+    key: 0,
+    bucket: None,
+    size: None,
+};
 
 impl<R: Read> ManifestReader<R> {
     /// Reads the header (for the CSV form) and checks that every row can name its bucket.
@@ -61,22 +140,12 @@ impl<R: Read> ManifestReader<R> {
         format: ManifestFormat,
         default_bucket: Option<String>,
     ) -> Result<Self, ManifestError> {
-        let mut input = BufReader::with_capacity(256 * 1024, input);
+        let mut input = BufReader::with_capacity(256 * 1024, BlankLines::new(input));
         skip_bom(&mut input).map_err(|e| ManifestError::Header(format!("cannot read: {e}")))?;
-        // `\n` ends a record; a `\r` before it is dropped in `field`. (The csv crate's own CRLF
-        // handling reports every row one line early.)
-        let mut csv = csv::ReaderBuilder::new()
-            .terminator(csv::Terminator::Any(b'\n'))
-            .has_headers(format == ManifestFormat::Csv)
-            .flexible(true)
-            .from_reader(input);
+        let mut csv = csv_reader(input, format, format == ManifestFormat::Csv);
         let columns = match format {
-            ManifestFormat::S3Batch => Columns {
-                width: None,
-                key: 1,
-                bucket: Some(0),
-                size: None,
-            },
+            ManifestFormat::S3Batch => BATCH_COLUMNS,
+            ManifestFormat::Keys => keys_columns(default_bucket.is_some())?,
             ManifestFormat::Csv => header_columns(&mut csv, default_bucket.is_some())?,
         };
         Ok(Self {
@@ -85,6 +154,43 @@ impl<R: Read> ManifestReader<R> {
             format,
             default_bucket,
             record: csv::ByteRecord::new(),
+            lines_before: 0,
+        })
+    }
+
+    /// Reads on from the middle of a manifest: `input` starts at a line's end, after
+    /// `lines_before` lines, the first of which (the header, for the CSV form) is `first_line`.
+    pub fn continuing(
+        input: R,
+        format: ManifestFormat,
+        default_bucket: Option<String>,
+        first_line: &[u8],
+        lines_before: u64,
+    ) -> Result<Self, ManifestError> {
+        let columns = match format {
+            ManifestFormat::S3Batch => BATCH_COLUMNS,
+            ManifestFormat::Keys => keys_columns(default_bucket.is_some())?,
+            ManifestFormat::Csv => {
+                let header = first_line
+                    .strip_prefix(b"\xEF\xBB\xBF")
+                    .unwrap_or(first_line);
+                header_columns(
+                    &mut csv_reader(header, format, true),
+                    default_bucket.is_some(),
+                )?
+            }
+        };
+        Ok(Self {
+            csv: csv_reader(
+                BufReader::with_capacity(256 * 1024, BlankLines::new(input)),
+                format,
+                false,
+            ),
+            columns,
+            format,
+            default_bucket,
+            record: csv::ByteRecord::new(),
+            lines_before,
         })
     }
 
@@ -112,7 +218,7 @@ impl<R: Read> ManifestReader<R> {
         }
         let raw_key = field(self.columns.key)?;
         let key = match self.format {
-            ManifestFormat::Csv => raw_key.to_owned(),
+            ManifestFormat::Csv | ManifestFormat::Keys => raw_key.to_owned(),
             ManifestFormat::S3Batch => decode_batch_key(raw_key).map_err(|m| bad(m.into()))?,
         };
         if key.is_empty() {
@@ -162,16 +268,27 @@ impl<R: Read> Iterator for ManifestReader<R> {
             }
             Ok(true) => {
                 let line = self.record.position().map(|p| p.line()).unwrap_or(0);
-                Some(self.row(line))
+                Some(self.row(line + self.lines_before))
             }
             Err(e) => {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
+                let line = e.position().map(|p| p.line()).unwrap_or(0) + self.lines_before;
                 Some(Err(ManifestError::Row {
                     line,
                     message: e.to_string(),
                 }))
             }
         }
+    }
+}
+
+fn keys_columns(has_default_bucket: bool) -> Result<Columns, ManifestError> {
+    if has_default_bucket {
+        Ok(KEY_COLUMNS)
+    } else {
+        Err(ManifestError::Header(
+            "a list of keys names no bucket\nhint: pass --bucket NAME with --manifest-format keys"
+                .into(),
+        ))
     }
 }
 
@@ -198,6 +315,8 @@ fn header_columns<R: Read>(
     let Some(key) = find(&["key"]) else {
         let hint = if names.len() == 2 && !names.iter().any(|n| n == "bucket") {
             "hint: for a headerless `bucket,key` file, use --manifest-format s3-batch"
+        } else if names.len() == 1 {
+            "hint: for a plain list of keys, one per line, use --manifest-format keys --bucket NAME"
         } else {
             "hint: add a header line with a `key` column (and `bucket`, or pass --bucket)"
         };
@@ -333,6 +452,23 @@ mod tests {
     }
 
     #[test]
+    fn blank_lines_do_not_shift_the_line_numbers() {
+        let rows = read(
+            "bucket,key\n\nmedia,a.mp4\n\n\nmedia,\n",
+            ManifestFormat::Csv,
+            None,
+        );
+        assert_eq!(rows[0].as_ref().unwrap().line, 3);
+        assert!(
+            rows[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("line 6:")
+        );
+    }
+
+    #[test]
     fn unclosed_quote_is_reported_at_its_line() {
         let rows = read(
             "bucket,key\nmedia,a.mp4\nmedia,\"broken.mp4\nmedia,c.mp4\n",
@@ -356,6 +492,48 @@ mod tests {
         );
         assert_eq!(rows[0].as_ref().unwrap().key, "a b.mp4");
         assert_eq!(rows[1].as_ref().unwrap().line, 2);
+    }
+
+    #[test]
+    fn continuing_reads_the_tail_with_the_header_and_true_line_numbers() {
+        let tail = "media,c.mp4\nmedia,\n";
+        let rows: Vec<_> = ManifestReader::continuing(
+            tail.as_bytes(),
+            ManifestFormat::Csv,
+            None,
+            b"\xEF\xBB\xBFbucket,key\r\n",
+            3,
+        )
+        .unwrap()
+        .collect();
+        assert_eq!(rows[0].as_ref().unwrap().line, 4);
+        assert_eq!(rows[0].as_ref().unwrap().key, "c.mp4");
+        assert!(
+            rows[1]
+                .as_ref()
+                .unwrap_err()
+                .to_string()
+                .starts_with("line 5:")
+        );
+    }
+
+    #[test]
+    fn a_list_of_keys_takes_each_line_whole() {
+        let rows = read(
+            "2024/a, \"b\".mp4\r\n\nplain.mp4\n",
+            ManifestFormat::Keys,
+            Some("media"),
+        );
+        let keys: Vec<_> = rows
+            .iter()
+            .map(|r| r.as_ref().unwrap().key.as_str())
+            .collect();
+        assert_eq!(keys, ["2024/a, \"b\".mp4", "plain.mp4"]);
+        assert_eq!(rows[1].as_ref().unwrap().line, 3);
+        let err = ManifestReader::new("a.mp4\n".as_bytes(), ManifestFormat::Keys, None)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("--bucket"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod eligibility;
 pub mod filter;
 pub mod manifest;
+pub mod tally;
 
 use crate::ledger::NewKey;
 

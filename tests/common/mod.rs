@@ -18,6 +18,9 @@ pub mod s3;
 pub const ACCESS: &str = "test-access-key";
 pub const SECRET: &str = "test-secret-9f1c2e";
 pub const BUCKET: &str = "media-archive";
+/// The settle window the tests give MI's asset list: the emulator shows a new asset at once
+/// unless a test gives it a lag, so a short window proves absence as surely as a long one.
+pub const SETTLE: Duration = Duration::from_secs(2);
 
 pub fn credentials() -> Credentials {
     Credentials::new(ACCESS.into(), SECRET.into())
@@ -66,10 +69,17 @@ impl Workspace {
             .conn()
             .prepare("SELECT key, state, asset_id, attempts FROM keys ORDER BY id")
             .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+        stmt.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get::<_, State>(1)?.as_str().to_owned(),
+                r.get(2)?,
+                r.get(3)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
     }
 
     pub fn count(&self, state: State) -> usize {
@@ -101,8 +111,11 @@ pub fn base_job(ws: &Workspace, emulator: &Emulator) -> ImportJob {
         Some("1001".into()),
     )
     .unwrap();
-    let limits = Limits::new(0, 16, 6, Duration::from_secs(5)).unwrap();
-    ImportJob::new(ws.db(), target, credentials(), limits)
+    let limits = Limits::new(0.0, 16, 6, Duration::from_secs(5)).unwrap();
+    ImportJob {
+        settle: SETTLE,
+        ..ImportJob::new(ws.db(), target, credentials(), limits)
+    }
 }
 
 /// An import of `manifest` against `emulator`, with no rate limit unless set.
@@ -182,6 +195,8 @@ pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<Str
         "--manifest",
         manifest.to_str().unwrap(),
         "--no-confirm",
+        "--list-settle",
+        "2s",
         "--rate",
         "0",
     ]

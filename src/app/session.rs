@@ -1,0 +1,163 @@
+//! One command's hold on the ledger: the lock, the writer thread, its row in `runs`, and the
+//! way it ends (counts, exit code, summary, the write-ahead log folded into the file).
+
+use anyhow::Result;
+use serde_json::json;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{ImportJob, ImportResult, summary};
+use crate::api::MiClient;
+use crate::exit::Exit;
+use crate::ledger::writer::LedgerWriter;
+use crate::ledger::{self, Ingested, Ledger, Scope, State};
+use crate::limiter::Limiter;
+use crate::lock::LedgerLock;
+use crate::runner::{Ending, Pace, Runner};
+
+pub(crate) struct Session {
+    pub writer: LedgerWriter,
+    pub scope: Scope,
+    pub run_id: i64,
+    pub started: Instant,
+    /// The highest key row before this command: rows above it are the ones it added.
+    pub rows_before: i64,
+    _lock: LedgerLock,
+}
+
+impl Session {
+    /// Takes the ledger's lock, opens it, and starts the command's row in `runs`.
+    pub fn open(job: &ImportJob, command: &str) -> Result<Self> {
+        let lock = crate::lock::acquire(&job.db, command)?;
+        let ledger = Ledger::open(&job.db)?;
+        let conn = ledger.conn();
+        let scope = Scope::open(conn, &job.target.workspace, &job.target.project)?;
+        let run_id = ledger::start_run(conn, command, Some(&scope), job.limits.timeout)?;
+        let rows_before: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM keys", [], |r| r.get(0))?;
+        // The thread ends by itself once every writer handle (the runner's too) is dropped;
+        // every write is awaited, so nothing is left unwritten when the command returns.
+        let (writer, _thread) = LedgerWriter::spawn(ledger, Some(run_id));
+        Ok(Self {
+            writer,
+            scope,
+            run_id,
+            started: Instant::now(),
+            rows_before,
+            _lock: lock,
+        })
+    }
+
+    pub fn runner(&self, job: &ImportJob, shutdown: CancellationToken) -> Result<Runner> {
+        let client = MiClient::new(
+            job.target.clone(),
+            job.credentials.clone(),
+            job.limits.timeout,
+        )?;
+        let limiter = Arc::new(Limiter::new(job.limits.rate, job.limits.concurrency));
+        let pace = Pace {
+            max_attempts: job.limits.max_attempts,
+            settle: job.settle,
+        };
+        Ok(Runner::new(
+            client,
+            self.writer.clone(),
+            limiter,
+            self.scope.clone(),
+            self.run_id,
+            pace,
+            shutdown,
+        ))
+    }
+
+    /// Removes what this command added to the ledger: a run refused before anything was
+    /// sent leaves no trace of its rows (a typo in a setting must not linger in `status`).
+    pub async fn undo_rows(&self) -> Result<()> {
+        let (scope, above) = (self.scope.clone(), self.rows_before);
+        self.writer
+            .write(move |t| {
+                t.execute(
+                    "DELETE FROM keys WHERE scope = ?1 AND id > ?2",
+                    rusqlite::params![scope.id, above],
+                )?;
+                ledger::forget_scope_if_empty(t, &scope)
+            })
+            .await
+    }
+
+    /// Counts, exit code and summary; closes the run's row, and folds the write-ahead log
+    /// into the ledger file so the file alone is complete.
+    pub async fn finish(
+        self,
+        runner: &Runner,
+        ending: Ending,
+        job: &ImportJob,
+    ) -> Result<ImportResult> {
+        let (s, run) = (self.scope.clone(), self.run_id);
+        let (counts, trouble) = self
+            .writer
+            .write(move |t| {
+                Ok((
+                    ledger::counts(t, Some(&s))?,
+                    ledger::trouble_of_run(t, &s, run)?,
+                ))
+            })
+            .await?;
+        let exit = exit_for(&ending, &trouble);
+        let requests = runner.stats.requests.load(Relaxed);
+        let summary = summary::summarize(
+            &counts,
+            &trouble,
+            &runner.stats,
+            self.started.elapsed(),
+            &job.db,
+        );
+        let next_steps = summary::next_steps(&counts, &ending, &runner.stats);
+        let record = json!({
+            "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "this_run": trouble.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "requests": requests,
+            "throttled": runner.stats.throttled.load(Relaxed),
+            "rate_at_end": rate_at_end(&runner.stats),
+            "ending": format!("{ending:?}"),
+        })
+        .to_string();
+        let run_id = self.run_id;
+        self.writer
+            .write(move |t| ledger::finish_run(t, run_id, exit.code(), &record))
+            .await?;
+        if let Err(e) = Ledger::open(&job.db).and_then(|l| l.checkpoint()) {
+            tracing::debug!("the ledger's write-ahead log stays beside it: {e:#}");
+        }
+        Ok(ImportResult {
+            exit,
+            ending,
+            ingested: Ingested::default(),
+            counts,
+            this_run: trouble,
+            requests,
+            listed: None,
+            summary,
+            next_steps,
+        })
+    }
+}
+
+/// The exit code: about what this run did, not what earlier runs left.
+pub(crate) fn exit_for(ending: &Ending, this_run: &[(State, u64)]) -> Exit {
+    match ending {
+        Ending::Fatal(_) => Exit::Fatal,
+        Ending::Refused(_) => Exit::Usage,
+        Ending::Interrupted => Exit::Interrupted,
+        Ending::Finished if this_run.iter().any(|(s, n)| s.is_trouble() && *n > 0) => Exit::Trouble,
+        Ending::Finished => Exit::Success,
+    }
+}
+
+/// The limiter's rate when the run ended (requests/s), `None` without a limit.
+fn rate_at_end(stats: &crate::progress::Stats) -> Option<f64> {
+    let milli = stats.current_rate.load(Relaxed);
+    (milli > 0).then(|| (milli as f64 / 100.0).round() / 10.0)
+}

@@ -1,0 +1,302 @@
+//! Statements for keys whose outcome is unknown: what reconciliation reads (the keys, the
+//! ledger's own assets as witnesses, what it learned before), what it decides, and what the
+//! user settles by hand with `resolve`.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use std::collections::HashSet;
+
+use super::{FIRST_CHECK, Scope, State, bucket_id, ms_text, now_ms};
+use crate::reconcile::{UnsureKey, Verdict, Witness};
+
+/// An uncertain key, and the candidates an earlier pass found for it (if any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncertain {
+    pub key: UnsureKey,
+    pub candidates: Option<Vec<i64>>,
+    /// The run that made it uncertain or last changed its candidates.
+    pub run: Option<i64>,
+}
+
+/// Every uncertain key of the scope.
+pub fn uncertain_keys(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<Uncertain>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT keys.id, buckets.name, keys.key, keys.size, keys.sent_at, keys.unsure_at,
+                keys.candidates, keys.updated_at, keys.run
+         FROM keys JOIN buckets ON buckets.id = keys.bucket
+         WHERE keys.scope = ?1 AND keys.state = 2 ORDER BY keys.id",
+    )?;
+    let rows = stmt.query_map(params![scope.id], |r| {
+        let updated: i64 = r.get(7)?;
+        let unsure_at: Option<i64> = r.get(5)?;
+        Ok(Uncertain {
+            key: UnsureKey {
+                id: r.get(0)?,
+                bucket: r.get(1)?,
+                key: r.get(2)?,
+                size: r.get::<_, Option<i64>>(3)?.map(|s| s as u64),
+                // A row from before send windows were kept: the widest window there is.
+                sent_at: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                unsure_at: unsure_at.unwrap_or(updated),
+            },
+            candidates: r
+                .get::<_, Option<String>>(6)?
+                .map(|text| parse_candidates(&text)),
+            run: r.get(8)?,
+        })
+    })?;
+    rows.collect()
+}
+
+fn parse_candidates(text: &str) -> Vec<i64> {
+    text.split(' ').filter_map(|id| id.parse().ok()).collect()
+}
+
+/// Of `ids`, those some key of the ledger has or had as its asset.
+pub fn owned_among(conn: &Connection, ids: &[i64]) -> rusqlite::Result<HashSet<i64>> {
+    let wanted: HashSet<i64> = ids.iter().copied().collect();
+    let mut owned = HashSet::new();
+    if wanted.is_empty() {
+        return Ok(owned);
+    }
+    // One pass over the table: asset IDs are not indexed (they are looked up only here).
+    for sql in [
+        "SELECT asset_id FROM keys WHERE asset_id IS NOT NULL",
+        "SELECT asset_id FROM asset_history",
+    ] {
+        let mut stmt = conn.prepare_cached(sql)?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let id: i64 = row.get(0)?;
+            if wanted.contains(&id) {
+                owned.insert(id);
+            }
+        }
+    }
+    Ok(owned)
+}
+
+/// Assets of the scope the ledger knows from MI's own answers, registered at `since` or
+/// later, newest first, at most `limit`: they show how MI names, times and numbers assets,
+/// and whether its list is current.
+pub fn witnesses(
+    conn: &Connection,
+    scope: &Scope,
+    since: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<Witness>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT asset_id, key, sent_at, registered_at FROM keys
+         WHERE scope = ?1 AND state IN (3, 4, 5) AND asset_id IS NOT NULL AND found_by IS NULL
+           AND sent_at IS NOT NULL AND registered_at >= ?2
+         ORDER BY registered_at DESC LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![scope.id, since, limit as i64], |r| {
+        Ok(Witness {
+            asset_id: r.get(0)?,
+            key: r.get(1)?,
+            sent_at: r.get(2)?,
+            answered_at: r.get(3)?,
+        })
+    })?;
+    rows.collect()
+}
+
+/// A fact learned about the scope's MI project, if any.
+pub fn fact(conn: &Connection, scope: &Scope, name: &str) -> rusqlite::Result<Option<String>> {
+    conn.prepare_cached("SELECT value FROM facts WHERE scope = ?1 AND name = ?2")?
+        .query_row(params![scope.id, name], |r| r.get(0))
+        .optional()
+}
+
+/// Remembers a fact about the scope's MI project.
+pub fn learn(conn: &Connection, scope: &Scope, name: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO facts (scope, name, value, at) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value, at = excluded.at",
+    )?
+    .execute(params![scope.id, name, value, now_ms()])?;
+    Ok(())
+}
+
+/// What applying one pass's verdicts did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settled {
+    pub registered: u64,
+    pub resend: u64,
+    pub ambiguous: u64,
+    pub waiting: u64,
+}
+
+/// Applies a pass's verdicts, as settled by `run`. Only rows still uncertain change. A key
+/// found registered is due for confirmation at once; one proven absent goes back to pending;
+/// an ambiguous one keeps its candidates.
+pub fn apply_verdicts(
+    conn: &Connection,
+    verdicts: &[(i64, Verdict)],
+    checked_at: i64,
+    run: i64,
+) -> rusqlite::Result<Settled> {
+    let now = now_ms();
+    let mut found = conn.prepare_cached(
+        "UPDATE keys SET state = 3, asset_id = ?2, found_by = 'list', registered_at = ?3,
+             next_check_at = 0, candidates = NULL, updated_at = ?3, run = ?4,
+             message = 'its answer was lost; found in the project''s asset list'
+         WHERE id = ?1 AND state = 2",
+    )?;
+    let mut absent = conn.prepare_cached(
+        "UPDATE keys SET state = 0, candidates = NULL, unsure_at = NULL, updated_at = ?2,
+             message = ?3
+         WHERE id = ?1 AND state = 2",
+    )?;
+    let mut unsure = conn.prepare_cached(
+        "UPDATE keys SET candidates = ?2, message = ?3,
+             run = CASE WHEN candidates IS ?2 THEN run ELSE ?4 END
+         WHERE id = ?1 AND state = 2",
+    )?;
+    let mut settled = Settled::default();
+    for (id, verdict) in verdicts {
+        match verdict {
+            Verdict::Registered(asset) => {
+                settled.registered += found.execute(params![id, asset, now, run])? as u64;
+            }
+            Verdict::NotRegistered => {
+                let message = format!(
+                    "not in the project's asset list as of {}; sent again",
+                    ms_text(checked_at)
+                );
+                settled.resend += absent.execute(params![id, now, message])? as u64;
+            }
+            Verdict::Wait => {
+                settled.waiting += unsure.execute(params![
+                    id,
+                    None::<String>,
+                    "outcome unknown; waiting until MI's asset list is known to be current",
+                    run
+                ])? as u64;
+            }
+            Verdict::Ambiguous(candidates) => {
+                let text = candidates
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let message = format!(
+                    "outcome unknown: MI lists {} asset{} that may be this key's ({text}); settle it with `mi-import resolve`",
+                    candidates.len(),
+                    if candidates.len() == 1 { "" } else { "s" }
+                );
+                settled.ambiguous += unsure.execute(params![id, text, message, run])? as u64;
+            }
+        }
+    }
+    Ok(settled)
+}
+
+/// What the user decided about one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// MI's asset `0` is this key's.
+    Asset(i64),
+    /// MI has no asset for this key: the next run sends it.
+    NotRegistered,
+}
+
+/// Why a decision was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("the ledger has no key `{key}` in bucket `{bucket}` for this project")]
+    NoSuchKey { bucket: String, key: String },
+    #[error("`{key}` is {state}, not uncertain: only uncertain keys are settled by hand")]
+    NotUncertain { key: String, state: State },
+    #[error("asset {asset} already belongs to `{owner}` in this ledger")]
+    Owned { asset: i64, owner: String },
+}
+
+/// The key `key` of `bucket`, its state and candidates, for `resolve`.
+pub fn find_key(
+    conn: &Connection,
+    scope: &Scope,
+    bucket: &str,
+    key: &str,
+) -> rusqlite::Result<Option<(i64, State, Option<String>)>> {
+    let bucket = bucket_id(conn, bucket)?;
+    conn.query_row(
+        "SELECT id, state, candidates FROM keys WHERE scope = ?1 AND bucket = ?2 AND key = ?3",
+        params![scope.id, bucket, key],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .optional()
+}
+
+/// Applies a user's decision about an uncertain key and records it in `events`. Returns the
+/// key's row id.
+pub fn decide(
+    conn: &Connection,
+    scope: &Scope,
+    bucket: &str,
+    key: &str,
+    decision: &Decision,
+    run: i64,
+) -> rusqlite::Result<Result<i64, Refused>> {
+    let Some((id, state, candidates)) = find_key(conn, scope, bucket, key)? else {
+        return Ok(Err(Refused::NoSuchKey {
+            bucket: bucket.into(),
+            key: key.into(),
+        }));
+    };
+    if state != State::Uncertain {
+        return Ok(Err(Refused::NotUncertain {
+            key: key.into(),
+            state,
+        }));
+    }
+    let now = now_ms();
+    if let Decision::Asset(asset) = decision {
+        let owner: Option<String> = conn
+            .query_row(
+                "SELECT key FROM keys WHERE asset_id = ?1
+                 UNION ALL
+                 SELECT keys.key FROM asset_history JOIN keys ON keys.id = asset_history.key_id
+                 WHERE asset_history.asset_id = ?1
+                 LIMIT 1",
+                params![asset],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(owner) = owner {
+            return Ok(Err(Refused::Owned {
+                asset: *asset,
+                owner,
+            }));
+        }
+        conn.execute(
+            "UPDATE keys SET state = 3, asset_id = ?2, found_by = 'user', registered_at = ?3,
+                 next_check_at = ?4, candidates = NULL, updated_at = ?3, run = ?5,
+                 message = 'asset given by hand with `mi-import resolve`'
+             WHERE id = ?1",
+            params![id, asset, now, now + FIRST_CHECK.as_millis() as i64, run],
+        )?;
+    } else {
+        conn.execute(
+            "UPDATE keys SET state = 0, candidates = NULL, unsure_at = NULL, updated_at = ?2,
+                 run = ?3, message = 'declared not registered with `mi-import resolve`; sent by the next run'
+             WHERE id = ?1",
+            params![id, now, run],
+        )?;
+    }
+    let detail = serde_json::json!({
+        "bucket": bucket,
+        "key": key,
+        "decision": match decision {
+            Decision::Asset(a) => format!("asset {a}"),
+            Decision::NotRegistered => "not registered".into(),
+        },
+        "candidates": candidates,
+    })
+    .to_string();
+    conn.execute(
+        "INSERT INTO events (at, scope, key_id, action, detail) VALUES (?1, ?2, ?3, 'resolve', ?4)",
+        params![now, scope.id, id, detail],
+    )?;
+    Ok(Ok(id))
+}
