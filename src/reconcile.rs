@@ -117,6 +117,10 @@ const MIN_ORDER_WITNESSES: usize = 5;
 const CLOCK_SLACK_MS: i64 = 1_000;
 /// A spread wider than this means MI's times say nothing useful about single requests.
 const MAX_CLOCK_SPREAD_MS: i64 = 60_000;
+/// With no later send of the ledger's own to bound IDs from above, a pass that began this
+/// soon after a key's outcome became unknown bounds them instead (the asset was listed, so
+/// made before the pass): the window is wider, but still short.
+const OPEN_WINDOW_MS: i64 = 120_000;
 
 pub fn last_segment(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
@@ -237,6 +241,8 @@ pub struct Pass<'a> {
     pub witnesses: &'a [Witness],
     /// The list showed every asset made before this moment (`None`: nothing is proven).
     pub fresh_as_of: Option<i64>,
+    /// When the pass began: every listed asset was made before it.
+    pub started: i64,
 }
 
 /// How one listed asset stands against one key.
@@ -281,10 +287,12 @@ fn fit(key: &UnsureKey, asset: &Listed, pass: &Pass<'_>, bounds: IdBounds) -> Fi
         if bounds.floor.is_some_and(|f| asset.asset_id <= f) {
             return Fit::No;
         }
-        // IDs place an asset inside the window only between two known neighbours; without
-        // both, they say nothing either way.
-        if let (Some(_), Some(ceiling)) = (bounds.floor, bounds.ceiling) {
-            windows.push(asset.asset_id < ceiling);
+        // IDs place an asset inside the window only above a known neighbour made before the
+        // send, and below one sent after it (or, lacking that, in a pass begun soon after).
+        match (bounds.floor, bounds.ceiling) {
+            (Some(_), Some(ceiling)) => windows.push(asset.asset_id < ceiling),
+            (Some(_), None) if pass.started - key.unsure_at <= OPEN_WINDOW_MS => windows.push(true),
+            _ => {}
         }
     }
     if !windows.is_empty() && windows.iter().all(|inside| *inside) {
@@ -410,6 +418,7 @@ mod tests {
             evidence,
             witnesses: &[],
             fresh_as_of: fresh_as_of.map(|t| t * S),
+            started: 10_000 * S,
         };
         judge(keys, &pass).into_iter().map(|(_, v)| v).collect()
     }
@@ -696,6 +705,7 @@ mod tests {
                     evidence: &ev,
                     witnesses: &ws,
                     fresh_as_of: Some(1000 * S),
+                    started: 1000 * S,
                 },
             )[0]
             .1
@@ -739,8 +749,50 @@ mod tests {
                 evidence: &ev,
                 witnesses: &ws,
                 fresh_as_of: None,
+                started: 1000 * S,
             },
         );
         assert_eq!(got, [(1, Verdict::Registered(15))]);
+    }
+
+    #[test]
+    fn the_last_keys_of_a_run_are_bounded_by_a_pass_soon_after() {
+        let ws = vec![
+            witness(10, "a", 0, 1),
+            witness(11, "b", 2, 3),
+            witness(12, "c", 4, 5),
+            witness(13, "d", 6, 7),
+            witness(14, "e", 8, 9),
+        ];
+        let ev = Evidence {
+            naming: Some(Naming::FullKey),
+            clock: None,
+            ids_ordered: true,
+        };
+        // Sent after every witness: nothing the ledger sent later bounds its asset's ID.
+        let keys = [key(1, "x/k.mp4", None, 20, 21)];
+        let owned = HashSet::new();
+        let listed = [asset(15, "x/k.mp4", None, None)];
+        let verdict = |started: i64| {
+            judge(
+                &keys,
+                &Pass {
+                    listed: &listed,
+                    owned: &owned,
+                    evidence: &ev,
+                    witnesses: &ws,
+                    fresh_as_of: None,
+                    started: started * S,
+                },
+            )[0]
+            .1
+            .clone()
+        };
+        assert_eq!(verdict(60), Verdict::Registered(15));
+        assert_eq!(
+            verdict(600),
+            Verdict::Ambiguous(vec![15]),
+            "a pass long after proves less"
+        );
     }
 }

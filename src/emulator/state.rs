@@ -9,6 +9,9 @@ use tokio::time::Instant;
 
 use super::{EmulatorConfig, FileNameMode};
 
+/// How long before the emulator started the assets present before a run were made.
+const PRELOAD_AGE: Duration = Duration::from_secs(3600);
+
 /// One asset in the project.
 #[derive(Debug, Clone)]
 pub struct AssetRecord {
@@ -134,6 +137,18 @@ impl Shared {
         shared
     }
 
+    /// Assets present before the run were made a while ago.
+    fn made_at(&self, registered: bool) -> (Instant, SystemTime) {
+        if registered {
+            return (Instant::now(), SystemTime::now());
+        }
+        let age = PRELOAD_AGE;
+        (
+            Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            SystemTime::now() - age,
+        )
+    }
+
     fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -215,12 +230,13 @@ impl Shared {
     fn insert(&self, bucket: &str, key: &str, registered: bool) -> i64 {
         let mut inner = self.inner();
         let asset_id = self.new_id(&mut inner);
+        let (created, created_wall) = self.made_at(registered);
         let record = AssetRecord {
             asset_id,
             bucket: bucket.into(),
             key: key.into(),
-            created: Instant::now(),
-            created_wall: SystemTime::now(),
+            created,
+            created_wall,
             size: self
                 .config
                 .sizes

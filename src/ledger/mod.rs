@@ -579,24 +579,53 @@ pub fn record(conn: &Connection, outcomes: &[Outcome], run: i64) -> rusqlite::Re
 }
 
 /// Rows a dead run left `in_flight`: their requests may have reached MI. No request of the
-/// dead run left after its last commit (its heartbeat), and none was alive longer than its
-/// request timeout after that: that is when their outcome became unknown (never later than
-/// `now`, never earlier than the key's own send).
+/// dead run left after its last commit (its heartbeat), and MI makes an asset about as soon
+/// after a request arrives as it answered that run's other requests: the outcome is unknown
+/// from the heartbeat plus the slowest answer the run got (plus [`LATE_SLACK`]), never later
+/// than its request timeout after the heartbeat, nor later than `now`.
 pub fn mark_in_flight_uncertain(
     conn: &Connection,
     scope: &Scope,
     run: i64,
     now: i64,
 ) -> rusqlite::Result<usize> {
-    conn.execute(
-        "UPDATE keys SET state = 2, updated_at = ?2, run = ?3,
-             unsure_at = MAX(COALESCE(sent_at, 0), MIN(?2, COALESCE(
-                 (SELECT runs.alive_at + runs.timeout_ms FROM runs WHERE runs.id = keys.run), ?2))),
-             message = 'a run stopped while this key was being sent'
-         WHERE scope = ?1 AND state = 1",
-        params![scope.id, now, run],
-    )
+    let dead: Vec<Option<i64>> = conn
+        .prepare_cached(
+            "SELECT DISTINCT run FROM keys INDEXED BY keys_by_state WHERE scope = ?1 AND state = 1",
+        )?
+        .query_map(params![scope.id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut changed = 0;
+    for dead_run in dead {
+        let slowest: Option<i64> = conn
+            .prepare_cached(
+                "SELECT MAX(registered_at - sent_at) FROM keys
+                 WHERE scope = ?1 AND run IS ?2 AND state IN (3, 4, 5) AND found_by IS NULL",
+            )?
+            .query_row(params![scope.id, dead_run], |r| r.get(0))?;
+        changed += conn
+            .prepare_cached(
+                "UPDATE keys SET state = 2, updated_at = ?3, run = ?4,
+                     unsure_at = MAX(COALESCE(sent_at, 0), MIN(?3, COALESCE(
+                         (SELECT runs.alive_at + MIN(runs.timeout_ms, COALESCE(?5, runs.timeout_ms))
+                          FROM runs WHERE runs.id = ?2), ?3))),
+                     message = 'a run stopped while this key was being sent'
+                 WHERE scope = ?1 AND state = 1 AND run IS ?2",
+            )?
+            .execute(params![
+                scope.id,
+                dead_run,
+                now,
+                run,
+                slowest.map(|ms| ms + LATE_SLACK.as_millis() as i64)
+            ])?;
+    }
+    Ok(changed)
 }
+
+/// Added to the slowest answer a dead run got, for the moment its unanswered requests are
+/// given up: MI may take a little longer on one request than on the others.
+pub const LATE_SLACK: Duration = Duration::from_secs(2);
 
 /// Sends keys in `state` (`failed`, or `import_failed` once their files are fixed) again on
 /// this run. An asset an `import_failed` key had is kept in `asset_history`.

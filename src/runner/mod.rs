@@ -321,10 +321,10 @@ impl Runner {
                 .writer
                 .write(move |t| ledger::unsure::uncertain_keys(t, &scope))
                 .await?;
-            // Keys without candidates wait for a proof a pass can give. Keys this run found
-            // ambiguous are worth another look once it has registered more keys (new
-            // witnesses of how MI names, times and numbers assets); older ambiguous keys wait
-            // for the user, since a pass pages the whole project.
+            // Keys without candidates wait for a proof a pass can give. Ambiguous keys are
+            // worth one more look once this run has registered keys: new witnesses of how MI
+            // names, times and numbers assets (a later send bounds the IDs of assets made
+            // before it).
             let waiting: Vec<i64> = unsure
                 .iter()
                 .filter(|u| u.candidates.is_none())

@@ -112,6 +112,7 @@ impl Runner {
                 evidence: &evidence,
                 witnesses: &witnesses,
                 fresh_as_of,
+                started,
             },
         );
         let run = self.run_id;
