@@ -42,13 +42,18 @@ fn main() {
             // A closed pipe (`report | head`) is the reader saying it has enough.
             Err(error) if exit::is_broken_pipe(&error) => Exit::Success,
             Err(error) => {
+                let exit = exit::for_error(&error);
                 let text = format!("{error:#}");
-                let (message, hint) = match text.split_once("\nhint: ") {
+                let (mut message, mut hint) = match text.split_once("\nhint: ") {
                     Some((m, h)) => (m.to_owned(), Some(h.to_owned())),
                     None => (text, None),
                 };
+                if exit == Exit::LedgerWrite {
+                    message = format!("cannot write the ledger (disk full?): {message}");
+                    hint.get_or_insert_with(|| exit::LEDGER_WRITE_HINT.to_owned());
+                }
                 progress::error(&message, hint.as_deref());
-                exit::for_error(&error)
+                exit
             }
         }
     });

@@ -80,6 +80,8 @@ pub struct EmulatorConfig {
     pub analysis_polls: u32,
     /// After this many registrations the key pair is refused (401), as if revoked mid-run.
     pub refuse_after: Option<u64>,
+    /// Added to the latency of import-status answers only.
+    pub status_latency: Duration,
     pub seed: u64,
 }
 
@@ -111,6 +113,7 @@ impl EmulatorConfig {
             preload: Vec::new(),
             analysis_polls: 2,
             refuse_after: None,
+            status_latency: Duration::ZERO,
             seed: 1,
         }
     }
@@ -237,6 +240,11 @@ impl Emulator {
     /// When each signed request arrived, and which call it was.
     pub fn request_log(&self) -> Vec<(tokio::time::Instant, CallKind)> {
         self.shared.request_log()
+    }
+
+    /// Deletes an asset, as the console's delete does.
+    pub fn delete_asset(&self, asset_id: i64) -> bool {
+        self.shared.delete(asset_id)
     }
 
     /// Accepted analysis requests per asset.

@@ -261,6 +261,7 @@ async fn import_status(
     Path((ws, pid, asset_id)): Path<(String, String, i64)>,
 ) -> Response {
     shared.count(|c| c.status_calls += 1);
+    tokio::time::sleep(shared.config.status_latency).await;
     if let Some(r) = wrong_scope(&shared, &ws, Some(&pid)) {
         return r;
     }

@@ -259,6 +259,10 @@ impl Shared {
         self.insert(bucket, key, true)
     }
 
+    pub fn delete(&self, asset_id: i64) -> bool {
+        self.inner().assets.remove(&asset_id).is_some()
+    }
+
     pub fn asset(&self, asset_id: i64) -> Option<AssetRecord> {
         self.inner().assets.get(&asset_id).cloned()
     }

@@ -1,0 +1,435 @@
+//! The ledger's integrity along every path through the code: one run per ledger however its
+//! path is written, gateway errors after creation, 404s that are not about an asset, results
+//! applied only to the asset they checked, every asset a key ever had, skipped keys judged
+//! again, a ledger that cannot be written, and one project however its ID is written.
+
+mod common;
+
+use common::s3::{S3_ACCESS, S3_SECRET, S3Server};
+use common::*;
+use mi_import::app::ImportJob;
+use mi_import::config::Credentials;
+use mi_import::emulator::EmulatorConfig;
+use mi_import::exit::Exit;
+use mi_import::ledger::{OnChanged, State};
+use mi_import::source::bucket::BucketSpec;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn bucket_job(ws: &Workspace, emu: &mi_import::emulator::Emulator, s3: &S3Server) -> ImportJob {
+    let listing = BucketSpec {
+        endpoint: s3.endpoint(),
+        region: "kr-standard".into(),
+        bucket: BUCKET.into(),
+        prefix: String::new(),
+        credentials: Credentials::new(S3_ACCESS.into(), S3_SECRET.into()),
+    };
+    ImportJob {
+        listing: Some(listing),
+        ..base_job(ws, emu)
+    }
+}
+
+/// `run` arguments for the binary listing the test S3 server's bucket.
+fn listing_args(ws: &Workspace, emu: &mi_import::emulator::Emulator, s3: &S3Server) -> Vec<String> {
+    [
+        "run",
+        "--db",
+        ws.db().to_str().unwrap(),
+        "--endpoint",
+        &emu.endpoint(),
+        "--workspace",
+        "demo-workspace",
+        "--project",
+        "1001",
+        "--bucket",
+        BUCKET,
+        "--s3-endpoint",
+        &s3.endpoint(),
+        "--no-confirm",
+        "--list-settle",
+        "2s",
+        "--rate",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn listing_binary(ws: &Workspace, args: &[String]) -> std::process::Command {
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cmd = binary(&argv, SECRET, ws.dir.path());
+    cmd.env("AWS_ACCESS_KEY_ID", S3_ACCESS)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET);
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_reached_through_a_symlink_is_still_held_by_its_run() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    std::fs::create_dir(ws.path("real")).unwrap();
+    let real = ws.path("real/mi.db");
+    let link = ws.path("link.db");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let keys = keys(120, "linked");
+    let manifest = ws.manifest("m.csv", &keys);
+    let args_for = |db: &std::path::Path, rate: &str| -> Vec<String> {
+        let mut args = run_args(&ws, &emu, &manifest);
+        let at = args.iter().position(|a| a == "--db").unwrap();
+        args[at + 1] = db.display().to_string();
+        let at = args.iter().position(|a| a == "--rate").unwrap();
+        args[at + 1] = rate.into();
+        args
+    };
+    let first_args = args_for(&link, "40");
+    let argv: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let first = binary(&argv, SECRET, ws.dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while emu.assets().len() < 10 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let second = run_binary(args_for(&real, "0"), SECRET, ws.dir.path().into()).await;
+    let stderr = text(&second.stderr);
+    assert_eq!(second.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("in use by another mi-import"), "{stderr}");
+    let first = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert_eq!(emu.duplicates(), vec![]);
+    assert_eq!(emu.assets().len(), keys.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_after_the_asset_was_made_is_never_sent_blindly_again() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        fail_after_create: 0.1,
+        seed: 13,
+        ..healthy()
+    })
+    .await;
+    let keys = keys(400, "gateway");
+    let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    let c = emu.counters();
+    assert!(c.failed_after_create > 20, "{c:?}");
+    assert_registered_once(&ws, &emu, &keys);
+    assert_eq!(c.register_calls, 400, "no key was sent a second time");
+}
+
+fn confirm_args(ws: &Workspace, endpoint: &str, workspace: &str) -> Vec<String> {
+    [
+        "confirm",
+        "--db",
+        ws.db().to_str().unwrap(),
+        "--endpoint",
+        endpoint,
+        "--workspace",
+        workspace,
+        "--project",
+        "1001",
+        "--rate",
+        "0",
+        "--patience",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_against_a_service_without_the_workspace_stops_and_marks_nothing() {
+    let ws = Workspace::new();
+    let registered_there = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(60, "elsewhere"));
+    let out = run_binary(
+        run_args(&ws, &registered_there, &manifest),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(ws.count(State::Registered), 60);
+
+    // The same ledger pointed at a service that has no such workspace.
+    let other = emulator(EmulatorConfig {
+        workspace: "someone-else".into(),
+        ..healthy()
+    })
+    .await;
+    let out = run_binary(
+        confirm_args(&ws, &other.endpoint(), "demo-workspace"),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("workspace `demo-workspace`"), "{stderr}");
+    assert_eq!(ws.count(State::Registered), 60, "no key made final");
+    assert_eq!(other.counters().status_calls, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asset_deleted_in_mi_is_reported_gone_while_the_rest_complete() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(10, "gone"));
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let victim = ws.rows()[3].clone();
+    assert!(emu.delete_asset(victim.2.unwrap()));
+    let out = run_binary(
+        confirm_args(&ws, &emu.endpoint(), "demo-workspace"),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(ws.count(State::Completed), 9);
+    let result: String = ws
+        .ledger()
+        .conn()
+        .query_row(
+            "SELECT upload_result FROM keys WHERE key = ?1 AND state = 5",
+            [&victim.0],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(result.contains("no asset"), "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_status_of_a_keys_old_asset_does_not_settle_its_new_one() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        settle: Duration::from_secs(3),
+        status_latency: Duration::from_millis(1500),
+        ..healthy()
+    })
+    .await;
+    let s3 = S3Server::start_with_delay(BUCKET, Duration::from_millis(300)).await;
+    let key = "race/clip.mp4";
+    s3.put(BUCKET, key, 100);
+    assert_eq!(import(bucket_job(&ws, &emu, &s3)).await.exit, Exit::Success);
+    let old = ws.rows()[0].2.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await; // the old asset's import completes
+
+    s3.put(BUCKET, key, 200);
+    let mut job = bucket_job(&ws, &emu, &s3);
+    job.on_changed = OnChanged::Reimport;
+    job.options.confirm = Some(Duration::from_millis(500));
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    let (state, asset, upload): (State, i64, Option<String>) = ws
+        .ledger()
+        .conn()
+        .query_row(
+            "SELECT state, asset_id, upload_status FROM keys WHERE key = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_ne!(asset, old, "registered again");
+    assert!(
+        emu.counters().status_calls >= 1,
+        "the old asset's check was out"
+    );
+    assert_eq!(
+        (state, upload.as_deref()),
+        (State::Registered, None),
+        "the new asset is still importing; the old one's COMPLETED is not its"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_changed_twice_and_killed_mid_request_registers_its_current_version() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        latency: (Duration::from_millis(800), Duration::from_millis(800)),
+        ..healthy()
+    })
+    .await;
+    let s3 = S3Server::start(BUCKET).await;
+    let key = "versions/clip.mp4";
+    let mut args = listing_args(&ws, &emu, &s3);
+    args.extend(["--on-changed".into(), "reimport".into()]);
+    for size in [100, 200] {
+        s3.put(BUCKET, key, size);
+        let out = listing_binary(&ws, &args).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    assert_eq!(emu.registrations(BUCKET, key), 2);
+
+    // The third version: killed while its request is out.
+    s3.put(BUCKET, key, 300);
+    let mut child = listing_binary(&ws, &args)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while emu.counters().register_calls < 3 {
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = listing_binary(&ws, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let versions: Vec<i64> = emu
+        .assets()
+        .iter()
+        .filter(|a| a.key == key)
+        .map(|a| a.asset_id)
+        .collect();
+    assert_eq!(versions.len(), 3, "one asset per version, none twice");
+    let (state, asset): (State, i64) = ws
+        .ledger()
+        .conn()
+        .query_row(
+            "SELECT state, asset_id FROM keys WHERE key = ?1",
+            [key],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(
+        (state, asset),
+        (State::Registered, *versions.iter().max().unwrap()),
+        "the current version's asset, never an older one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filled_placeholder_is_imported() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    s3.put(BUCKET, "uploads/placeholder.mp4", 0);
+    s3.put(BUCKET, "uploads/poster.jpg", 20_000_000);
+    assert_eq!(import(bucket_job(&ws, &emu, &s3)).await.exit, Exit::Success);
+    assert_eq!(ws.count(State::Skipped), 2);
+    s3.put(BUCKET, "uploads/placeholder.mp4", 5_000);
+    s3.put(BUCKET, "uploads/poster.jpg", 900_000);
+    let result = import(bucket_job(&ws, &emu, &s3)).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    assert_eq!(ws.count(State::Skipped), 0);
+    for key in ["uploads/placeholder.mp4", "uploads/poster.jpg"] {
+        assert_eq!(emu.registrations(BUCKET, key), 1, "{key}");
+    }
+}
+
+/// The binary, unable to write more than `bytes` into any file: its ledger fills up.
+fn with_file_limit(mut cmd: std::process::Command, bytes: u64) -> std::process::Command {
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: bytes,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_whose_page_cannot_be_written_ends_the_run() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    let all = keys(6000, "full");
+    for k in &all {
+        s3.put(BUCKET, k, 100);
+    }
+    let args = listing_args(&ws, &emu, &s3);
+    let cmd = with_file_limit(listing_binary(&ws, &args), 700_000);
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = cmd;
+        move || {
+            let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+            let started = std::time::Instant::now();
+            while child.try_wait().unwrap().is_none() {
+                if started.elapsed() > Duration::from_secs(60) {
+                    child.kill().unwrap();
+                    panic!("the run hung after its ledger write failed");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            child.wait_with_output().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("hint: free space"), "{stderr}");
+    // The next run (the disk freed) is not locked out, and loses nothing.
+    let out = listing_binary(&ws, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_registered_once(&ws, &emu, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_filling_mid_run_stops_it_and_the_resume_registers_each_key_once() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        latency: (Duration::from_millis(1), Duration::from_millis(5)),
+        ..healthy()
+    })
+    .await;
+    let keys = keys(3000, "disk");
+    let manifest = ws.manifest("m.csv", &keys);
+    // Room for the ledger and the manifest's rows, not for every outcome.
+    let first = with_file_limit(
+        {
+            let args = run_args(&ws, &emu, &manifest);
+            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            binary(&argv, SECRET, ws.dir.path())
+        },
+        900_000,
+    )
+    .output()
+    .unwrap();
+    let stderr = text(&first.stderr);
+    assert_eq!(first.status.code(), Some(5), "{stderr}");
+    assert!(stderr.contains("ledger"), "{stderr}");
+    assert!(stderr.contains("hint: free space"), "{stderr}");
+    let sent = emu.counters().register_calls;
+    assert!(sent > 0 && sent < 3000, "{sent}");
+
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_registered_once(&ws, &emu, &keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_id_with_leading_zeros_is_the_same_project() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(5, "zeros"));
+    let mut args = run_args(&ws, &emu, &manifest);
+    let at = args.iter().position(|a| a == "--project").unwrap();
+    args[at + 1] = "01001".into();
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(emu.counters().register_calls, 5);
+    let scopes = mi_import::ledger::Scope::all(ws.ledger().conn()).unwrap();
+    assert_eq!(scopes.len(), 1, "{scopes:?}");
+}
