@@ -228,7 +228,8 @@ async fn a_late_status_of_a_keys_old_asset_does_not_settle_its_new_one() {
     s3.put(BUCKET, key, 200);
     let mut job = bucket_job(&ws, &emu, &s3);
     job.on_changed = OnChanged::Reimport;
-    job.options.confirm = Some(Duration::from_millis(500));
+    // Long enough for the old check to answer, short of the new asset's first check.
+    job.options.confirm = Some(Duration::from_millis(2500));
     let result = import(job).await;
     assert_eq!(result.exit, Exit::Success, "{}", result.summary);
     let (state, asset, upload): (State, i64, Option<String>) = ws
@@ -357,29 +358,64 @@ async fn a_listing_whose_page_cannot_be_written_ends_the_run() {
         s3.put(BUCKET, k, 100);
     }
     let args = listing_args(&ws, &emu, &s3);
-    let cmd = with_file_limit(listing_binary(&ws, &args), 700_000);
-    let out = tokio::task::spawn_blocking({
-        let mut cmd = cmd;
-        move || {
-            let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
-            let started = std::time::Instant::now();
-            while child.try_wait().unwrap().is_none() {
-                if started.elapsed() > Duration::from_secs(60) {
-                    child.kill().unwrap();
-                    panic!("the run hung after its ledger write failed");
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            child.wait_with_output().unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let out = finishes(with_file_limit(listing_binary(&ws, &args), 700_000)).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("hint: free space"), "{stderr}");
     // The next run (the disk freed) is not locked out, and loses nothing.
     let out = listing_binary(&ws, &args).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_registered_once(&ws, &emu, &all);
+}
+
+/// Runs `cmd` to its end, failing the test if it takes longer than a minute (a hang).
+async fn finishes(mut cmd: std::process::Command) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let started = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(60) {
+                child.kill().unwrap();
+                panic!("the run hung");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_page_the_ledger_refuses_ends_the_run_instead_of_hanging() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start(BUCKET).await;
+    let all = keys(2500, "refused");
+    for k in &all {
+        s3.put(BUCKET, k, 100);
+    }
+    // Every page's position is refused by the ledger; everything else is written.
+    let ledger = ws.ledger();
+    ledger
+        .conn()
+        .execute_batch(
+            "CREATE TRIGGER refuse_pages BEFORE UPDATE ON listing_parts
+             BEGIN SELECT RAISE(ABORT, 'injected: the page cannot be written'); END;",
+        )
+        .unwrap();
+    let args = listing_args(&ws, &emu, &s3);
+    let out = finishes(listing_binary(&ws, &args)).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the page cannot be written"), "{stderr}");
+    assert_eq!(emu.counters().register_calls, 0);
+
+    ledger
+        .conn()
+        .execute_batch("DROP TRIGGER refuse_pages")
+        .unwrap();
+    let out = finishes(listing_binary(&ws, &args)).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_registered_once(&ws, &emu, &all);
 }

@@ -225,3 +225,83 @@ pub(crate) async fn ingest(
     })
     .await?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Credentials, Limits, Target};
+    use crate::ledger::{Ledger, State};
+    use sha2::Digest;
+
+    fn job(path: &std::path::Path) -> ImportJob {
+        let target = Target::new("http://127.0.0.1:1", Some("w".into()), Some("1".into())).unwrap();
+        let limits = Limits::new(0.0, 1, 1, std::time::Duration::from_secs(1)).unwrap();
+        ImportJob {
+            manifest: Manifest::File(path.to_path_buf()),
+            ..ImportJob::new(
+                path.with_extension("db"),
+                target,
+                Credentials::new("a".into(), "s".into()),
+                limits,
+            )
+        }
+    }
+
+    /// The record of a read describes the bytes that were read, even if the file is replaced
+    /// while it is being read: the replacement is read in full next time.
+    #[tokio::test]
+    async fn the_record_is_of_the_bytes_read_even_if_the_file_is_replaced_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        let first = "bucket,key\nmedia,a.mp4\nmedia,b.mp4\n";
+        std::fs::write(&path, first).unwrap();
+        let job = job(&path);
+        let opened = open(&job, None).unwrap();
+        // Atomically replaced between the open and the read.
+        let next = dir.path().join("next.csv");
+        std::fs::write(&next, "bucket,key\nmedia,a.mp4\nmedia,c.mp4\nmedia,d.mp4\n").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+
+        let ledger = Ledger::open_in_memory().unwrap();
+        let scope = Scope::open(ledger.conn(), "w", "1").unwrap();
+        let (writer, _thread) = LedgerWriter::spawn(ledger, None);
+        let (counts, read) = ingest(opened, &job, &writer, &scope).await.unwrap();
+        assert_eq!(counts.new, 2);
+        assert_eq!(read.hash, format!("{:x}", sha2::Sha256::digest(first)));
+        assert_eq!((read.bytes, read.lines), (first.len() as u64, 3));
+
+        // The next read sees other leading bytes: the whole new file is read.
+        let reopened = open(&job, Some(read)).unwrap();
+        assert!(reopened.continues.is_none());
+        let (counts, _) = ingest(reopened, &job, &writer, &scope).await.unwrap();
+        assert_eq!((counts.new, counts.known), (2, 1));
+        let s = scope.clone();
+        let n = writer
+            .write(move |t| crate::ledger::counts(t, Some(&s)))
+            .await
+            .unwrap();
+        assert_eq!(crate::ledger::count_in(&n, State::Pending), 4);
+    }
+
+    #[tokio::test]
+    async fn an_appended_file_is_read_from_where_the_last_read_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.csv");
+        std::fs::write(&path, "bucket,key\nmedia,a.mp4\n").unwrap();
+        let job = job(&path);
+        let ledger = Ledger::open_in_memory().unwrap();
+        let scope = Scope::open(ledger.conn(), "w", "1").unwrap();
+        let (writer, _thread) = LedgerWriter::spawn(ledger, None);
+        let (_, read) = ingest(open(&job, None).unwrap(), &job, &writer, &scope)
+            .await
+            .unwrap();
+        std::fs::write(&path, "bucket,key\nmedia,a.mp4\nmedia,b.mp4\nmedia,\n").unwrap();
+        let opened = open(&job, Some(read)).unwrap();
+        assert!(opened.continues.is_some());
+        let err = ingest(opened, &job, &writer, &scope).await.unwrap_err();
+        assert!(
+            format!("{err:#}").contains("line 4:"),
+            "a bad appended row names its line in the whole file: {err:#}"
+        );
+    }
+}
