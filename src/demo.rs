@@ -56,12 +56,12 @@ pub async fn run(
         path.push(suffix);
         let _ = std::fs::remove_file(path);
     }
-    eprintln!(
+    crate::progress::note(&format!(
         "demo: MI emulator on {} (workspace {}, project {}); importing sample-manifests/demo.csv at {rate} requests/s\n",
         emulator.endpoint(),
         config.workspace,
         config.project
-    );
+    ));
     let target = Target::new(
         &emulator.endpoint(),
         Some(config.workspace.clone()),

@@ -66,24 +66,25 @@ impl Stats {
 
     /// One line, for a log.
     pub fn line(&self, elapsed: Duration) -> String {
-        let (counts, pace) = self.parts(elapsed);
+        let (counts, pace) = self.parts(elapsed, true);
         counts + &pace
     }
 
-    /// The same on two lines under the bar, so it fits a narrow terminal.
+    /// The same on two lines under the bar (which shows done/total itself), so it fits a
+    /// narrow terminal.
     fn bar_message(&self, elapsed: Duration) -> String {
-        let (counts, pace) = self.parts(elapsed);
+        let (counts, pace) = self.parts(elapsed, false);
         match pace.strip_prefix("; ") {
             Some(pace) => format!("{counts}\n  {pace}"),
             None => counts,
         }
     }
 
-    /// What was done so far, then (each part starting with "; ") the pace, ETA and
-    /// confirmation.
-    fn parts(&self, elapsed: Duration) -> (String, String) {
+    /// What was done so far (with done/total unless a bar shows it), then (each part starting
+    /// with "; ") the pace, ETA and confirmation.
+    fn parts(&self, elapsed: Duration, with_total: bool) -> (String, String) {
         let done = self.finished();
-        let queued = self.queued.load(Relaxed);
+        let queued = self.queued.load(Relaxed).max(done);
         let measured = done as f64 / elapsed.as_secs_f64().max(0.001);
         let mut line = String::new();
         if self.listing.load(Relaxed) {
@@ -92,12 +93,22 @@ impl Stats {
                 self.discovered.load(Relaxed)
             ));
         }
+        let pages = self.asset_pages_total.load(Relaxed);
+        if pages > 0 {
+            line.push_str(&format!(
+                "checking MI's asset list: page {} of {pages}; ",
+                self.asset_pages.load(Relaxed)
+            ));
+        }
+        if with_total {
+            line.push_str(&format!("{done}/{queued} keys, "));
+        }
         line.push_str(&format!(
-            "{done}/{queued} keys, {measured:.1}/s: {} registered, {} failed, {} uncertain; {} retries, {} throttled",
-            self.registered.load(Relaxed),
+            "{measured:.1}/s: {} registered, {} failed, {} uncertain; {}, {} throttled",
+            self.registered.load(Relaxed) + self.reconciled.load(Relaxed),
             self.failed.load(Relaxed),
             self.uncertain.load(Relaxed),
-            self.retries.load(Relaxed),
+            words(self.retries.load(Relaxed), "retry", "retries"),
             self.throttled.load(Relaxed),
         ));
         let counts = std::mem::take(&mut line);
@@ -154,6 +165,11 @@ impl Stats {
     fn settled(&self) -> u64 {
         self.completed.load(Relaxed) + self.import_failed.load(Relaxed)
     }
+}
+
+/// `n` and its noun, singular or plural.
+fn words(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 /// The time left for `remaining` keys: at the slower of the measured and the allowed rate,
@@ -301,8 +317,13 @@ pub async fn show(stats: Arc<Stats>, display: Display, done: CancellationToken) 
             );
             set_shown_bar(Some(bar.clone()));
             loop {
-                bar.set_length(stats.queued.load(Relaxed));
-                bar.set_position(stats.finished());
+                // No bar to fill before there is anything to send: a spinner and the words.
+                let finished = stats.finished();
+                match stats.queued.load(Relaxed).max(finished) {
+                    0 => bar.unset_length(),
+                    total => bar.set_length(total),
+                }
+                bar.set_position(finished);
                 bar.set_message(stats.bar_message(start.elapsed()));
                 tokio::select! {
                     _ = done.cancelled() => break,
@@ -366,6 +387,7 @@ mod tests {
             line.starts_with("5/10 keys, 1.0/s: 4 registered, 1 failed"),
             "{line}"
         );
+        assert!(line.contains("0 retries"), "{line}");
         s.current_rate.store(2_000, Relaxed);
         let line = s.line(Duration::from_secs(5));
         assert!(
@@ -376,6 +398,10 @@ mod tests {
         assert!(
             message.ends_with("throttled\n  rate now 2.0/s; eta 5s"),
             "{message}"
+        );
+        assert!(
+            !message.contains("5/10"),
+            "the bar shows the totals: {message}"
         );
     }
 

@@ -226,12 +226,15 @@ fn render_states(
 
 /// The human form of `status`.
 pub fn render_status(view: &StatusView) -> String {
-    let mut text = format!("{} keys\n", view.total);
+    let keys = |n: u64| format!("{n} {}", if n == 1 { "key" } else { "keys" });
+    let mut text = format!("{}\n", keys(view.total));
     if view.scopes.len() > 1 {
         for scope in &view.scopes {
             text.push_str(&format!(
-                "workspace {}, project {}: {} keys\n",
-                scope.workspace, scope.project, scope.total
+                "workspace {}, project {}: {}\n",
+                scope.workspace,
+                scope.project,
+                keys(scope.total)
             ));
             render_states(&mut text, &scope.states, "  ");
         }
@@ -371,7 +374,7 @@ mod tests {
         assert_eq!(view.scopes.len(), 2);
         let text = render_status(&view);
         assert!(
-            text.contains("workspace ws, project 8: 1 keys") && text.contains("no run yet"),
+            text.contains("workspace ws, project 8: 1 key\n") && text.contains("no run yet"),
             "{text}"
         );
     }

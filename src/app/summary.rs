@@ -98,17 +98,20 @@ pub(crate) fn summarize(
         states.join(", ")
     };
     text.push_str(&format!("ledger {}: {states}\n", db.display()));
-    let earlier: Vec<String> = [State::Failed, State::ImportFailed, State::Uncertain]
+    let earlier: Vec<(State, u64)> = [State::Failed, State::ImportFailed, State::Uncertain]
         .iter()
         .filter_map(|s| {
             let left = get(*s).saturating_sub(ledger::count_in(this_run, *s));
-            (left > 0).then(|| format!("{left} {s}"))
+            (left > 0).then_some((*s, left))
         })
         .collect();
     if !earlier.is_empty() {
+        let said: Vec<String> = earlier.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let states: Vec<&str> = earlier.iter().map(|(s, _)| s.as_str()).collect();
         text.push_str(&format!(
-            "left by earlier runs (not this run's doing, so not in its exit code): {}\n",
-            earlier.join(", ")
+            "left by earlier runs (not this run's doing, so not in its exit code): {}; `mi-import report --state {}` lists them\n",
+            said.join(", "),
+            states.join(",")
         ));
     }
     text

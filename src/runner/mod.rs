@@ -302,6 +302,14 @@ impl Runner {
                 if recovered == 1 { "it" } else { "them" }
             );
         }
+        let scope = self.scope.clone();
+        let counts = self
+            .writer
+            .write(move |t| ledger::counts(t, Some(&scope)))
+            .await?;
+        self.stats
+            .queued
+            .fetch_add(ledger::count_in(&counts, State::Pending), Relaxed);
         let mut passes = 0;
         let mut registered_before_pass = None;
         let mut last_pass = 0;

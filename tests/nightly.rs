@@ -1,0 +1,431 @@
+//! A nightly job that needs no attention: exit codes about each night, resuming without a
+//! source, ledger problems as configuration errors, a consistent backup during a run,
+//! `--patience` that bounds the command, a closed pipe, and JSON-only stderr.
+
+mod common;
+
+use common::s3::{S3_ACCESS, S3_SECRET, S3Server};
+use common::*;
+use mi_import::emulator::EmulatorConfig;
+use mi_import::ledger::State;
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    match args.iter().position(|a| a == flag) {
+        Some(at) => args[at + 1] = value.into(),
+        None => args.extend([flag.into(), value.into()]),
+    }
+    args
+}
+
+fn without(mut args: Vec<String>, flag: &str) -> Vec<String> {
+    if let Some(at) = args.iter().position(|a| a == flag) {
+        args.drain(at..at + 2);
+    }
+    args
+}
+
+fn confirming(args: Vec<String>) -> Vec<String> {
+    let mut args = args;
+    args.retain(|a| a != "--no-confirm");
+    args.extend(["--patience".into(), "20s".into()]);
+    args
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_exit_code_is_about_each_night_not_what_earlier_nights_left() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let mut keys = keys(8, "night");
+    keys.push("night/corrupt-take.mp4".into());
+    let night = |keys: &[String]| confirming(run_args(&ws, &emu, &ws.manifest("m.csv", keys)));
+
+    let first = run_binary(night(&keys), SECRET, ws.dir.path().into()).await;
+    let first_code = first.status.code();
+    assert_eq!(ws.count(State::ImportFailed), 1, "{}", text(&first.stderr));
+
+    let second = run_binary(night(&keys), SECRET, ws.dir.path().into()).await;
+    let stderr = text(&second.stderr);
+    assert!(
+        stderr.contains(
+            "left by earlier runs (not this run's doing, so not in its exit code): 1 import_failed"
+        ),
+        "{stderr}"
+    );
+    keys.push("night/new-arrival.mp4".into());
+    let third = run_binary(night(&keys), SECRET, ws.dir.path().into()).await;
+    let codes = [first_code, second.status.code(), third.status.code()];
+    assert_eq!(
+        codes,
+        [Some(1), Some(0), Some(0)],
+        "{}",
+        text(&third.stderr)
+    );
+    assert_eq!(emu.registrations(BUCKET, "night/new-arrival.mp4"), 1);
+
+    // The file was fixed: asked for, the key is registered again (and here fails again).
+    let mut args = night(&keys);
+    args.push("--retry-import-failed".into());
+    let retried = run_binary(args, SECRET, ws.dir.path().into()).await;
+    assert_eq!(retried.status.code(), Some(1), "{}", text(&retried.stderr));
+    assert_eq!(emu.registrations(BUCKET, "night/corrupt-take.mp4"), 2);
+    assert_eq!(
+        emu.duplicates().len(),
+        1,
+        "only the key sent again on request"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        latency: (Duration::from_millis(10), Duration::from_millis(30)),
+        ..healthy()
+    })
+    .await;
+    let keys = keys(300, "resume");
+    let manifest = ws.manifest("m.csv", &keys);
+    let args = with(run_args(&ws, &emu, &manifest), "--rate", "80");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = binary(&argv, SECRET, ws.dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    while emu.assets().len() < 60 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SAFETY: a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("run the same command again to resume"),
+        "{stderr}"
+    );
+    std::fs::remove_file(&manifest).unwrap();
+
+    // Only the project: the ledger knows the rest.
+    let resume = without(run_args(&ws, &emu, &manifest), "--manifest");
+    let out = run_binary(resume, SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_registered_once(&ws, &emu, &keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_listing_is_continued_by_a_run_that_names_no_bucket() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start_with_delay(BUCKET, Duration::from_millis(200)).await;
+    let all = keys(4000, "bucket");
+    for k in &all {
+        s3.put(BUCKET, k, 100);
+    }
+    let base = run_args(&ws, &emu, std::path::Path::new("unused"));
+    let base = without(base, "--manifest");
+    let listing = with(
+        with(base.clone(), "--bucket", BUCKET),
+        "--s3-endpoint",
+        &s3.endpoint(),
+    );
+    let spawn = |args: &[String]| {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        binary(&argv, SECRET, ws.dir.path())
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn(&listing);
+    while emu.assets().len() < 100 {
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // No --bucket: the unfinished listing of the ledger goes on (Object Storage's endpoint
+    // and credentials still come from the settings).
+    let resume = with(base, "--s3-endpoint", &s3.endpoint());
+    let mut resumed = spawn(&resume);
+    let status = tokio::task::spawn_blocking(move || resumed.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_registered_once(&ws, &emu, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledger_problems_are_configuration_errors_naming_the_path() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(3, "cfg"));
+    std::fs::write(ws.path("notes.txt"), "not a database ".repeat(200)).unwrap();
+    rusqlite::Connection::open(ws.path("photos.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE photos (id INTEGER)")
+        .unwrap();
+    let cases = [
+        (ws.path("no/such/folder/l.db"), "does not exist"),
+        (ws.dir.path().to_path_buf(), "is a folder"),
+        (ws.path("notes.txt"), "not an mi-import ledger"),
+        (ws.path("photos.db"), "another program"),
+    ];
+    for (db, said) in cases {
+        let args = with(run_args(&ws, &emu, &manifest), "--db", db.to_str().unwrap());
+        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
+        assert!(
+            stderr.contains(&db.display().to_string()) || said == "another program",
+            "{stderr}"
+        );
+        assert!(stderr.contains("hint:"), "{stderr}");
+        assert_eq!(stderr.matches("error:").count(), 1, "said once: {stderr}");
+    }
+    assert_eq!(emu.counters().requests, 0, "nothing sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_during_a_run_is_consistent_and_the_ledger_file_alone_is_complete_after() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let keys = keys(400, "backup");
+    let manifest = ws.manifest("m.csv", &keys);
+    let args = with(run_args(&ws, &emu, &manifest), "--rate", "100");
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = binary(&argv, SECRET, ws.dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while emu.assets().len() < 100 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let copy = ws.path("copy.db");
+    let out = binary(
+        &[
+            "backup",
+            "--db",
+            ws.db().to_str().unwrap(),
+            copy.to_str().unwrap(),
+        ],
+        SECRET,
+        ws.dir.path(),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let backup = rusqlite::Connection::open(&copy).unwrap();
+    let ok: String = backup
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(ok, "ok");
+    let rows: i64 = backup
+        .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 400, "every key, as of the moment of the copy");
+    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.status.code(), Some(0));
+
+    // After the run, the file alone holds everything: copy only it and read it.
+    let wal = ws.path("ledger.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0) == 0,
+        "the write-ahead log was folded in"
+    );
+    let moved = ws.path("moved.db");
+    std::fs::copy(ws.db(), &moved).unwrap();
+    let registered: i64 = rusqlite::Connection::open(&moved)
+        .unwrap()
+        .query_row("SELECT COUNT(*) FROM keys WHERE state = 3", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(registered, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirm_returns_after_about_its_patience() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        settle: Duration::from_secs(600),
+        ..healthy()
+    })
+    .await;
+    let manifest = ws.manifest("m.csv", &keys(200, "patient"));
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Due at once, as a later night finds them.
+    ws.ledger()
+        .conn()
+        .execute("UPDATE keys SET next_check_at = 0", [])
+        .unwrap();
+    let args: Vec<String> = [
+        "confirm",
+        "--db",
+        ws.db().to_str().unwrap(),
+        "--endpoint",
+        &emu.endpoint(),
+        "--workspace",
+        "demo-workspace",
+        "--project",
+        "1001",
+        "--rate",
+        "10",
+        "--patience",
+        "3s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let started = Instant::now();
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // 200 checks at 10/s would take 20 s; patience ends it after about 3 (the bound is wide
+    // for a loaded machine: the point is that it does not run to the end).
+    assert!(took < Duration::from_secs(12), "{took:?}");
+    assert!(emu.counters().status_calls < 150);
+    let due_now: i64 = ws
+        .ledger()
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM keys WHERE state = 3 AND next_check_at <= ?1",
+            [mi_import::ledger::now_ms() + 1_000],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        due_now > 0,
+        "checks given up unanswered are due again at once, not after a lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_pipe_ends_a_report_quietly() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(3000, "pipe"));
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0));
+    let mut child = binary(
+        &["report", "--db", ws.db().to_str().unwrap()],
+        SECRET,
+        ws.dir.path(),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap(); // `| head -1`: one line read, then the pipe is closed
+    assert!(first.starts_with("bucket,key,state"));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stderr), "", "quietly");
+}
+
+/// Every line a job writes on stderr with `--log-format json` is one JSON object, and the
+/// last one carries the counts and the exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_json_logs_every_stderr_line_is_json() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        rate_429: 0.05,
+        reject_containing: Some("bad".into()),
+        seed: 5,
+        ..healthy()
+    })
+    .await;
+    let mut keys = keys(50, "json");
+    keys.push("json/bad.mp4".into());
+    let manifest = ws.manifest("m.csv", &keys);
+    let mut args = run_args(&ws, &emu, &manifest);
+    args.extend(["--log-format".into(), "json".into()]);
+    args.extend(["--progress-interval".into(), "10ms".into()]);
+    let cases = [
+        (args.clone(), 1),
+        (with(args.clone(), "--workspace", "nope"), 3),
+        (with(args.clone(), "--manifest", "missing.csv"), 2),
+    ];
+    for (args, code) in cases {
+        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        let events: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+            .collect();
+        assert!(!events.is_empty());
+        if code == 2 {
+            let last = &events[events.len() - 1]["fields"];
+            assert_eq!(last["event"], "error");
+            assert!(last["hint"].is_string(), "{last}");
+            continue;
+        }
+        let summary = events
+            .iter()
+            .find(|e| e["fields"]["event"] == "summary")
+            .unwrap_or_else(|| panic!("no summary event: {stderr}"));
+        let record: serde_json::Value =
+            serde_json::from_str(summary["fields"]["summary"].as_str().unwrap()).unwrap();
+        assert_eq!(record["exit_code"], code);
+        if code == 1 {
+            assert_eq!(record["this_run"]["failed"], 1);
+            assert!(
+                events.iter().any(|e| e["fields"]["event"] == "progress"),
+                "progress lines are events too"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scope_is_removed_from_the_ledger_only_on_purpose() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(4, "forget"));
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0));
+    let db = ws.db();
+    let forget = |yes: bool| {
+        let mut args = vec![
+            "forget",
+            "--db",
+            db.to_str().unwrap(),
+            "--workspace",
+            "demo-workspace",
+            "--project",
+            "1001",
+        ];
+        if yes {
+            args.push("--yes");
+        }
+        binary(&args, SECRET, ws.dir.path()).output().unwrap()
+    };
+    let asked = forget(false);
+    assert!(
+        text(&asked.stdout).contains("4 keys would be removed"),
+        "{}",
+        text(&asked.stdout)
+    );
+    assert_eq!(ws.rows().len(), 4);
+    let done = forget(true);
+    assert_eq!(done.status.code(), Some(0));
+    assert!(ws.rows().is_empty());
+    let again = forget(true);
+    assert_eq!(again.status.code(), Some(2), "{}", text(&again.stderr));
+}
