@@ -81,10 +81,14 @@ JOIN buckets b ON b.name = k.bucket;
 -- Every asset a key had before its current one (an object registered again after it
 -- changed). None of them may ever be taken for a new registration.
 CREATE TABLE asset_history (
-    asset_id INTEGER PRIMARY KEY,
-    key_id   INTEGER NOT NULL,
-    at       INTEGER NOT NULL,
-    why      TEXT    NOT NULL
+    asset_id      INTEGER PRIMARY KEY,
+    key_id        INTEGER NOT NULL,
+    at            INTEGER NOT NULL,
+    why           TEXT    NOT NULL,
+    -- When its request left and its answer came (an asset known from MI's answer): it
+    -- still witnesses how MI names, times and numbers assets.
+    sent_at       INTEGER,
+    registered_at INTEGER
 );
 INSERT INTO asset_history (asset_id, key_id, at, why)
     SELECT previous_asset_id, id,

@@ -82,8 +82,20 @@ pub async fn run(
         settle: DEMO_SETTLE,
         ..ImportJob::new(db.clone(), target, credentials, limits)
     };
-    let _ = analyze;
     job.options.confirm = Some(Duration::from_secs(60));
+    if analyze {
+        job.options.analyze = Some(crate::runner::AnalysisPlan {
+            request: crate::api::analysis::AnalysisRequest {
+                person_count: 0,
+                scene_range: None,
+                scene_seconds: None,
+                language: None,
+                audio_effects: false,
+                tag_ids: Vec::new(),
+            },
+            again_failed: false,
+        });
+    }
     let result = app::import(job, shutdown).await;
     let duplicates = emulator.duplicates().len();
     emulator.stop();

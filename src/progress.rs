@@ -29,7 +29,10 @@ pub struct Stats {
     pub released: AtomicU64,
     pub retries: AtomicU64,
     pub throttled: AtomicU64,
+    /// Keys a dead run left unsure that a reconciliation pass found registered.
     pub reconciled: AtomicU64,
+    /// Keys whose answer was lost that a pass found registered (this run's or a dead run's).
+    pub found_in_list: AtomicU64,
     /// import-status calls.
     pub polls: AtomicU64,
     pub completed: AtomicU64,
@@ -45,6 +48,13 @@ pub struct Stats {
     pub listing: std::sync::atomic::AtomicBool,
     /// The limiter's current rate in thousandths of a request per second (0: no limit).
     pub current_rate: Arc<AtomicU64>,
+    /// Analyses requested (accepted) in this run, finished, failed, and status looks.
+    pub analyses_requested: AtomicU64,
+    pub analyses_completed: AtomicU64,
+    pub analyses_failed: AtomicU64,
+    pub analysis_looks: AtomicU64,
+    /// Requests whose lost answer proved not accepted: their keys are to be requested again.
+    pub analyses_to_resend: AtomicU64,
     /// Pages of MI's asset list read so far in a reconciliation pass, and how many it has
     /// (0 when no pass is going).
     pub asset_pages: AtomicU64,
@@ -58,6 +68,16 @@ impl Stats {
         let ours = self.uncertain.load(Relaxed).min(n);
         self.uncertain.fetch_sub(ours, Relaxed);
         self.queued.fetch_add(n - ours, Relaxed);
+    }
+
+    /// Keys a reconciliation pass found registered: those this run had counted as uncertain
+    /// are registered now; others (left by a dead run) are counted apart.
+    pub fn found_registered(&self, n: u64) {
+        let ours = self.uncertain.load(Relaxed).min(n);
+        self.uncertain.fetch_sub(ours, Relaxed);
+        self.registered.fetch_add(ours, Relaxed);
+        self.reconciled.fetch_add(n - ours, Relaxed);
+        self.found_in_list.fetch_add(n, Relaxed);
     }
 
     pub fn finished(&self) -> u64 {
@@ -131,6 +151,14 @@ impl Stats {
             line.push_str(&format!(
                 "; confirmed {completed} completed, {import_failed} import_failed, {} waiting",
                 self.waiting()
+            ));
+        }
+        let requested = self.analyses_requested.load(Relaxed);
+        if requested > 0 {
+            line.push_str(&format!(
+                "; analysis {requested} requested, {} done, {} failed",
+                self.analyses_completed.load(Relaxed),
+                self.analyses_failed.load(Relaxed)
             ));
         }
         (counts, line)

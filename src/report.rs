@@ -148,6 +148,9 @@ pub struct StatusView {
     pub awaiting_resolve: u64,
     /// Each (workspace, project) the ledger holds, with its own counts.
     pub scopes: Vec<ScopeView>,
+    /// Analyses per status (MI's words; REQUESTING, UNSURE and REQUEST_FAILED are the
+    /// ledger's own).
+    pub analyses: std::collections::BTreeMap<String, u64>,
     pub last_run: Option<LastRun>,
 }
 
@@ -204,6 +207,7 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
             }
         });
     Ok(StatusView {
+        analyses: ledger::analyses::analysis_counts(conn, None)?,
         total,
         awaiting_confirmation: ledger::count_in(&counts, State::Registered),
         awaiting_resolve: awaiting_resolve as u64,
@@ -246,6 +250,14 @@ pub fn render_status(view: &StatusView) -> String {
             ));
         }
         render_states(&mut text, &view.states, "  ");
+    }
+    if !view.analyses.is_empty() {
+        let said: Vec<String> = view
+            .analyses
+            .iter()
+            .map(|(status, n)| format!("{n} {status}"))
+            .collect();
+        text.push_str(&format!("analyses: {}\n", said.join(", ")));
     }
     if view.awaiting_resolve > 0 {
         text.push_str(&format!(

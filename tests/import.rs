@@ -338,8 +338,10 @@ async fn credentials_revoked_mid_run_stop_it_with_untouched_keys_pending() {
         0,
         "no key is failed for a fatal answer"
     );
-    assert_eq!(ws.count(State::Registered), 12);
-    assert_eq!(ws.count(State::Pending), 48);
+    // Requests already out when the twelfth went through may have passed too.
+    let registered = ws.count(State::Registered);
+    assert!((12..=13).contains(&registered), "{registered}");
+    assert_eq!(ws.count(State::Pending), 60 - registered);
     assert!(
         emu.counters().unauthorized <= 2,
         "no more than the requests already in flight"

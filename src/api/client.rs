@@ -52,6 +52,23 @@ pub struct ImportStatus {
     pub upload_result: Option<String>,
 }
 
+/// One asset's analysis, as MI reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisStatus {
+    pub status: String,
+    pub index_id: Option<String>,
+    pub message: Option<String>,
+}
+
+/// An ID MI may send as a number or as text.
+fn id_text(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
 /// One asset as the project's asset list shows it: its ID and name, and what the entry may
 /// also carry (not every reading of the list does: NCP-API.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +226,41 @@ impl MiClient {
             assets,
             total_count: number("totalCount"),
             total_pages: number("totalPage") as u32,
+        })
+    }
+
+    /// `POST …/assets/{id}/index`: requests the asset's analysis. Not idempotent (billed); the
+    /// index ID if the answer names one.
+    pub async fn request_analysis(
+        &self,
+        asset_id: i64,
+        body: &Value,
+    ) -> Result<Option<String>, ApiError> {
+        let path = format!("{}/assets/{asset_id}/index", self.project_path());
+        let (value, _) = self.call(Method::POST, &path, None, Some(body)).await?;
+        Ok(id_text(
+            value
+                .pointer("/result/id")
+                .or_else(|| value.pointer("/result/indexId")),
+        ))
+    }
+
+    /// `GET …/assets/{id}/index/status`.
+    pub async fn analysis_status(&self, asset_id: i64) -> Result<AnalysisStatus, ApiError> {
+        let path = format!("{}/assets/{asset_id}/index/status", self.project_path());
+        let (value, trace_id) = self.call::<()>(Method::GET, &path, None, None).await?;
+        let text = |p: &str| value.pointer(p).and_then(Value::as_str).map(str::to_owned);
+        let status = text("/result/status").ok_or_else(|| ApiError::BadBody {
+            status: 200,
+            message: "no result.status in the answer".into(),
+            trace_id,
+        })?;
+        Ok(AnalysisStatus {
+            status,
+            index_id: id_text(value.pointer("/result/indexId")),
+            // The reference names it one way and its examples the other.
+            message: text("/result/analyzeStatusMessage")
+                .or_else(|| text("/result/analysisStatusMessage")),
         })
     }
 

@@ -15,6 +15,9 @@ use crate::retry::Disposition;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
     Register,
+    /// Requesting an asset's analysis: billed, and not idempotent either.
+    Analyze,
+    AnalysisStatus,
     ImportStatus,
     ListAssets,
     /// One asset's details: a 404 means that asset is gone.
@@ -25,7 +28,7 @@ pub enum Call {
 
 impl Call {
     fn is_idempotent(self) -> bool {
-        !matches!(self, Call::Register)
+        !matches!(self, Call::Register | Call::Analyze)
     }
 }
 
@@ -102,7 +105,13 @@ impl ApiError {
                 401 | 403 => Disposition::Fatal,
                 // An asset's own call: the asset is gone. (Whether the workspace and project
                 // still exist is checked before this answer is believed; see `runner::confirm`.)
-                404 if matches!(call, Call::ImportStatus | Call::Asset) => Disposition::Permanent,
+                404 if matches!(
+                    call,
+                    Call::ImportStatus | Call::Asset | Call::Analyze | Call::AnalysisStatus
+                ) =>
+                {
+                    Disposition::Permanent
+                }
                 // The workspace or project in the path does not exist.
                 404 => Disposition::Fatal,
                 // The gateway's throttle answers before MI sees the request: nothing was made.
@@ -221,6 +230,8 @@ impl fmt::Display for Call {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Call::Register => "register",
+            Call::Analyze => "analyze",
+            Call::AnalysisStatus => "analysis-status",
             Call::ImportStatus => "import-status",
             Call::ListAssets => "list-assets",
             Call::Asset => "asset",

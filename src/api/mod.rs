@@ -4,6 +4,6 @@ pub mod client;
 pub mod error;
 pub mod signer;
 
-pub use client::{AssetPage, AssetSummary, ImportStatus, MiClient, Registered};
+pub use client::{AnalysisStatus, AssetPage, AssetSummary, ImportStatus, MiClient, Registered};
 pub use error::{ApiError, Call};
 pub mod analysis;

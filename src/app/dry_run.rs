@@ -96,6 +96,14 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let counts = ledger::counts(&tx, Some(&scope))?;
     let reasons = ledger::skip_reasons(&tx, &scope)?;
     let checks_per_key = checks_per_key(&tx, &scope)?;
+    let to_analyze = match &job.options.analyze {
+        Some(plan) => Some(ledger::analyses::count_to_analyze(
+            &tx,
+            &scope,
+            plan.again_failed,
+        )?),
+        None => None,
+    };
     tx.rollback()?;
     let get = |s: State| ledger::count_in(&counts, s);
     let retried = |wanted: bool, s: State| if wanted { get(s) } else { 0 };
@@ -132,6 +140,11 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     for (reason, n) in reasons {
         text.push_str(&format!("  {n:>8}  {reason}\n"));
     }
+    if let Some(completed) = to_analyze {
+        text.push_str(&format!(
+            "would request analysis of {completed} keys completed already, and of each of the {to_send} to send once its import completes\n"
+        ));
+    }
     let confirming = job.options.confirm.is_some();
     let checks = if confirming {
         (to_send as f64 * checks_per_key).ceil() as u64
@@ -156,6 +169,29 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         None => "no rate limit set: the service's own limit decides the time\n".into(),
     });
     Ok(text)
+}
+
+/// `analyze --dry-run`: how many completed keys would be sent for analysis, and how many
+/// analyses are still being followed. Reads the ledger only.
+pub fn analyze_dry_run(job: &ImportJob, plan: &crate::runner::AnalysisPlan) -> Result<String> {
+    let ledger = Ledger::open_existing(&job.db)?;
+    let scope = Scope::find(ledger.conn(), &job.target.workspace, &job.target.project)?
+        .ok_or_else(|| {
+            crate::exit::input(anyhow::anyhow!(
+                "the ledger holds nothing for workspace `{}`, project `{}`\nhint: `mi-import status` lists what it holds",
+                job.target.workspace,
+                job.target.project
+            ))
+        })?;
+    let to_send = ledger::analyses::count_to_analyze(ledger.conn(), &scope, plan.again_failed)?;
+    let counts = ledger::analyses::analysis_counts(ledger.conn(), Some(&scope))?;
+    let following: u64 = ["REQUESTING", "UNSURE", "WAIT_ANALYZE", "ANALYZING"]
+        .iter()
+        .map(|s| counts.get(*s).copied().unwrap_or(0))
+        .sum();
+    Ok(format!(
+        "dry run: nothing was sent\nwould request analysis of {to_send} completed keys, and follow {following} analyses already requested\n"
+    ))
 }
 
 /// The two look-ups a run starts with: a wrong key pair, workspace or project shows here.

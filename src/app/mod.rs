@@ -26,7 +26,7 @@ mod ledger_commands;
 mod session;
 mod summary;
 
-pub use dry_run::dry_run;
+pub use dry_run::{analyze_dry_run, dry_run};
 pub use ledger_commands::{backup, forget, report, resolve, status};
 
 use session::Session;
@@ -105,6 +105,7 @@ impl ImportJob {
                 allow_other_bucket: false,
                 buckets: Vec::new(),
                 confirm: None,
+                analyze: None,
             },
             display: Display::Quiet,
         }
@@ -125,6 +126,8 @@ pub struct ImportResult {
     pub counts: Vec<(State, u64)>,
     /// Keys this run left failed, import_failed or uncertain: what decides its exit code.
     pub this_run: Vec<(State, u64)>,
+    /// Analyses this run saw fail, be cancelled, or be refused (they make it exit 1 too).
+    pub analyses_failed: u64,
     pub requests: u64,
     pub listed: Option<ListSummary>,
     /// What happened, for the operator.
@@ -375,6 +378,21 @@ pub async fn confirm(
     let session = Session::open(&job, "confirm")?;
     let runner = session.runner(&job, shutdown)?;
     let ending = with_progress(&runner, job.display, runner.confirm_only(patience)).await?;
+    session.finish(&runner, ending, &job).await
+}
+
+/// `analyze`: requests analysis of completed keys of the project (once each) and follows
+/// the analyses already requested, for at most `patience`.
+pub async fn analyze(
+    job: ImportJob,
+    plan: crate::runner::AnalysisPlan,
+    patience: Duration,
+    shutdown: CancellationToken,
+) -> Result<ImportResult> {
+    crate::ledger::Ledger::open_existing(&job.db)?;
+    let session = Session::open(&job, "analyze")?;
+    let runner = session.runner(&job, shutdown)?;
+    let ending = with_progress(&runner, job.display, runner.analyze_only(&plan, patience)).await?;
     session.finish(&runner, ending, &job).await
 }
 

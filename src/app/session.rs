@@ -96,16 +96,20 @@ impl Session {
         job: &ImportJob,
     ) -> Result<ImportResult> {
         let (s, run) = (self.scope.clone(), self.run_id);
-        let (counts, trouble) = self
+        let (counts, trouble, analyses_failed) = self
             .writer
             .write(move |t| {
                 Ok((
                     ledger::counts(t, Some(&s))?,
                     ledger::trouble_of_run(t, &s, run)?,
+                    ledger::analyses::failed_in_run(t, &s, run)?,
                 ))
             })
             .await?;
-        let exit = exit_for(&ending, &trouble);
+        let exit = match exit_for(&ending, &trouble) {
+            Exit::Success if analyses_failed > 0 => Exit::Trouble,
+            other => other,
+        };
         let requests = runner.stats.requests.load(Relaxed);
         let summary = summary::summarize(
             &counts,
@@ -118,6 +122,7 @@ impl Session {
         let record = json!({
             "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "this_run": trouble.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
+            "analyses_failed": analyses_failed,
             "requests": requests,
             "throttled": runner.stats.throttled.load(Relaxed),
             "rate_at_end": rate_at_end(&runner.stats),
@@ -137,6 +142,7 @@ impl Session {
             ingested: Ingested::default(),
             counts,
             this_run: trouble,
+            analyses_failed,
             requests,
             listed: None,
             summary,

@@ -61,6 +61,7 @@ pub(crate) fn summarize(
 ) -> String {
     let get = |s: State| ledger::count_in(counts, s);
     let reconciled = stats.reconciled.load(Relaxed);
+    let found = stats.found_in_list.load(Relaxed);
     let mut text = format!(
         "this run: {} registered, {} failed in {:.1}s; {}, {}, {} throttled\n",
         stats.registered.load(Relaxed) + reconciled,
@@ -80,11 +81,22 @@ pub(crate) fn summarize(
             count(polls, "import-status check", "import-status checks"),
         ));
     }
-    if reconciled > 0 {
+    let requested = stats.analyses_requested.load(Relaxed);
+    let looks = stats.analysis_looks.load(Relaxed);
+    if requested > 0 || looks > 0 {
+        text.push_str(&format!(
+            "analysis: {} requested, {} completed, {} failed ({})\n",
+            requested,
+            stats.analyses_completed.load(Relaxed),
+            stats.analyses_failed.load(Relaxed),
+            count(looks, "index-status check", "index-status checks"),
+        ));
+    }
+    if found > 0 {
         text.push_str(&format!(
             "{} whose answer was lost {} found registered in MI's asset list, not sent again\n",
-            count(reconciled, "key", "keys"),
-            plural(reconciled, "was", "were")
+            count(found, "key", "keys"),
+            plural(found, "was", "were")
         ));
     }
     let states: Vec<String> = counts
@@ -130,6 +142,11 @@ pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats
     }
     if get(State::Registered) > 0 && polls > 0 {
         text.push_str("`mi-import confirm` checks the keys still in progress later\n");
+    }
+    if stats.analyses_failed.load(Relaxed) > 0 {
+        text.push_str(
+            "some analyses failed: `mi-import report --format jsonl` shows analysis_status and analysis_message; `mi-import analyze --reanalyze-failed` requests them again\n",
+        );
     }
     if get(State::Failed) > 0 {
         text.push_str("see `mi-import report --state failed`; run again with --retry-failed to send failed keys again\n");

@@ -82,6 +82,9 @@ pub struct EmulatorConfig {
     pub refuse_after: Option<u64>,
     /// Added to the latency of import-status answers only.
     pub status_latency: Duration,
+    /// How long a registration's answer takes after the asset was made (the asset exists
+    /// even if the client gives up meanwhile).
+    pub answer_delay: Duration,
     pub seed: u64,
 }
 
@@ -114,6 +117,7 @@ impl EmulatorConfig {
             analysis_polls: 2,
             refuse_after: None,
             status_latency: Duration::ZERO,
+            answer_delay: Duration::ZERO,
             seed: 1,
         }
     }

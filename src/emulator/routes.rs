@@ -238,6 +238,7 @@ async fn register(
         hangup.now().await;
     }
     let asset_id = shared.create(&bucket, &key);
+    tokio::time::sleep(shared.config.answer_delay).await;
     if shared.roll(shared.config.drop_after) {
         shared.count(|c| c.dropped_after += 1);
         hangup.now().await;

@@ -1,17 +1,13 @@
 //! Statements for confirmation: which registered assets are due for an import-status check,
 //! and what a check found.
 //!
-//! A check is claimed like a send: its row's `next_check_at` moves a lease ahead, so no
-//! second check of the same asset starts while one is out, and a killed process only delays
-//! the next look by the lease.
+//! Checks out at the moment are excluded by the caller (one process per ledger): nothing is
+//! written until a check answers, so a killed process leaves its checks due, for the next run
+//! to make at once.
 
 use rusqlite::{Connection, params};
-use std::time::Duration;
 
 use super::{Scope, State, now_ms};
-
-/// How long a claimed check owns its row before another may take it.
-const CHECK_LEASE: Duration = Duration::from_secs(60);
 
 /// A registered asset whose import-status is due.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,22 +32,22 @@ pub struct CheckResult {
     pub next_check_at: Option<i64>,
 }
 
-/// Takes up to `limit` registered assets due by now, soonest first.
+/// Up to `limit` registered assets due by now, soonest first, other than those in `busy`
+/// (checks out at the moment).
 pub fn claim_due(
     conn: &Connection,
     scope: &Scope,
     limit: usize,
+    busy: &[i64],
 ) -> rusqlite::Result<Vec<DueCheck>> {
-    let now = now_ms();
     let mut stmt = conn.prepare_cached(
-        "UPDATE keys SET next_check_at = ?3
-         WHERE id IN (SELECT id FROM keys
-                      WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2
-                      ORDER BY next_check_at LIMIT ?4)
-         RETURNING id, key, asset_id, checks",
+        "SELECT id, key, asset_id, checks FROM keys
+         WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2
+           AND id NOT IN (SELECT value FROM json_each(?3))
+         ORDER BY next_check_at LIMIT ?4",
     )?;
-    let lease_end = now + CHECK_LEASE.as_millis() as i64;
-    let rows = stmt.query_map(params![scope.id, now, lease_end, limit as i64], |r| {
+    let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+    let rows = stmt.query_map(params![scope.id, now_ms(), busy, limit as i64], |r| {
         Ok(DueCheck {
             id: r.get(0)?,
             key: r.get(1)?,
@@ -90,18 +86,6 @@ pub fn record_checks(
             now,
             run
         ])?;
-    }
-    Ok(changed)
-}
-
-/// Hands claimed checks back (due now), when they were given up before an answer came.
-pub fn release_checks(conn: &Connection, ids: &[i64]) -> rusqlite::Result<usize> {
-    let mut stmt =
-        conn.prepare_cached("UPDATE keys SET next_check_at = ?2 WHERE id = ?1 AND state = 3")?;
-    let now = now_ms();
-    let mut changed = 0;
-    for id in ids {
-        changed += stmt.execute(params![id, now])?;
     }
     Ok(changed)
 }
@@ -159,18 +143,24 @@ mod tests {
     }
 
     #[test]
-    fn a_claimed_check_is_not_handed_out_twice() {
+    fn checks_out_are_not_handed_out_again() {
         let (l, scope) = registered_ledger(3);
-        assert_eq!(claim_due(l.conn(), &scope, 2).unwrap().len(), 2);
-        assert_eq!(claim_due(l.conn(), &scope, 10).unwrap().len(), 1);
-        assert!(claim_due(l.conn(), &scope, 10).unwrap().is_empty());
+        let first = claim_due(l.conn(), &scope, 2, &[]).unwrap();
+        assert_eq!(first.len(), 2);
+        let busy: Vec<i64> = first.iter().map(|d| d.id).collect();
+        assert_eq!(claim_due(l.conn(), &scope, 10, &busy).unwrap().len(), 1);
+        assert_eq!(
+            claim_due(l.conn(), &scope, 10, &[]).unwrap().len(),
+            3,
+            "nothing is leased on disk: a killed run's checks are due at once"
+        );
         assert_eq!(awaiting(l.conn(), &scope).unwrap().0, 3);
     }
 
     #[test]
     fn final_status_settles_and_in_progress_waits() {
         let (l, scope) = registered_ledger(2);
-        let due = claim_due(l.conn(), &scope, 10).unwrap();
+        let due = claim_due(l.conn(), &scope, 10, &[]).unwrap();
         let later = now_ms() + 5_000;
         let results = [
             CheckResult {
@@ -206,7 +196,7 @@ mod tests {
             (State::ImportFailed, "INVALID_METADATA", 1)
         );
         assert!(
-            claim_due(l.conn(), &scope, 10).unwrap().is_empty(),
+            claim_due(l.conn(), &scope, 10, &[]).unwrap().is_empty(),
             "the waiting one is not due yet"
         );
     }
@@ -214,7 +204,7 @@ mod tests {
     #[test]
     fn a_result_about_an_asset_the_key_no_longer_has_changes_nothing() {
         let (l, scope) = registered_ledger(1);
-        let due = claim_due(l.conn(), &scope, 1).unwrap();
+        let due = claim_due(l.conn(), &scope, 1, &[]).unwrap();
         // The object changed and the key was registered again with a new asset.
         l.conn()
             .execute("UPDATE keys SET asset_id = 9999", [])
@@ -233,15 +223,5 @@ mod tests {
             .query_row("SELECT state FROM keys", [], |r| r.get(0))
             .unwrap();
         assert_eq!(state, State::Registered);
-    }
-
-    #[test]
-    fn released_checks_are_due_at_once() {
-        let (l, scope) = registered_ledger(2);
-        let due = claim_due(l.conn(), &scope, 2).unwrap();
-        assert!(claim_due(l.conn(), &scope, 2).unwrap().is_empty());
-        let ids: Vec<i64> = due.iter().map(|d| d.id).collect();
-        assert_eq!(release_checks(l.conn(), &ids).unwrap(), 2);
-        assert_eq!(claim_due(l.conn(), &scope, 2).unwrap().len(), 2);
     }
 }

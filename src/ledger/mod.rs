@@ -20,6 +20,7 @@
 //!   `uncertain` at the next open and are reconciled with MI before they are sent again.
 //! - The file is created readable by its owner only: it names every key of the user's bucket.
 
+pub mod analyses;
 pub mod checks;
 pub mod listings;
 pub mod open;
@@ -443,11 +444,8 @@ pub fn note_change(
         // Keys not yet settled take the new size and ETag as they are.
         _ => false,
     };
-    if requeue && let Some(old) = asset_id {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO asset_history (asset_id, key_id, at, why) VALUES (?1, ?2, ?3, ?4)",
-        )?
-        .execute(params![old, id, now, "the object changed and was registered again"])?;
+    if requeue && asset_id.is_some() {
+        keep_in_history(conn, id, now, "the object changed and was registered again")?;
     }
     let (new_state, message) = match (state, requeue) {
         (State::Skipped, true) => (State::Pending, None),
@@ -500,6 +498,20 @@ pub fn note_change(
     } else {
         Change::None
     })
+}
+
+/// Moves a key's current asset into `asset_history` (with when it was sent and answered, if
+/// MI's answer gave it), before the key is registered again.
+fn keep_in_history(conn: &Connection, key_id: i64, now: i64, why: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO asset_history (asset_id, key_id, at, why, sent_at, registered_at)
+         SELECT asset_id, id, ?2, ?3,
+                CASE WHEN found_by IS NULL THEN sent_at END,
+                CASE WHEN found_by IS NULL THEN registered_at END
+         FROM keys WHERE id = ?1 AND asset_id IS NOT NULL",
+    )?
+    .execute(params![key_id, now, why])?;
+    Ok(())
 }
 
 /// Takes up to `limit` pending keys, oldest first, and marks them `in_flight` by `run` as of
@@ -632,8 +644,10 @@ pub const LATE_SLACK: Duration = Duration::from_secs(2);
 pub fn requeue(conn: &Connection, scope: &Scope, state: State) -> rusqlite::Result<usize> {
     let now = now_ms();
     conn.execute(
-        "INSERT OR IGNORE INTO asset_history (asset_id, key_id, at, why)
-         SELECT asset_id, id, ?3, 'its import failed; registered again on request'
+        "INSERT OR IGNORE INTO asset_history (asset_id, key_id, at, why, sent_at, registered_at)
+         SELECT asset_id, id, ?3, 'sent again on request',
+                CASE WHEN found_by IS NULL THEN sent_at END,
+                CASE WHEN found_by IS NULL THEN registered_at END
          FROM keys WHERE scope = ?1 AND state = ?2 AND asset_id IS NOT NULL",
         params![scope.id, state.code(), now],
     )?;

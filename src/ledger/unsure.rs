@@ -88,7 +88,11 @@ pub fn witnesses(
         "SELECT asset_id, key, sent_at, registered_at FROM keys
          WHERE scope = ?1 AND state IN (3, 4, 5) AND asset_id IS NOT NULL AND found_by IS NULL
            AND sent_at IS NOT NULL AND registered_at >= ?2
-         ORDER BY registered_at DESC LIMIT ?3",
+         UNION ALL
+         SELECT h.asset_id, k.key, h.sent_at, h.registered_at
+         FROM asset_history h JOIN keys k ON k.id = h.key_id
+         WHERE k.scope = ?1 AND h.sent_at IS NOT NULL AND h.registered_at >= ?2
+         ORDER BY 4 DESC LIMIT ?3",
     )?;
     let rows = stmt.query_map(params![scope.id, since, limit as i64], |r| {
         Ok(Witness {

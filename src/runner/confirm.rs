@@ -28,6 +28,11 @@ const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Longest nap while nothing is due, so the end of dispatch is noticed promptly.
 const IDLE_NAP: Duration = Duration::from_millis(500);
 
+/// The rows whose checks are out now.
+fn busy_ids(out: &[(tokio::task::Id, i64)]) -> Vec<i64> {
+    out.iter().map(|(_, id)| *id).collect()
+}
+
 /// The gap after the `checks`-th check found the import still in progress.
 pub fn next_gap(checks: u32) -> Duration {
     FIRST_CHECK
@@ -82,22 +87,19 @@ impl Runner {
                 result?;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                // Patience is over: checks not answered yet are given up, and handed back
-                // so that the next `confirm` looks at them at once.
+                // Patience is over: checks not answered yet are given up; nothing was written
+                // for them, so the next `confirm` makes them at once.
                 tasks.abort_all();
-                let ids: Vec<i64> = out.iter().map(|(_, id)| *id).collect();
-                if !ids.is_empty() {
-                    self.writer
-                        .write(move |t| checks::release_checks(t, &ids))
-                        .await?;
-                }
                 return Ok(());
             }
             let free = slots.saturating_sub(tasks.len());
             let due = if free > 0 {
+                // Checks out, and checks answered but not written yet.
+                let mut busy = busy_ids(&out);
+                busy.extend(self.checks.pending(|r| r.id));
                 let scope = self.scope.clone();
                 self.writer
-                    .write(move |t| checks::claim_due(t, &scope, free))
+                    .write(move |t| checks::claim_due(t, &scope, free, &busy))
                     .await?
             } else {
                 Vec::new()

@@ -21,12 +21,14 @@ use crate::limiter::Limiter;
 use crate::progress::Stats;
 use crate::retry::{Backoff, Disposition, Finished, Retryable, with_retries};
 
+mod analysis;
 mod confirm;
 mod listing;
 mod outbox;
 mod preflight;
 mod reconciling;
 
+pub use analysis::AnalysisPlan;
 pub use listing::ListSummary;
 pub use preflight::linked_bucket;
 pub use reconciling::DEFAULT_SETTLE;
@@ -76,6 +78,8 @@ pub struct RunOptions {
     pub buckets: Vec<String>,
     /// Confirm registered assets, for at most this long after the last import.
     pub confirm: Option<Duration>,
+    /// Request analysis of keys that complete (and of keys completed before), and follow it.
+    pub analyze: Option<AnalysisPlan>,
 }
 
 /// Whether a source is still adding keys while dispatch runs (a bucket listing). Dispatch
@@ -148,6 +152,7 @@ pub struct Runner {
     /// Results of sent keys, written a moment later in batches.
     outcomes: Arc<outbox::Outbox<Outcome>>,
     checks: Arc<outbox::Outbox<crate::ledger::checks::CheckResult>>,
+    analysis_looks: Arc<outbox::Outbox<crate::ledger::analyses::AnalysisCheck>>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -211,6 +216,7 @@ impl Runner {
             feed: Arc::new(Feed::default()),
             outcomes: Arc::default(),
             checks: Arc::default(),
+            analysis_looks: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -219,22 +225,48 @@ impl Runner {
     /// Sends every pending key of the scope while confirming registered ones, and settles
     /// keys whose outcome is unknown. The account was checked first ([`Runner::check_account`]).
     pub async fn run(&self, options: &RunOptions) -> Result<Ending> {
-        let dispatch_done = CancellationToken::new();
+        let (dispatch_done, confirm_done) = (CancellationToken::new(), CancellationToken::new());
         let importing = async {
             let ending = self.import().await;
             dispatch_done.cancel();
             ending
         };
         let confirming = async {
-            match options.confirm {
+            let confirmed = match options.confirm {
                 Some(patience) => self.confirm(&dispatch_done, patience).await,
+                None => {
+                    dispatch_done.cancelled().await;
+                    Ok(())
+                }
+            };
+            confirm_done.cancel();
+            confirmed
+        };
+        let analysing = async {
+            match &options.analyze {
+                Some(plan) => {
+                    let patience = options.confirm.unwrap_or_default();
+                    self.analyze(plan, &confirm_done, patience).await
+                }
                 None => Ok(()),
             }
         };
-        let (ending, confirmed) = tokio::join!(importing, confirming);
+        let (ending, confirmed, analysed) = tokio::join!(importing, confirming, analysing);
         let ending = ending?;
         confirmed?;
+        analysed?;
         Ok(self.ending().unwrap_or(ending))
+    }
+
+    /// Only requests and follows analyses (the `analyze` command), after checking the account.
+    pub async fn analyze_only(&self, plan: &AnalysisPlan, patience: Duration) -> Result<Ending> {
+        if let Err(ending) = self.check_account().await? {
+            return Ok(ending);
+        }
+        let done = CancellationToken::new();
+        done.cancel();
+        self.analyze(plan, &done, patience).await?;
+        Ok(self.ending().unwrap_or(Ending::Finished))
     }
 
     /// Only confirms registered assets (the `confirm` command), after checking the account.

@@ -41,6 +41,16 @@ impl<T: Send + 'static> Outbox<T> {
         }
     }
 
+    /// Something of each result not written yet (the rows they are about, say).
+    pub fn pending<K>(&self, of: impl Fn(&T) -> K) -> Vec<K> {
+        self.items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(of)
+            .collect()
+    }
+
     fn take(&self) -> Vec<T> {
         std::mem::take(&mut *self.items.lock().unwrap_or_else(|p| p.into_inner()))
     }

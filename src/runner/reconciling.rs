@@ -120,7 +120,7 @@ impl Runner {
             .writer
             .write(move |t| unsure::apply_verdicts(t, &verdicts, started, run))
             .await?;
-        self.stats.reconciled.fetch_add(settled.registered, Relaxed);
+        self.stats.found_registered(settled.registered);
         self.stats.requeue(settled.resend);
         tracing::info!(
             "asset list ({} {}): {} found registered, {} not registered (sent again), {} still unknown{}",

@@ -1,0 +1,284 @@
+//! Register, then index: every completed asset is sent for MI's analysis exactly once, under
+//! lost answers and kill -9, with its status and index ID in the report.
+
+mod common;
+
+use common::*;
+use mi_import::api::analysis::AnalysisRequest;
+use mi_import::emulator::EmulatorConfig;
+use mi_import::exit::Exit;
+use mi_import::runner::AnalysisPlan;
+use std::time::Duration;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn plan() -> AnalysisPlan {
+    AnalysisPlan {
+        request: AnalysisRequest {
+            person_count: 0,
+            scene_range: None,
+            scene_seconds: None,
+            language: None,
+            audio_effects: false,
+            tag_ids: Vec::new(),
+        },
+        again_failed: false,
+    }
+}
+
+/// Each asset the emulator accepted an analysis for, and how many times.
+fn accepted_once(emu: &mi_import::emulator::Emulator) -> usize {
+    let accepted = emu.analyses_accepted();
+    let twice: Vec<_> = accepted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "analysed more than once: {twice:?}");
+    accepted.len()
+}
+
+/// (key, analysis status, index ID, analysis message) of every row.
+type AnalysisRow = (String, Option<String>, Option<String>, Option<String>);
+
+fn analysis_columns(ws: &Workspace) -> Vec<AnalysisRow> {
+    let ledger = ws.ledger();
+    let mut stmt = ledger
+        .conn()
+        .prepare(
+            "SELECT k.key, a.status, a.index_id, a.message FROM keys k
+             LEFT JOIN analyses a ON a.key_id = k.id ORDER BY k.id",
+        )
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_completed_asset_is_analysed_once_despite_lost_answers() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        drop_before: 0.08,
+        drop_after: 0.12,
+        analysis_polls: 1,
+        seed: 17,
+        ..healthy()
+    })
+    .await;
+    let mut keys = keys(60, "index");
+    keys.push("index/unanalyzable-take.mp4".into());
+    keys.push("index/corrupt-take.mp4".into());
+    let manifest = ws.manifest("m.csv", &keys);
+    let mut job = job(&ws, &emu, manifest.clone());
+    job.options.confirm = Some(Duration::from_secs(60));
+    job.options.analyze = Some(plan());
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Trouble, "{}", result.summary);
+    assert_eq!(result.analyses_failed, 1, "{}", result.summary);
+    assert!(emu.counters().dropped_after > 5, "{:?}", emu.counters());
+    // Every completed asset (all but the corrupt one) analysed, each exactly once.
+    assert_eq!(accepted_once(&emu), 61);
+    for (key, status, index, message) in analysis_columns(&ws) {
+        match key.as_str() {
+            "index/corrupt-take.mp4" => {
+                assert_eq!(status, None, "an import_failed key is never analysed")
+            }
+            "index/unanalyzable-take.mp4" => {
+                assert_eq!(status.as_deref(), Some("ANALYZE_FAIL"));
+                assert!(message.is_some(), "the reason is kept");
+            }
+            _ => {
+                assert_eq!(status.as_deref(), Some("ANALYZE_COMPLETED"), "{key}");
+                assert!(index.is_some(), "{key} has its index ID");
+            }
+        }
+    }
+
+    // A re-run sends nothing at all.
+    let before = emu.counters();
+    let mut job = job_again(&ws, &emu, manifest);
+    job.options.analyze = Some(plan());
+    let again = import(job).await;
+    assert_eq!(again.exit, Exit::Success, "{}", again.summary);
+    let after = emu.counters();
+    assert_eq!(after.register_calls, before.register_calls);
+    assert_eq!(after.analysis_calls, before.analysis_calls);
+}
+
+fn job_again(
+    ws: &Workspace,
+    emu: &mi_import::emulator::Emulator,
+    manifest: std::path::PathBuf,
+) -> mi_import::app::ImportJob {
+    let mut job = job(ws, emu, manifest);
+    job.options.confirm = Some(Duration::from_secs(30));
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_between_request_and_answer_each_asset_is_analysed_once() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        latency: (Duration::from_millis(150), Duration::from_millis(250)),
+        analysis_polls: 1,
+        ..healthy()
+    })
+    .await;
+    let keys = keys(40, "killed");
+    let manifest = ws.manifest("m.csv", &keys);
+    let mut args = run_args(&ws, &emu, &manifest);
+    args.retain(|a| a != "--no-confirm");
+    args.extend(
+        [
+            "--analyze",
+            "--analysis-person-count",
+            "0",
+            "--patience",
+            "60s",
+            "--concurrency",
+            "8",
+        ]
+        .map(String::from),
+    );
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    for round in 1..=2 {
+        let mut child = binary(&argv, SECRET, ws.dir.path())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let target = 6 * round;
+        while emu.counters().analysis_calls < target {
+            assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Requests are out: the emulator answers each 150-250 ms later.
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let out = run_binary(args.clone(), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(accepted_once(&emu), 40, "every asset analysed, none twice");
+    assert!(
+        analysis_columns(&ws)
+            .iter()
+            .all(
+                |(_, status, index, _)| status.as_deref() == Some("ANALYZE_COMPLETED")
+                    && index.is_some()
+            )
+    );
+    assert_registered_once(&ws, &emu, &[]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_analyze_command_backfills_completed_keys_and_requests_failures_again_on_request() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        analysis_polls: 1,
+        ..healthy()
+    })
+    .await;
+    let mut keys = keys(20, "backfill");
+    keys.push("backfill/unanalyzable.mp4".into());
+    let manifest = ws.manifest("m.csv", &keys);
+    let mut args = run_args(&ws, &emu, &manifest);
+    args.retain(|a| a != "--no-confirm");
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        emu.counters().analysis_calls,
+        0,
+        "nothing without --analyze"
+    );
+
+    let analyze = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "analyze",
+            "--db",
+            ws.db().to_str().unwrap(),
+            "--endpoint",
+            &emu.endpoint(),
+            "--workspace",
+            "demo-workspace",
+            "--project",
+            "1001",
+            "--rate",
+            "0",
+            "--analysis-person-count",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+    let dry = run_binary(analyze(&["--dry-run"]), SECRET, ws.dir.path().into()).await;
+    assert!(
+        text(&dry.stdout).contains("would request analysis of 21 completed keys"),
+        "{}",
+        text(&dry.stdout)
+    );
+    let out = run_binary(analyze(&[]), SECRET, ws.dir.path().into()).await;
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "one analysis failed: {}",
+        text(&out.stderr)
+    );
+    assert_eq!(accepted_once(&emu), 21);
+    let calls = emu.counters().analysis_calls;
+    let out = run_binary(analyze(&[]), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        emu.counters().analysis_calls,
+        calls,
+        "nothing requested twice"
+    );
+
+    let out = run_binary(
+        analyze(&["--reanalyze-failed"]),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        emu.counters().analysis_calls,
+        calls + 1,
+        "only the failed one, again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysis_settings_are_checked_before_anything_is_sent() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.manifest("m.csv", &keys(3, "settings"));
+    for (extra, said) in [
+        (vec!["--analyze"], "--analysis-person-count is required"),
+        (
+            vec!["--analyze", "--analysis-person-count", "11"],
+            "0 to 10",
+        ),
+        (vec!["--analysis-person-count", "1"], "without --analyze"),
+        (
+            vec![
+                "--analyze",
+                "--analysis-person-count",
+                "1",
+                "--min-scene-duration",
+                "3",
+            ],
+            "go together",
+        ),
+    ] {
+        let mut args = run_args(&ws, &emu, &manifest);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(said), "{said}: {stderr}");
+        assert!(stderr.contains("hint:"), "{stderr}");
+    }
+    assert_eq!(emu.counters().requests, 0);
+}
