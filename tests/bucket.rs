@@ -71,16 +71,18 @@ async fn lists_several_pages_with_v1_and_registers_each_eligible_object_once() {
     let result = import(bucket_job(&ws, &emu, &s3, "lib/")).await;
     assert_eq!(result.exit, Exit::Success);
     let listed = result.listed.unwrap();
+    // The prefix's own page names its folders; each folder is listed on its own (clips/
+    // in three pages): nine pages, each asked for once.
     assert_eq!(
         (listed.objects, listed.pages, listed.complete),
-        (2413, 3, true)
+        (2413, 9, true)
     );
     assert_eq!(
         s3.v2_refused.load(Relaxed),
         0,
         "never asked for ListObjectsV2"
     );
-    assert_eq!(s3.list_calls.load(Relaxed), 3);
+    assert_eq!(s3.list_calls.load(Relaxed), 9);
 
     let mut eligible: Vec<String> = clips.clone();
     eligible.extend(ODD.iter().map(|s| s.to_string()));
@@ -214,19 +216,24 @@ async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Both runs together asked for the 6 pages once each, plus at most the page that was
-    // being fetched when the first run was killed; only the first run started from the top.
+    // Both runs together asked for each page once, but for the page being fetched when the
+    // first run was killed: the resumed run went on from each part's last committed page.
     // (Counting the resumed run's calls alone would race with a request the killed run had
     // already written to its socket.)
+    let pages = s3.pages.lock().unwrap().clone();
+    let mut seen = std::collections::HashMap::new();
+    for page in &pages {
+        *seen.entry(page.clone()).or_insert(0) += 1;
+    }
+    let repeated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        repeated.len() <= 1,
+        "{repeated:?} asked for again; {pages_done} pages were committed before the kill"
+    );
     assert_eq!(
         s3.list_starts.load(Relaxed),
-        1,
-        "the resumed run started from the last committed page, not from the beginning"
-    );
-    let calls = s3.list_calls.load(Relaxed);
-    assert!(
-        (6..=7).contains(&calls),
-        "{calls} pages asked for; {pages_done} were committed before the kill"
+        2,
+        "the bucket's root and its one folder each started once"
     );
     assert_registered_once(&ws, &emu, &all);
 }
@@ -359,7 +366,7 @@ async fn dry_run_lists_the_bucket_but_sends_and_records_nothing() {
         .await
         .unwrap();
     assert!(
-        text.contains("listing: 1201 objects in 2 pages, 1201 new"),
+        text.contains("listing: 1201 objects in 3 pages, 1201 new"),
         "{text}"
     );
     assert!(text.contains("would send 1200 keys"), "{text}");
@@ -372,4 +379,135 @@ async fn dry_run_lists_the_bucket_but_sends_and_records_nothing() {
         "only the two look-ups of the account"
     );
     assert!(ws.rows().is_empty(), "the ledger is unchanged");
+}
+
+/// Keys in nested folders, some odd: `area{a}/day{d}/...`.
+fn nested(s3: &S3Server, areas: usize, days: usize, per_day: usize) -> Vec<String> {
+    let mut all = Vec::new();
+    for a in 0..areas {
+        for d in 0..days {
+            for i in 0..per_day {
+                let key = if i % 50 == 7 {
+                    format!("area{a:02}/day{d:02}/odd, \"name\" {i}+1 한.mp4")
+                } else {
+                    format!("area{a:02}/day{d:02}/clip-{i:04}.mp4")
+                };
+                s3.put(BUCKET, &key, 100);
+                all.push(key);
+            }
+        }
+        // A file beside the folders, at every level.
+        let top = format!("area{a:02}/index.mp4");
+        s3.put(BUCKET, &top, 100);
+        all.push(top);
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_fans_out_over_folders_and_finds_what_a_sequential_one_finds() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start_with_delay(BUCKET, Duration::from_millis(30)).await;
+    let all = nested(&s3, 6, 5, 120);
+    let mut job = bucket_job(&ws, &emu, &s3, "");
+    job.list_concurrency = 4;
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    let most = s3.most_at_once.load(Relaxed);
+    assert!(
+        (2..=4).contains(&most),
+        "{most} pages at once with --list-concurrency 4"
+    );
+    let pages = s3.pages.lock().unwrap().clone();
+    let distinct: std::collections::HashSet<_> = pages.iter().collect();
+    assert_eq!(distinct.len(), pages.len(), "no page asked for twice");
+
+    // The same bucket listed flat, one page after another, by the lister itself.
+    let spec = BucketSpec {
+        endpoint: s3.endpoint(),
+        region: "kr-standard".into(),
+        bucket: BUCKET.into(),
+        prefix: String::new(),
+        credentials: Credentials::new(S3_ACCESS.into(), S3_SECRET.into()),
+    };
+    let lister = mi_import::source::bucket::Lister::new(&spec, Duration::from_secs(10));
+    let mut flat = std::collections::BTreeSet::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let page = lister.page("", marker.as_deref(), true).await.unwrap();
+        flat.extend(page.objects.into_iter().map(|o| o.key));
+        match page.next_marker {
+            Some(m) => marker = Some(m),
+            None => break,
+        }
+    }
+    let ledger: std::collections::BTreeSet<String> = ws.rows().into_iter().map(|r| r.0).collect();
+    assert_eq!(ledger, flat);
+    assert_eq!(ledger.len(), all.len());
+    assert_registered_once(&ws, &emu, &all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parallel_listing_killed_midway_resumes_each_part_and_lists_each_key_once() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let s3 = S3Server::start_with_delay(BUCKET, Duration::from_millis(150)).await;
+    let all = nested(&s3, 8, 4, 200);
+    let db = ws.db().display().to_string();
+    let (endpoint, s3_endpoint) = (emu.endpoint(), s3.endpoint());
+    let args = [
+        "run",
+        "--db",
+        &db,
+        "--endpoint",
+        &endpoint,
+        "--workspace",
+        "demo-workspace",
+        "--project",
+        "1001",
+        "--bucket",
+        BUCKET,
+        "--s3-endpoint",
+        &s3_endpoint,
+        "--list-concurrency",
+        "4",
+        "--no-confirm",
+        "--list-settle",
+        "2s",
+        "--rate",
+        "0",
+    ];
+    let spawn = || {
+        binary(&args, SECRET, ws.dir.path())
+            .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = spawn();
+    while s3.list_calls.load(Relaxed) < 12 {
+        assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut second = spawn();
+    let status = tokio::task::spawn_blocking(move || second.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let pages = s3.pages.lock().unwrap().clone();
+    let mut seen = std::collections::HashMap::new();
+    for page in &pages {
+        *seen.entry(page.clone()).or_insert(0) += 1;
+    }
+    let repeated = seen.values().filter(|n| **n > 1).count();
+    assert!(
+        repeated <= 4,
+        "{repeated} pages asked for again: at most those out at the kill"
+    );
+    assert_registered_once(&ws, &emu, &all);
+    assert_eq!(emu.assets().len(), all.len());
 }

@@ -53,7 +53,7 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     }
     let mut listed = None;
     if let (Some(spec), Some(lister)) = (&job.listing, &lister) {
-        let state = listings::open_listing(&tx, &scope, &spec.bucket, &spec.prefix, true)?;
+        let state = listings::open_listing(&tx, &scope, &spec.bucket, &spec.prefix, false)?;
         let mut summary = ListSummary::default();
         loop {
             let Some(part) = listings::parts_to_list(&tx, state.id, &[], 1)?.pop() else {

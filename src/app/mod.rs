@@ -187,7 +187,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         );
         let state = session
             .writer
-            .write(move |t| listings::open_listing(t, &s, &bucket, &prefix, true))
+            .write(move |t| listings::open_listing(t, &s, &bucket, &prefix, false))
             .await?;
         let lister = std::sync::Arc::new(Lister::new(spec, job.limits.timeout));
         opened.push((lister, spec.bucket.clone(), state));

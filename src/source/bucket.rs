@@ -278,17 +278,23 @@ impl Lister {
             subfolders.push(decode(raw).map_err(|m| self.bad(format!("folder `{raw}`: {m}")))?);
         }
         let next_marker = if answer.is_truncated() == Some(true) {
-            // Without NextMarker, the page ends at its greatest key or folder.
+            // Without NextMarker, the page ends at its greatest key, or past its greatest
+            // folder (everything below it is the folder's own part).
             let last = objects
                 .last()
                 .map(|o| o.key.clone())
                 .into_iter()
-                .chain(subfolders.last().cloned())
+                .chain(subfolders.last().map(|f| past_folder(f)))
                 .max();
+            // The service's NextMarker where it gives one; never a marker that would bring
+            // the page's last folder back.
             let next = match answer.next_marker() {
                 Some(m) => Some(decode(m).map_err(|e| self.bad(format!("next marker: {e}")))?),
-                None => last,
-            };
+                None => None,
+            }
+            .into_iter()
+            .chain(last)
+            .max();
             if next.is_none() {
                 return Err(self.bad("a truncated page with no keys and no next marker".into()));
             }
@@ -361,6 +367,14 @@ fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
     last
 }
 
+/// A marker past (practically) every key below `folder`, and before any key that is not
+/// below it, so the next page of its parent does not name the folder again: the folder
+/// followed by the greatest character there is. (A key below it that itself began with that
+/// character would only bring the folder back once more, which the ledger takes as known.)
+pub fn past_folder(folder: &str) -> String {
+    format!("{folder}{}", char::MAX.to_string().repeat(4))
+}
+
 /// Decodes a key S3 sent URL-encoded: `%XX` escapes, and `+` for a space (as S3 encodes, and
 /// as botocore and the AWS Java SDK decode).
 pub fn decode_key(text: &str) -> Result<String, &'static str> {
@@ -383,6 +397,17 @@ mod tests {
         );
         assert_eq!(decode_key("plain/key.mp4").unwrap(), "plain/key.mp4");
         assert!(decode_key("%FF").is_err());
+    }
+
+    #[test]
+    fn a_marker_past_a_folder_skips_all_below_it_and_nothing_after() {
+        let marker = past_folder("2024/05/");
+        for below in ["2024/05/zzz.mp4", "2024/05/\u{10FFFF}", "2024/05/한국.mp4"] {
+            assert!(below < marker.as_str(), "{below}");
+        }
+        for after in ["2024/050", "2024/050-late.mp4", "2024/06/a.mp4", "2024/05~"] {
+            assert!(after > marker.as_str(), "{after}");
+        }
     }
 
     #[test]

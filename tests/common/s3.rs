@@ -30,6 +30,10 @@ pub struct S3Server {
     pub list_calls: Arc<AtomicU64>,
     /// Of those, the ones that started a listing from the beginning (no marker).
     pub list_starts: Arc<AtomicU64>,
+    /// Every page asked for, as (prefix, marker).
+    pub pages: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    /// The most listing requests that were out at once.
+    pub most_at_once: Arc<AtomicU64>,
     pub v2_refused: Arc<AtomicU64>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -63,9 +67,11 @@ impl S3Server {
         let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let counters = Counters::default();
-        let (list_calls, list_starts, v2_refused) = (
+        let (list_calls, list_starts, pages, most_at_once, v2_refused) = (
             counters.list_calls.clone(),
             counters.list_starts.clone(),
+            counters.pages.clone(),
+            counters.most_at_once.clone(),
             counters.v2_refused.clone(),
         );
         tokio::spawn(async move {
@@ -88,6 +94,8 @@ impl S3Server {
             root,
             list_calls,
             list_starts,
+            pages,
+            most_at_once,
             v2_refused,
             _dir: None,
         }
@@ -114,6 +122,9 @@ impl S3Server {
 struct Counters {
     list_calls: Arc<AtomicU64>,
     list_starts: Arc<AtomicU64>,
+    pages: Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    at_once: Arc<AtomicU64>,
+    most_at_once: Arc<AtomicU64>,
     v2_refused: Arc<AtomicU64>,
 }
 
@@ -137,15 +148,37 @@ async fn ncp_like(
         is_get && !req.uri().path().trim_matches('/').contains('/') && !query.contains("location");
     if listing {
         counters.list_calls.fetch_add(1, Ordering::Relaxed);
+        let param = |name: &str| -> String {
+            query
+                .split('&')
+                .find_map(|pair| pair.strip_prefix(name))
+                .map(|v| {
+                    percent_encoding::percent_decode_str(v)
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default()
+        };
+        counters
+            .pages
+            .lock()
+            .unwrap()
+            .push((param("prefix="), param("marker=")));
         let from_start = !query
             .split('&')
             .any(|pair| pair.starts_with("marker=") && pair.len() > "marker=".len());
         if from_start {
             counters.list_starts.fetch_add(1, Ordering::Relaxed);
         }
+        let now = counters.at_once.fetch_add(1, Ordering::SeqCst) + 1;
+        counters.most_at_once.fetch_max(now, Ordering::SeqCst);
         tokio::time::sleep(delay).await;
     }
-    let response = hyper::service::Service::call(&s3, req).await?;
+    let response = hyper::service::Service::call(&s3, req).await;
+    if listing {
+        counters.at_once.fetch_sub(1, Ordering::SeqCst);
+    }
+    let response = response?;
     if !(listing && query.contains("encoding-type=url") && response.status().is_success()) {
         return Ok(response);
     }
