@@ -35,6 +35,8 @@ pub struct Stats {
     pub found_in_list: AtomicU64,
     /// import-status calls.
     pub polls: AtomicU64,
+    /// Asset-list pages read to confirm many imports at once.
+    pub list_checks: AtomicU64,
     pub completed: AtomicU64,
     pub import_failed: AtomicU64,
     /// Registered assets still waiting for a final import status.
@@ -143,7 +145,7 @@ impl Stats {
             self.listing.load(Relaxed),
         ));
         let (polls, completed, import_failed) = (
-            self.polls.load(Relaxed),
+            self.polls.load(Relaxed) + self.list_checks.load(Relaxed),
             self.completed.load(Relaxed),
             self.import_failed.load(Relaxed),
         );

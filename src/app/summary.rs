@@ -72,13 +72,20 @@ pub(crate) fn summarize(
         stats.throttled.load(Relaxed),
     );
     let polls = stats.polls.load(Relaxed);
-    if polls > 0 {
+    let pages = stats.list_checks.load(Relaxed);
+    if polls + pages > 0 {
+        let mut how = count(polls, "import-status check", "import-status checks");
+        if pages > 0 {
+            how.push_str(&format!(
+                ", {}",
+                count(pages, "asset-list page", "asset-list pages")
+            ));
+        }
         text.push_str(&format!(
-            "confirmation: {} completed, {} import_failed, {} still in progress ({})\n",
+            "confirmation: {} completed, {} import_failed, {} still in progress ({how})\n",
             stats.completed.load(Relaxed),
             stats.import_failed.load(Relaxed),
             get(State::Registered),
-            count(polls, "import-status check", "import-status checks"),
         ));
     }
     let requested = stats.analyses_requested.load(Relaxed);
@@ -132,7 +139,7 @@ pub(crate) fn summarize(
 /// What the operator can do next, given how the run ended and where the ledger stands.
 pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats) -> String {
     let get = |s: State| ledger::count_in(counts, s);
-    let polls = stats.polls.load(Relaxed);
+    let polls = stats.polls.load(Relaxed) + stats.list_checks.load(Relaxed);
     let mut text = String::new();
     if get(State::ImportFailed) > 0 {
         text.push_str(

@@ -16,12 +16,18 @@ pub struct DueCheck {
     pub key: String,
     pub asset_id: i64,
     pub checks: u32,
+    pub size: Option<u64>,
+    pub registered_at: i64,
+    /// When it was last looked at (the row's last change), if it was.
+    pub last_look: Option<i64>,
 }
 
 /// What one import-status check found, about one asset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckResult {
     pub id: i64,
+    /// A request was made (false: only the time of the next look changes).
+    pub looked: bool,
     /// The asset checked: the result is applied only while the key still has this asset.
     pub asset_id: i64,
     /// `Completed` or `ImportFailed` when final; `None` leaves the key `registered`.
@@ -41,7 +47,9 @@ pub fn claim_due(
     busy: &[i64],
 ) -> rusqlite::Result<Vec<DueCheck>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, key, asset_id, checks FROM keys
+        "SELECT id, key, asset_id, checks, size, COALESCE(registered_at, updated_at),
+                CASE WHEN checks > 0 THEN updated_at END
+         FROM keys
          WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2
            AND id NOT IN (SELECT value FROM json_each(?3))
          ORDER BY next_check_at LIMIT ?4",
@@ -53,6 +61,9 @@ pub fn claim_due(
             key: r.get(1)?,
             asset_id: r.get(2)?,
             checks: r.get(3)?,
+            size: r.get::<_, Option<i64>>(4)?.map(|s| s as u64),
+            registered_at: r.get(5)?,
+            last_look: r.get(6)?,
         })
     })?;
     rows.collect()
@@ -69,7 +80,7 @@ pub fn record_checks(
     let mut stmt = conn.prepare_cached(
         "UPDATE keys SET state = COALESCE(?3, state), upload_status = COALESCE(?4, upload_status),
              upload_result = COALESCE(?5, upload_result), next_check_at = ?6,
-             checks = checks + 1, updated_at = ?7,
+             checks = checks + ?9, updated_at = CASE WHEN ?9 THEN ?7 ELSE updated_at END,
              run = CASE WHEN ?3 IS NULL THEN run ELSE ?8 END
          WHERE id = ?1 AND asset_id = ?2 AND state = 3",
     )?;
@@ -84,10 +95,19 @@ pub fn record_checks(
             r.upload_result,
             r.next_check_at,
             now,
-            run
+            run,
+            r.looked
         ])?;
     }
     Ok(changed)
+}
+
+/// Makes every registered asset not looked at yet due now, to be planned again.
+pub fn replan_unlooked(conn: &Connection, scope: &Scope) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "UPDATE keys SET next_check_at = 0 WHERE scope = ?1 AND state = 3 AND checks = 0",
+    )?
+    .execute(params![scope.id])
 }
 
 /// Registered assets of the scope still waiting for a final status, and when the soonest is
@@ -165,6 +185,7 @@ mod tests {
         let results = [
             CheckResult {
                 id: due[0].id,
+                looked: true,
                 asset_id: due[0].asset_id,
                 state: Some(State::ImportFailed),
                 upload_status: Some("INVALID_METADATA".into()),
@@ -173,6 +194,7 @@ mod tests {
             },
             CheckResult {
                 id: due[1].id,
+                looked: true,
                 asset_id: due[1].asset_id,
                 state: None,
                 upload_status: Some("IN_PROGRESS".into()),
@@ -211,6 +233,7 @@ mod tests {
             .unwrap();
         let stale = CheckResult {
             id: due[0].id,
+            looked: true,
             asset_id: due[0].asset_id,
             state: Some(State::Completed),
             upload_status: Some("COMPLETED".into()),

@@ -1,10 +1,11 @@
 //! Confirmation: polling import-status of registered assets until MI says they are final.
 //!
 //! Registration is asynchronous: an asset ID means MI accepted the request, not that it could
-//! read the file. Each asset is checked first [`FIRST_CHECK`](crate::ledger::FIRST_CHECK)
-//! after registration, then at growing gaps, through the same limiter as the imports, until
-//! `COMPLETED` (→ `completed`) or `FAILED`, `FILE_NOT_EXIST`, `INVALID_METADATA`
-//! (→ `import_failed`, with MI's reason kept).
+//! read the file. Each asset is looked at through the same limiter as the imports (MI's rate
+//! is the scarce resource), when it is likely done by what this project's imports of its size
+//! have taken ([`super::schedule`]), until `COMPLETED` (→ `completed`) or `FAILED`,
+//! `FILE_NOT_EXIST`, `INVALID_METADATA` (→ `import_failed`, with MI's reason kept). What was
+//! learned is kept in the ledger for the next run.
 
 use anyhow::Result;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::schedule::{self, FirstLook, ImportModel};
 use super::{FatalStop, Runner};
 use crate::api::{ApiError, Call};
 use crate::ledger::checks::{self, CheckResult, DueCheck};
@@ -27,6 +29,29 @@ pub const MAX_CHECK_GAP: Duration = Duration::from_secs(300);
 const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// Longest nap while nothing is due, so the end of dispatch is noticed promptly.
 const IDLE_NAP: Duration = Duration::from_millis(500);
+
+/// The fact under which the learned import times are kept.
+const MODEL_FACT: &str = "import_times";
+/// The fact that says whether the asset list's entries carry each import's status.
+const LIST_STATUS_FACT: &str = "list_upload_status";
+/// A pass over the whole asset list is worth it only if it settles at least this many assets
+/// per page it reads.
+const LIST_KEYS_PER_PAGE: u64 = 4;
+/// Due looks are gathered this long before a pass over the list, so one pass serves many...
+const LIST_GATHER: Duration = Duration::from_secs(10);
+/// ...or until this many are gathered.
+const LIST_GATHER_MAX: usize = 5_000;
+/// Looks too few for a pass are made one by one after waiting this long.
+const LIST_GATHER_LONGEST: Duration = Duration::from_secs(30);
+
+/// Whether confirmation pages the asset list, and how long the list is.
+#[derive(Debug, Clone, Copy, Default)]
+struct ListMode {
+    carries_status: bool,
+    pages: u64,
+}
+/// A look due this close to its planned moment is made now.
+const NOT_YET_SLACK_MS: i64 = 250;
 
 /// The rows whose checks are out now.
 fn busy_ids(out: &[(tokio::task::Id, i64)]) -> Vec<i64> {
@@ -57,14 +82,65 @@ impl Runner {
         dispatch_done: &CancellationToken,
         patience: Duration,
     ) -> Result<()> {
+        self.load_model().await?;
         let run = self.run_id;
-        self.checks
+        let checked = self
+            .checks
             .flushing_during(
                 &self.writer,
                 move |t, results| checks::record_checks(t, results, run),
                 self.check_registered(dispatch_done, patience),
             )
+            .await;
+        self.save_model().await?;
+        checked
+    }
+
+    /// The import times earlier runs learned for this project.
+    async fn load_model(&self) -> Result<()> {
+        let scope = self.scope.clone();
+        let stored = self
+            .writer
+            .write(move |t| ledger::unsure::fact(t, &scope, MODEL_FACT))
+            .await?;
+        let bins = stored
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = ImportModel::with_bins(bins);
+        Ok(())
+    }
+
+    async fn save_model(&self) -> Result<()> {
+        let bins = self.model.lock().unwrap_or_else(|p| p.into_inner()).bins();
+        if bins.is_empty() {
+            return Ok(());
+        }
+        let (scope, text) = (self.scope.clone(), serde_json::to_string(&bins)?);
+        self.writer
+            .write(move |t| ledger::unsure::learn(t, &scope, MODEL_FACT, &text))
             .await
+    }
+
+    /// Whether to look at `due` now; if not, the result that puts its next look later.
+    fn not_yet(&self, due: &DueCheck) -> Option<CheckResult> {
+        if due.checks > 0 {
+            return None;
+        }
+        let now = ledger::now_ms();
+        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let at = match model.first_look(due.id, due.size) {
+            FirstLook::After(after) => due.registered_at + after.as_millis() as i64,
+            FirstLook::Wait => now + schedule::DEFER.as_millis() as i64,
+        };
+        (at > now + NOT_YET_SLACK_MS).then_some(CheckResult {
+            id: due.id,
+            looked: false,
+            asset_id: due.asset_id,
+            state: None,
+            upload_status: None,
+            upload_result: None,
+            next_check_at: Some(at),
+        })
     }
 
     async fn check_registered(
@@ -77,6 +153,10 @@ impl Runner {
         let mut counted: Option<Instant> = None;
         let mut deadline: Option<Instant> = None;
         let slots = self.limiter.concurrency();
+        // Where the asset list carries each import's status: looks gathered for one pass.
+        let mut listing: Option<ListMode> = None;
+        let mut gathered: Vec<DueCheck> = Vec::new();
+        let mut gathered_since = Instant::now();
         while !self.stop.is_cancelled() {
             if deadline.is_none() && dispatch_done.is_cancelled() {
                 deadline = Some(Instant::now() + patience);
@@ -94,22 +174,74 @@ impl Runner {
             }
             let free = slots.saturating_sub(tasks.len());
             let due = if free > 0 {
-                // Checks out, and checks answered but not written yet.
+                // Checks out, gathered for a pass, and answered but not written yet.
                 let mut busy = busy_ids(&out);
+                busy.extend(gathered.iter().map(|d| d.id));
                 busy.extend(self.checks.pending(|r| r.id));
                 let scope = self.scope.clone();
+                let want = if listing.is_some_and(|l| l.carries_status) {
+                    LIST_GATHER_MAX
+                } else {
+                    free
+                };
                 self.writer
-                    .write(move |t| checks::claim_due(t, &scope, free, &busy))
+                    .write(move |t| checks::claim_due(t, &scope, want, &busy))
                     .await?
             } else {
                 Vec::new()
             };
-            if !due.is_empty() {
-                for check in due {
-                    let (runner, id) = (self.clone(), check.id);
-                    let handle = tasks.spawn(async move { runner.check_one(check).await });
-                    out.push((handle.id(), id));
+            let mut spawned = false;
+            for check in due {
+                // Not likely done yet: put the look off, at no cost.
+                if let Some(later) = self.not_yet(&check) {
+                    self.checks.push(later);
+                    continue;
                 }
+                if listing.is_none() {
+                    listing = Some(self.list_mode().await?);
+                }
+                // A probe (an import of a size not seen done yet) is looked at on its own: its
+                // timing teaches the model.
+                let known = self
+                    .model
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .knows(check.size);
+                if known && listing.is_some_and(|l| l.carries_status) {
+                    if gathered.is_empty() {
+                        gathered_since = Instant::now();
+                    }
+                    gathered.push(check);
+                    continue;
+                }
+                let (runner, id) = (self.clone(), check.id);
+                let handle = tasks.spawn(async move { runner.check_one(check).await });
+                out.push((handle.id(), id));
+                spawned = true;
+            }
+            if let Some(mode) = listing
+                && !gathered.is_empty()
+            {
+                let worth = gathered.len() as u64 >= LIST_KEYS_PER_PAGE * mode.pages;
+                let waited = gathered_since.elapsed();
+                if worth && (waited >= LIST_GATHER || gathered.len() >= LIST_GATHER_MAX) {
+                    let batch = std::mem::take(&mut gathered);
+                    let ids: Vec<i64> = batch.iter().map(|d| d.id).collect();
+                    let runner = self.clone();
+                    let handle = tasks.spawn(async move { runner.check_by_list(batch).await });
+                    out.extend(ids.into_iter().map(|id| (handle.id(), id)));
+                    spawned = true;
+                } else if !worth && waited >= LIST_GATHER_LONGEST {
+                    // Too few for a pass over the whole list: one look each.
+                    for check in std::mem::take(&mut gathered) {
+                        let (runner, id) = (self.clone(), check.id);
+                        let handle = tasks.spawn(async move { runner.check_one(check).await });
+                        out.push((handle.id(), id));
+                    }
+                    spawned = true;
+                }
+            }
+            if spawned {
                 continue;
             }
             let scope = self.scope.clone();
@@ -126,7 +258,8 @@ impl Runner {
                 self.stats.set_awaiting(waiting);
                 counted = Some(Instant::now());
             }
-            if dispatch_done.is_cancelled() && tasks.is_empty() && soonest.is_none() {
+            let nothing_left = tasks.is_empty() && soonest.is_none();
+            if dispatch_done.is_cancelled() && nothing_left && gathered.is_empty() {
                 break;
             }
             let until_due = soonest
@@ -149,6 +282,136 @@ impl Runner {
         self.drain(tasks).await
     }
 
+    /// Whether the asset list's entries carry each import's status (learned from one entry
+    /// of the list the first time, kept as a fact), and how many pages it has.
+    async fn list_mode(&self) -> Result<ListMode> {
+        let scope = self.scope.clone();
+        let known = self
+            .writer
+            .write(move |t| ledger::unsure::fact(t, &scope, LIST_STATUS_FACT))
+            .await?;
+        if known.as_deref() == Some("no") {
+            return Ok(ListMode::default());
+        }
+        let finished = self
+            .call_mi(Call::ListAssets, || self.client.list_assets(1, 1))
+            .await;
+        let Ok(first) = finished.last.result else {
+            return Ok(ListMode::default());
+        };
+        let carries_status = match first.assets.first() {
+            Some(entry) => entry.upload_status.is_some(),
+            None => return Ok(ListMode::default()),
+        };
+        if known.is_none() {
+            let (scope, value) = (
+                self.scope.clone(),
+                if carries_status { "yes" } else { "no" },
+            );
+            self.writer
+                .write(move |t| ledger::unsure::learn(t, &scope, LIST_STATUS_FACT, value))
+                .await?;
+            if carries_status {
+                tracing::info!(
+                    "MI's asset list carries each import's status: registered assets are confirmed by paging it"
+                );
+            }
+        }
+        Ok(ListMode {
+            carries_status,
+            pages: first
+                .total_count
+                .div_ceil(u64::from(crate::api::client::MAX_PAGE_SIZE))
+                .max(1),
+        })
+    }
+
+    /// Confirms many assets in one pass over the asset list (whose entries carry the status).
+    async fn check_by_list(&self, batch: Vec<DueCheck>) -> Result<()> {
+        let mut waiting: std::collections::HashMap<i64, DueCheck> =
+            batch.into_iter().map(|d| (d.asset_id, d)).collect();
+        let mut page = 1;
+        loop {
+            let finished = self
+                .call_mi(Call::ListAssets, || {
+                    self.client
+                        .list_assets(page, crate::api::client::MAX_PAGE_SIZE)
+                })
+                .await;
+            self.stats.list_checks.fetch_add(1, Relaxed);
+            let Ok(listed) = finished.last.result else {
+                break;
+            };
+            let now = ledger::now_ms();
+            let mut learned = false;
+            for entry in listed.assets {
+                let Some(status) = entry.upload_status else {
+                    continue;
+                };
+                if let Some(due) = waiting.remove(&entry.asset_id) {
+                    let state = state_for(&status);
+                    learned |= self.push_result(&due, now, state, Some(status), None);
+                }
+            }
+            self.replan_if(learned).await?;
+            if waiting.is_empty() || page >= listed.total_pages {
+                break;
+            }
+            page += 1;
+        }
+        // Not (yet) in the list: looked at again later, as if in progress.
+        let now = ledger::now_ms();
+        for due in waiting.into_values() {
+            self.push_result(&due, now, None, None, None);
+        }
+        Ok(())
+    }
+
+    /// Counts and writes (soon) what a look found, and teaches the model. Whether the model
+    /// has just learned its first import of this size.
+    fn push_result(
+        &self,
+        due: &DueCheck,
+        now: i64,
+        state: Option<State>,
+        upload_status: Option<String>,
+        upload_result: Option<String>,
+    ) -> bool {
+        let (next, learned) = {
+            let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+            let knew = model.knows(due.size);
+            let next = if state == Some(State::ImportFailed) {
+                model.failed(due.id, due.size);
+                None
+            } else {
+                let gap = model.looked(
+                    due.id,
+                    due.size,
+                    now - due.registered_at,
+                    due.last_look.map(|at| at - due.registered_at),
+                    state.is_some(),
+                );
+                state.is_none().then(|| now + gap.as_millis() as i64)
+            };
+            (next, !knew && model.knows(due.size))
+        };
+        match state {
+            Some(State::Completed) => self.stats.completed.fetch_add(1, Relaxed),
+            Some(_) => self.stats.import_failed.fetch_add(1, Relaxed),
+            None => 0,
+        };
+        self.checks.push(CheckResult {
+            id: due.id,
+            looked: true,
+            asset_id: due.asset_id,
+            state,
+            upload_status,
+            upload_result,
+            next_check_at: next,
+        });
+        learned
+    }
+
     async fn check_one(&self, due: DueCheck) -> Result<()> {
         let finished = self
             .call_mi(Call::ImportStatus, || async {
@@ -156,19 +419,11 @@ impl Runner {
                 self.client.import_status(due.asset_id).await
             })
             .await;
-        let later = ledger::now_ms() + next_gap(due.checks).as_millis() as i64;
-        let mut result = CheckResult {
-            id: due.id,
-            asset_id: due.asset_id,
-            state: None,
-            upload_status: None,
-            upload_result: None,
-            next_check_at: Some(later),
-        };
-        match finished.last.result {
+        let now = ledger::now_ms();
+        let error = match finished.last.result {
             Ok(status) => {
-                result.state = state_for(&status.upload_status);
-                if result.state.is_none() && status.upload_status != "IN_PROGRESS" {
+                let state = state_for(&status.upload_status);
+                if state.is_none() && status.upload_status != "IN_PROGRESS" {
                     tracing::warn!(
                         "asset {} ({}): unknown upload status {}; will check again",
                         due.asset_id,
@@ -176,41 +431,67 @@ impl Runner {
                         status.upload_status
                     );
                 }
-                result.upload_status = Some(status.upload_status);
-                result.upload_result = status.upload_result;
+                let learned = self.push_result(
+                    &due,
+                    now,
+                    state,
+                    Some(status.upload_status),
+                    status.upload_result,
+                );
+                return self.replan_if(learned).await;
             }
-            Err(error) => match error.disposition_for(Call::ImportStatus) {
-                Disposition::Fatal => self.stop_for(FatalStop {
+            Err(error) => error,
+        };
+        let why = match error.disposition_for(Call::ImportStatus) {
+            Disposition::Fatal => {
+                self.stop_for(FatalStop {
                     message: format!("{error} (while checking the import of {})", due.key),
                     hint: error.hint().map(str::to_owned),
-                }),
-                Disposition::Permanent if error.status() == Some(404) => {
-                    if !self.asset_is_gone(&error, &due).await {
-                        return Ok(());
-                    }
-                    result.state = Some(State::ImportFailed);
-                    result.upload_result = Some(format!(
-                        "MI has no asset {} any more (deleted?): {}",
-                        due.asset_id,
-                        error.detail()
-                    ));
+                });
+                return Ok(());
+            }
+            Disposition::Permanent if error.status() == Some(404) => {
+                if !self.asset_is_gone(&error, &due).await {
+                    return Ok(());
                 }
-                Disposition::Permanent => {
-                    result.state = Some(State::ImportFailed);
-                    result.upload_result = Some(format!("import-status: {}", error.detail()));
-                }
-                _ => tracing::debug!("asset {}: {error}; will check again", due.asset_id),
-            },
-        }
-        match result.state {
-            Some(State::Completed) => self.stats.completed.fetch_add(1, Relaxed),
-            Some(_) => self.stats.import_failed.fetch_add(1, Relaxed),
-            None => 0,
+                format!(
+                    "MI has no asset {} any more (deleted?): {}",
+                    due.asset_id,
+                    error.detail()
+                )
+            }
+            Disposition::Permanent => format!("import-status: {}", error.detail()),
+            _ => {
+                // No answer worth learning from: look again a little later.
+                tracing::debug!("asset {}: {error}; will check again", due.asset_id);
+                self.checks.push(CheckResult {
+                    id: due.id,
+                    looked: true,
+                    asset_id: due.asset_id,
+                    state: None,
+                    upload_status: None,
+                    upload_result: None,
+                    next_check_at: Some(now + next_gap(due.checks).as_millis() as i64),
+                });
+                return Ok(());
+            }
         };
-        if result.state.is_some() {
-            result.next_check_at = None;
+        self.push_result(&due, now, Some(State::ImportFailed), None, Some(why));
+        Ok(())
+    }
+
+    /// The first import of a size seen done: the keys that waited for it are planned again.
+    /// Results not written yet go first (a key put off a moment ago must not stay put off).
+    async fn replan_if(&self, learned: bool) -> Result<()> {
+        if learned {
+            let (scope, run, pending) = (self.scope.clone(), self.run_id, self.checks.take());
+            self.writer
+                .write(move |t| {
+                    checks::record_checks(t, &pending, run)?;
+                    checks::replan_unlooked(t, &scope)
+                })
+                .await?;
         }
-        self.checks.push(result);
         Ok(())
     }
 

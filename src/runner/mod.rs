@@ -27,6 +27,7 @@ mod listing;
 mod outbox;
 mod preflight;
 mod reconciling;
+pub mod schedule;
 
 pub use analysis::AnalysisPlan;
 pub use listing::ListSummary;
@@ -153,6 +154,8 @@ pub struct Runner {
     outcomes: Arc<outbox::Outbox<Outcome>>,
     checks: Arc<outbox::Outbox<crate::ledger::checks::CheckResult>>,
     analysis_looks: Arc<outbox::Outbox<crate::ledger::analyses::AnalysisCheck>>,
+    /// What this project's imports have taken, to look at each when it is likely done.
+    model: Arc<Mutex<schedule::ImportModel>>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -217,6 +220,7 @@ impl Runner {
             outcomes: Arc::default(),
             checks: Arc::default(),
             analysis_looks: Arc::default(),
+            model: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }

@@ -51,7 +51,9 @@ impl<T: Send + 'static> Outbox<T> {
             .collect()
     }
 
-    fn take(&self) -> Vec<T> {
+    /// Everything not written yet, for a caller that writes it itself (ahead of a change that
+    /// must come after it).
+    pub fn take(&self) -> Vec<T> {
         std::mem::take(&mut *self.items.lock().unwrap_or_else(|p| p.into_inner()))
     }
 

@@ -1,0 +1,261 @@
+//! When to look at an import's status: when it is likely done, by what this project's own
+//! imports have taken. Pure: the confirmation loop feeds it what each look found.
+//!
+//! Imports are grouped by size (a bin per power of two of bytes; one bin for unknown sizes).
+//! For each bin the model keeps a bracket: the longest time an import was still in progress
+//! (`lo`) and the shortest time within which one was found done (`hi`). An asset is first
+//! looked at a little after `hi`: most imports of its size are done by then, so most keys cost
+//! one look. A few keys of a bin whose bracket is still wide are looked at in its middle
+//! (probes), which narrows it. A bin with no completion yet has one probe at a time, looked at
+//! again each time a quarter of its age has passed (so it is seen done at most a quarter late);
+//! the other keys of that bin wait for what it finds.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// A probe's first look.
+pub const FIRST_LOOK: Duration = Duration::from_secs(3);
+/// A probe is looked at again when this share of its age has passed.
+const PROBE_SHARE: f64 = 0.25;
+/// The longest gap between two looks at one asset.
+pub const MAX_GAP: Duration = Duration::from_secs(300);
+/// Added to a bin's `hi`, in share of it and in time: a look a little late costs nothing,
+/// one too early costs a request.
+const MARGIN_SHARE: f64 = 0.05;
+const MARGIN: Duration = Duration::from_millis(500);
+/// A bracket narrower than this share of its `hi` is tight enough: no more probes.
+const TIGHT_SHARE: f64 = 0.10;
+/// Every this many keys of a bin with a wide bracket, one is a probe.
+const PROBE_EVERY: u64 = 16;
+/// A key whose bin has nothing learned yet waits this long before it is considered again.
+pub const DEFER: Duration = Duration::from_secs(15);
+
+/// What the model knows of one size bin (ms since registration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Bracket {
+    /// The longest an import of this bin was seen still in progress.
+    pub lo: i64,
+    /// The shortest time within which one was seen done (`None`: none was yet).
+    pub hi: Option<i64>,
+    /// Keys planned in this bin (to pick every n-th as a probe).
+    planned: u64,
+}
+
+/// When to look first at a newly registered asset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstLook {
+    /// This long after registration.
+    After(Duration),
+    /// Nothing is known of its bin: ask again after [`DEFER`].
+    Wait,
+}
+
+/// The learned import times of one project.
+#[derive(Debug, Clone, Default)]
+pub struct ImportModel {
+    bins: HashMap<i32, Bracket>,
+    /// Bins with a probe out (a key being looked at on the doubling schedule).
+    probing: HashMap<i32, i64>,
+}
+
+/// The bin of an object's size: its power of two (`-1` when unknown).
+pub fn bin_of(size: Option<u64>) -> i32 {
+    match size {
+        Some(bytes) => 64 - bytes.max(1).leading_zeros() as i32,
+        None => -1,
+    }
+}
+
+/// The gap after a look found a probe still in progress, `age` after its registration.
+pub fn probe_gap(age: i64) -> Duration {
+    ms(age).mul_f64(PROBE_SHARE).max(FIRST_LOOK).min(MAX_GAP)
+}
+
+impl ImportModel {
+    /// A model seeded with what earlier runs learned.
+    pub fn with_bins(bins: HashMap<i32, (i64, Option<i64>)>) -> Self {
+        Self {
+            bins: bins
+                .into_iter()
+                .map(|(bin, (lo, hi))| (bin, Bracket { lo, hi, planned: 0 }))
+                .collect(),
+            probing: HashMap::new(),
+        }
+    }
+
+    /// What it knows, to keep for the next run: bin → (lo, hi).
+    pub fn bins(&self) -> HashMap<i32, (i64, Option<i64>)> {
+        self.bins.iter().map(|(b, k)| (*b, (k.lo, k.hi))).collect()
+    }
+
+    /// When to first look at `key` (a row id) of `size`, registered `age` ago.
+    pub fn first_look(&mut self, key: i64, size: Option<u64>) -> FirstLook {
+        let bin = bin_of(size);
+        let bracket = self.bins.entry(bin).or_default();
+        bracket.planned += 1;
+        match bracket.hi {
+            Some(hi) if hi > bracket.lo => {
+                let wide = (hi - bracket.lo) as f64 > hi as f64 * TIGHT_SHARE;
+                if wide && bracket.planned.is_multiple_of(PROBE_EVERY) {
+                    return FirstLook::After(ms((bracket.lo + hi) / 2));
+                }
+                FirstLook::After(ms(hi) + ms(hi).mul_f64(MARGIN_SHARE) + MARGIN)
+            }
+            // Imports of this size took longer than the shortest one seen done: be generous.
+            Some(_) => {
+                let lo = ms(bracket.lo);
+                FirstLook::After(lo + lo.mul_f64(MARGIN_SHARE * 2.0) + MARGIN)
+            }
+            None => match self.probing.get(&bin) {
+                Some(probe) if *probe != key => FirstLook::Wait,
+                _ => {
+                    self.probing.insert(bin, key);
+                    FirstLook::After(FIRST_LOOK)
+                }
+            },
+        }
+    }
+
+    /// Whether an import of `size` was seen done (its bin has something learned).
+    pub fn knows(&self, size: Option<u64>) -> bool {
+        self.bins.get(&bin_of(size)).is_some_and(|b| b.hi.is_some())
+    }
+
+    /// `key` of `size` ended otherwise than completed (its import failed): it tells nothing
+    /// of how long imports take, but it is no longer its bin's probe.
+    pub fn failed(&mut self, key: i64, size: Option<u64>) {
+        let bin = bin_of(size);
+        if self.probing.get(&bin) == Some(&key) {
+            self.probing.remove(&bin);
+        }
+    }
+
+    /// A look at `key` of `size`, `age` after registration (the previous look `before`, if
+    /// any), found it `done` or still in progress. Returns when to look again if in progress.
+    pub fn looked(
+        &mut self,
+        key: i64,
+        size: Option<u64>,
+        age: i64,
+        before: Option<i64>,
+        done: bool,
+    ) -> Duration {
+        let bin = bin_of(size);
+        let bracket = self.bins.entry(bin).or_default();
+        if done {
+            bracket.hi = Some(bracket.hi.map_or(age, |hi| hi.min(age)));
+            if let Some(before) = before {
+                bracket.lo = bracket.lo.max(before);
+            }
+            if self.probing.get(&bin) == Some(&key) {
+                self.probing.remove(&bin);
+            }
+            return Duration::ZERO;
+        }
+        bracket.lo = bracket.lo.max(age);
+        let probing = self.probing.get(&bin) == Some(&key) || bracket.hi.is_none();
+        match bracket.hi {
+            // Past what the bin's imports took: a little more should do.
+            Some(hi) if !probing => {
+                let guess = (hi.max(bracket.lo) - age).max(0);
+                ms(guess).max(ms(hi).mul_f64(TIGHT_SHARE)).max(FIRST_LOOK)
+            }
+            _ => probe_gap(age),
+        }
+    }
+}
+
+fn ms(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GB: u64 = 1 << 30;
+
+    /// Imports that take `took` ms each, looked at as the model says: how many looks each.
+    fn looks_per_key(model: &mut ImportModel, keys: i64, took: i64, size: Option<u64>) -> f64 {
+        let mut total = 0;
+        for key in 0..keys {
+            let mut at = match model.first_look(key, size) {
+                FirstLook::After(d) => d.as_millis() as i64,
+                FirstLook::Wait => continue,
+            };
+            let mut before = None;
+            loop {
+                total += 1;
+                let done = at >= took;
+                let gap = model.looked(key, size, at, before, done);
+                if done {
+                    break;
+                }
+                before = Some(at);
+                at += gap.as_millis() as i64;
+            }
+        }
+        total as f64 / keys as f64
+    }
+
+    #[test]
+    fn a_bin_with_nothing_learned_sends_one_probe_and_holds_the_rest() {
+        let mut model = ImportModel::default();
+        assert_eq!(model.first_look(1, Some(GB)), FirstLook::After(FIRST_LOOK));
+        assert_eq!(model.first_look(2, Some(GB)), FirstLook::Wait);
+        assert_eq!(
+            model.first_look(3, Some(GB / 1000)),
+            FirstLook::After(FIRST_LOOK),
+            "another bin"
+        );
+        // The probe is still importing after 3 s and 6 s, done at 12 s.
+        assert_eq!(model.looked(1, Some(GB), 3_000, None, false), FIRST_LOOK);
+        assert_eq!(
+            model.looked(1, Some(GB), 6_000, Some(3_000), false),
+            FIRST_LOOK
+        );
+        model.looked(1, Some(GB), 12_000, Some(6_000), true);
+        match model.first_look(2, Some(GB)) {
+            FirstLook::After(d) => assert!(
+                d >= Duration::from_secs(12) && d < Duration::from_secs(14),
+                "{d:?}"
+            ),
+            FirstLook::Wait => panic!("learned"),
+        }
+    }
+
+    #[test]
+    fn a_minute_long_import_settles_near_one_look_per_key() {
+        let mut model = ImportModel::default();
+        // The probe: looked at 3, 6, 9, 12, 15, 18.8 … 57.2 s (in progress), 71.5 s (done):
+        // twelve looks, once for the whole bin.
+        let first = looks_per_key(&mut model, 1, 60_000, Some(GB));
+        assert_eq!(first, 12.0);
+        let rest = looks_per_key(&mut model, 3000, 60_000, Some(GB));
+        assert!(rest <= 1.05, "{rest} looks per key");
+        // And it learned the minute: keys are looked at soon after it, not at 93 s.
+        match model.first_look(99_999, Some(GB)) {
+            FirstLook::After(d) => assert!(d < Duration::from_secs(66), "{d:?}"),
+            FirstLook::Wait => panic!(),
+        }
+    }
+
+    #[test]
+    fn slower_imports_than_learned_raise_the_bracket() {
+        let mut model =
+            ImportModel::with_bins(HashMap::from([(bin_of(Some(GB)), (50_000, Some(60_000)))]));
+        let looks = looks_per_key(&mut model, 200, 90_000, Some(GB));
+        assert!(looks < 2.2, "{looks}");
+        let (lo, _) = model.bins()[&bin_of(Some(GB))];
+        assert!(lo >= 60_000, "{lo}");
+    }
+
+    #[test]
+    fn sizes_fall_in_power_of_two_bins() {
+        assert_eq!(bin_of(None), -1);
+        assert_eq!(bin_of(Some(1)), 1);
+        assert_eq!(bin_of(Some(1024)), 11);
+        assert_eq!(bin_of(Some(1500)), 11);
+        assert_eq!(bin_of(Some(2048)), 12);
+    }
+}
