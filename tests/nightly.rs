@@ -297,7 +297,11 @@ async fn confirm_returns_after_about_its_patience() {
     // for a loaded machine: the point is that it does not run to the end).
     assert!(took < Duration::from_secs(12), "{took:?}");
     assert!(emu.counters().status_calls < 150);
-    assert_eq!(ws.count(State::Registered), 200, "all still waiting for confirm");
+    assert_eq!(
+        ws.count(State::Registered),
+        200,
+        "all still waiting for confirm"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,72 @@
+//! MI's rate is the scarce resource, and confirmation shares it: an import is looked at when
+//! it is likely done (by what this project's imports of its size took), and where the asset
+//! list's entries carry the import status, many are confirmed per page of the list.
+
+mod common;
+
+use common::*;
+use mi_import::emulator::EmulatorConfig;
+use mi_import::exit::Exit;
+use mi_import::ledger::State;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// 240 keys in two sizes (one and four GB): imports take 2 s plus 1 s per GB in the emulator.
+async fn confirm_with(status_in_list: bool) -> (mi_import::emulator::Counters, usize) {
+    let ws = Workspace::new();
+    let keys = keys(240, "budget");
+    let size = |i: usize| if i % 2 == 0 { 1u64 << 30 } else { 4u64 << 30 };
+    let sizes: HashMap<(String, String), u64> = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| ((BUCKET.to_string(), k.clone()), size(i)))
+        .collect();
+    let emu = emulator(EmulatorConfig {
+        settle: Duration::from_secs(2),
+        settle_per_gb: Duration::from_millis(930),
+        sizes,
+        list_upload_status: status_in_list,
+        ..healthy()
+    })
+    .await;
+    let manifest = ws.path("m.csv");
+    let mut w = csv::Writer::from_path(&manifest).unwrap();
+    w.write_record(["bucket", "key", "size"]).unwrap();
+    for (i, k) in keys.iter().enumerate() {
+        w.write_record([BUCKET, k, &size(i).to_string()]).unwrap();
+    }
+    w.flush().unwrap();
+    let mut job = job(&ws, &emu, manifest);
+    job.limits.rate = Some(60.0);
+    job.options.confirm = Some(Duration::from_secs(60));
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    assert_eq!(ws.count(State::Completed), keys.len());
+    (emu.counters(), keys.len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imports_are_looked_at_about_once_each_when_likely_done() {
+    let (c, keys) = confirm_with(false).await;
+    // One look per key, plus a probe's few looks per size and a margin for slower ones.
+    assert!(
+        c.status_calls as f64 <= keys as f64 * 1.1 + 20.0,
+        "{} import-status checks for {keys} keys",
+        c.status_calls
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_the_list_carries_the_status_many_are_confirmed_per_page() {
+    let (c, keys) = confirm_with(true).await;
+    assert!(
+        c.list_calls >= 2,
+        "a first entry to learn from, then passes: {c:?}"
+    );
+    assert!(
+        c.status_calls + c.list_calls <= keys as u64 / 4,
+        "{} import-status checks and {} list pages for {keys} keys",
+        c.status_calls,
+        c.list_calls
+    );
+}
