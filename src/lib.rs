@@ -10,13 +10,16 @@
 //! 2. [`ledger`] records every key in SQLite, one row per (workspace, project, bucket, key);
 //!    it is the truth about what was sent and what came back. One writer thread
 //!    ([`ledger::writer`]) group-commits; a listing's position is committed with its page.
-//! 3. [`runner`] checks the account first (preflight), claims pending keys (durably
-//!    `in_flight` before any request leaves), passes each through the [`limiter`] (rate and
-//!    concurrency, shared by every MI call), calls MI through [`api`], retries by [`retry`]'s
-//!    rules, and records the outcome. Keys whose outcome is unknown are looked up in MI's
-//!    asset list ([`reconcile`]) before they are sent again. Registered assets are confirmed
-//!    by polling import-status until final.
-//! 4. [`report`] reads the ledger for `status` and `report`; [`progress`] shows a run live.
+//! 3. [`runner`] checks the account first (preflight), claims pending keys only as places
+//!    to send them free up (durably `in_flight` before any request leaves), passes each
+//!    through the [`limiter`] (rate and concurrency, shared by every MI call), calls MI
+//!    through [`api`], retries by [`retry`]'s rules, and records the outcome.
+//! 4. Keys whose outcome is unknown are looked up in MI's asset list and sent again only on
+//!    proof of absence, given an asset only on evidence ([`reconcile`], the pure rule).
+//! 5. Registered assets are confirmed by import-status, each looked at when it is likely
+//!    done ([`runner::schedule`]); with `--analyze`, completed assets are sent for analysis
+//!    once, journaled like registrations, and followed.
+//! 6. [`report`] reads the ledger for `status` and `report`; [`progress`] shows a run live.
 //!
 //! Around them: [`cli`] (clap types), [`config`] (validated settings, credentials),
 //! [`app`] (the commands wired together), [`exit`] (exit codes), [`lock`] (one run per

@@ -15,7 +15,13 @@ use std::time::Duration;
 async fn confirm_with(status_in_list: bool) -> (mi_import::emulator::Counters, usize) {
     let ws = Workspace::new();
     let keys = keys(240, "budget");
-    let size = |i: usize| if i.is_multiple_of(2) { 1u64 << 30 } else { 4u64 << 30 };
+    let size = |i: usize| {
+        if i.is_multiple_of(2) {
+            1u64 << 30
+        } else {
+            4u64 << 30
+        }
+    };
     let sizes: HashMap<(String, String), u64> = keys
         .iter()
         .enumerate()

@@ -52,46 +52,8 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         }
     }
     let mut listed = None;
-    if let (Some(spec), Some(lister)) = (&job.listing, &lister) {
-        let state = listings::open_listing(&tx, &scope, &spec.bucket, &spec.prefix, false)?;
-        let mut summary = ListSummary::default();
-        loop {
-            let Some(part) = listings::parts_to_list(&tx, state.id, &[], 1)?.pop() else {
-                break;
-            };
-            let finished = crate::retry::with_retries(
-                job.limits.max_attempts,
-                crate::retry::Backoff::default(),
-                &shutdown,
-                |_| async {
-                    Listed(
-                        lister
-                            .page(&part.prefix, part.marker.as_deref(), part.flat)
-                            .await,
-                    )
-                },
-            )
-            .await;
-            let page = finished
-                .last
-                .0
-                .map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint()))?;
-            let seen = page.objects.len() as u64;
-            let rows = summary.judge_page(&spec.bucket, page.objects, &job.filters);
-            let record = listings::PageRecord {
-                listing: state.id,
-                part: part.id,
-                keys: &rows,
-                seen,
-                next_marker: page.next_marker.as_deref(),
-                subfolders: &page.subfolders,
-            };
-            let (got, _) = listings::record_page(&tx, &scope, &record, job.on_changed)?;
-            summary.add_page(seen, &got);
-            read += got;
-        }
-        summary.complete = true;
-        listed = Some(summary);
+    if let (Some(spec), Some(lister)) = (&job.listing, lister) {
+        listed = Some(list_into(&tx, &scope, spec, lister, job, &shutdown, &mut read).await?);
     }
     let counts = ledger::counts(&tx, Some(&scope))?;
     let reasons = ledger::skip_reasons(&tx, &scope)?;
@@ -192,6 +154,69 @@ pub fn analyze_dry_run(job: &ImportJob, plan: &crate::runner::AnalysisPlan) -> R
     Ok(format!(
         "dry run: nothing was sent\nwould request analysis of {to_send} completed keys, and follow {following} analyses already requested\n"
     ))
+}
+
+/// Lists the bucket into the transaction as a run would (parts side by side, up to
+/// `--list-concurrency` at once), counting what it finds.
+async fn list_into(
+    tx: &rusqlite::Transaction<'_>,
+    scope: &Scope,
+    spec: &crate::source::bucket::BucketSpec,
+    lister: Lister,
+    job: &ImportJob,
+    shutdown: &CancellationToken,
+    read: &mut Ingested,
+) -> Result<ListSummary> {
+    let lister = std::sync::Arc::new(lister);
+    let state = listings::open_listing(tx, scope, &spec.bucket, &spec.prefix, false)?;
+    let mut summary = ListSummary::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut busy: Vec<i64> = Vec::new();
+    let width = job.list_concurrency.max(1);
+    loop {
+        for part in listings::parts_to_list(tx, state.id, &busy, width - tasks.len())? {
+            busy.push(part.id);
+            let (lister, stop, attempts) =
+                (lister.clone(), shutdown.clone(), job.limits.max_attempts);
+            tasks.spawn(async move {
+                let finished = crate::retry::with_retries(
+                    attempts,
+                    crate::retry::Backoff::default(),
+                    &stop,
+                    |_| async {
+                        Listed(
+                            lister
+                                .page(&part.prefix, part.marker.as_deref(), part.flat)
+                                .await,
+                        )
+                    },
+                )
+                .await;
+                (part, finished.last.0)
+            });
+        }
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        let (part, page) = done?;
+        busy.retain(|id| *id != part.id);
+        let page = page.map_err(|e| anyhow::anyhow!("{e}\nhint: {}", e.hint()))?;
+        let seen = page.objects.len() as u64;
+        let rows = summary.judge_page(&spec.bucket, page.objects, &job.filters);
+        let record = listings::PageRecord {
+            listing: state.id,
+            part: part.id,
+            keys: &rows,
+            seen,
+            next_marker: page.next_marker.as_deref(),
+            subfolders: &page.subfolders,
+        };
+        let (got, _) = listings::record_page(tx, scope, &record, job.on_changed)?;
+        summary.add_page(seen, &got);
+        *read += got;
+    }
+    summary.complete = true;
+    Ok(summary)
 }
 
 /// The two look-ups a run starts with: a wrong key pair, workspace or project shows here.

@@ -43,7 +43,7 @@ impl S3Server {
         Self::start_with_delay(bucket, std::time::Duration::ZERO).await
     }
 
-    /// Each listing page waits `delay` before it answers.
+    /// Each request waits `delay` before it is answered.
     pub async fn start_with_delay(bucket: &str, delay: std::time::Duration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().to_path_buf();
@@ -172,8 +172,8 @@ async fn ncp_like(
         }
         let now = counters.at_once.fetch_add(1, Ordering::SeqCst) + 1;
         counters.most_at_once.fetch_max(now, Ordering::SeqCst);
-        tokio::time::sleep(delay).await;
     }
+    tokio::time::sleep(delay).await;
     let response = hyper::service::Service::call(&s3, req).await;
     if listing {
         counters.at_once.fetch_sub(1, Ordering::SeqCst);
