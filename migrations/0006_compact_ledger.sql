@@ -178,6 +178,8 @@ CREATE TABLE manifests (
     lines    INTEGER NOT NULL,
     rows     INTEGER NOT NULL,
     read_at  INTEGER NOT NULL,
+    -- 16-byte digests of the read's chunks of rows, concatenated (source/chunks.rs)
+    chunks   BLOB    NOT NULL DEFAULT x'',
     PRIMARY KEY (scope, path, settings)
 );
 

@@ -401,3 +401,33 @@ async fn a_changed_manifest_or_other_settings_are_read_again() {
     );
     assert_eq!(emu.counters().register_calls, 21);
 }
+
+/// An edited manifest is read in full, but only the chunks of rows that changed are offered
+/// to the ledger again: the edited and inserted rows are sent, nothing else, nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edited_manifest_sends_exactly_its_new_rows() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let mut keys = keys(12_000, "edit");
+    let manifest = ws.manifest("m.csv", &keys);
+    let mut first = job(&ws, &emu, manifest.clone());
+    first.limits.concurrency = 32;
+    assert_eq!(import(first).await.ingested.new, 12_000);
+
+    keys[6_000] = "edit/renamed-in-place.mp4".into();
+    keys.insert(2_000, "edit/inserted.mp4".into());
+    keys.remove(9_000);
+    ws.manifest("m.csv", &keys);
+    let edited = import(job(&ws, &emu, manifest)).await;
+    assert_eq!(edited.exit, Exit::Success);
+    assert_eq!(
+        (edited.ingested.new, edited.ingested.known),
+        (2, 11_998),
+        "every row accounted for, two of them new"
+    );
+    for key in ["edit/renamed-in-place.mp4", "edit/inserted.mp4"] {
+        assert_eq!(emu.registrations(BUCKET, key), 1, "{key}");
+    }
+    assert_eq!(emu.counters().register_calls, 12_002);
+    assert_eq!(ws.count(State::Registered), 12_002);
+}

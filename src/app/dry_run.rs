@@ -5,7 +5,7 @@
 use anyhow::Result;
 use tokio_util::sync::CancellationToken;
 
-use super::ingest::{self, next_batch};
+use super::ingest;
 use super::{ImportJob, summary};
 use crate::api::MiClient;
 use crate::ledger::{self, Ingested, Ledger, Scope, State, listings};
@@ -38,7 +38,8 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         let earlier = ledger::runs::manifest_read(&tx, &scope, &path, &ingest::settings(job))?;
         let mut opened = ingest::open(job, earlier)?;
         loop {
-            let batch = next_batch(&mut opened.reader, &job.filters, now);
+            let batch = opened.next_batch(&job.filters, now);
+            read.known += batch.known_rows;
             if let Some(e) = batch.bad_row {
                 return Err(crate::exit::input(anyhow::anyhow!(
                     "{}: {e}",

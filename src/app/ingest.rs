@@ -4,9 +4,11 @@
 //! read (up to the last line end), their SHA-256, and the lines they held. The next read of
 //! the same path hashes that many leading bytes again; if they are unchanged, only what
 //! follows them is read (a nightly export that grows by appending costs its new rows, not
-//! the whole file). Anything else is a changed file, read in full (known keys are skipped by
-//! the ledger). The hash is taken of the bytes as they are read, so the record describes
-//! exactly what went into the ledger.
+//! the whole file). Anything else is a changed file, read in full; its rows are cut into
+//! chunks by content ([`crate::source::chunks`]) and only the chunks the last read did not
+//! hold are offered to the ledger, so an edit costs its chunk, not a million look-ups. The
+//! hash is taken of the bytes as they are read, so the record describes exactly what went
+//! into the ledger.
 
 use anyhow::{Context, Result};
 use std::io::{Read, Seek, SeekFrom};
@@ -18,6 +20,7 @@ use crate::exit::input;
 use crate::ledger::runs::ManifestRead;
 use crate::ledger::writer::LedgerWriter;
 use crate::ledger::{self, Ingested, NewKey, Scope};
+use crate::source::chunks::{Chunk, Chunker};
 use crate::source::filter::Filters;
 use crate::source::judged;
 use crate::source::manifest::{ManifestError, ManifestReader};
@@ -35,10 +38,11 @@ impl<T: Read + Seek + Send> ReadSeek for T {}
 
 /// A manifest opened for reading, from its start or from where an earlier read ended.
 pub(crate) struct Opened {
-    pub reader: Reader,
+    reader: Reader,
     tally: Arc<Mutex<Tally>>,
     /// The earlier read this one continues, if the leading bytes were unchanged.
     pub continues: Option<ManifestRead>,
+    chunker: Chunker,
 }
 
 /// The settings that shape a manifest's rows: the same bytes read with other settings are
@@ -95,6 +99,7 @@ pub(crate) fn open(job: &ImportJob, earlier: Option<ManifestRead>) -> Result<Ope
     let name = job.manifest.name();
     let mut file = open_input(&job.manifest)?;
     let bad = |e: ManifestError| input(anyhow::anyhow!("{name}: {e}"));
+    let chunker = Chunker::new(earlier.as_ref().map_or(&[][..], |e| &e.chunks));
     if let Some(earlier) = earlier {
         let prefix = tally::hash_prefix(&mut file, earlier.bytes)
             .with_context(|| format!("reading {name}"))?;
@@ -117,6 +122,7 @@ pub(crate) fn open(job: &ImportJob, earlier: Option<ManifestRead>) -> Result<Ope
                     reader,
                     tally,
                     continues: Some(earlier),
+                    chunker,
                 });
             }
         }
@@ -130,6 +136,7 @@ pub(crate) fn open(job: &ImportJob, earlier: Option<ManifestRead>) -> Result<Ope
         reader,
         tally,
         continues: None,
+        chunker,
     })
 }
 
@@ -143,46 +150,69 @@ impl Opened {
             lines: tally.lines,
             rows: self.continues.as_ref().map_or(0, |c| c.rows) + rows_read,
             read_at: ledger::now_ms(),
+            chunks: self
+                .chunker
+                .digests(self.continues.as_ref().map(|c| &c.chunks[..])),
         }
     }
 }
 
 /// The next rows of a manifest for the ledger.
 pub(crate) struct Batch {
-    /// Up to [`INGEST_BATCH`] rows that pass the filters, judged.
+    /// At least [`INGEST_BATCH`] rows that pass the filters, judged (fewer at the end).
     pub keys: Vec<NewKey>,
+    /// Rows passed over: their chunk was read before, and every row of it is in the ledger.
+    pub known_rows: u64,
     /// The malformed row that ended the batch early.
     pub bad_row: Option<ManifestError>,
     /// Nothing is left to read after this batch.
     pub last: bool,
 }
 
-pub(crate) fn next_batch(reader: &mut Reader, filters: &Filters, now: SystemTime) -> Batch {
-    let mut keys = Vec::with_capacity(INGEST_BATCH);
-    for row in reader.by_ref() {
-        match row {
-            Ok(row) if filters.verdict(&row.key, row.size, None, now).is_some() => continue,
-            Ok(row) => keys.push(judged(row.bucket, row.key, row.size)),
-            Err(e) => {
-                return Batch {
-                    keys,
-                    bad_row: Some(e),
-                    last: true,
-                };
+impl Opened {
+    pub fn next_batch(&mut self, filters: &Filters, now: SystemTime) -> Batch {
+        let mut batch = Batch {
+            keys: Vec::with_capacity(INGEST_BATCH),
+            known_rows: 0,
+            bad_row: None,
+            last: false,
+        };
+        let offer = |batch: &mut Batch, chunk: Chunk| {
+            if chunk.known {
+                batch.known_rows += chunk.rows.len() as u64;
+                return;
+            }
+            for row in chunk.rows {
+                if filters.verdict(&row.key, row.size, None, now).is_none() {
+                    batch.keys.push(judged(row.bucket, row.key, row.size));
+                }
+            }
+        };
+        for row in self.reader.by_ref() {
+            match row {
+                Ok(row) => {
+                    if let Some(chunk) = self.chunker.push(row) {
+                        offer(&mut batch, chunk);
+                        if batch.keys.len() >= INGEST_BATCH {
+                            return batch;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // The rows before a bad one are recorded, whatever their chunk.
+                    let rows = self.chunker.take_rest();
+                    offer(&mut batch, Chunk { rows, known: false });
+                    batch.bad_row = Some(e);
+                    batch.last = true;
+                    return batch;
+                }
             }
         }
-        if keys.len() == INGEST_BATCH {
-            return Batch {
-                keys,
-                bad_row: None,
-                last: false,
-            };
+        if let Some(chunk) = self.chunker.finish() {
+            offer(&mut batch, chunk);
         }
-    }
-    Batch {
-        keys,
-        bad_row: None,
-        last: true,
+        batch.last = true;
+        batch
     }
 }
 
@@ -204,9 +234,11 @@ pub(crate) async fn ingest(
         loop {
             let Batch {
                 keys,
+                known_rows,
                 bad_row,
                 last,
-            } = next_batch(&mut opened.reader, &filters, SystemTime::now());
+            } = opened.next_batch(&filters, SystemTime::now());
+            total.known += known_rows;
             let s = scope.clone();
             total += handle
                 .block_on(writer.write(move |t| ledger::insert_keys(t, &s, &keys, on_changed)))?;

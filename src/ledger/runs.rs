@@ -79,6 +79,8 @@ pub struct ManifestRead {
     pub lines: u64,
     pub rows: u64,
     pub read_at: i64,
+    /// The digests of its chunks of rows ([`crate::source::chunks`]).
+    pub chunks: Vec<u8>,
 }
 
 /// What is remembered of the manifest at `path` read with `settings` into `scope`.
@@ -89,7 +91,7 @@ pub fn manifest_read(
     settings: &str,
 ) -> rusqlite::Result<Option<ManifestRead>> {
     conn.query_row(
-        "SELECT bytes, hash, lines, rows, read_at FROM manifests
+        "SELECT bytes, hash, lines, rows, read_at, chunks FROM manifests
          WHERE scope = ?1 AND path = ?2 AND settings = ?3",
         params![scope.id, path, settings],
         |r| {
@@ -99,6 +101,7 @@ pub fn manifest_read(
                 lines: r.get::<_, i64>(2)? as u64,
                 rows: r.get::<_, i64>(3)? as u64,
                 read_at: r.get(4)?,
+                chunks: r.get(5)?,
             })
         },
     )
@@ -114,8 +117,9 @@ pub fn remember_manifest(
     read: &ManifestRead,
 ) -> rusqlite::Result<()> {
     conn.execute(
-        "INSERT OR REPLACE INTO manifests (scope, path, settings, bytes, hash, lines, rows, read_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT OR REPLACE INTO manifests
+           (scope, path, settings, bytes, hash, lines, rows, read_at, chunks)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             scope.id,
             path,
@@ -124,7 +128,8 @@ pub fn remember_manifest(
             read.hash,
             read.lines as i64,
             read.rows as i64,
-            read.read_at
+            read.read_at,
+            read.chunks
         ],
     )?;
     Ok(())

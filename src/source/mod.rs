@@ -5,6 +5,7 @@
 //! is sent; the result enters the ledger as a [`NewKey`](crate::ledger::NewKey).
 
 pub mod bucket;
+pub mod chunks;
 pub mod eligibility;
 pub mod filter;
 pub mod manifest;
