@@ -117,6 +117,10 @@ pub struct MiClient {
     credentials: Credentials,
     target: Target,
     base: Url,
+    /// `/api/v1/workspaces/{ws}/projects/{pid}`, escaped once.
+    project: String,
+    /// The register call's URL, parsed once: it is the same for every key.
+    register_url: Url,
 }
 
 impl MiClient {
@@ -134,11 +138,20 @@ impl MiClient {
             .build()?;
         let base = Url::parse(&target.endpoint)
             .map_err(|e| anyhow::anyhow!("endpoint `{}` is not a URL: {e}", target.endpoint))?;
+        let project = format!(
+            "/api/v1/workspaces/{}/projects/{}",
+            utf8_percent_encode(&target.workspace, SEGMENT),
+            utf8_percent_encode(&target.project, SEGMENT)
+        );
+        let mut register_url = base.clone();
+        register_url.set_path(&format!("{project}/assets/import/object-storage"));
         Ok(Self {
             http,
             credentials,
             target,
             base,
+            project,
+            register_url,
         })
     }
 
@@ -146,12 +159,8 @@ impl MiClient {
         &self.target
     }
 
-    fn project_path(&self) -> String {
-        format!(
-            "/api/v1/workspaces/{}/projects/{}",
-            utf8_percent_encode(&self.target.workspace, SEGMENT),
-            utf8_percent_encode(&self.target.project, SEGMENT)
-        )
+    fn project_path(&self) -> &str {
+        &self.project
     }
 
     /// `POST …/assets/import/object-storage`: registers one key. Not idempotent.
@@ -160,8 +169,9 @@ impl MiClient {
             key: key.to_owned(),
             bucket_name: bucket.to_owned(),
         };
-        let path = format!("{}/assets/import/object-storage", self.project_path());
-        let (value, trace_id) = self.call(Method::POST, &path, None, Some(&body)).await?;
+        let (value, trace_id) = self
+            .send(Method::POST, self.register_url.clone(), Some(&body))
+            .await?;
         let asset_id = value
             .pointer("/result/assetId")
             .and_then(as_i64)
@@ -283,7 +293,7 @@ impl MiClient {
     /// `GET …/projects/{pid}`: that the project exists.
     pub async fn project(&self) -> Result<Value, ApiError> {
         Ok(self
-            .call::<()>(Method::GET, &self.project_path(), None, None)
+            .call::<()>(Method::GET, self.project_path(), None, None)
             .await?
             .0)
     }
@@ -299,6 +309,16 @@ impl MiClient {
         let mut url = self.base.clone();
         url.set_path(path);
         url.set_query(query);
+        self.send(method, url, body).await
+    }
+
+    /// Signs and sends one request to `url`; a 2xx answer's JSON body, or the error.
+    async fn send<B: Serialize>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<(Value, Option<String>), ApiError> {
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
