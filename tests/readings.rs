@@ -135,10 +135,13 @@ async fn exactly_once_under(reading: Reading, seed: u64) {
         c.dropped_after,
         c.failed_after_create
     );
+    // The emulator's register faults follow a fixed schedule per seed (the n-th call meets the
+    // same faults however the requests interleave); these seeds lose more than 5 % of any first
+    // hundred or more calls, and every reading makes more than a hundred.
     let lost = c.dropped_before + c.dropped_after + c.failed_after_create;
     assert!(
-        lost * 20 >= keys.len() as u64,
-        "at least 5 % lost answers: {c:?}"
+        c.register_calls >= 100 && lost * 20 >= c.register_calls,
+        "at least 5 % of the register calls lost their answer: {c:?}"
     );
 }
 

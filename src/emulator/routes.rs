@@ -233,17 +233,18 @@ async fn register(
     {
         return mi_error(StatusCode::BAD_REQUEST, "10001", "invalid request");
     }
-    if shared.roll(shared.config.drop_before) {
+    let faults = shared.register_faults();
+    if faults.drop_before {
         shared.count(|c| c.dropped_before += 1);
         hangup.now().await;
     }
     let asset_id = shared.create(&bucket, &key);
     tokio::time::sleep(shared.config.answer_delay).await;
-    if shared.roll(shared.config.drop_after) {
+    if faults.drop_after {
         shared.count(|c| c.dropped_after += 1);
         hangup.now().await;
     }
-    if shared.roll(shared.config.fail_after_create) {
+    if faults.fail_after_create {
         // The gateway gave up on MI's answer; the asset exists all the same.
         shared.count(|c| c.failed_after_create += 1);
         return gateway_error(StatusCode::SERVICE_UNAVAILABLE, "500", "Endpoint Error");

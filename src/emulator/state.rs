@@ -109,6 +109,18 @@ pub(super) struct Shared {
     pub config: EmulatorConfig,
     inner: Mutex<Inner>,
     dice: Mutex<StdRng>,
+    /// The register call's own dice, thrown three times for every call: the n-th register call
+    /// meets the same faults whatever the latencies and the interleaving of other requests.
+    register_dice: Mutex<StdRng>,
+}
+
+/// The faults one register call meets: its answer lost before MI made the asset, lost after,
+/// or a gateway error after.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct RegisterFaults {
+    pub drop_before: bool,
+    pub drop_after: bool,
+    pub fail_after_create: bool,
 }
 
 /// What the dice say about one request.
@@ -122,6 +134,7 @@ pub(super) enum Fault {
 impl Shared {
     pub fn new(config: EmulatorConfig) -> Self {
         let dice = Mutex::new(StdRng::seed_from_u64(config.seed));
+        let register_dice = Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x0005_eed0_f4e6));
         let inner = Inner {
             next_id: 100_001,
             ..Default::default()
@@ -130,6 +143,7 @@ impl Shared {
             config,
             inner: Mutex::new(inner),
             dice,
+            register_dice,
         };
         for (bucket, key) in shared.config.preload.clone() {
             shared.insert(&bucket, &key, false);
@@ -159,6 +173,16 @@ impl Shared {
 
     pub fn roll(&self, probability: f64) -> bool {
         probability > 0.0 && self.dice().random_bool(probability.min(1.0))
+    }
+
+    pub fn register_faults(&self) -> RegisterFaults {
+        let mut dice = self.register_dice.lock().unwrap_or_else(|p| p.into_inner());
+        let mut throw = |p: f64| dice.random::<f64>() < p;
+        RegisterFaults {
+            drop_before: throw(self.config.drop_before),
+            drop_after: throw(self.config.drop_after),
+            fail_after_create: throw(self.config.fail_after_create),
+        }
     }
 
     pub fn latency(&self) -> Duration {
