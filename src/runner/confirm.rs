@@ -250,12 +250,7 @@ impl Runner {
                 .write(move |t| checks::soonest_due(t, &scope))
                 .await?;
             if counted.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
-                let scope = self.scope.clone();
-                let (waiting, _) = self
-                    .writer
-                    .write(move |t| checks::awaiting(t, &scope))
-                    .await?;
-                self.stats.set_awaiting(waiting);
+                self.count_awaiting().await?;
                 counted = Some(Instant::now());
             }
             let nothing_left = tasks.is_empty() && soonest.is_none();
@@ -279,7 +274,21 @@ impl Runner {
                 }
             }
         }
-        self.drain(tasks).await
+        self.drain(tasks).await?;
+        // Between counts the figure is moved on by events, which can count a key on both sides
+        // of a count; once confirmation is over, progress shows the ledger's own figure.
+        self.count_awaiting().await
+    }
+
+    /// Counts the registered assets still waiting for a final status, for progress.
+    async fn count_awaiting(&self) -> Result<()> {
+        let scope = self.scope.clone();
+        let (waiting, _) = self
+            .writer
+            .write(move |t| checks::awaiting(t, &scope))
+            .await?;
+        self.stats.set_awaiting(waiting);
+        Ok(())
     }
 
     /// Whether the asset list's entries carry each import's status (learned from one entry
