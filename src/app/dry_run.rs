@@ -10,7 +10,7 @@ use super::{ImportJob, summary};
 use crate::api::MiClient;
 use crate::ledger::{self, Ingested, Ledger, Scope, State, listings};
 use crate::runner::ListSummary;
-use crate::source::bucket::{Listed, Lister};
+use crate::source::bucket::Lister;
 
 /// Import-status checks per key when the ledger has no history of its own to tell.
 const ASSUMED_CHECKS_PER_KEY: f64 = 1.5;
@@ -180,20 +180,18 @@ async fn list_into(
             let (lister, stop, attempts) =
                 (lister.clone(), shutdown.clone(), job.limits.max_attempts);
             tasks.spawn(async move {
-                let finished = crate::retry::with_retries(
-                    attempts,
-                    crate::retry::Backoff::default(),
-                    &stop,
-                    |_| async {
-                        Listed(
-                            lister
-                                .page(&part.prefix, part.marker.as_deref(), part.flat)
-                                .await,
-                        )
-                    },
-                )
-                .await;
-                (part, finished.last.0)
+                let backoff = crate::retry::Backoff::default();
+                let (page, _) = lister
+                    .page_retried(
+                        &part.prefix,
+                        part.marker.as_deref(),
+                        part.flat,
+                        attempts,
+                        backoff,
+                        &stop,
+                    )
+                    .await;
+                (part, page)
             });
         }
         let Some(done) = tasks.join_next().await else {

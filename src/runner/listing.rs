@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use super::{FatalStop, Runner};
 use crate::ledger::listings::{self, ListingState, PageRecord, Part};
 use crate::ledger::{NewKey, OnChanged};
-use crate::source::bucket::{ListError, Listed, Lister, Object, Page};
+use crate::source::bucket::{ListError, Lister, Object, Page};
 use crate::source::eligibility;
 use crate::source::filter::{Filters, Left};
 
@@ -180,20 +180,17 @@ impl Runner {
 
     /// One page of a part, retried as its answers say.
     async fn fetch_page(&self, lister: &Lister, part: Part) -> Fetched {
-        let finished = crate::retry::with_retries(
-            self.pace.max_attempts,
-            self.backoff,
-            &self.stop,
-            |_| async {
-                Listed(
-                    lister
-                        .page(&part.prefix, part.marker.as_deref(), part.flat)
-                        .await,
-                )
-            },
-        )
-        .await;
-        (part, finished.last.0, finished.interrupted)
+        let (page, interrupted) = lister
+            .page_retried(
+                &part.prefix,
+                part.marker.as_deref(),
+                part.flat,
+                self.pace.max_attempts,
+                self.backoff,
+                &self.stop,
+            )
+            .await;
+        (part, page, interrupted)
     }
 
     /// Judges a page and commits it with its part's new position; dispatch hears of it.

@@ -15,7 +15,7 @@ use percent_encoding::percent_decode_str;
 use std::time::{Duration, SystemTime};
 
 use crate::config::Credentials;
-use crate::retry::{Disposition, Retryable};
+use crate::retry::{Backoff, Disposition, Retryable};
 
 /// Keys per page: the most ListObjects returns.
 pub const PAGE_SIZE: i32 = 1000;
@@ -135,7 +135,7 @@ impl ListError {
 }
 
 /// A page's outcome, for the retry loop.
-pub struct Listed(pub Result<Page, ListError>);
+struct Listed(Result<Page, ListError>);
 
 impl Retryable for Listed {
     fn disposition(&self) -> Disposition {
@@ -229,6 +229,24 @@ impl Lister {
     /// The prefix this lister was made for.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// [`Lister::page`], retried as its answers say, up to `attempts`; with whether `stop`
+    /// cut the retries short (the error is then not the listing's own).
+    pub async fn page_retried(
+        &self,
+        prefix: &str,
+        marker: Option<&str>,
+        flat: bool,
+        attempts: u32,
+        backoff: Backoff,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> (Result<Page, ListError>, bool) {
+        let finished = crate::retry::with_retries(attempts, backoff, stop, |_| async {
+            Listed(self.page(prefix, marker, flat).await)
+        })
+        .await;
+        (finished.last.0, finished.interrupted)
     }
 
     /// The page of `prefix` after `marker` (from the start when `None`): everything below the
