@@ -153,6 +153,15 @@ fn check_signature(
 }
 
 /// The answer to send when the path names another workspace or project.
+/// MI's answer for an asset it does not have.
+fn no_asset(asset_id: i64) -> Response {
+    mi_error(
+        StatusCode::NOT_FOUND,
+        "40403",
+        &format!("asset {asset_id} not found"),
+    )
+}
+
 fn wrong_scope(shared: &Shared, ws: &str, pid: Option<&str>) -> Option<Response> {
     if ws != shared.config.workspace {
         let message = format!("workspace {ws} not found");
@@ -268,11 +277,7 @@ async fn import_status(
         return r;
     }
     let Some(asset) = shared.asset(asset_id) else {
-        return mi_error(
-            StatusCode::NOT_FOUND,
-            "40403",
-            &format!("asset {asset_id} not found"),
-        );
+        return no_asset(asset_id);
     };
     let (status, result) = shared.upload_status(&asset);
     success(json!({"assetId": asset_id, "uploadStatus": status, "uploadResult": result}))
@@ -318,11 +323,7 @@ async fn asset_details(
     }
     match shared.asset(asset_id) {
         Some(asset) => success(list_entry(&shared, &asset, &pid)),
-        None => mi_error(
-            StatusCode::NOT_FOUND,
-            "40403",
-            &format!("asset {asset_id} not found"),
-        ),
+        None => no_asset(asset_id),
     }
 }
 
@@ -337,11 +338,7 @@ async fn analyze(
         return r;
     }
     let Some(asset) = shared.asset(asset_id) else {
-        return mi_error(
-            StatusCode::NOT_FOUND,
-            "40403",
-            &format!("asset {asset_id} not found"),
-        );
+        return no_asset(asset_id);
     };
     let persons = serde_json::from_slice::<Value>(&body)
         .ok()
@@ -390,11 +387,7 @@ async fn analysis_status(
         return r;
     }
     let Some(asset) = shared.asset(asset_id) else {
-        return mi_error(
-            StatusCode::NOT_FOUND,
-            "40403",
-            &format!("asset {asset_id} not found"),
-        );
+        return no_asset(asset_id);
     };
     match shared.poll_analysis(asset_id, &asset.key) {
         None => success(json!({"status": "BEFORE_ANALYZE"})),
