@@ -22,9 +22,6 @@ use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAna
 use crate::ledger::{self, FIRST_CHECK};
 use crate::retry::{Disposition, Retryable, with_retries};
 
-/// Longest nap while nothing is due, so new completions are noticed promptly.
-const IDLE_NAP: Duration = Duration::from_millis(500);
-
 /// What a run with `--analyze` asks for.
 #[derive(Debug, Clone)]
 pub struct AnalysisPlan {
@@ -197,15 +194,8 @@ impl Runner {
                 }
                 continue;
             }
-            let until_due = soonest
-                .map(|at| (at - ledger::now_ms()).max(1) as u64)
-                .unwrap_or(u64::MAX);
-            let mut nap = Duration::from_millis(until_due).min(IDLE_NAP);
-            if let Some(d) = deadline {
-                nap = nap.min(d.saturating_duration_since(Instant::now()));
-            }
             tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
+                _ = tokio::time::sleep(super::nap(soonest, deadline)) => {}
                 _ = self.stop.cancelled() => {}
             }
         }

@@ -27,9 +27,6 @@ pub const MAX_CHECK_GAP: Duration = Duration::from_secs(300);
 /// How often the count of assets still waiting (for progress) is refreshed: it reads the
 /// whole index range, unlike the loop's own queries.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
-/// Longest nap while nothing is due, so the end of dispatch is noticed promptly.
-const IDLE_NAP: Duration = Duration::from_millis(500);
-
 /// The fact under which the learned import times are kept.
 const MODEL_FACT: &str = "import_times";
 /// The fact that says whether the asset list's entries carry each import's status.
@@ -257,15 +254,8 @@ impl Runner {
             if dispatch_done.is_cancelled() && nothing_left && gathered.is_empty() {
                 break;
             }
-            let until_due = soonest
-                .map(|at| (at - ledger::now_ms()).max(1) as u64)
-                .unwrap_or(u64::MAX);
-            let mut nap = Duration::from_millis(until_due).min(IDLE_NAP);
-            if let Some(d) = deadline {
-                nap = nap.min(d.saturating_duration_since(Instant::now()));
-            }
             tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
+                _ = tokio::time::sleep(super::nap(soonest, deadline)) => {}
                 _ = self.stop.cancelled() => {}
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let (id, result) = done.map_err(|e| anyhow::anyhow!(e))?;

@@ -40,6 +40,9 @@ const MAX_CLAIM: usize = 256;
 /// while `in_flight` on disk, so a kill leaves at most `--concurrency` plus this many keys
 /// to look up in MI's asset list.
 const MAX_CLAIM_AHEAD: usize = 32;
+/// Longest nap of a follow-up loop (confirmation, analyses) while nothing is due, so the end
+/// of dispatch and new completions are noticed promptly.
+const IDLE_NAP: Duration = Duration::from_millis(500);
 /// How long a shutdown waits for requests already sent before it gives up on them (they are
 /// reconciled next run).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -665,6 +668,19 @@ fn outcome_of(
         Disposition::Success | Disposition::Abandoned => None,
     };
     (outcome, None)
+}
+
+/// How long a follow-up loop sleeps: until its soonest due look (Unix ms), at most
+/// [`IDLE_NAP`], and never past its deadline.
+fn nap(soonest: Option<i64>, deadline: Option<tokio::time::Instant>) -> Duration {
+    let until_due = soonest
+        .map(|at| (at - ledger::now_ms()).max(1) as u64)
+        .unwrap_or(u64::MAX);
+    let nap = Duration::from_millis(until_due).min(IDLE_NAP);
+    match deadline {
+        Some(d) => nap.min(d.saturating_duration_since(tokio::time::Instant::now())),
+        None => nap,
+    }
 }
 
 #[cfg(test)]
