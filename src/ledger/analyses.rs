@@ -340,26 +340,10 @@ pub fn count_to_analyze(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, NewKey, OnChanged, Outcome, State, claim, insert_keys, record};
+    use crate::ledger::Ledger;
 
     fn completed(n: usize) -> (Ledger, Scope) {
-        let l = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(l.conn(), "w", "p").unwrap();
-        let keys: Vec<NewKey> = (0..n)
-            .map(|i| NewKey::new("b", format!("k{i}.mp4")))
-            .collect();
-        insert_keys(l.conn(), &scope, &keys, OnChanged::Report).unwrap();
-        let outcomes: Vec<Outcome> = claim(l.conn(), &scope, n, 1, now_ms())
-            .unwrap()
-            .iter()
-            .map(|c| Outcome {
-                id: c.id,
-                state: Some(State::Registered),
-                asset_id: Some(100 + c.id),
-                ..Default::default()
-            })
-            .collect();
-        record(l.conn(), &outcomes, 1).unwrap();
+        let (l, scope) = crate::ledger::tests::registered_ledger(n);
         l.conn().execute("UPDATE keys SET state = 4", []).unwrap();
         (l, scope)
     }

@@ -134,27 +134,10 @@ pub fn soonest_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, NewKey, OnChanged, Outcome, claim, insert_keys, record};
+    use crate::ledger::Ledger;
 
     fn registered_ledger(n: usize) -> (Ledger, Scope) {
-        let l = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(l.conn(), "w", "p").unwrap();
-        let keys: Vec<NewKey> = (0..n)
-            .map(|i| NewKey::new("b", format!("k{i}.mp4")))
-            .collect();
-        insert_keys(l.conn(), &scope, &keys, OnChanged::Report).unwrap();
-        let outcomes: Vec<Outcome> = claim(l.conn(), &scope, n, 1, now_ms())
-            .unwrap()
-            .iter()
-            .map(|c| Outcome {
-                id: c.id,
-                state: Some(State::Registered),
-                attempts: 1,
-                asset_id: Some(c.id + 1000),
-                ..Default::default()
-            })
-            .collect();
-        record(l.conn(), &outcomes, 1).unwrap();
+        let (l, scope) = crate::ledger::tests::registered_ledger(n);
         // Make them due now.
         l.conn()
             .execute("UPDATE keys SET next_check_at = 0", [])

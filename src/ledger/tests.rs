@@ -24,6 +24,28 @@ fn state_of(l: &Ledger, k: &str) -> State {
         .unwrap()
 }
 
+/// A ledger holding `n` keys (`k0.mp4`, …) that MI registered, each with an asset ID of its
+/// own, for the tests of what comes after registration.
+pub(super) fn registered_ledger(n: usize) -> (Ledger, Scope) {
+    let l = Ledger::open_in_memory().unwrap();
+    let scope = Scope::open(l.conn(), "w", "p").unwrap();
+    let keys: Vec<NewKey> = (0..n).map(|i| key(&format!("k{i}.mp4"))).collect();
+    insert_keys(l.conn(), &scope, &keys, OnChanged::Report).unwrap();
+    let outcomes: Vec<Outcome> = claim(l.conn(), &scope, n, 1, now_ms())
+        .unwrap()
+        .iter()
+        .map(|c| Outcome {
+            id: c.id,
+            state: Some(State::Registered),
+            attempts: 1,
+            asset_id: Some(c.id + 1000),
+            ..Default::default()
+        })
+        .collect();
+    record(l.conn(), &outcomes, 1).unwrap();
+    (l, scope)
+}
+
 fn insert(l: &Ledger, s: &Scope, keys: &[NewKey]) -> Ingested {
     insert_keys(l.conn(), s, keys, OnChanged::Report).unwrap()
 }
