@@ -140,7 +140,7 @@ async fn killed_between_request_and_answer_each_asset_is_analysed_once() {
         ]
         .map(String::from),
     );
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(&args);
     for round in 1..=2 {
         let mut child = binary(&argv, SECRET, ws.dir.path())
             .stderr(std::process::Stdio::null())

@@ -150,29 +150,8 @@ async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
     for k in &all {
         s3.put(BUCKET, k, 100);
     }
-    let db = ws.db().display().to_string();
-    let endpoint = emu.endpoint();
-    let s3_endpoint = s3.endpoint();
-    let args = [
-        "run",
-        "--db",
-        &db,
-        "--endpoint",
-        &endpoint,
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
-        "--bucket",
-        BUCKET,
-        "--s3-endpoint",
-        &s3_endpoint,
-        "--no-confirm",
-        "--list-settle",
-        "2s",
-        "--rate",
-        "0",
-    ];
+    let args = listing_args(&ws, &emu, &s3);
+    let args = argv(&args);
     let spawn = || {
         binary(&args, SECRET, ws.dir.path())
             .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
@@ -454,30 +433,9 @@ async fn a_parallel_listing_killed_midway_resumes_each_part_and_lists_each_key_o
     let emu = emulator(healthy()).await;
     let s3 = S3Server::start_with_delay(BUCKET, Duration::from_millis(150)).await;
     let all = nested(&s3, 8, 4, 200);
-    let db = ws.db().display().to_string();
-    let (endpoint, s3_endpoint) = (emu.endpoint(), s3.endpoint());
-    let args = [
-        "run",
-        "--db",
-        &db,
-        "--endpoint",
-        &endpoint,
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
-        "--bucket",
-        BUCKET,
-        "--s3-endpoint",
-        &s3_endpoint,
-        "--list-concurrency",
-        "4",
-        "--no-confirm",
-        "--list-settle",
-        "2s",
-        "--rate",
-        "0",
-    ];
+    let mut args = listing_args(&ws, &emu, &s3);
+    args.extend(["--list-concurrency".into(), "4".into()]);
+    let args = argv(&args);
     let spawn = || {
         binary(&args, SECRET, ws.dir.path())
             .env("AWS_ACCESS_KEY_ID", S3_ACCESS)

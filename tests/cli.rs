@@ -142,7 +142,7 @@ async fn signal_mid_run(signal: i32, expected_exit: i32) {
     let manifest = ws.manifest("m.csv", &keys);
     let mut args = run_args(&ws, &emu, &manifest);
     *args.last_mut().unwrap() = "100".into(); // --rate
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(&args);
     let mut child = binary(&argv, SECRET, ws.dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -30,7 +30,7 @@ async fn kill_9_at_random_moments_never_registers_a_key_twice() {
     let manifest = ws.manifest("m.csv", &keys);
     let mut args = run_args(&ws, &emu, &manifest);
     args.extend(["--concurrency".into(), "32".into()]);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(&args);
 
     let mut kills = 0;
     let mut in_flight_at_kill = Vec::new();

@@ -34,35 +34,8 @@ fn bucket_job(ws: &Workspace, emu: &mi_import::emulator::Emulator, s3: &S3Server
     }
 }
 
-/// `run` arguments for the binary listing the test S3 server's bucket.
-fn listing_args(ws: &Workspace, emu: &mi_import::emulator::Emulator, s3: &S3Server) -> Vec<String> {
-    [
-        "run",
-        "--db",
-        ws.db().to_str().unwrap(),
-        "--endpoint",
-        &emu.endpoint(),
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
-        "--bucket",
-        BUCKET,
-        "--s3-endpoint",
-        &s3.endpoint(),
-        "--no-confirm",
-        "--list-settle",
-        "2s",
-        "--rate",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 fn listing_binary(ws: &Workspace, args: &[String]) -> std::process::Command {
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(args);
     let mut cmd = binary(&argv, SECRET, ws.dir.path());
     cmd.env("AWS_ACCESS_KEY_ID", S3_ACCESS)
         .env("AWS_SECRET_ACCESS_KEY", S3_SECRET);
@@ -88,7 +61,7 @@ async fn a_ledger_reached_through_a_symlink_is_still_held_by_its_run() {
         args
     };
     let first_args = args_for(&link, "40");
-    let argv: Vec<&str> = first_args.iter().map(String::as_str).collect();
+    let argv = argv(&first_args);
     let first = binary(&argv, SECRET, ws.dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -472,7 +445,7 @@ async fn a_disk_filling_mid_run_stops_it_and_the_resume_registers_each_key_once(
     let first = with_file_limit(
         {
             let args = run_args(&ws, &emu, &manifest);
-            let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+            let argv = argv(&args);
             binary(&argv, SECRET, ws.dir.path())
         },
         900_000,

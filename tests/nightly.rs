@@ -92,7 +92,7 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
     let keys = keys(300, "resume");
     let manifest = ws.manifest("m.csv", &keys);
     let args = with(run_args(&ws, &emu, &manifest), "--rate", "80");
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(&args);
     let child = binary(&argv, SECRET, ws.dir.path())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -129,15 +129,9 @@ async fn a_killed_listing_is_continued_by_a_run_that_names_no_bucket() {
     for k in &all {
         s3.put(BUCKET, k, 100);
     }
-    let base = run_args(&ws, &emu, std::path::Path::new("unused"));
-    let base = without(base, "--manifest");
-    let listing = with(
-        with(base.clone(), "--bucket", BUCKET),
-        "--s3-endpoint",
-        &s3.endpoint(),
-    );
+    let listing = listing_args(&ws, &emu, &s3);
     let spawn = |args: &[String]| {
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let argv = argv(args);
         binary(&argv, SECRET, ws.dir.path())
             .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
@@ -154,7 +148,7 @@ async fn a_killed_listing_is_continued_by_a_run_that_names_no_bucket() {
     child.wait().unwrap();
     // No --bucket: the unfinished listing of the ledger goes on (Object Storage's endpoint
     // and credentials still come from the settings).
-    let resume = with(base, "--s3-endpoint", &s3.endpoint());
+    let resume = source_args(&ws, &emu, &["--s3-endpoint", &s3.endpoint()]);
     let mut resumed = spawn(&resume);
     let status = tokio::task::spawn_blocking(move || resumed.wait().unwrap())
         .await
@@ -202,7 +196,7 @@ async fn a_backup_during_a_run_is_consistent_and_the_ledger_file_alone_is_comple
     let keys = keys(400, "backup");
     let manifest = ws.manifest("m.csv", &keys);
     let args = with(run_args(&ws, &emu, &manifest), "--rate", "100");
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(&args);
     let child = binary(&argv, SECRET, ws.dir.path())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -237,7 +237,7 @@ async fn credentials_come_from_the_ncp_cli_file_when_the_environment_has_none() 
     )
     .unwrap();
     let args = run_args(&ws, &emu, &manifest);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(&args);
     let out = binary(&argv, SECRET, ws.dir.path())
         .env_remove("NCLOUD_ACCESS_KEY")
         .env_remove("NCLOUD_SECRET_KEY")

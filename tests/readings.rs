@@ -148,7 +148,7 @@ async fn exactly_once_under(reading: Reading, seed: u64) {
 /// Starts the binary and SIGKILLs it at a random moment after it sent something, three times.
 async fn kill_repeatedly(ws: &Workspace, emu: &Emulator, args: &[String], seed: u64) {
     let mut dice = rand::rngs::StdRng::seed_from_u64(seed);
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let argv = argv(args);
     for _ in 0..3 {
         let before = emu.counters().register_calls;
         let mut child = binary(&argv, SECRET, ws.dir.path())

@@ -180,27 +180,42 @@ pub async fn run_binary(args: Vec<String>, secret: &str, cwd: PathBuf) -> Output
     .unwrap()
 }
 
-/// `run` arguments for the binary against `emulator`.
-pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<String> {
-    [
+/// `run` arguments for the binary against `emulator`, reading `source` (none: the ledger's).
+pub fn source_args(ws: &Workspace, emulator: &Emulator, source: &[&str]) -> Vec<String> {
+    let db = ws.db();
+    let endpoint = emulator.endpoint();
+    let mut args: Vec<&str> = vec![
         "run",
         "--db",
-        ws.db().to_str().unwrap(),
+        db.to_str().unwrap(),
         "--endpoint",
-        &emulator.endpoint(),
+        &endpoint,
         "--workspace",
         "demo-workspace",
         "--project",
         "1001",
-        "--manifest",
-        manifest.to_str().unwrap(),
-        "--no-confirm",
-        "--list-settle",
-        "2s",
-        "--rate",
-        "0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    ];
+    args.extend(source);
+    args.extend(["--no-confirm", "--list-settle", "2s", "--rate", "0"]);
+    args.into_iter().map(String::from).collect()
+}
+
+/// `run` arguments for the binary against `emulator`, reading `manifest`.
+pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<String> {
+    source_args(ws, emulator, &["--manifest", manifest.to_str().unwrap()])
+}
+
+/// `run` arguments for the binary listing the test S3 server's bucket.
+pub fn listing_args(ws: &Workspace, emulator: &Emulator, s3: &s3::S3Server) -> Vec<String> {
+    let endpoint = s3.endpoint();
+    source_args(
+        ws,
+        emulator,
+        &["--bucket", BUCKET, "--s3-endpoint", &endpoint],
+    )
+}
+
+/// The arguments as `binary` takes them.
+pub fn argv(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
 }
