@@ -414,6 +414,9 @@ pub struct EmulatorArgs {
     /// Polls of an analysis before it reaches its final status
     #[arg(long, default_value_t = 2)]
     pub analysis_polls: u32,
+    /// Spell the index calls' answers as MI's examples do (`indexId`, `analysisStatusMessage`)
+    #[arg(long)]
+    pub analysis_example_spelling: bool,
     /// Seed for the fault dice
     #[arg(long, default_value_t = 1)]
     pub seed: u64,

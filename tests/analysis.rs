@@ -105,6 +105,37 @@ async fn each_completed_asset_is_analysed_once_despite_lost_answers() {
     assert_eq!(after.analysis_calls, before.analysis_calls);
 }
 
+/// NCP-API.md: MI's reference spells the reason `analyzeStatusMessage` and the request's answer
+/// `id`; its examples spell them `analysisStatusMessage` and `indexId`. Under the examples'
+/// reading each analysis is recorded just the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_answers_are_read_in_the_examples_spelling_too() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        analysis_polls: 1,
+        analysis_example_spelling: true,
+        ..healthy()
+    })
+    .await;
+    let mut keys = keys(10, "spelt");
+    keys.push("spelt/unanalyzable-take.mp4".into());
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.options.confirm = Some(Duration::from_secs(60));
+    job.options.analyze = Some(plan());
+    let result = import(job).await;
+    assert_eq!(result.analyses_failed, 1, "{}", result.summary);
+    assert_eq!(accepted_once(&emu), 11);
+    for (key, status, index, message) in analysis_columns(&ws) {
+        if key.contains("unanalyzable") {
+            assert_eq!(status.as_deref(), Some("ANALYZE_FAIL"));
+            assert_eq!(message.as_deref(), Some("no scene could be analysed"));
+        } else {
+            assert_eq!(status.as_deref(), Some("ANALYZE_COMPLETED"), "{key}");
+            assert!(index.is_some(), "{key} has its index ID");
+        }
+    }
+}
+
 fn job_again(
     ws: &Workspace,
     emu: &mi_import::emulator::Emulator,

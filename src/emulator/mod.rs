@@ -78,6 +78,10 @@ pub struct EmulatorConfig {
     pub preload: Vec<(String, String)>,
     /// Looks at an analysis before it reaches its final status.
     pub analysis_polls: u32,
+    /// The index calls answer as MI's examples spell them (`indexId` for a request's answer,
+    /// `analysisStatusMessage` for a failure's reason), not as its reference does (`id`,
+    /// `analyzeStatusMessage`).
+    pub analysis_example_spelling: bool,
     /// After this many registrations the key pair is refused (401), as if revoked mid-run.
     pub refuse_after: Option<u64>,
     /// Added to the latency of import-status answers only.
@@ -115,6 +119,7 @@ impl EmulatorConfig {
             sizes: Default::default(),
             preload: Vec::new(),
             analysis_polls: 2,
+            analysis_example_spelling: false,
             refuse_after: None,
             status_latency: Duration::ZERO,
             answer_delay: Duration::ZERO,
@@ -160,6 +165,7 @@ impl EmulatorConfig {
             sizes,
             preload,
             analysis_polls: args.analysis_polls,
+            analysis_example_spelling: args.analysis_example_spelling,
             seed: args.seed,
             ..Self::new(credentials)
         })

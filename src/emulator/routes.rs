@@ -375,7 +375,12 @@ async fn analyze(
         shared.count(|c| c.dropped_after += 1);
         hangup.now().await;
     }
-    success(json!({"id": index_id}))
+    let id_field = if shared.config.analysis_example_spelling {
+        "indexId"
+    } else {
+        "id"
+    };
+    success(json!({ id_field: index_id }))
 }
 
 async fn analysis_status(
@@ -393,10 +398,15 @@ async fn analysis_status(
         None => success(json!({"status": "BEFORE_ANALYZE"})),
         Some(record) => {
             let message = (record.status == "ANALYZE_FAIL").then_some("no scene could be analysed");
+            let message_field = if shared.config.analysis_example_spelling {
+                "analysisStatusMessage"
+            } else {
+                "analyzeStatusMessage"
+            };
             success(json!({
                 "status": record.status,
                 "indexId": record.index_id,
-                "analyzeStatusMessage": message,
+                message_field: message,
             }))
         }
     }
