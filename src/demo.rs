@@ -97,14 +97,25 @@ pub async fn run(
         });
     }
     let result = app::import(job, shutdown).await;
-    let duplicates = emulator.duplicates().len();
+    let twice = emulator.duplicates();
+    let duplicates = twice.len();
+    let extra: usize = twice.iter().map(|(_, _, n)| *n as usize - 1).sum();
+    let analysed = emulator.analyses_accepted();
     emulator.stop();
     let mut result = result?;
     result.summary.push_str(&format!(
         "the emulator saw {} registrations for {} distinct keys ({duplicates} registered twice)\n",
         emulator.assets().len(),
-        emulator.assets().len() - duplicates,
+        emulator.assets().len() - extra,
     ));
+    if analyze {
+        result.summary.push_str(&format!(
+            "and accepted {} analysis requests for {} assets ({} analysed twice)\n",
+            analysed.values().sum::<u32>(),
+            analysed.len(),
+            analysed.values().filter(|n| **n > 1).count(),
+        ));
+    }
     // The emulator is gone with this process, and the next demo starts afresh: a real run's
     // advice (run again, confirm later) would mislead here.
     result.next_steps = format!(
