@@ -62,8 +62,15 @@ pub(crate) fn summarize(
     let get = |s: State| ledger::count_in(counts, s);
     let reconciled = stats.reconciled.load(Relaxed);
     let found = stats.found_in_list.load(Relaxed);
+    // Keys this run left uncertain make its exit code 1: the first line says so.
+    let unsure = ledger::count_in(this_run, State::Uncertain);
+    let unsure = if unsure > 0 {
+        format!(", {unsure} uncertain")
+    } else {
+        String::new()
+    };
     let mut text = format!(
-        "this run: {} registered, {} failed in {:.1}s; {}, {}, {} throttled\n",
+        "this run: {} registered, {} failed{unsure} in {:.1}s; {}, {}, {} throttled\n",
         stats.registered.load(Relaxed) + reconciled,
         stats.failed.load(Relaxed),
         elapsed.as_secs_f64(),
@@ -161,8 +168,8 @@ pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats
     if get(State::Uncertain) > 0 {
         text.push_str(
             "uncertain keys are never sent again without proof that MI has no asset for them: \
-             the next run looks again; `mi-import report --state uncertain` lists them with candidate assets, \
-             `mi-import resolve` settles one by hand\n",
+             the next run looks again for those without candidate assets; those with candidates wait for \
+             `mi-import resolve` (`mi-import report --state uncertain` lists them with their candidates)\n",
         );
     }
     if get(State::Pending) > 0 {
@@ -226,6 +233,36 @@ mod tests {
         assert_eq!(
             next_steps(&[(State::Completed, 7)], &Ending::Finished, &stats),
             ""
+        );
+    }
+
+    #[test]
+    fn keys_this_run_left_uncertain_are_on_its_first_line() {
+        let stats = Stats::default();
+        stats.registered.store(16, Relaxed);
+        let counts = [(State::Uncertain, 5), (State::Registered, 16)];
+        let this_run = [(State::Uncertain, 4)];
+        let summary = summarize(
+            &counts,
+            &this_run,
+            &stats,
+            Duration::from_secs(1),
+            Path::new("l.db"),
+        );
+        assert!(
+            summary.starts_with("this run: 16 registered, 0 failed, 4 uncertain in 1.0s"),
+            "{summary}"
+        );
+        let quiet = summarize(
+            &counts,
+            &[],
+            &stats,
+            Duration::from_secs(1),
+            Path::new("l.db"),
+        );
+        assert!(
+            quiet.starts_with("this run: 16 registered, 0 failed in 1.0s"),
+            "{quiet}"
         );
     }
 
