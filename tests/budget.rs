@@ -76,3 +76,48 @@ async fn where_the_list_carries_the_status_many_are_confirmed_per_page() {
         c.list_calls
     );
 }
+
+/// Imports an earlier run left unconfirmed (registered an hour ago, say, with `--no-confirm`)
+/// are overdue: they are looked at at once, and how late that look was teaches nothing. Were
+/// it learned, every later import of their size would be looked at an hour after its
+/// registration, long after the run's patience.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_runs_imports_do_not_teach_a_later_run_to_look_late() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let earlier = keys(20, "yesterday");
+    let mut first = job(&ws, &emu, ws.manifest("a.csv", &earlier));
+    first.options.confirm = None;
+    let result = import(first).await;
+    assert_eq!(
+        ws.count(State::Registered),
+        earlier.len(),
+        "{}",
+        result.summary
+    );
+    let hour = 3_600_000;
+    rusqlite::Connection::open(ws.db())
+        .unwrap()
+        .execute(
+            "UPDATE keys SET sent_at = sent_at - ?1, registered_at = registered_at - ?1",
+            [hour],
+        )
+        .unwrap();
+
+    let tonight = keys(20, "tonight");
+    let mut second = job(&ws, &emu, ws.manifest("b.csv", &tonight));
+    second.options.confirm = Some(Duration::from_secs(30));
+    let result = import(second).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    assert_eq!(
+        ws.count(State::Completed),
+        earlier.len() + tonight.len(),
+        "every import confirmed within the run's patience: {}",
+        result.summary
+    );
+    let c = emu.counters();
+    assert!(
+        c.status_calls <= (earlier.len() + tonight.len()) as u64 + 5,
+        "about one look each: {c:?}"
+    );
+}

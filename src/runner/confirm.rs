@@ -103,7 +103,8 @@ impl Runner {
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = ImportModel::with_bins(bins);
+        *self.model.lock().unwrap_or_else(|p| p.into_inner()) =
+            ImportModel::with_bins(bins, ledger::now_ms());
         Ok(())
     }
 
@@ -125,6 +126,11 @@ impl Runner {
         }
         let now = ledger::now_ms();
         let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        if !model.watched(due.registered_at) {
+            // Registered before this run looked (an earlier run's, or settled by `resolve`):
+            // overdue, whatever imports take.
+            return None;
+        }
         let at = match model.first_look(due.id, due.size) {
             FirstLook::After(after) => due.registered_at + after.as_millis() as i64,
             FirstLook::Wait => now + schedule::DEFER.as_millis() as i64,
@@ -199,11 +205,11 @@ impl Runner {
                 }
                 // A probe (an import of a size not seen done yet) is looked at on its own: its
                 // timing teaches the model.
-                let known = self
-                    .model
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .knows(check.size);
+                // An overdue asset (registered before this run looked) is no probe either.
+                let known = {
+                    let model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+                    model.knows(check.size) || !model.watched(check.registered_at)
+                };
                 if known && listing.is_some_and(|l| l.carries_status) {
                     if gathered.is_empty() {
                         gathered_since = Instant::now();
@@ -382,6 +388,12 @@ impl Runner {
             let next = if state == Some(State::ImportFailed) {
                 model.failed(due.id, due.size);
                 None
+            } else if !model.watched(due.registered_at) {
+                // A late look by no choice of the model: it teaches nothing.
+                let age = now - due.registered_at;
+                state
+                    .is_none()
+                    .then(|| now + schedule::catch_up_gap(age).as_millis() as i64)
             } else {
                 let gap = model.looked(
                     due.id,

@@ -9,6 +9,13 @@
 //! (probes), which narrows it. A bin with no completion yet has one probe at a time, looked at
 //! again each time a quarter of its age has passed (so it is seen done at most a quarter late);
 //! the other keys of that bin wait for what it finds.
+//!
+//! Only what the model itself planned teaches it. An asset registered before it began
+//! watching (left by an earlier run, or settled by `resolve`) is looked at at once, and what
+//! that late look finds says nothing of how long imports take: learning from it would make
+//! every later import of its size wait as long as that asset had waited. Likewise an import
+//! still in progress long past what its size takes (stuck in MI) does not push the other
+//! imports' looks later.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -29,6 +36,9 @@ const TIGHT_SHARE: f64 = 0.10;
 const PROBE_EVERY: u64 = 16;
 /// A key whose bin has nothing learned yet waits this long before it is considered again.
 pub const DEFER: Duration = Duration::from_secs(15);
+/// An import seen in progress raises its bin's `lo` only while its age is within this many
+/// times the bin's `hi`: beyond, it is an outlier, not a measure of its size's imports.
+const OUTLIER: i64 = 4;
 
 /// What the model knows of one size bin (ms since registration).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -56,6 +66,8 @@ pub struct ImportModel {
     bins: HashMap<i32, Bracket>,
     /// Bins with a probe out (a key being looked at on the doubling schedule).
     probing: HashMap<i32, i64>,
+    /// When it began watching (Unix ms): assets registered before are caught up with.
+    since: i64,
 }
 
 /// The bin of an object's size: its power of two (`-1` when unknown).
@@ -72,15 +84,23 @@ pub fn probe_gap(age: i64) -> Duration {
 }
 
 impl ImportModel {
-    /// A model seeded with what earlier runs learned.
-    pub fn with_bins(bins: HashMap<i32, (i64, Option<i64>)>) -> Self {
+    /// A model seeded with what earlier runs learned, watching from `since` (Unix ms).
+    pub fn with_bins(bins: HashMap<i32, (i64, Option<i64>)>, since: i64) -> Self {
         Self {
             bins: bins
                 .into_iter()
                 .map(|(bin, (lo, hi))| (bin, Bracket { lo, hi, planned: 0 }))
                 .collect(),
             probing: HashMap::new(),
+            since,
         }
+    }
+
+    /// Whether an asset registered at `registered_at` (Unix ms) was registered while this
+    /// model watched. One registered before is overdue: it is looked at now, on
+    /// [`catch_up_gap`]s, and teaches nothing.
+    pub fn watched(&self, registered_at: i64) -> bool {
+        registered_at >= self.since
     }
 
     /// What it knows, to keep for the next run: bin → (lo, hi).
@@ -145,14 +165,14 @@ impl ImportModel {
         if done {
             bracket.hi = Some(bracket.hi.map_or(age, |hi| hi.min(age)));
             if let Some(before) = before {
-                bracket.lo = bracket.lo.max(before);
+                bracket.raise_lo(before);
             }
             if self.probing.get(&bin) == Some(&key) {
                 self.probing.remove(&bin);
             }
             return Duration::ZERO;
         }
-        bracket.lo = bracket.lo.max(age);
+        bracket.raise_lo(age);
         let probing = self.probing.get(&bin) == Some(&key) || bracket.hi.is_none();
         match bracket.hi {
             // Past what the bin's imports took: a little more should do.
@@ -163,6 +183,21 @@ impl ImportModel {
             _ => probe_gap(age),
         }
     }
+}
+
+impl Bracket {
+    /// An import of this bin was still in progress `age` after registration.
+    fn raise_lo(&mut self, age: i64) {
+        if self.hi.is_none_or(|hi| age <= hi.saturating_mul(OUTLIER)) {
+            self.lo = self.lo.max(age);
+        }
+    }
+}
+
+/// The gap after a look at an asset registered before the model watched found it still in
+/// progress, `age` after its registration.
+pub fn catch_up_gap(age: i64) -> Duration {
+    probe_gap(age)
 }
 
 fn ms(ms: i64) -> Duration {
@@ -242,12 +277,42 @@ mod tests {
 
     #[test]
     fn slower_imports_than_learned_raise_the_bracket() {
-        let mut model =
-            ImportModel::with_bins(HashMap::from([(bin_of(Some(GB)), (50_000, Some(60_000)))]));
+        let mut model = ImportModel::with_bins(
+            HashMap::from([(bin_of(Some(GB)), (50_000, Some(60_000)))]),
+            0,
+        );
         let looks = looks_per_key(&mut model, 200, 90_000, Some(GB));
         assert!(looks < 2.2, "{looks}");
         let (lo, _) = model.bins()[&bin_of(Some(GB))];
         assert!(lo >= 60_000, "{lo}");
+    }
+
+    #[test]
+    fn an_import_stuck_in_mi_does_not_make_the_others_wait() {
+        let mut model = ImportModel::default();
+        looks_per_key(&mut model, 20, 10_000, Some(GB));
+        // One import of the bin stays in progress for an hour, looked at on its gaps.
+        let mut age = 3_000;
+        let mut before = None;
+        while age < 3_600_000 {
+            let gap = model.looked(7_777, Some(GB), age, before, false);
+            before = Some(age);
+            age += gap.as_millis() as i64;
+        }
+        let (lo, hi) = model.bins()[&bin_of(Some(GB))];
+        assert!(lo <= hi.unwrap() * OUTLIER, "lo {lo}, hi {hi:?}");
+        match model.first_look(99_999, Some(GB)) {
+            FirstLook::After(d) => assert!(d < Duration::from_secs(60), "{d:?}"),
+            FirstLook::Wait => panic!("learned"),
+        }
+    }
+
+    #[test]
+    fn only_assets_registered_while_it_watched_are_planned() {
+        let model = ImportModel::with_bins(HashMap::new(), 1_000);
+        assert!(!model.watched(999));
+        assert!(model.watched(1_000));
+        assert_eq!(catch_up_gap(3_600_000), MAX_GAP);
     }
 
     #[test]
