@@ -95,6 +95,8 @@ impl Runner {
 
     /// The import times earlier runs learned for this project.
     async fn load_model(&self) -> Result<()> {
+        // Taken before anything is awaited: every key this run registers is after it.
+        let since = ledger::now_ms();
         let scope = self.scope.clone();
         let stored = self
             .writer
@@ -103,8 +105,7 @@ impl Runner {
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        *self.model.lock().unwrap_or_else(|p| p.into_inner()) =
-            ImportModel::with_bins(bins, ledger::now_ms());
+        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = ImportModel::with_bins(bins, since);
         Ok(())
     }
 
