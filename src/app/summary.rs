@@ -192,6 +192,17 @@ mod tests {
     use std::path::Path;
     use std::time::Duration;
 
+    /// The summary of a one-second run on ledger `l.db`.
+    fn summary_of(counts: &[(State, u64)], this_run: &[(State, u64)], stats: &Stats) -> String {
+        summarize(
+            counts,
+            this_run,
+            stats,
+            Duration::from_secs(1),
+            Path::new("l.db"),
+        )
+    }
+
     #[test]
     fn advice_follows_the_states_left_and_stays_out_of_the_summary() {
         let stats = Stats::default();
@@ -202,13 +213,7 @@ mod tests {
             (State::Registered, 2),
             (State::Completed, 7),
         ];
-        let summary = summarize(
-            &counts,
-            &[],
-            &stats,
-            Duration::from_secs(1),
-            Path::new("l.db"),
-        );
+        let summary = summary_of(&counts, &[], &stats);
         assert!(
             summary.contains("ledger l.db: 5 pending, 1 uncertain, 2 registered, 7 completed"),
             "{summary}"
@@ -242,24 +247,12 @@ mod tests {
         stats.registered.store(16, Relaxed);
         let counts = [(State::Uncertain, 5), (State::Registered, 16)];
         let this_run = [(State::Uncertain, 4)];
-        let summary = summarize(
-            &counts,
-            &this_run,
-            &stats,
-            Duration::from_secs(1),
-            Path::new("l.db"),
-        );
+        let summary = summary_of(&counts, &this_run, &stats);
         assert!(
             summary.starts_with("this run: 16 registered, 0 failed, 4 uncertain in 1.0s"),
             "{summary}"
         );
-        let quiet = summarize(
-            &counts,
-            &[],
-            &stats,
-            Duration::from_secs(1),
-            Path::new("l.db"),
-        );
+        let quiet = summary_of(&counts, &[], &stats);
         assert!(
             quiet.starts_with("this run: 16 registered, 0 failed in 1.0s"),
             "{quiet}"
@@ -287,7 +280,7 @@ mod tests {
         let stats = Stats::default();
         stats.requests.store(1, Relaxed);
         stats.retries.store(1, Relaxed);
-        let summary = summarize(&[], &[], &stats, Duration::from_secs(1), Path::new("l.db"));
+        let summary = summary_of(&[], &[], &stats);
         assert!(summary.contains("1 request, 1 retry"), "{summary}");
     }
 }
