@@ -97,23 +97,17 @@ pub async fn run(
         });
     }
     let result = app::import(job, shutdown).await;
-    let twice = emulator.duplicates();
-    let duplicates = twice.len();
-    let extra: usize = twice.iter().map(|(_, _, n)| *n as usize - 1).sum();
-    let analysed = emulator.analyses_accepted();
+    let tally = emulator.tally();
     emulator.stop();
     let mut result = result?;
     result.summary.push_str(&format!(
-        "the emulator saw {} registrations for {} distinct keys ({duplicates} registered twice)\n",
-        emulator.assets().len(),
-        emulator.assets().len() - extra,
+        "the emulator saw {} registrations for {} distinct keys ({} registered twice)\n",
+        tally.registrations, tally.keys, tally.keys_twice,
     ));
     if analyze {
         result.summary.push_str(&format!(
             "and accepted {} analysis requests for {} assets ({} analysed twice)\n",
-            analysed.values().sum::<u32>(),
-            analysed.len(),
-            analysed.values().filter(|n| **n > 1).count(),
+            tally.analyses, tally.analysed, tally.analysed_twice,
         ));
     }
     // The emulator is gone with this process, and the next demo starts afresh: a real run's

@@ -24,7 +24,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Credentials;
-pub use state::{AssetRecord, CallKind, Counters, busiest_second, final_status};
+pub use state::{AssetRecord, CallKind, Counters, Tally, busiest_second, final_status};
 
 /// What the asset list's `fileName` holds (NCP-API.md marks this unsure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -262,16 +262,15 @@ impl Emulator {
         self.shared.analyses_accepted()
     }
 
+    /// What the registrations and accepted analyses add up to.
+    pub fn tally(&self) -> Tally {
+        self.shared.tally()
+    }
+
     /// What it saw, in words, for the operator when it stops.
     pub fn describe(&self) -> String {
         let c = self.counters();
-        let assets = self.assets();
-        let registered = assets.iter().filter(|a| a.registered).count();
-        let twice = self
-            .analyses_accepted()
-            .values()
-            .filter(|n| **n > 1)
-            .count();
+        let t = self.tally();
         format!(
             "the emulator answered {} requests: {} registrations ({} answered 503 after creating, {} dropped before and {} after), \
              {} import-status checks, {} asset-list pages, {} analysis requests; {} throttled, {} answered 503, {} refused for a bad signature\n\
@@ -287,15 +286,10 @@ impl Emulator {
             c.throttled,
             c.unavailable,
             c.unauthorized,
-            registered,
-            registered
-                - self
-                    .duplicates()
-                    .iter()
-                    .map(|d| d.2 as usize - 1)
-                    .sum::<usize>(),
-            self.duplicates().len(),
-            twice
+            t.registrations,
+            t.keys,
+            t.keys_twice,
+            t.analysed_twice
         )
     }
 }

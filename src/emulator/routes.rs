@@ -467,6 +467,7 @@ async fn stats(State(shared): State<Shared_>) -> Response {
         _ => 0.0,
     };
     let c = shared.counters();
+    let tally = shared.tally();
     Json(json!({
         "requests": c.requests,
         "register_calls": c.register_calls,
@@ -476,11 +477,11 @@ async fn stats(State(shared): State<Shared_>) -> Response {
         "analysis_calls": c.analysis_calls,
         "analysis_status_calls": c.analysis_status_calls,
         "failed_after_create": c.failed_after_create,
-        "analyses_twice": shared.analyses_accepted().values().filter(|n| **n > 1).count(),
+        "analyses_twice": tally.analysed_twice,
         "throttled": c.throttled,
         "unavailable": c.unavailable,
         "assets": shared.assets().len(),
-        "duplicates": shared.duplicates().len(),
+        "duplicates": tally.keys_twice,
         "register_arrivals": registers,
         "register_span_secs": span,
         "busiest_second_all": most_all,

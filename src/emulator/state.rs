@@ -406,6 +406,38 @@ impl Shared {
     pub fn analyses_accepted(&self) -> HashMap<i64, u32> {
         self.inner().analyzed.clone()
     }
+
+    /// What the registrations and accepted analyses add up to.
+    pub fn tally(&self) -> Tally {
+        let inner = self.inner();
+        let twice = |counts: &mut dyn Iterator<Item = &u32>| counts.filter(|n| **n > 1).count();
+        Tally {
+            registrations: inner.registrations.values().map(|n| u64::from(*n)).sum(),
+            keys: inner.registrations.len(),
+            keys_twice: twice(&mut inner.registrations.values()),
+            analyses: inner.analyzed.values().map(|n| u64::from(*n)).sum(),
+            analysed: inner.analyzed.len(),
+            analysed_twice: twice(&mut inner.analyzed.values()),
+        }
+    }
+}
+
+/// What the emulator's registrations and analyses add up to: the figures that prove (or
+/// disprove) "never twice".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Registrations (assets made by the register call, preloaded ones not counted).
+    pub registrations: u64,
+    /// Distinct (bucket, key) registered.
+    pub keys: usize,
+    /// Keys registered more than once.
+    pub keys_twice: usize,
+    /// Analysis requests accepted.
+    pub analyses: u64,
+    /// Distinct assets analysed.
+    pub analysed: usize,
+    /// Assets analysed more than once.
+    pub analysed_twice: usize,
 }
 
 /// The emulator's stand-in for what MI finds when it reads the file: markers in the key name
