@@ -375,12 +375,17 @@ async fn analyze(
         shared.count(|c| c.dropped_after += 1);
         hangup.now().await;
     }
-    let id_field = if shared.config.analysis_example_spelling {
-        "indexId"
+    success(json!({ spelt(&shared, "id", "indexId"): index_id }))
+}
+
+/// An index answer's field as MI's reference spells it, or as its examples do where the
+/// emulator plays that reading.
+fn spelt(shared: &Shared_, reference: &'static str, examples: &'static str) -> &'static str {
+    if shared.config.analysis_example_spelling {
+        examples
     } else {
-        "id"
-    };
-    success(json!({ id_field: index_id }))
+        reference
+    }
 }
 
 async fn analysis_status(
@@ -398,15 +403,10 @@ async fn analysis_status(
         None => success(json!({"status": "BEFORE_ANALYZE"})),
         Some(record) => {
             let message = (record.status == "ANALYZE_FAIL").then_some("no scene could be analysed");
-            let message_field = if shared.config.analysis_example_spelling {
-                "analysisStatusMessage"
-            } else {
-                "analyzeStatusMessage"
-            };
             success(json!({
                 "status": record.status,
                 "indexId": record.index_id,
-                message_field: message,
+                spelt(&shared, "analyzeStatusMessage", "analysisStatusMessage"): message,
             }))
         }
     }
