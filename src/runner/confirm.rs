@@ -390,11 +390,12 @@ impl Runner {
                 model.failed(due.id, due.size);
                 None
             } else if !model.watched(due.registered_at) {
-                // A late look by no choice of the model: it teaches nothing.
+                // A late look by no choice of the model: it teaches nothing, and an asset still
+                // in progress is looked at again as a probe would be.
                 let age = now - due.registered_at;
                 state
                     .is_none()
-                    .then(|| now + schedule::catch_up_gap(age).as_millis() as i64)
+                    .then(|| now + schedule::probe_gap(age).as_millis() as i64)
             } else {
                 let gap = model.looked(
                     due.id,

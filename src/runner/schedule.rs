@@ -97,8 +97,8 @@ impl ImportModel {
     }
 
     /// Whether an asset registered at `registered_at` (Unix ms) was registered while this
-    /// model watched. One registered before is overdue: it is looked at now, on
-    /// [`catch_up_gap`]s, and teaches nothing.
+    /// model watched. One registered before is overdue: it is looked at now, then on
+    /// [`probe_gap`]s while in progress, and teaches nothing.
     pub fn watched(&self, registered_at: i64) -> bool {
         registered_at >= self.since
     }
@@ -192,12 +192,6 @@ impl Bracket {
             self.lo = self.lo.max(age);
         }
     }
-}
-
-/// The gap after a look at an asset registered before the model watched found it still in
-/// progress, `age` after its registration.
-pub fn catch_up_gap(age: i64) -> Duration {
-    probe_gap(age)
 }
 
 fn ms(ms: i64) -> Duration {
@@ -312,7 +306,8 @@ mod tests {
         let model = ImportModel::with_bins(HashMap::new(), 1_000);
         assert!(!model.watched(999));
         assert!(model.watched(1_000));
-        assert_eq!(catch_up_gap(3_600_000), MAX_GAP);
+        // An overdue asset still in progress after an hour is looked at again on the longest gap.
+        assert_eq!(probe_gap(3_600_000), MAX_GAP);
     }
 
     #[test]
