@@ -59,6 +59,17 @@ pub fn fatal(error: impl Into<anyhow::Error>) -> anyhow::Error {
     FatalError(error.into()).into()
 }
 
+/// Another process holds the ledger: exit 4. The lock says who in its message; this module
+/// needs only to know that it was held.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct LockedError(#[from] pub anyhow::Error);
+
+/// Wraps an error as "the ledger is held by another run".
+pub fn locked(error: impl Into<anyhow::Error>) -> anyhow::Error {
+    LockedError(error.into()).into()
+}
+
 /// The exit code for an error that ended the program.
 pub fn for_error(error: &anyhow::Error) -> Exit {
     let chain = || error.chain();
@@ -66,12 +77,7 @@ pub fn for_error(error: &anyhow::Error) -> Exit {
         Exit::Usage
     } else if chain().any(|e| e.is::<FatalError>()) {
         Exit::Fatal
-    } else if chain().any(|e| {
-        matches!(
-            e.downcast_ref::<crate::lock::LockError>(),
-            Some(crate::lock::LockError::Held { .. })
-        )
-    }) {
+    } else if chain().any(|e| e.is::<LockedError>()) {
         Exit::Locked
     } else if chain().any(is_write_failure) {
         Exit::LedgerWrite
@@ -130,11 +136,8 @@ mod tests {
     #[test]
     fn errors_map_to_codes() {
         assert_eq!(for_error(&input(anyhow::anyhow!("bad flag"))), Exit::Usage);
-        let held = crate::lock::LockError::Held {
-            ledger: "l".into(),
-            holder: "h".into(),
-        };
-        assert_eq!(for_error(&anyhow::Error::from(held)), Exit::Locked);
+        let held = locked(anyhow::anyhow!("held by pid 1"));
+        assert_eq!(for_error(&held.context("run")), Exit::Locked);
         assert_eq!(
             for_error(&anyhow::anyhow!("no reason known")),
             Exit::Trouble

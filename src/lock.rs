@@ -42,7 +42,10 @@ pub fn lock_path(ledger: &Path) -> PathBuf {
 /// (a missing folder) is an input error naming it.
 pub fn acquire(ledger: &Path, command: &str) -> anyhow::Result<LedgerLock> {
     let real = crate::ledger::open::real_path(ledger)?;
-    Ok(acquire_real(ledger, &real, command)?)
+    acquire_real(ledger, &real, command).map_err(|e| match e {
+        held @ LockError::Held { .. } => crate::exit::locked(held),
+        other => other.into(),
+    })
 }
 
 fn acquire_real(ledger: &Path, real: &Path, command: &str) -> Result<LedgerLock, LockError> {
@@ -111,11 +114,9 @@ mod tests {
         std::os::unix::fs::symlink(&db, &link).unwrap();
         let held = acquire(&link, "run").unwrap();
         let err = acquire(&db, "run").unwrap_err();
-        assert!(
-            matches!(
-                err.downcast_ref::<LockError>(),
-                Some(LockError::Held { .. })
-            ),
+        assert_eq!(
+            crate::exit::for_error(&err),
+            crate::exit::Exit::Locked,
             "{err:#}"
         );
         let dotted = dir.path().join("real/../real/./mi.db");
