@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::config;
 use crate::emulator::FileNameMode;
 use crate::ledger::{OnChanged, State};
+use crate::report::ReportFormat;
 use crate::source::manifest::ManifestFormat;
 
 #[derive(Debug, Parser)]
@@ -290,12 +291,6 @@ pub struct StatusArgs {
     /// Machine-readable output on stdout
     #[arg(long)]
     pub json: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ReportFormat {
-    Csv,
-    Jsonl,
 }
 
 #[derive(Debug, Args)]

@@ -7,8 +7,14 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::io::Write;
 
-use crate::cli::ReportFormat;
 use crate::ledger::{self, Scope, State, ms_text};
+
+/// How a report is written: CSV for people and spreadsheets, JSON Lines for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Csv,
+    Jsonl,
+}
 
 /// Report columns, in order; the first four are the contract (DESIGN.md).
 pub const COLUMNS: &[&str] = &[
