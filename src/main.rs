@@ -150,7 +150,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Analyze(args) => {
             let display = Display::choose(quiet, args.limits.progress_interval);
             let (target, limits) = settings(args.mi, &args.limits)?;
-            let plan = analysis_plan(&args.analysis, true)?.expect("required");
+            let plan = app::analysis_plan(&args.analysis, true)?.expect("required");
             let credentials = Credentials::discover().map_err(input)?;
             let job = ImportJob {
                 display,
@@ -222,35 +222,6 @@ fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
     Ok(exit)
 }
 
-/// The analysis a command asks for, validated before anything is sent; `None` without
-/// `--analyze` (unless the command is `analyze` itself).
-fn analysis_plan(
-    args: &mi_import::cli::AnalysisArgs,
-    always: bool,
-) -> Result<Option<mi_import::runner::AnalysisPlan>> {
-    if !(always || args.analyze) {
-        let given = args.analysis_person_count.is_some()
-            || args.scene_range.is_some()
-            || args.source_language.is_some()
-            || args.detect_audio_effects
-            || !args.tag_ids.is_empty()
-            || args.min_scene_duration.is_some()
-            || args.max_scene_duration.is_some()
-            || args.reanalyze_failed;
-        if given {
-            return Err(input(anyhow::anyhow!(
-                "analysis settings were given without --analyze\nhint: add --analyze to request analysis of the keys that complete"
-            )));
-        }
-        return Ok(None);
-    }
-    let request = mi_import::api::analysis::AnalysisRequest::from_args(args).map_err(input)?;
-    Ok(Some(mi_import::runner::AnalysisPlan {
-        request,
-        again_failed: args.reanalyze_failed,
-    }))
-}
-
 fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
     let target = Target::new(&mi.endpoint, mi.workspace, mi.project).map_err(input)?;
     let limits = Limits::new(
@@ -265,7 +236,7 @@ fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
 
 fn import_job(args: RunArgs, quiet: bool) -> Result<ImportJob> {
     let display = Display::choose(quiet, args.limits.progress_interval);
-    let analyze = analysis_plan(&args.analysis, false)?;
+    let analyze = app::analysis_plan(&args.analysis, false)?;
     let (target, limits) = settings(args.mi, &args.limits)?;
     let credentials = Credentials::discover().map_err(input)?;
     let endpoint = bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;

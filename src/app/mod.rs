@@ -24,10 +24,12 @@ mod dry_run;
 mod ingest;
 mod ledger_commands;
 mod session;
+mod settings;
 mod summary;
 
 pub use dry_run::{analyze_dry_run, dry_run};
 pub use ledger_commands::{backup, forget, report, resolve, status};
+pub use settings::analysis_plan;
 
 use session::Session;
 

@@ -1,0 +1,176 @@
+//! The command line's settings turned into the parts' own types: the analysis a command asks
+//! for. The parts below the app layer never see clap's
+//! types; what they take is validated here, before anything is sent.
+
+use anyhow::{Result, bail};
+
+use crate::api::analysis::{AnalysisRequest, MAX_PERSONS, MAX_TAGS};
+use crate::cli::{AnalysisArgs, EmulatorArgs};
+use crate::exit::input;
+use crate::runner::AnalysisPlan;
+
+/// The analysis a command asks for, validated before anything is sent; `None` without
+/// `--analyze` (unless the command is `analyze` itself, `always`).
+pub fn analysis_plan(args: &AnalysisArgs, always: bool) -> Result<Option<AnalysisPlan>> {
+    if !(always || args.analyze) {
+        let given = args.analysis_person_count.is_some()
+            || args.scene_range.is_some()
+            || args.source_language.is_some()
+            || args.detect_audio_effects
+            || !args.tag_ids.is_empty()
+            || args.min_scene_duration.is_some()
+            || args.max_scene_duration.is_some()
+            || args.reanalyze_failed;
+        if given {
+            return Err(input(anyhow::anyhow!(
+                "analysis settings were given without --analyze\nhint: add --analyze to request analysis of the keys that complete"
+            )));
+        }
+        return Ok(None);
+    }
+    let request = analysis_request(args).map_err(input)?;
+    Ok(Some(AnalysisPlan {
+        request,
+        again_failed: args.reanalyze_failed,
+    }))
+}
+
+/// Validates the command line's analysis settings.
+fn analysis_request(args: &AnalysisArgs) -> Result<AnalysisRequest> {
+    let Some(person_count) = args.analysis_person_count else {
+        bail!(
+            "--analysis-person-count is required with --analyze\nhint: 0 skips person analysis (faster), up to {MAX_PERSONS}"
+        );
+    };
+    if person_count > MAX_PERSONS {
+        bail!(
+            "--analysis-person-count {person_count} is more than MI takes\nhint: 0 to {MAX_PERSONS}"
+        );
+    }
+    let scene_seconds = match (args.min_scene_duration, args.max_scene_duration) {
+        (None, None) => None,
+        (Some(min), Some(max)) if min >= 1 && min <= max => Some((min, max)),
+        (Some(min), Some(max)) => bail!(
+            "--min-scene-duration {min} and --max-scene-duration {max} are no range\nhint: both in seconds, at least 1, the first not above the second"
+        ),
+        _ => bail!(
+            "--min-scene-duration and --max-scene-duration go together\nhint: give both, or use --scene-range"
+        ),
+    };
+    if scene_seconds.is_some() && args.scene_range.is_some() {
+        bail!(
+            "--scene-range and the scene durations exclude each other\nhint: give --scene-range, or --min-scene-duration with --max-scene-duration"
+        );
+    }
+    if args.tag_ids.len() > MAX_TAGS {
+        bail!(
+            "{} person tags given; MI takes at most {MAX_TAGS}\nhint: split the tags over several analyses",
+            args.tag_ids.len()
+        );
+    }
+    Ok(AnalysisRequest {
+        person_count,
+        scene_range: args.scene_range,
+        scene_seconds,
+        language: args.source_language,
+        audio_effects: args.detect_audio_effects,
+        tag_ids: args.tag_ids.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::analysis::SceneRange;
+
+    fn args() -> AnalysisArgs {
+        AnalysisArgs {
+            analyze: true,
+            analysis_person_count: Some(0),
+            scene_range: None,
+            source_language: None,
+            detect_audio_effects: false,
+            tag_ids: Vec::new(),
+            min_scene_duration: None,
+            max_scene_duration: None,
+            reanalyze_failed: false,
+        }
+    }
+
+    #[test]
+    fn analysis_settings_become_the_request() {
+        let full = AnalysisArgs {
+            analysis_person_count: Some(3),
+            scene_range: Some(SceneRange::ExtraShort),
+            tag_ids: vec![7, 8],
+            detect_audio_effects: true,
+            ..args()
+        };
+        let request = analysis_request(&full).unwrap();
+        assert_eq!(request.person_count, 3);
+        assert_eq!(request.scene_range, Some(SceneRange::ExtraShort));
+        assert_eq!(request.tag_ids, vec![7, 8]);
+        assert!(request.audio_effects);
+        let durations = AnalysisArgs {
+            min_scene_duration: Some(2),
+            max_scene_duration: Some(8),
+            ..args()
+        };
+        assert_eq!(
+            analysis_request(&durations).unwrap().scene_seconds,
+            Some((2, 8))
+        );
+    }
+
+    #[test]
+    fn bad_analysis_settings_are_refused_with_a_hint() {
+        let cases = [
+            AnalysisArgs {
+                analysis_person_count: None,
+                ..args()
+            },
+            AnalysisArgs {
+                analysis_person_count: Some(11),
+                ..args()
+            },
+            AnalysisArgs {
+                min_scene_duration: Some(5),
+                ..args()
+            },
+            AnalysisArgs {
+                min_scene_duration: Some(9),
+                max_scene_duration: Some(3),
+                ..args()
+            },
+            AnalysisArgs {
+                min_scene_duration: Some(1),
+                max_scene_duration: Some(3),
+                scene_range: Some(SceneRange::Long),
+                ..args()
+            },
+            AnalysisArgs {
+                tag_ids: (0..31).collect(),
+                ..args()
+            },
+        ];
+        for case in cases {
+            let err = analysis_request(&case).unwrap_err().to_string();
+            assert!(err.contains("hint:"), "{err}");
+        }
+    }
+
+    #[test]
+    fn settings_without_analyze_are_refused() {
+        let stray = AnalysisArgs {
+            analyze: false,
+            ..args()
+        };
+        let err = analysis_plan(&stray, false).unwrap_err();
+        assert_eq!(crate::exit::for_error(&err), crate::exit::Exit::Usage);
+        let none = AnalysisArgs {
+            analysis_person_count: None,
+            ..stray
+        };
+        assert!(analysis_plan(&none, false).unwrap().is_none());
+    }
+}
