@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use mi_import::app::{self, ImportJob, Manifest};
 use mi_import::cli::{Cli, Command, LimitArgs, LogFormat, MiArgs, RunArgs};
 use mi_import::config::{Credentials, Limits, Target};
-use mi_import::emulator::{Emulator, EmulatorConfig};
+use mi_import::emulator::Emulator;
 use mi_import::exit::{self, Exit, input};
 use mi_import::progress::{self, Display};
 use mi_import::runner::RunOptions;
@@ -299,7 +299,7 @@ async fn serve_emulator(
 ) -> Result<Exit> {
     let credentials = Credentials::discover()
         .map_err(|e| input(e.context("the emulator accepts the same key pair as the client")))?;
-    let config = EmulatorConfig::from_args(&args, credentials).map_err(input)?;
+    let config = app::emulator_config(&args, credentials).map_err(input)?;
     let emulator = Emulator::start(config.clone(), args.listen)
         .await
         .map_err(input)?;

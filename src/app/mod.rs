@@ -29,7 +29,7 @@ mod summary;
 
 pub use dry_run::{analyze_dry_run, dry_run};
 pub use ledger_commands::{backup, forget, report, resolve, status};
-pub use settings::analysis_plan;
+pub use settings::{analysis_plan, emulator_config};
 
 use session::Session;
 

@@ -1,11 +1,13 @@
 //! The command line's settings turned into the parts' own types: the analysis a command asks
-//! for. The parts below the app layer never see clap's
+//! for, and the emulator a user serves. The parts below the app layer never see clap's
 //! types; what they take is validated here, before anything is sent.
 
 use anyhow::{Result, bail};
 
 use crate::api::analysis::{AnalysisRequest, MAX_PERSONS, MAX_TAGS};
 use crate::cli::{AnalysisArgs, EmulatorArgs};
+use crate::config::Credentials;
+use crate::emulator::EmulatorConfig;
 use crate::exit::input;
 use crate::runner::AnalysisPlan;
 
@@ -75,6 +77,44 @@ fn analysis_request(args: &AnalysisArgs) -> Result<AnalysisRequest> {
         language: args.source_language,
         audio_effects: args.detect_audio_effects,
         tag_ids: args.tag_ids.clone(),
+    })
+}
+
+/// The emulator as `mi-import emulator` was asked to serve it.
+pub fn emulator_config(args: &EmulatorArgs, credentials: Credentials) -> Result<EmulatorConfig> {
+    let sizes = match &args.sizes {
+        Some(path) => crate::emulator::read_sizes(path)?,
+        None => Default::default(),
+    };
+    let preload = match &args.preload {
+        Some(path) => crate::emulator::read_preload(path)?,
+        None => Vec::new(),
+    };
+    Ok(EmulatorConfig {
+        workspace: args.workspace.clone(),
+        project: args.project.clone(),
+        bucket: args.bucket.clone(),
+        latency: (args.latency, args.latency),
+        rate_429: args.rate_429,
+        rate_503: args.rate_503,
+        fail_after_create: args.fail_after_create,
+        drop_before: args.drop_before,
+        drop_after: args.drop_after,
+        rate_limit: args.rate_limit,
+        settle: args.settle,
+        settle_per_gb: args.settle_per_gb,
+        file_name: args.file_name,
+        list_lag: args.list_lag,
+        list_created_time: !args.list_without_time,
+        list_size: !args.list_without_size,
+        list_upload_status: args.list_upload_status,
+        random_ids: args.random_ids,
+        sizes,
+        preload,
+        analysis_polls: args.analysis_polls,
+        analysis_example_spelling: args.analysis_example_spelling,
+        seed: args.seed,
+        ..EmulatorConfig::new(credentials)
     })
 }
 

@@ -126,50 +126,25 @@ impl EmulatorConfig {
             seed: 1,
         }
     }
+}
 
-    /// The emulator as `mi-import emulator` was asked to serve it.
-    pub fn from_args(args: &crate::cli::EmulatorArgs, credentials: Credentials) -> Result<Self> {
-        let sizes = match &args.sizes {
-            Some(path) => read_pairs(path, true)?
-                .into_iter()
-                .map(|(b, k, size)| ((b, k), size.unwrap_or(0)))
-                .collect(),
-            None => Default::default(),
-        };
-        let preload = match &args.preload {
-            Some(path) => read_pairs(path, false)?
-                .into_iter()
-                .map(|(b, k, _)| (b, k))
-                .collect(),
-            None => Vec::new(),
-        };
-        Ok(Self {
-            workspace: args.workspace.clone(),
-            project: args.project.clone(),
-            bucket: args.bucket.clone(),
-            latency: (args.latency, args.latency),
-            rate_429: args.rate_429,
-            rate_503: args.rate_503,
-            fail_after_create: args.fail_after_create,
-            drop_before: args.drop_before,
-            drop_after: args.drop_after,
-            rate_limit: args.rate_limit,
-            settle: args.settle,
-            settle_per_gb: args.settle_per_gb,
-            file_name: args.file_name,
-            list_lag: args.list_lag,
-            list_created_time: !args.list_without_time,
-            list_size: !args.list_without_size,
-            list_upload_status: args.list_upload_status,
-            random_ids: args.random_ids,
-            sizes,
-            preload,
-            analysis_polls: args.analysis_polls,
-            analysis_example_spelling: args.analysis_example_spelling,
-            seed: args.seed,
-            ..Self::new(credentials)
-        })
-    }
+/// Objects' sizes from a CSV file of `bucket,key,size` rows (no header), for `--sizes`.
+pub fn read_sizes(
+    path: &std::path::Path,
+) -> Result<std::collections::HashMap<(String, String), u64>> {
+    Ok(read_pairs(path, true)?
+        .into_iter()
+        .map(|(b, k, size)| ((b, k), size.unwrap_or(0)))
+        .collect())
+}
+
+/// Assets present before a run, from a CSV file of `bucket,key` rows (no header), for
+/// `--preload`.
+pub fn read_preload(path: &std::path::Path) -> Result<Vec<(String, String)>> {
+    Ok(read_pairs(path, false)?
+        .into_iter()
+        .map(|(b, k, _)| (b, k))
+        .collect())
 }
 
 /// Reads `bucket,key[,size]` rows (no header) from a CSV file.
