@@ -24,6 +24,12 @@
 //! Around them: [`cli`] (clap types), [`config`] (validated settings, credentials),
 //! [`app`] (the commands wired together), [`exit`] (exit codes), [`lock`] (one run per
 //! ledger), [`emulator`] (MI on loopback for the demo and the tests), [`demo`].
+//!
+//! One way down: `main.rs`, [`cli`] and [`app`] know the command line; [`app`] turns it
+//! into the parts' own types ([`config::Limits`], [`api::analysis::AnalysisRequest`],
+//! [`emulator::EmulatorConfig`], [`report::ReportFormat`]), and nothing below names
+//! [`cli`]. [`exit`] names no other module. No module reaches itself through others
+//! (`tests/layering.rs` reads the source and checks both).
 
 pub mod api;
 pub mod app;
