@@ -258,9 +258,13 @@ pub struct AnalyzeCommandArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["key", "from", "sole_candidates"])))]
 pub struct ResolveArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
+    /// MI's API endpoint (needed only when the ledger holds the project at several)
+    #[arg(long, env = "MI_ENDPOINT")]
+    pub endpoint: Option<String>,
     /// The MI workspace name
     #[arg(long, env = "MI_WORKSPACE")]
     pub workspace: String,
@@ -269,19 +273,34 @@ pub struct ResolveArgs {
     pub project: String,
     /// The key to settle, as the report shows it
     #[arg(long)]
-    pub key: String,
+    pub key: Option<String>,
     /// Its bucket (needed only when the key is in several)
-    #[arg(long)]
+    #[arg(long, requires = "key")]
     pub bucket: Option<String>,
-    /// The key's asset in MI (one of its candidates, or one found in the console)
-    #[arg(long, conflicts_with = "not_registered")]
+    /// The key's asset in MI (one of its candidates, or one MI shows under the key's name)
+    #[arg(long, requires = "key", conflicts_with = "not_registered")]
     pub asset_id: Option<i64>,
     /// MI has no asset for the key: the next run sends it
-    #[arg(long)]
+    #[arg(long, requires = "key")]
     pub not_registered: bool,
+    /// Settle many keys from a CSV file: rows `key,asset_id` or `key,not-registered` (a
+    /// `bucket` column too, if keys are in several), or the report's own CSV with its
+    /// asset_id column filled in for uncertain keys
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Give every uncertain key that has exactly one candidate that candidate, on your word
+    /// (see the README for what that risks)
+    #[arg(long)]
+    pub sole_candidates: bool,
     /// Say what would change, change nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// Look-ups in MI per second, for assets outside a key's candidates
+    #[arg(long, env = "MI_RATE", default_value_t = config::DEFAULT_RATE)]
+    pub rate: f64,
+    /// Time limit for one look-up
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -319,6 +338,9 @@ pub struct BackupArgs {
 pub struct ForgetArgs {
     #[command(flatten)]
     pub ledger: LedgerArgs,
+    /// MI's API endpoint (needed only when the ledger holds the project at several)
+    #[arg(long, env = "MI_ENDPOINT")]
+    pub endpoint: Option<String>,
     /// The workspace whose project is removed from the ledger
     #[arg(long)]
     pub workspace: String,
@@ -400,6 +422,19 @@ pub struct EmulatorArgs {
     /// Number new assets at random instead of in order
     #[arg(long)]
     pub random_ids: bool,
+    /// Serve the asset list newest first instead of in ID order
+    #[arg(long)]
+    pub list_newest_first: bool,
+    /// Leave totalPage out of the asset list's answers
+    #[arg(long)]
+    pub list_without_total_page: bool,
+    /// For this many walks over the asset list, delete an older asset and add one right after
+    /// the first page
+    #[arg(long, default_value_t = 0)]
+    pub list_churn: u32,
+    /// Store file names normalised (Unicode NFC, no leading /)
+    #[arg(long)]
+    pub normalize_names: bool,
     /// CSV `bucket,key,size` of the objects' sizes (for metaData.size and import times)
     #[arg(long)]
     pub sizes: Option<PathBuf>,

@@ -128,9 +128,14 @@ pub struct Target {
     pub project: String,
 }
 
+/// An endpoint as the ledger names it: without a trailing `/`, so one service has one name.
+pub fn endpoint_name(endpoint: &str) -> String {
+    endpoint.trim().trim_end_matches('/').to_owned()
+}
+
 impl Target {
     pub fn new(endpoint: &str, workspace: Option<String>, project: Option<String>) -> Result<Self> {
-        let endpoint = endpoint.trim_end_matches('/').to_owned();
+        let endpoint = endpoint_name(endpoint);
         if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
             bail!(
                 "endpoint `{endpoint}` is not an http(s) URL\n\

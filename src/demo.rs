@@ -93,7 +93,10 @@ pub async fn run(
                 audio_effects: false,
                 tag_ids: Vec::new(),
             },
-            again_failed: false,
+            pick: crate::ledger::analyses::Pick {
+                again_failed: false,
+                asked_only: true,
+            },
         });
     }
     let result = app::import(job, shutdown).await;

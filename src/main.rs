@@ -165,7 +165,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             finish(result, quiet)
         }
         Command::Resolve(args) => {
-            print!("{}", app::resolve(&args.ledger.db, &args)?);
+            print!("{}", app::resolve(&args.ledger.db, &args, shutdown).await?);
             Ok(Exit::Success)
         }
         Command::Demo(args) => {
@@ -192,7 +192,13 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Forget(args) => {
             print!(
                 "{}",
-                app::forget(&args.ledger.db, &args.workspace, &args.project, args.yes)?
+                app::forget(
+                    &args.ledger.db,
+                    args.endpoint.as_deref(),
+                    &args.workspace,
+                    &args.project,
+                    args.yes,
+                )?
             );
             Ok(Exit::Success)
         }

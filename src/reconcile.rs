@@ -7,8 +7,9 @@
 //! time after it was made, and it holds assets made outside this ledger (NCP-API.md).
 //!
 //! - **Candidates.** A listed asset may be a key's if its name is the key's under MI's naming
-//!   (learned from assets the ledger knows; both forms while unknown), no key of the ledger
-//!   owns it (now or ever), its size does not contradict the object's, and nothing shows it was
+//!   (learned from assets the ledger knows; both forms while unknown; each form as sent, in
+//!   Unicode NFC, and without a leading `/`, since MI may store names normalised), no key of
+//!   the ledger's scope owns it (now or ever), its size does not contradict the object's, and nothing shows it was
 //!   made before the key's request could have left (its creation time or its ID, where the
 //!   ledger has learned how MI's times and IDs run).
 //! - **Registered** when exactly one candidate is within the key's send window by that same
@@ -16,8 +17,17 @@
 //! - **Not registered** when no asset is a candidate under MI's naming (under both forms while
 //!   it is not learned; never when MI's names follow neither form), and the list is known to
 //!   show every asset made before the key's outcome became unknown (the pass began a settle
-//!   window after that moment, was complete and steady, and showed the assets the ledger
-//!   knows from that time).
+//!   window after that moment, showed the assets the ledger knows from that time, and read a
+//!   list that held still: see below).
+//! - **A list that held still.** MI pages its list by number, so an asset deleted or added
+//!   while it is read shifts the later entries: one slides onto a page already read and is
+//!   missed, with `totalCount` unchanged. A pass proves absence only when its walk over the
+//!   list is whole (every page carried the same `totalCount` and `totalPage` and its own
+//!   number; the entries read add up to them, none twice; the end found from the entries, not
+//!   from `totalPage` alone) and agrees page for page, entry for entry, with the walk just
+//!   before it: any deletion or addition between the two changes some page. Presence needs
+//!   no such care: an asset seen once is seen. The runner reads the list a second time only
+//!   when some key would be proven absent ([`crate::runner`]).
 //! - Otherwise the key **waits** (no candidate, but no proof yet) or is **ambiguous** (its
 //!   candidates are kept for `mi-import resolve`). Neither is ever sent.
 
@@ -126,11 +136,55 @@ pub fn last_segment(key: &str) -> &str {
     key.rsplit('/').next().unwrap_or(key)
 }
 
-/// The names worth keeping from the listing: every unsure key and its last segment.
+/// The spellings MI may list a name under: as sent, in Unicode NFC, and without a leading
+/// `/` (NCP-API.md: names may be stored normalised).
+pub fn spellings(name: &str) -> Vec<String> {
+    use unicode_normalization::UnicodeNormalization;
+    let nfc: String = name.nfc().collect();
+    let mut all = vec![name.to_owned()];
+    for form in [
+        nfc.as_str(),
+        name.trim_start_matches('/'),
+        nfc.trim_start_matches('/'),
+    ] {
+        if !form.is_empty() && !all.iter().any(|f| f == form) {
+            all.push(form.to_owned());
+        }
+    }
+    all
+}
+
+/// The names a key's asset may bear under MI's naming: the full key's spellings, or its last
+/// segment's, or both while the naming is not known.
+pub fn names_for(key: &str, naming: Option<Naming>) -> Vec<String> {
+    let full = || spellings(key);
+    let segment = || -> Vec<String> {
+        let mut all: Vec<String> = Vec::new();
+        for form in spellings(key) {
+            let last = last_segment(&form).to_owned();
+            if !last.is_empty() && !all.contains(&last) {
+                all.push(last);
+            }
+        }
+        all
+    };
+    match naming {
+        Some(Naming::FullKey) => full(),
+        Some(Naming::LastSegment) => segment(),
+        Some(Naming::Other) => Vec::new(),
+        None => {
+            let mut all = full();
+            all.extend(segment().into_iter().filter(|s| !full().contains(s)));
+            all
+        }
+    }
+}
+
+/// The names worth keeping from the listing: every name an unsure key's asset may bear.
 pub fn wanted_names(unsure: &[UnsureKey]) -> HashSet<String> {
     unsure
         .iter()
-        .flat_map(|k| [k.key.clone(), last_segment(&k.key).to_owned()])
+        .flat_map(|k| names_for(&k.key, None))
         .collect()
 }
 
@@ -142,18 +196,14 @@ pub fn learn_naming(witnesses: &[Witness], listed: &HashMap<i64, Listed>) -> Opt
         let Some(entry) = listed.get(&w.asset_id) else {
             continue;
         };
-        if !w.key.contains('/') {
-            if entry.file_name != w.key {
-                return Some(Naming::Other);
-            }
-            continue;
-        }
-        if entry.file_name == w.key {
-            full += 1;
-        } else if entry.file_name == last_segment(&w.key) {
-            last += 1;
-        } else {
-            return Some(Naming::Other);
+        let as_full = names_for(&w.key, Some(Naming::FullKey)).contains(&entry.file_name);
+        let as_last = names_for(&w.key, Some(Naming::LastSegment)).contains(&entry.file_name);
+        match (as_full, as_last) {
+            // A key without a folder: both forms are one, and teach nothing.
+            (true, true) => {}
+            (true, false) => full += 1,
+            (false, true) => last += 1,
+            (false, false) => return Some(Naming::Other),
         }
     }
     match (full, last) {
@@ -258,13 +308,7 @@ enum Fit {
 
 fn fit(key: &UnsureKey, asset: &Listed, pass: &Pass<'_>, bounds: IdBounds) -> Fit {
     let ev = pass.evidence;
-    let named = match ev.naming {
-        Some(Naming::FullKey) => asset.file_name == key.key,
-        Some(Naming::LastSegment) => asset.file_name == last_segment(&key.key),
-        Some(Naming::Other) => false,
-        None => asset.file_name == key.key || asset.file_name == last_segment(&key.key),
-    };
-    if !named || pass.owned.contains(&asset.asset_id) {
+    if pass.owned.contains(&asset.asset_id) {
         return Fit::No;
     }
     if let (Some(a), Some(b)) = (key.size, asset.size)
@@ -317,13 +361,10 @@ pub fn judge(keys: &[UnsureKey], pass: &Pass<'_>) -> Vec<(i64, Verdict)> {
             } else {
                 IdBounds::default()
             };
-            let mut names = vec![key.key.as_str()];
-            if last_segment(&key.key) != key.key {
-                names.push(last_segment(&key.key));
-            }
+            let names = names_for(&key.key, pass.evidence.naming);
             let mut found: Vec<(i64, Fit)> = names
                 .iter()
-                .flat_map(|n| by_name.get(n).into_iter().flatten())
+                .flat_map(|n| by_name.get(n.as_str()).into_iter().flatten())
                 .map(|a| (a.asset_id, fit(key, a, pass, bounds)))
                 .filter(|(_, f)| *f != Fit::No)
                 .collect();
@@ -598,6 +639,30 @@ mod tests {
             Some(500),
         );
         assert_eq!(got, [Verdict::Ambiguous(vec![7])]);
+    }
+
+    #[test]
+    fn a_name_mi_stored_normalised_is_still_the_keys() {
+        // "café" with a combining accent (NFD), and a key with a leading slash.
+        let nfd = "day1/cafe\u{301}.mp4";
+        let keys = [
+            key(1, nfd, None, 100, 101),
+            key(2, "/top/x.mp4", None, 100, 101),
+        ];
+        let listed = [
+            asset(7, "day1/caf\u{e9}.mp4", None, Some(100)),
+            asset(8, "top/x.mp4", None, Some(100)),
+        ];
+        let ev = evidence(Naming::FullKey, true);
+        assert_eq!(
+            judge_with(&keys, &listed, &ev, &[], Some(500)),
+            [Verdict::Registered(7), Verdict::Registered(8)],
+            "never proven absent under a spelling MI changed"
+        );
+        assert!(wanted_names(&keys).contains("caf\u{e9}.mp4"));
+        let ws = [witness(7, nfd, 0, 1)];
+        let seen: HashMap<i64, Listed> = [(7, listed[0].clone())].into();
+        assert_eq!(learn_naming(&ws, &seen), Some(Naming::FullKey));
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub fn write_report(
          FROM keys k
          JOIN buckets b ON b.id = k.bucket
          JOIN scopes s ON s.id = k.scope
-         LEFT JOIN analyses a ON a.key_id = k.id
+         LEFT JOIN analyses a ON a.key_id = k.id AND a.asset_id = k.asset_id
          WHERE ?1 = '[]' OR k.state IN (SELECT value FROM json_each(?1))
          ORDER BY k.id",
     )?;
@@ -306,7 +306,7 @@ mod tests {
 
     fn ledger_with_keys() -> Ledger {
         let l = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(l.conn(), "ws", "7").unwrap();
+        let scope = Scope::open(l.conn(), "http://mi.test", "ws", "7").unwrap();
         let key = |k: &str, skip: Option<&str>| NewKey {
             size: Some(5),
             skip_reason: skip.map(Into::into),
@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn status_counts_every_state_of_every_scope() {
         let l = ledger_with_keys();
-        let other = Scope::open(l.conn(), "ws", "8").unwrap();
+        let other = Scope::open(l.conn(), "http://mi.test", "ws", "8").unwrap();
         insert_keys(
             l.conn(),
             &other,

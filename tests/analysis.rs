@@ -24,7 +24,10 @@ fn plan() -> AnalysisPlan {
             audio_effects: false,
             tag_ids: Vec::new(),
         },
-        again_failed: false,
+        pick: mi_import::ledger::analyses::Pick {
+            again_failed: false,
+            asked_only: true,
+        },
     }
 }
 
@@ -45,7 +48,7 @@ fn analysis_columns(ws: &Workspace) -> Vec<AnalysisRow> {
         .conn()
         .prepare(
             "SELECT k.key, a.status, a.index_id, a.message FROM keys k
-             LEFT JOIN analyses a ON a.key_id = k.id ORDER BY k.id",
+             LEFT JOIN analyses a ON a.key_id = k.id AND a.asset_id = k.asset_id ORDER BY k.id",
         )
         .unwrap();
     stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))

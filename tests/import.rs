@@ -254,8 +254,13 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
     // A run that died: all ten claimed (in_flight), and MI got the first four.
     {
         let ledger = ws.ledger();
-        let scope =
-            mi_import::ledger::Scope::open(ledger.conn(), "demo-workspace", "1001").unwrap();
+        let scope = mi_import::ledger::Scope::open(
+            ledger.conn(),
+            &emu.endpoint(),
+            "demo-workspace",
+            "1001",
+        )
+        .unwrap();
         let rows: Vec<_> = keys
             .iter()
             .map(|k| mi_import::source::judged(BUCKET.into(), k.clone(), None))

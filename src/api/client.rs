@@ -87,7 +87,7 @@ impl AssetSummary {
     fn from_entry(entry: &Value) -> Option<Self> {
         let text = |p: &str| entry.pointer(p).and_then(Value::as_str);
         Some(Self {
-            asset_id: entry.get("assetId").and_then(as_i64)?,
+            asset_id: asset_id_of(entry.get("assetId"))?,
             file_name: text("/fileName").unwrap_or_default().to_owned(),
             size: entry
                 .pointer("/metaData/size")
@@ -102,12 +102,14 @@ impl AssetSummary {
     }
 }
 
-/// One page of the project's asset list.
+/// One page of the project's asset list, with the totals it claims (documented as always
+/// there, but a client must not rely on them: NCP-API.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetPage {
     pub assets: Vec<AssetSummary>,
-    pub total_count: u64,
-    pub total_pages: u32,
+    pub total_count: Option<u64>,
+    pub total_pages: Option<u32>,
+    pub page_no: Option<u32>,
 }
 
 /// A signed-request client for one MI project.
@@ -134,6 +136,9 @@ impl MiClient {
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .tcp_nodelay(true)
+            // A signed request goes to --endpoint and nowhere else: a redirect is an answer
+            // to classify, never one to follow (DESIGN.md, "Retry").
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mi-import/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let base = Url::parse(&target.endpoint)
@@ -172,12 +177,13 @@ impl MiClient {
         let (value, trace_id) = self
             .send(Method::POST, self.register_url.clone(), Some(&body))
             .await?;
-        let asset_id = value
-            .pointer("/result/assetId")
-            .and_then(as_i64)
-            .ok_or_else(|| ApiError::BadBody {
+        let asset_id =
+            asset_id_of(value.pointer("/result/assetId")).ok_or_else(|| ApiError::BadBody {
                 status: 200,
-                message: "no result.assetId in the answer".into(),
+                message: format!(
+                    "result.assetId is {}, not a positive integer",
+                    shown(value.pointer("/result/assetId"))
+                ),
                 trace_id: trace_id.clone(),
             })?;
         Ok(Registered { asset_id, trace_id })
@@ -226,16 +232,25 @@ impl MiClient {
             .map(|e| {
                 AssetSummary::from_entry(e).ok_or_else(|| ApiError::BadBody {
                     status: 200,
-                    message: "asset list: an entry without an assetId".into(),
+                    message: format!(
+                        "asset list: an entry's assetId is {}, not a positive integer",
+                        shown(e.get("assetId"))
+                    ),
                     trace_id: trace_id.clone(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let number = |name: &str| result.get(name).and_then(as_i64).unwrap_or(0).max(0) as u64;
+        let number = |name: &str| {
+            result
+                .get(name)
+                .and_then(Value::as_u64)
+                .and_then(|n| u32::try_from(n).ok())
+        };
         Ok(AssetPage {
             assets,
-            total_count: number("totalCount"),
-            total_pages: number("totalPage") as u32,
+            total_count: result.get("totalCount").and_then(Value::as_u64),
+            total_pages: number("totalPage"),
+            page_no: number("pageNo"),
         })
     }
 
@@ -343,6 +358,13 @@ impl MiClient {
         let status = response.status().as_u16();
         let trace_id = header_text(response.headers(), HEADER_TRACE_ID);
         let retry_after = retry_after(response.headers());
+        if (300..400).contains(&status) {
+            return Err(ApiError::Redirect {
+                status,
+                location: header_text(response.headers(), reqwest::header::LOCATION.as_str()),
+                trace_id,
+            });
+        }
         let bytes = response
             .bytes()
             .await
@@ -397,6 +419,20 @@ fn as_i64(v: &Value) -> Option<i64> {
         .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
 }
 
+/// An asset ID as MI documents it: a JSON number, a positive integer. Anything else (`0`,
+/// `-5`, the text `"12345"`, a fraction) cannot be one.
+fn asset_id_of(value: Option<&Value>) -> Option<i64> {
+    value.and_then(Value::as_i64).filter(|id| *id > 0)
+}
+
+/// A JSON value for a message, cut short.
+fn shown(value: Option<&Value>) -> String {
+    match value {
+        None => "missing".into(),
+        Some(v) => v.to_string().chars().take(40).collect(),
+    }
+}
+
 fn header_text(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -440,6 +476,16 @@ mod tests {
         let back: ImportRequest = serde_json::from_str(&json).unwrap();
         assert_eq!(back.key, key);
         assert!(json.contains("\"bucketName\":\"media\""));
+    }
+
+    #[test]
+    fn an_asset_id_is_a_positive_json_integer() {
+        use serde_json::json;
+        assert_eq!(asset_id_of(Some(&json!(12345))), Some(12345));
+        for bad in [json!(0), json!(-5), json!("12345"), json!(1.5), json!(null)] {
+            assert_eq!(asset_id_of(Some(&bad)), None, "{bad}");
+        }
+        assert_eq!(asset_id_of(None), None);
     }
 
     #[test]

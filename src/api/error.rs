@@ -9,7 +9,7 @@ use serde_json::Value;
 use std::fmt;
 use std::time::Duration;
 
-use crate::retry::Disposition;
+use crate::retry::{Disposition, Retryable};
 
 /// Which call the error came from: the register call is not idempotent, the others are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,14 @@ pub enum ApiError {
         /// The API Gateway's envelope (`{"error": …}`), not MI's own: the request may not
         /// have reached MI at all (a route the gateway does not know answers 404 this way).
         gateway: bool,
+    },
+    /// A redirect: MI's client follows none (a signed request goes only to the endpoint), so
+    /// where the request ended up, and whether it did anything, is unknown.
+    #[error("MI answered HTTP {status}, a redirect to {}; redirects are not followed", location.as_deref().unwrap_or("nowhere named"))]
+    Redirect {
+        status: u16,
+        location: Option<String>,
+        trace_id: Option<String>,
     },
     /// A success status with a body we could not read.
     #[error("unreadable answer from MI (HTTP {status}): {message}")]
@@ -96,7 +104,9 @@ impl ApiError {
         };
         match self {
             ApiError::Connect { .. } => Disposition::Retry { after: None },
-            ApiError::NoAnswer { .. } | ApiError::BadBody { .. } => unknown,
+            ApiError::NoAnswer { .. } | ApiError::BadBody { .. } | ApiError::Redirect { .. } => {
+                unknown
+            }
             ApiError::Http {
                 status,
                 retry_after,
@@ -134,7 +144,9 @@ impl ApiError {
 
     pub fn status(&self) -> Option<u16> {
         match self {
-            ApiError::Http { status, .. } | ApiError::BadBody { status, .. } => Some(*status),
+            ApiError::Http { status, .. }
+            | ApiError::BadBody { status, .. }
+            | ApiError::Redirect { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -153,9 +165,9 @@ impl ApiError {
 
     pub fn trace_id(&self) -> Option<&str> {
         match self {
-            ApiError::Http { trace_id, .. } | ApiError::BadBody { trace_id, .. } => {
-                trace_id.as_deref()
-            }
+            ApiError::Http { trace_id, .. }
+            | ApiError::BadBody { trace_id, .. }
+            | ApiError::Redirect { trace_id, .. } => trace_id.as_deref(),
             _ => None,
         }
     }
@@ -178,6 +190,21 @@ impl ApiError {
             403 => Some("the key pair lacks permission for Media Intelligence in this account"),
             404 => Some("check --workspace and --project (and --endpoint)"),
             _ => None,
+        }
+    }
+}
+
+/// One answer to an MI call, judged as that call: what `retry::with_retries` needs.
+pub struct Answer<T> {
+    pub call: Call,
+    pub result: Result<T, ApiError>,
+}
+
+impl<T> Retryable for Answer<T> {
+    fn disposition(&self) -> Disposition {
+        match &self.result {
+            Ok(_) => Disposition::Success,
+            Err(e) => e.disposition_for(self.call),
         }
     }
 }

@@ -5,5 +5,5 @@ pub mod error;
 pub mod signer;
 
 pub use client::{AnalysisStatus, AssetPage, AssetSummary, ImportStatus, MiClient, Registered};
-pub use error::{ApiError, Call};
+pub use error::{Answer, ApiError, Call};
 pub mod analysis;

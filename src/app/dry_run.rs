@@ -31,7 +31,12 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let _lock = crate::lock::acquire(&job.db, "run --dry-run")?;
     let mut ledger = Ledger::open(&job.db)?;
     let tx = ledger.conn_mut().transaction()?;
-    let scope = Scope::open(&tx, &job.target.workspace, &job.target.project)?;
+    let scope = Scope::open(
+        &tx,
+        &job.target.endpoint,
+        &job.target.workspace,
+        &job.target.project,
+    )?;
     let mut read = Ingested::default();
     let now = std::time::SystemTime::now();
     if let Some(path) = ingest::path_key(&job.manifest) {
@@ -60,11 +65,15 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let reasons = ledger::skip_reasons(&tx, &scope)?;
     let checks_per_key = checks_per_key(&tx, &scope)?;
     let to_analyze = match &job.options.analyze {
-        Some(plan) => Some(ledger::analyses::count_to_analyze(
-            &tx,
-            &scope,
-            plan.again_failed,
-        )?),
+        Some(plan) => {
+            let asked = ledger::analyses::count_to_analyze(&tx, &scope, plan.pick)?;
+            let every = ledger::analyses::Pick {
+                asked_only: false,
+                ..plan.pick
+            };
+            let all = ledger::analyses::count_to_analyze(&tx, &scope, every)?;
+            Some((asked, all - asked))
+        }
         None => None,
     };
     tx.rollback()?;
@@ -103,10 +112,21 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     for (reason, n) in reasons {
         text.push_str(&format!("  {n:>8}  {reason}\n"));
     }
-    if let Some(completed) = to_analyze {
+    if let Some((asked, unasked)) = to_analyze {
+        let awaiting = get(State::Registered);
         text.push_str(&format!(
-            "would request analysis of {completed} keys completed already, and of each of the {to_send} to send once its import completes\n"
+            "would request at most {} analyses, each billed: {asked} of keys completed already that a run with --analyze sent, \
+             and one for each of the {awaiting} registered and {to_send} to send whose import completes in the run\n",
+            asked + awaiting + to_send
         ));
+        if unasked > 0 {
+            text.push_str(&format!(
+                "{unasked} completed {} imported without --analyze {} not analysed by a run: `mi-import analyze` requests {}\n",
+                crate::runner::plural(unasked, "key", "keys"),
+                crate::runner::plural(unasked, "is", "are"),
+                crate::runner::plural(unasked, "it", "them"),
+            ));
+        }
     }
     let confirming = job.options.confirm.is_some();
     let checks = if confirming {
@@ -138,7 +158,12 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
 /// analyses are still being followed. Reads the ledger only.
 pub fn analyze_dry_run(job: &ImportJob, plan: &crate::runner::AnalysisPlan) -> Result<String> {
     let ledger = Ledger::open_existing(&job.db)?;
-    let scope = Scope::find(ledger.conn(), &job.target.workspace, &job.target.project)?
+    let scope = Scope::find(
+        ledger.conn(),
+        &job.target.endpoint,
+        &job.target.workspace,
+        &job.target.project,
+    )?
         .ok_or_else(|| {
             crate::exit::input(anyhow::anyhow!(
                 "the ledger holds nothing for workspace `{}`, project `{}`\nhint: `mi-import status` lists what it holds",
@@ -146,14 +171,14 @@ pub fn analyze_dry_run(job: &ImportJob, plan: &crate::runner::AnalysisPlan) -> R
                 job.target.project
             ))
         })?;
-    let to_send = ledger::analyses::count_to_analyze(ledger.conn(), &scope, plan.again_failed)?;
+    let to_send = ledger::analyses::count_to_analyze(ledger.conn(), &scope, plan.pick)?;
     let counts = ledger::analyses::analysis_counts(ledger.conn(), Some(&scope))?;
     let following: u64 = ["REQUESTING", "UNSURE", "WAIT_ANALYZE", "ANALYZING"]
         .iter()
         .map(|s| counts.get(*s).copied().unwrap_or(0))
         .sum();
     Ok(format!(
-        "dry run: nothing was sent\nwould request analysis of {to_send} completed keys, and follow {following} analyses already requested\n"
+        "dry run: nothing was sent\nwould request analysis of {to_send} completed keys (each billed), and follow {following} analyses already requested\n"
     ))
 }
 

@@ -295,7 +295,7 @@ mod tests {
         std::fs::rename(&next, &path).unwrap();
 
         let ledger = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(ledger.conn(), "w", "1").unwrap();
+        let scope = Scope::open(ledger.conn(), "http://mi.test", "w", "1").unwrap();
         let (writer, _thread) = LedgerWriter::spawn(ledger, None);
         let (counts, read) = ingest(opened, &job, &writer, &scope).await.unwrap();
         assert_eq!(counts.new, 2);
@@ -322,7 +322,7 @@ mod tests {
         std::fs::write(&path, "bucket,key\nmedia,a.mp4\n").unwrap();
         let job = job(&path);
         let ledger = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(ledger.conn(), "w", "1").unwrap();
+        let scope = Scope::open(ledger.conn(), "http://mi.test", "w", "1").unwrap();
         let (writer, _thread) = LedgerWriter::spawn(ledger, None);
         let (_, read) = ingest(open(&job, None).unwrap(), &job, &writer, &scope)
             .await

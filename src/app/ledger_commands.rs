@@ -1,14 +1,13 @@
 //! Commands that read or change the ledger without calling MI: `status`, `report`,
-//! `backup`, `forget` (a scope removed on purpose) and `resolve` (an uncertain key settled by
-//! hand). Those that change it take the ledger's lock, like a run.
+//! `backup` and `forget` (a scope removed on purpose). Those that change it take the
+//! ledger's lock, like a run. (`resolve`, which may ask MI, is in [`super::resolve`].)
 
 use anyhow::{Context, Result};
 use rusqlite::params;
 use std::path::Path;
 
-use crate::cli::{ReportArgs, ResolveArgs};
+use crate::cli::ReportArgs;
 use crate::exit::input;
-use crate::ledger::unsure::{self, Decision};
 use crate::ledger::{self, Ledger, Scope};
 
 /// `status`: counts per state for each scope, and the last run.
@@ -51,20 +50,16 @@ pub fn backup(db: &Path, to: &Path) -> Result<()> {
 
 /// `forget`: removes every key of one (workspace, project) from the ledger. Without `yes`,
 /// only says what it would remove.
-pub fn forget(db: &Path, workspace: &str, project: &str, yes: bool) -> Result<String> {
+pub fn forget(
+    db: &Path,
+    endpoint: Option<&str>,
+    workspace: &str,
+    project: &str,
+    yes: bool,
+) -> Result<String> {
     let _lock = crate::lock::acquire(db, "forget")?;
     let ledger = Ledger::open_existing(db)?;
-    let Some(scope) = Scope::find(
-        ledger.conn(),
-        workspace,
-        &crate::config::project_id(project),
-    )?
-    else {
-        return Err(input(anyhow::anyhow!(
-            "the ledger {} holds nothing for workspace `{workspace}`, project `{project}`\nhint: `mi-import status` lists the workspaces and projects it holds",
-            db.display()
-        )));
-    };
+    let scope = named_scope(ledger.conn(), db, endpoint, workspace, project)?;
     let counts = ledger::counts(ledger.conn(), Some(&scope))?;
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     if !yes {
@@ -83,58 +78,47 @@ pub fn forget(db: &Path, workspace: &str, project: &str, yes: bool) -> Result<St
     ))
 }
 
-/// `resolve`: gives an uncertain key an asset, or declares it not registered so the next run
-/// sends it. Every decision is recorded with its time in the ledger's `events`.
-pub fn resolve(db: &Path, args: &ResolveArgs) -> Result<String> {
-    let _lock = crate::lock::acquire(db, "resolve")?;
-    let ledger = Ledger::open_existing(db)?;
-    let conn = ledger.conn();
-    let project = crate::config::project_id(&args.project);
-    let scope = Scope::find(conn, &args.workspace, &project)?.ok_or_else(|| {
-        input(anyhow::anyhow!(
-            "the ledger holds nothing for workspace `{}`, project `{project}`\nhint: `mi-import status` lists what it holds",
-            args.workspace
-        ))
-    })?;
-    let bucket = match &args.bucket {
-        Some(b) => b.clone(),
-        None => only_bucket_of(conn, &scope, &args.key)?,
-    };
-    let decision = match (args.asset_id, args.not_registered) {
-        (Some(asset), false) => Decision::Asset(asset),
-        (None, true) => Decision::NotRegistered,
-        _ => {
-            return Err(input(anyhow::anyhow!(
-                "say what MI holds for the key\nhint: --asset-id ID (its asset), or --not-registered (MI has none; the next run sends it)"
-            )));
-        }
-    };
-    let said = match &decision {
-        Decision::Asset(a) => format!("registered as asset {a}"),
-        Decision::NotRegistered => "not registered: the next run sends it".into(),
-    };
-    let tx = conn.unchecked_transaction()?;
-    let run = ledger::start_run(&tx, "resolve", Some(&scope), std::time::Duration::ZERO)?;
-    let decided = unsure::decide(&tx, &scope, &bucket, &args.key, &decision, run)?;
-    let id = decided.map_err(|refused| {
-        input(anyhow::anyhow!(
-            "{refused}\nhint: `mi-import report --state uncertain` lists the keys waiting for this, with their candidate assets"
-        ))
-    })?;
-    ledger::finish_run(&tx, run, 0, &serde_json::json!({"key_id": id}).to_string())?;
-    if args.dry_run {
-        tx.rollback()?;
-        return Ok(format!(
-            "dry run: `{}` in `{bucket}` would be {said}; nothing was changed\n",
-            args.key
-        ));
+/// The scope a command names by workspace and project (and endpoint, needed only when the
+/// ledger holds that project at several), or an input error saying what the ledger holds.
+pub(super) fn named_scope(
+    conn: &rusqlite::Connection,
+    db: &Path,
+    endpoint: Option<&str>,
+    workspace: &str,
+    project: &str,
+) -> Result<Scope> {
+    let project = crate::config::project_id(project);
+    let mut found = Scope::named(conn, workspace, &project)?;
+    if let Some(endpoint) = endpoint {
+        let endpoint = crate::config::endpoint_name(endpoint);
+        found.retain(|s| s.endpoint == endpoint || s.endpoint.is_empty());
     }
-    tx.commit()?;
-    Ok(format!("`{}` in `{bucket}` is now {said}\n", args.key))
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(input(anyhow::anyhow!(
+            "the ledger {} holds nothing for workspace `{workspace}`, project `{project}`{}\nhint: `mi-import status` lists the workspaces and projects it holds",
+            db.display(),
+            endpoint.map(|e| format!(" at {e}")).unwrap_or_default()
+        ))),
+        _ => Err(input(anyhow::anyhow!(
+            "the ledger {} holds workspace `{workspace}`, project `{project}` at {} endpoints ({})\nhint: pass --endpoint to say which",
+            db.display(),
+            found.len(),
+            found
+                .iter()
+                .map(|s| s.endpoint.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// The one bucket of the scope holding `key`, or an input error asking for `--bucket`.
-fn only_bucket_of(conn: &rusqlite::Connection, scope: &Scope, key: &str) -> Result<String> {
+pub(super) fn only_bucket_of(
+    conn: &rusqlite::Connection,
+    scope: &Scope,
+    key: &str,
+) -> Result<String> {
     let mut stmt = conn.prepare(
         "SELECT buckets.name FROM keys JOIN buckets ON buckets.id = keys.bucket
          WHERE keys.scope = ?1 AND keys.key = ?2",

@@ -23,12 +23,14 @@ use crate::source::manifest::ManifestFormat;
 mod dry_run;
 mod ingest;
 mod ledger_commands;
+mod resolve;
 mod session;
 mod settings;
 mod summary;
 
 pub use dry_run::{analyze_dry_run, dry_run};
-pub use ledger_commands::{backup, forget, report, resolve, status};
+pub use ledger_commands::{backup, forget, report, status};
+pub use resolve::resolve;
 pub use settings::{analysis_plan, emulator_config};
 
 use session::Session;

@@ -33,7 +33,12 @@ impl Session {
         let lock = crate::lock::acquire(&job.db, command)?;
         let ledger = Ledger::open(&job.db)?;
         let conn = ledger.conn();
-        let scope = Scope::open(conn, &job.target.workspace, &job.target.project)?;
+        let scope = Scope::open(
+            conn,
+            &job.target.endpoint,
+            &job.target.workspace,
+            &job.target.project,
+        )?;
         let run_id = ledger::start_run(conn, command, Some(&scope), job.limits.timeout)?;
         let rows_before: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM keys", [], |r| r.get(0))?;
@@ -61,7 +66,7 @@ impl Session {
             max_attempts: job.limits.max_attempts,
             settle: job.settle,
         };
-        Ok(Runner::new(
+        let mut runner = Runner::new(
             client,
             self.writer.clone(),
             limiter,
@@ -69,7 +74,9 @@ impl Session {
             self.run_id,
             pace,
             shutdown,
-        ))
+        );
+        runner.asks_analysis = job.options.analyze.is_some();
+        Ok(runner)
     }
 
     /// Removes what this command added to the ledger: a run refused before anything was
@@ -96,13 +103,27 @@ impl Session {
         job: &ImportJob,
     ) -> Result<ImportResult> {
         let (s, run) = (self.scope.clone(), self.run_id);
-        let (counts, trouble, analyses_failed) = self
+        let pick = job.options.analyze.as_ref().map(|plan| plan.pick);
+        let (counts, trouble, analyses_failed, unasked) = self
             .writer
             .write(move |t| {
+                // Completed keys a run with --analyze leaves for `mi-import analyze`.
+                let unasked = match pick {
+                    Some(pick) => {
+                        let every = ledger::analyses::Pick {
+                            asked_only: false,
+                            ..pick
+                        };
+                        ledger::analyses::count_to_analyze(t, &s, every)?
+                            - ledger::analyses::count_to_analyze(t, &s, pick)?
+                    }
+                    None => 0,
+                };
                 Ok((
                     ledger::counts(t, Some(&s))?,
                     ledger::trouble_of_run(t, &s, run)?,
                     ledger::analyses::failed_in_run(t, &s, run)?,
+                    unasked,
                 ))
             })
             .await?;
@@ -118,7 +139,15 @@ impl Session {
             self.started.elapsed(),
             &job.db,
         );
-        let next_steps = summary::next_steps(&counts, &ending, &runner.stats);
+        let mut next_steps = summary::next_steps(&counts, &ending, &runner.stats);
+        if unasked > 0 {
+            next_steps.push_str(&format!(
+                "{} imported without --analyze {} not analysed by a run (each analysis is billed): `mi-import analyze` requests {}\n",
+                summary::count(unasked, "completed key", "completed keys"),
+                crate::runner::plural(unasked, "is", "are"),
+                crate::runner::plural(unasked, "it", "them"),
+            ));
+        }
         let record = json!({
             "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
             "this_run": trouble.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),

@@ -9,6 +9,7 @@ use crate::cli::{AnalysisArgs, EmulatorArgs};
 use crate::config::Credentials;
 use crate::emulator::EmulatorConfig;
 use crate::exit::input;
+use crate::ledger::analyses::Pick;
 use crate::runner::AnalysisPlan;
 
 /// The analysis a command asks for, validated before anything is sent; `None` without
@@ -33,7 +34,12 @@ pub fn analysis_plan(args: &AnalysisArgs, always: bool) -> Result<Option<Analysi
     let request = analysis_request(args).map_err(input)?;
     Ok(Some(AnalysisPlan {
         request,
-        again_failed: args.reanalyze_failed,
+        pick: Pick {
+            again_failed: args.reanalyze_failed,
+            // A run analyses what it completes and what runs with --analyze sent; the
+            // `analyze` command, every completed key.
+            asked_only: !always,
+        },
     }))
 }
 
@@ -109,6 +115,10 @@ pub fn emulator_config(args: &EmulatorArgs, credentials: Credentials) -> Result<
         list_size: !args.list_without_size,
         list_upload_status: args.list_upload_status,
         random_ids: args.random_ids,
+        list_newest_first: args.list_newest_first,
+        list_without_total_page: args.list_without_total_page,
+        list_churn: args.list_churn,
+        normalize_names: args.normalize_names,
         sizes,
         preload,
         analysis_polls: args.analysis_polls,

@@ -35,6 +35,25 @@ pub enum FileNameMode {
     LastSegment,
 }
 
+/// A redirect the emulator answers instead of doing the work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectFault {
+    pub status: u16,
+    pub location: String,
+    /// Share of calls redirected, in percent.
+    pub percent: u32,
+    pub register_only: bool,
+}
+
+/// Keys containing `containing` are throttled once (429 with `retry_after`); their next
+/// register call makes the asset `made_after` it arrives, and its answer is lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThrottledKey {
+    pub containing: String,
+    pub retry_after: Duration,
+    pub made_after: Duration,
+}
+
 /// How the emulator behaves. Rates are probabilities per request, from 0.0 to 1.0.
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
@@ -72,6 +91,28 @@ pub struct EmulatorConfig {
     pub list_upload_status: bool,
     /// New assets get random IDs instead of growing ones.
     pub random_ids: bool,
+    /// The asset list serves the newest assets first instead of in ID order (its order is not
+    /// documented).
+    pub list_newest_first: bool,
+    /// The asset list's answers leave out `totalPage` (documented as always there).
+    pub list_without_total_page: bool,
+    /// For this many walks over the asset list, an older asset is deleted and a new one added
+    /// (as someone in the console would) right after the walk's first page is served: the
+    /// total holds, and every later entry slides one place.
+    pub list_churn: u32,
+    /// The list's `fileName` is stored normalised: Unicode NFC, without a leading `/`.
+    pub normalize_names: bool,
+    /// Answers this share of calls (of the register call only, if `register_only`) with a
+    /// redirect instead of doing anything.
+    pub redirect: Option<RedirectFault>,
+    /// A key that waits in a backoff, then leaves, and whose answer is lost.
+    pub throttle_then_lose: Option<ThrottledKey>,
+    /// For keys containing the text, the register call's answer carries this as `assetId`
+    /// (the asset is made all the same), as a broken gateway or a changed API might: `0`,
+    /// `-5`, `"12345"`.
+    pub answer_asset_id: Option<(String, serde_json::Value)>,
+    /// Register calls for keys containing this text lose their answer after the asset is made.
+    pub lose_containing: Option<String>,
     /// Objects' sizes by (bucket, key).
     pub sizes: std::collections::HashMap<(String, String), u64>,
     /// Assets in the project before anything is registered (console uploads, another ledger).
@@ -116,6 +157,14 @@ impl EmulatorConfig {
             list_size: true,
             list_upload_status: false,
             random_ids: false,
+            list_newest_first: false,
+            list_without_total_page: false,
+            list_churn: 0,
+            normalize_names: false,
+            redirect: None,
+            answer_asset_id: None,
+            throttle_then_lose: None,
+            lose_containing: None,
             sizes: Default::default(),
             preload: Vec::new(),
             analysis_polls: 2,
@@ -225,6 +274,19 @@ impl Emulator {
     /// When each signed request arrived, and which call it was.
     pub fn request_log(&self) -> Vec<(tokio::time::Instant, CallKind)> {
         self.shared.request_log()
+    }
+
+    /// Adds an asset as a console upload would (not a registration through the API).
+    pub fn add_foreign_asset(&self, bucket: &str, key: &str) -> i64 {
+        self.shared.add_foreign(bucket, key)
+    }
+
+    /// From now on, analysis requests lose their connection before MI accepts them (or no
+    /// longer do).
+    pub fn drop_analysis_requests(&self, on: bool) {
+        self.shared
+            .analysis_drops
+            .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Deletes an asset, as the console's delete does.

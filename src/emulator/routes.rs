@@ -100,10 +100,20 @@ async fn gateway(State(shared): State<Shared_>, request: Request, next: Next) ->
             "Authentication Failed: the key pair was revoked",
         );
     }
-    shared.log(CallKind::of(
-        request.method().as_str(),
-        request.uri().path(),
-    ));
+    let kind = CallKind::of(request.method().as_str(), request.uri().path());
+    shared.log(kind);
+    if let Some(redirect) = shared.redirect_for(kind) {
+        shared.count(|c| c.redirected += 1);
+        let status = StatusCode::from_u16(redirect.status).unwrap_or(StatusCode::FOUND);
+        return (
+            status,
+            [
+                (axum::http::header::LOCATION, redirect.location),
+                (HEADER_TRACE_ID.parse().expect("a header name"), trace_id()),
+            ],
+        )
+            .into_response();
+    }
     let fault = shared.admit();
     tokio::time::sleep(shared.latency()).await;
     match fault {
@@ -242,12 +252,51 @@ async fn register(
     {
         return mi_error(StatusCode::BAD_REQUEST, "10001", "invalid request");
     }
-    let faults = shared.register_faults();
+    let mut faults = shared.register_faults();
+    let mut made_after = Duration::ZERO;
+    match shared.throttle_then_lose(&key) {
+        Err(after) => {
+            shared.count(|c| c.throttled += 1);
+            let mut answer = gateway_error(StatusCode::TOO_MANY_REQUESTS, "420", "Rate limited");
+            answer.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                after.as_secs().to_string().parse().expect("a number"),
+            );
+            return answer;
+        }
+        Ok(Some(delay)) => {
+            made_after = delay;
+            faults.drop_after = true;
+        }
+        Ok(None) => {}
+    }
+    if shared
+        .config
+        .lose_containing
+        .as_deref()
+        .is_some_and(|text| key.contains(text))
+    {
+        faults.drop_after = true;
+    }
     if faults.drop_before {
         shared.count(|c| c.dropped_before += 1);
         hangup.now().await;
     }
-    let asset_id = shared.create(&bucket, &key);
+    // MI goes on with a request whose client has gone: the asset is made even if this
+    // handler is dropped meanwhile.
+    let asset_id = if made_after.is_zero() {
+        shared.create(&bucket, &key)
+    } else {
+        let (maker, bucket, key) = (shared.clone(), bucket.clone(), key.clone());
+        let made = tokio::spawn(async move {
+            tokio::time::sleep(made_after).await;
+            maker.create(&bucket, &key)
+        });
+        match made.await {
+            Ok(id) => id,
+            Err(_) => return mi_error(StatusCode::INTERNAL_SERVER_ERROR, "900", "unexpected"),
+        }
+    };
     tokio::time::sleep(shared.config.answer_delay).await;
     if faults.drop_after {
         shared.count(|c| c.dropped_after += 1);
@@ -258,8 +307,12 @@ async fn register(
         shared.count(|c| c.failed_after_create += 1);
         return gateway_error(StatusCode::SERVICE_UNAVAILABLE, "500", "Endpoint Error");
     }
+    let answered = match &shared.config.answer_asset_id {
+        Some((text, odd)) if key.contains(text.as_str()) => odd.clone(),
+        _ => json!(asset_id),
+    };
     success(json!({
-        "assetId": asset_id,
+        "assetId": answered,
         "createUserName": "emulator",
         "createdTime": "2025-04-23T16:49:23.885456721",
         "updateUserName": "emulator",
@@ -357,7 +410,11 @@ async fn analyze(
             "the asset's registration is not complete",
         );
     }
-    if shared.roll(shared.config.drop_before) {
+    if shared.roll(shared.config.drop_before)
+        || shared
+            .analysis_drops
+            .load(std::sync::atomic::Ordering::SeqCst)
+    {
         shared.count(|c| c.dropped_before += 1);
         hangup.now().await;
     }
@@ -435,12 +492,16 @@ async fn list_assets(
         .iter()
         .map(|asset| list_entry(&shared, asset, &pid))
         .collect();
-    success(json!({
+    let mut result = json!({
         "content": content,
         "totalCount": total,
         "totalPage": total.div_ceil(page_size as usize),
         "pageNo": page_num,
-    }))
+    });
+    if shared.config.list_without_total_page {
+        result.as_object_mut().map(|r| r.remove("totalPage"));
+    }
+    success(result)
 }
 
 /// What the emulator has seen, as JSON: counters, assets, duplicates, and the busiest

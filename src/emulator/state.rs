@@ -49,6 +49,7 @@ pub struct Counters {
     pub failed_after_create: u64,
     pub dropped_before: u64,
     pub dropped_after: u64,
+    pub redirected: u64,
 }
 
 /// Which call a logged request was.
@@ -103,10 +104,16 @@ struct Inner {
     analyzed: HashMap<i64, u32>,
     counters: Counters,
     admitted: VecDeque<Instant>,
+    /// Walks over the list that have had their churn.
+    churned: u32,
+    /// Keys throttled once already by `throttle_then_lose`.
+    throttled_once: HashSet<String>,
 }
 
 pub(super) struct Shared {
     pub config: EmulatorConfig,
+    /// Set while a test wants every analysis request dropped before it is accepted.
+    pub analysis_drops: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
     dice: Mutex<StdRng>,
     /// The register call's own dice, thrown three times for every call: the n-th register call
@@ -141,6 +148,7 @@ impl Shared {
         };
         let shared = Self {
             config,
+            analysis_drops: Default::default(),
             inner: Mutex::new(inner),
             dice,
             register_dice,
@@ -278,6 +286,11 @@ impl Shared {
         asset_id
     }
 
+    /// Adds (bucket, key) as an asset made outside the API (a console upload).
+    pub fn add_foreign(&self, bucket: &str, key: &str) -> i64 {
+        self.insert(bucket, key, false)
+    }
+
     /// Registers (bucket, key) as a new asset, as the API does.
     pub fn create(&self, bucket: &str, key: &str) -> i64 {
         self.insert(bucket, key, true)
@@ -307,26 +320,121 @@ impl Shared {
     }
 
     /// One page of the assets the list shows now (those older than the list's lag), in ID
-    /// order, and how many it shows in all.
+    /// order (or newest first), and how many it shows in all. The first page of a walk may
+    /// set off the configured churn, once it is served.
     pub fn page(&self, page_num: u32, page_size: u32) -> (Vec<AssetRecord>, usize) {
-        let inner = self.inner();
-        let lag = self.config.list_lag;
-        let visible = || inner.assets.values().filter(|a| a.created.elapsed() >= lag);
-        let skip = (page_num.max(1) as usize - 1) * page_size as usize;
-        let page = visible()
-            .skip(skip)
-            .take(page_size as usize)
-            .cloned()
-            .collect();
-        (page, visible().count())
+        let (page, total) = {
+            let inner = self.inner();
+            let lag = self.config.list_lag;
+            let visible: Vec<&AssetRecord> = if self.config.list_newest_first {
+                inner
+                    .assets
+                    .values()
+                    .rev()
+                    .filter(|a| a.created.elapsed() >= lag)
+                    .collect()
+            } else {
+                inner
+                    .assets
+                    .values()
+                    .filter(|a| a.created.elapsed() >= lag)
+                    .collect()
+            };
+            let skip = (page_num.max(1) as usize - 1) * page_size as usize;
+            let page = visible
+                .iter()
+                .skip(skip)
+                .take(page_size as usize)
+                .map(|a| (*a).clone())
+                .collect();
+            (page, visible.len())
+        };
+        if page_num == 1 {
+            self.churn();
+        }
+        (page, total)
+    }
+
+    /// One deletion of an older asset (a console upload's, if any) and one addition, as
+    /// someone working in the console between two pages of a walk.
+    fn churn(&self) {
+        let number = {
+            let mut inner = self.inner();
+            if inner.churned >= self.config.list_churn {
+                return;
+            }
+            inner.churned += 1;
+            let oldest = inner
+                .assets
+                .values()
+                .find(|a| !a.registered)
+                .or_else(|| inner.assets.values().next())
+                .map(|a| a.asset_id);
+            if let Some(id) = oldest {
+                inner.assets.remove(&id);
+            }
+            inner.churned
+        };
+        let (bucket, key) = (
+            self.config.bucket.clone(),
+            format!("console/upload-{number}.mp4"),
+        );
+        let mut inner = self.inner();
+        let asset_id = self.new_id(&mut inner);
+        let (created, created_wall) = self.made_at(true);
+        inner.assets.insert(
+            asset_id,
+            AssetRecord {
+                asset_id,
+                bucket,
+                key,
+                created,
+                created_wall,
+                size: None,
+                registered: false,
+            },
+        );
     }
 
     /// The name the list gives an asset.
     pub fn file_name(&self, key: &str) -> String {
+        let key = if self.config.normalize_names {
+            use unicode_normalization::UnicodeNormalization;
+            key.nfc()
+                .collect::<String>()
+                .trim_start_matches('/')
+                .to_owned()
+        } else {
+            key.to_owned()
+        };
         match self.config.file_name {
-            FileNameMode::FullKey => key.to_owned(),
-            FileNameMode::LastSegment => key.rsplit('/').next().unwrap_or(key).to_owned(),
+            FileNameMode::FullKey => key,
+            FileNameMode::LastSegment => key.rsplit('/').next().unwrap_or(&key).to_owned(),
         }
+    }
+
+    /// For `throttle_then_lose`: the `Retry-After` to answer this key with now, or, when it
+    /// comes back, how long after arriving its asset is made (its answer is then lost).
+    pub fn throttle_then_lose(&self, key: &str) -> Result<Option<Duration>, Duration> {
+        let Some(slow) = &self.config.throttle_then_lose else {
+            return Ok(None);
+        };
+        if !key.contains(slow.containing.as_str()) {
+            return Ok(None);
+        }
+        if self.inner().throttled_once.insert(key.to_owned()) {
+            return Err(slow.retry_after);
+        }
+        Ok(Some(slow.made_after))
+    }
+
+    /// The redirect this call meets, if any.
+    pub fn redirect_for(&self, kind: CallKind) -> Option<super::RedirectFault> {
+        let fault = self.config.redirect.clone()?;
+        if fault.register_only && kind != CallKind::Register {
+            return None;
+        }
+        self.roll(f64::from(fault.percent) / 100.0).then_some(fault)
     }
 
     pub fn registrations(&self, bucket: &str, key: &str) -> u32 {

@@ -27,27 +27,51 @@ pub struct ToAnalyze {
     pub asset_id: i64,
 }
 
+/// Which completed keys a command sends for analysis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// Again for keys whose analysis failed, was cancelled or was refused.
+    pub again_failed: bool,
+    /// Only keys a run with `--analyze` sent or completed (`run --analyze`); all completed
+    /// keys otherwise (`mi-import analyze`).
+    pub asked_only: bool,
+}
+
+/// The condition, on a completed key `k`, that its current asset is to be analysed: no
+/// analysis of that asset yet (or a failed one, when asked again), and the key asked for it
+/// if only those are picked. Parameters: ?2 again_failed, ?3 the failed statuses (JSON),
+/// ?4 asked_only.
+const TO_ANALYZE: &str = "k.state = 4 AND k.asset_id IS NOT NULL AND (NOT ?4 OR k.analyze = 1)
+    AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.key_id = k.id AND a.asset_id = k.asset_id
+                    AND NOT (?2 AND a.status IN (SELECT value FROM json_each(?3))))";
+
 /// Journals up to `limit` completed keys of the scope (after row `after`) as `REQUESTING`:
-/// each key's asset once, or again if its analysis failed and `again_failed`.
+/// each key's current asset once, or again if its analysis failed and `again_failed`. A
+/// request made again keeps what MI said of the one before.
 pub fn claim_for_analysis(
     conn: &Connection,
     scope: &Scope,
     after: i64,
     limit: usize,
-    again_failed: bool,
+    pick: Pick,
     run: i64,
 ) -> rusqlite::Result<Vec<ToAnalyze>> {
     let failed = serde_json::to_string(&FAILED_STATUSES).unwrap_or_default();
-    let mut pick = conn.prepare_cached(
+    let mut select = conn.prepare_cached(&format!(
         "SELECT k.id, k.key, k.asset_id FROM keys k INDEXED BY keys_by_state
-         WHERE k.scope = ?1 AND k.state = 4 AND k.id > ?2 AND k.asset_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.key_id = k.id
-                           AND NOT (?3 AND a.status IN (SELECT value FROM json_each(?4))))
-         ORDER BY k.id LIMIT ?5",
-    )?;
-    let picked: Vec<ToAnalyze> = pick
+         WHERE k.scope = ?1 AND {TO_ANALYZE} AND k.id > ?5
+         ORDER BY k.id LIMIT ?6"
+    ))?;
+    let picked: Vec<ToAnalyze> = select
         .query_map(
-            params![scope.id, after, again_failed, failed, limit as i64],
+            params![
+                scope.id,
+                pick.again_failed,
+                failed,
+                pick.asked_only,
+                after,
+                limit as i64
+            ],
             |r| {
                 Ok(ToAnalyze {
                     key_id: r.get(0)?,
@@ -58,14 +82,28 @@ pub fn claim_for_analysis(
         )?
         .collect::<rusqlite::Result<_>>()?;
     let mut journal = conn.prepare_cached(
-        "INSERT OR REPLACE INTO analyses (key_id, asset_id, status, sent_at, run, updated_at)
-         VALUES (?1, ?2, 'REQUESTING', ?3, ?4, ?3)",
+        "INSERT INTO analyses (key_id, asset_id, status, sent_at, run, updated_at)
+         VALUES (?1, ?2, 'REQUESTING', ?3, ?4, ?3)
+         ON CONFLICT (key_id, asset_id) DO UPDATE SET
+             previous_status = status, previous_index = index_id, status = 'REQUESTING',
+             index_id = NULL, message = NULL, http_status = NULL, unsure_at = NULL,
+             next_check_at = NULL, checks = 0, sent_at = ?3, run = ?4, updated_at = ?3",
     )?;
     let now = now_ms();
     for one in &picked {
         journal.execute(params![one.key_id, one.asset_id, now, run])?;
     }
     Ok(picked)
+}
+
+/// Records that a run asked to analyse sent these keys: once completed, a later run with
+/// `--analyze` analyses them too.
+pub fn note_asked(conn: &Connection, keys: impl Iterator<Item = i64>) -> rusqlite::Result<()> {
+    let mut mark = conn.prepare_cached("UPDATE keys SET analyze = 1 WHERE id = ?1")?;
+    for id in keys {
+        mark.execute(params![id])?;
+    }
+    Ok(())
 }
 
 /// What became of one analysis request.
@@ -124,8 +162,17 @@ pub fn record_requests(
              run = ?10, updated_at = ?11
          WHERE key_id = ?1 AND asset_id = ?2 AND status = 'REQUESTING'",
     )?;
-    let mut forget =
-        conn.prepare_cached("DELETE FROM analyses WHERE key_id = ?1 AND status = 'REQUESTING'")?;
+    // A request that never left: a first one leaves no trace, one made again leaves what MI
+    // said of the one before.
+    let mut forget = conn.prepare_cached(
+        "DELETE FROM analyses
+         WHERE key_id = ?1 AND asset_id = ?2 AND status = 'REQUESTING' AND previous_status IS NULL",
+    )?;
+    let mut restore = conn.prepare_cached(
+        "UPDATE analyses SET status = previous_status, index_id = previous_index,
+             previous_status = NULL, previous_index = NULL, updated_at = ?3
+         WHERE key_id = ?1 AND asset_id = ?2 AND status = 'REQUESTING'",
+    )?;
     let (soon, later) = (
         now + first_check.as_millis() as i64,
         now + settle.as_millis() as i64,
@@ -158,7 +205,8 @@ pub fn record_requests(
                 ..Row::status(REQUEST_FAILED)
             },
             Requested::NotSent => {
-                changed += forget.execute(params![one.key_id])?;
+                changed += forget.execute(params![one.key_id, one.asset_id])?;
+                changed += restore.execute(params![one.key_id, one.asset_id, now])?;
                 continue;
             }
         };
@@ -203,11 +251,14 @@ pub struct DueAnalysis {
     /// What the ledger holds now: `UNSURE`, or MI's last word.
     pub status: String,
     pub checks: u32,
+    /// For a request made again: what MI said of the one before (status, index ID).
+    pub previous: Option<(String, Option<String>)>,
 }
 
 /// Up to `limit` analyses of the scope due for a status look, other than those in `busy`
 /// (looks out at the moment; nothing is leased on disk, so a killed run's looks are due at
-/// once for the next).
+/// once for the next). Only analyses of a key's current asset are followed: one of an asset
+/// the key gave up (its object registered again) is history.
 pub fn claim_due_analyses(
     conn: &Connection,
     scope: &Scope,
@@ -215,8 +266,9 @@ pub fn claim_due_analyses(
     busy: &[i64],
 ) -> rusqlite::Result<Vec<DueAnalysis>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT a.key_id, a.asset_id, a.status, a.checks, k.key
-         FROM analyses a JOIN keys k ON k.id = a.key_id
+        "SELECT a.key_id, a.asset_id, a.status, a.checks, k.key, a.previous_status,
+                a.previous_index
+         FROM analyses a JOIN keys k ON k.id = a.key_id AND k.asset_id = a.asset_id
          WHERE a.next_check_at IS NOT NULL AND a.next_check_at <= ?2 AND k.scope = ?1
            AND a.key_id NOT IN (SELECT value FROM json_each(?3))
          ORDER BY a.next_check_at LIMIT ?4",
@@ -229,6 +281,10 @@ pub fn claim_due_analyses(
             status: r.get(2)?,
             checks: r.get(3)?,
             key: r.get(4)?,
+            previous: r
+                .get::<_, Option<String>>(5)?
+                .map(|status| Ok::<_, rusqlite::Error>((status, r.get(6)?)))
+                .transpose()?,
         })
     })?;
     rows.collect()
@@ -259,6 +315,8 @@ pub fn record_analysis_checks(
     let mut update = conn.prepare_cached(
         "UPDATE analyses SET status = ?3, index_id = COALESCE(?4, index_id),
              message = COALESCE(?5, message), next_check_at = ?6, checks = checks + 1,
+             previous_status = CASE WHEN ?6 IS NULL THEN NULL ELSE previous_status END,
+             previous_index = CASE WHEN ?6 IS NULL THEN NULL ELSE previous_index END,
              updated_at = ?7, run = CASE WHEN status = ?3 THEN run ELSE ?8 END
          WHERE key_id = ?1 AND asset_id = ?2",
     )?;
@@ -286,19 +344,21 @@ pub fn record_analysis_checks(
 /// When the soonest analysis of the scope is due for a look (Unix ms), if any is open.
 pub fn soonest_analysis_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<i64>> {
     conn.prepare_cached(
-        "SELECT MIN(a.next_check_at) FROM analyses a JOIN keys k ON k.id = a.key_id
+        "SELECT MIN(a.next_check_at) FROM analyses a
+         JOIN keys k ON k.id = a.key_id AND k.asset_id = a.asset_id
          WHERE a.next_check_at IS NOT NULL AND k.scope = ?1",
     )?
     .query_row(params![scope.id], |r| r.get(0))
 }
 
-/// Analyses of the scope per status.
+/// Analyses of the scope's keys' current assets, per status.
 pub fn analysis_counts(
     conn: &Connection,
     scope: Option<&Scope>,
 ) -> rusqlite::Result<BTreeMap<String, u64>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT a.status, COUNT(*) FROM analyses a JOIN keys k ON k.id = a.key_id
+        "SELECT a.status, COUNT(*) FROM analyses a
+         JOIN keys k ON k.id = a.key_id AND k.asset_id = a.asset_id
          WHERE ?1 IS NULL OR k.scope = ?1 GROUP BY a.status",
     )?;
     let rows = stmt.query_map(params![scope.map(|s| s.id)], |r| {
@@ -311,7 +371,7 @@ pub fn analysis_counts(
 pub fn failed_in_run(conn: &Connection, scope: &Scope, run: i64) -> rusqlite::Result<u64> {
     let failed = serde_json::to_string(&FAILED_STATUSES).unwrap_or_default();
     conn.prepare_cached(
-        "SELECT COUNT(*) FROM analyses a JOIN keys k ON k.id = a.key_id
+        "SELECT COUNT(*) FROM analyses a JOIN keys k ON k.id = a.key_id AND k.asset_id = a.asset_id
          WHERE k.scope = ?1 AND a.run = ?2 AND a.status IN (SELECT value FROM json_each(?3))",
     )?
     .query_row(params![scope.id, run, failed], |r| {
@@ -319,28 +379,31 @@ pub fn failed_in_run(conn: &Connection, scope: &Scope, run: i64) -> rusqlite::Re
     })
 }
 
-/// Completed keys of the scope a run with `--analyze` would send for analysis now.
-pub fn count_to_analyze(
-    conn: &Connection,
-    scope: &Scope,
-    again_failed: bool,
-) -> rusqlite::Result<u64> {
+/// Completed keys of the scope that `pick` would send for analysis now.
+pub fn count_to_analyze(conn: &Connection, scope: &Scope, pick: Pick) -> rusqlite::Result<u64> {
     let failed = serde_json::to_string(&FAILED_STATUSES).unwrap_or_default();
-    conn.prepare_cached(
-        "SELECT COUNT(*) FROM keys k INDEXED BY keys_by_state
-         WHERE k.scope = ?1 AND k.state = 4 AND k.asset_id IS NOT NULL
-           AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.key_id = k.id
-                           AND NOT (?2 AND a.status IN (SELECT value FROM json_each(?3))))",
-    )?
-    .query_row(params![scope.id, again_failed, failed], |r| {
-        r.get::<_, i64>(0).map(|n| n as u64)
-    })
+    conn.prepare_cached(&format!(
+        "SELECT COUNT(*) FROM keys k INDEXED BY keys_by_state WHERE k.scope = ?1 AND {TO_ANALYZE}"
+    ))?
+    .query_row(
+        params![scope.id, pick.again_failed, failed, pick.asked_only],
+        |r| r.get::<_, i64>(0).map(|n| n as u64),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ledger::Ledger;
+
+    const ALL: Pick = Pick {
+        again_failed: false,
+        asked_only: false,
+    };
+    const AGAIN: Pick = Pick {
+        again_failed: true,
+        asked_only: false,
+    };
 
     fn completed(n: usize) -> (Ledger, Scope) {
         let (l, scope) = crate::ledger::tests::registered_ledger(n);
@@ -351,10 +414,10 @@ mod tests {
     #[test]
     fn each_completed_key_is_journaled_once_and_failures_again_only_on_request() {
         let (l, scope) = completed(3);
-        let first = claim_for_analysis(l.conn(), &scope, 0, 10, false, 7).unwrap();
+        let first = claim_for_analysis(l.conn(), &scope, 0, 10, ALL, 7).unwrap();
         assert_eq!(first.len(), 3);
         assert!(
-            claim_for_analysis(l.conn(), &scope, 0, 10, false, 7)
+            claim_for_analysis(l.conn(), &scope, 0, 10, ALL, 7)
                 .unwrap()
                 .is_empty()
         );
@@ -374,19 +437,19 @@ mod tests {
         assert_eq!(n, 3);
         assert_eq!(failed_in_run(l.conn(), &scope, 7).unwrap(), 1);
         // The one never sent is claimable again; the refused one only when asked.
-        let again = claim_for_analysis(l.conn(), &scope, 0, 10, false, 8).unwrap();
+        let again = claim_for_analysis(l.conn(), &scope, 0, 10, ALL, 8).unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].key_id, first[2].key_id);
-        let retried = claim_for_analysis(l.conn(), &scope, 0, 10, true, 8).unwrap();
+        let retried = claim_for_analysis(l.conn(), &scope, 0, 10, AGAIN, 8).unwrap();
         assert_eq!(retried.len(), 1);
         assert_eq!(retried[0].key_id, first[1].key_id);
-        assert_eq!(count_to_analyze(l.conn(), &scope, false).unwrap(), 0);
+        assert_eq!(count_to_analyze(l.conn(), &scope, ALL).unwrap(), 0);
     }
 
     #[test]
     fn status_looks_are_due_and_applied_to_their_asset_only() {
         let (l, scope) = completed(2);
-        let claimed = claim_for_analysis(l.conn(), &scope, 0, 10, false, 1).unwrap();
+        let claimed = claim_for_analysis(l.conn(), &scope, 0, 10, ALL, 1).unwrap();
         let results: Vec<_> = claimed
             .iter()
             .map(|c| (c.clone(), Requested::Unsure("lost".into()), 1))
@@ -426,6 +489,6 @@ mod tests {
             Some(&1),
             "the other asset's answer changed nothing"
         );
-        assert_eq!(count_to_analyze(l.conn(), &scope, false).unwrap(), 1);
+        assert_eq!(count_to_analyze(l.conn(), &scope, ALL).unwrap(), 1);
     }
 }

@@ -71,17 +71,20 @@ pub fn claim_due(
 
 /// Writes what checks found, as settled by `run`. Only rows still `registered` with the
 /// asset that was checked change: an answer about a key's old asset (one given up when the
-/// object changed) says nothing about its new one.
+/// object changed) says nothing about its new one. A run asked to analyse (`asks_analysis`)
+/// records that wish with each key it sees completed.
 pub fn record_checks(
     conn: &Connection,
     results: &[CheckResult],
     run: i64,
+    asks_analysis: bool,
 ) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare_cached(
         "UPDATE keys SET state = COALESCE(?3, state), upload_status = COALESCE(?4, upload_status),
              upload_result = COALESCE(?5, upload_result), next_check_at = ?6,
              checks = checks + ?9, updated_at = CASE WHEN ?9 THEN ?7 ELSE updated_at END,
-             run = CASE WHEN ?3 IS NULL THEN run ELSE ?8 END
+             run = CASE WHEN ?3 IS NULL THEN run ELSE ?8 END,
+             analyze = CASE WHEN ?10 AND ?3 = 4 THEN 1 ELSE analyze END
          WHERE id = ?1 AND asset_id = ?2 AND state = 3",
     )?;
     let now = now_ms();
@@ -96,7 +99,8 @@ pub fn record_checks(
             r.next_check_at,
             now,
             run,
-            r.looked
+            r.looked,
+            asks_analysis
         ])?;
     }
     Ok(changed)
@@ -185,7 +189,7 @@ mod tests {
                 next_check_at: Some(later),
             },
         ];
-        assert_eq!(record_checks(l.conn(), &results, 1).unwrap(), 2);
+        assert_eq!(record_checks(l.conn(), &results, 1, false).unwrap(), 2);
         let (waiting, soonest) = awaiting(l.conn(), &scope).unwrap();
         assert_eq!((waiting, soonest), (1, Some(later)));
         let (state, status, checks): (State, String, u32) = l
@@ -223,7 +227,7 @@ mod tests {
             upload_result: None,
             next_check_at: None,
         };
-        assert_eq!(record_checks(l.conn(), &[stale], 1).unwrap(), 0);
+        assert_eq!(record_checks(l.conn(), &[stale], 1, false).unwrap(), 0);
         let state: State = l
             .conn()
             .query_row("SELECT state FROM keys", [], |r| r.get(0))

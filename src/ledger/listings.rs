@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn an_unfinished_listing_resumes_part_by_part_and_a_closed_one_starts_over() {
         let l = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(l.conn(), "w", "p").unwrap();
+        let scope = Scope::open(l.conn(), "http://mi.test", "w", "p").unwrap();
         let first = open_listing(l.conn(), &scope, "b", "pre/", false).unwrap();
         let root = parts_to_list(l.conn(), first.id, &[], 10).unwrap();
         assert_eq!(root.len(), 1);
@@ -274,7 +274,7 @@ mod tests {
             (OnChanged::Reimport, State::Pending),
         ] {
             let l = Ledger::open_in_memory().unwrap();
-            let scope = Scope::open(l.conn(), "w", "p").unwrap();
+            let scope = Scope::open(l.conn(), "http://mi.test", "w", "p").unwrap();
             let listing = open_listing(l.conn(), &scope, "b", "", true).unwrap().id;
             let part = parts_to_list(l.conn(), listing, &[], 1).unwrap()[0].id;
             let keys = [object("a.mp4", "e1", 5), object("b.mp4", "e1", 5)];

@@ -138,54 +138,91 @@ impl rusqlite::types::FromSql for State {
     }
 }
 
-/// The project a set of rows belongs to: a (workspace, project) pair and its number in the
-/// ledger.
+/// The project a set of rows belongs to: an (endpoint, workspace, project) triple and its
+/// number in the ledger. The endpoint is part of the name because nothing says MI's asset IDs
+/// are unique across projects or endpoints: what one scope owns rules nothing out in another.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scope {
     pub id: i64,
+    /// MI's endpoint; empty for a scope recorded before endpoints were kept, until a run
+    /// adopts it.
+    pub endpoint: String,
     pub workspace: String,
     pub project: String,
 }
 
 impl Scope {
-    /// The scope of (workspace, project), created if the ledger has none yet.
-    pub fn open(conn: &Connection, workspace: &str, project: &str) -> rusqlite::Result<Scope> {
-        conn.execute(
-            "INSERT INTO scopes (workspace, project) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            params![workspace, project],
+    /// The scope of (endpoint, workspace, project), created if the ledger has none yet. A
+    /// scope recorded before endpoints were kept is adopted by the first endpoint that uses it.
+    pub fn open(
+        conn: &Connection,
+        endpoint: &str,
+        workspace: &str,
+        project: &str,
+    ) -> rusqlite::Result<Scope> {
+        if let Some(scope) = Self::find(conn, endpoint, workspace, project)? {
+            return Ok(scope);
+        }
+        let adopted = conn.execute(
+            "UPDATE scopes SET endpoint = ?1 WHERE endpoint IS NULL AND workspace = ?2 AND project = ?3",
+            params![endpoint, workspace, project],
         )?;
-        Ok(Self::find(conn, workspace, project)?.expect("just inserted"))
+        if adopted == 0 {
+            conn.execute(
+                "INSERT INTO scopes (endpoint, workspace, project) VALUES (?1, ?2, ?3)",
+                params![endpoint, workspace, project],
+            )?;
+        }
+        Ok(Self::find(conn, endpoint, workspace, project)?.expect("just written"))
     }
 
-    /// The scope of (workspace, project), if the ledger has one.
+    /// The scope of (endpoint, workspace, project), if the ledger has one.
     pub fn find(
         conn: &Connection,
+        endpoint: &str,
         workspace: &str,
         project: &str,
     ) -> rusqlite::Result<Option<Scope>> {
         conn.query_row(
-            "SELECT id FROM scopes WHERE workspace = ?1 AND project = ?2",
-            params![workspace, project],
+            "SELECT id FROM scopes WHERE endpoint = ?1 AND workspace = ?2 AND project = ?3",
+            params![endpoint, workspace, project],
             |r| r.get(0),
         )
         .optional()
         .map(|id| {
             id.map(|id| Scope {
                 id,
+                endpoint: endpoint.to_owned(),
                 workspace: workspace.to_owned(),
                 project: project.to_owned(),
             })
         })
     }
 
+    /// The scopes of (workspace, project), whatever their endpoint: what a command that names
+    /// only those (`resolve`, `forget`) may mean.
+    pub fn named(
+        conn: &Connection,
+        workspace: &str,
+        project: &str,
+    ) -> rusqlite::Result<Vec<Scope>> {
+        Ok(Self::all(conn)?
+            .into_iter()
+            .filter(|s| s.workspace == workspace && s.project == project)
+            .collect())
+    }
+
     /// Every scope the ledger holds, in the order they were first used.
     pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Scope>> {
-        let mut stmt = conn.prepare("SELECT id, workspace, project FROM scopes ORDER BY id")?;
+        let mut stmt = conn.prepare(
+            "SELECT id, COALESCE(endpoint, ''), workspace, project FROM scopes ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(Scope {
                 id: r.get(0)?,
-                workspace: r.get(1)?,
-                project: r.get(2)?,
+                endpoint: r.get(1)?,
+                workspace: r.get(2)?,
+                project: r.get(3)?,
             })
         })?;
         rows.collect()
@@ -194,7 +231,11 @@ impl Scope {
 
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "workspace {}, project {}", self.workspace, self.project)
+        write!(f, "workspace {}, project {}", self.workspace, self.project)?;
+        if !self.endpoint.is_empty() && self.endpoint != crate::config::DEFAULT_ENDPOINT {
+            write!(f, " at {}", self.endpoint)?;
+        }
+        Ok(())
     }
 }
 
@@ -591,10 +632,12 @@ pub fn record(conn: &Connection, outcomes: &[Outcome], run: i64) -> rusqlite::Re
 }
 
 /// Rows a dead run left `in_flight`: their requests may have reached MI. No request of the
-/// dead run left after its last commit (its heartbeat), and MI makes an asset about as soon
-/// after a request arrives as it answered that run's other requests: the outcome is unknown
-/// from the heartbeat plus the slowest answer the run got (plus [`LATE_SLACK`]), never later
-/// than its request timeout after the heartbeat, nor later than `now`.
+/// dead run left more than [`HEARTBEAT_MAX_AGE`] after its last commit (its heartbeat: the
+/// runner commits before sending on a staler one), and MI makes an asset about as soon after
+/// a request arrives as it answered that run's other requests: the outcome is unknown from
+/// the heartbeat plus that age plus the slowest answer the run got (plus [`LATE_SLACK`]),
+/// never later than its request timeout after that. That moment may be still to come when the
+/// next run starts at once: MI may be making the asset as it starts.
 pub fn mark_in_flight_uncertain(
     conn: &Connection,
     scope: &Scope,
@@ -618,9 +661,9 @@ pub fn mark_in_flight_uncertain(
         changed += conn
             .prepare_cached(
                 "UPDATE keys SET state = 2, updated_at = ?3, run = ?4,
-                     unsure_at = MAX(COALESCE(sent_at, 0), MIN(?3, COALESCE(
-                         (SELECT runs.alive_at + MIN(runs.timeout_ms, COALESCE(?5, runs.timeout_ms))
-                          FROM runs WHERE runs.id = ?2), ?3))),
+                     unsure_at = MAX(COALESCE(sent_at, 0), COALESCE(
+                         (SELECT runs.alive_at + ?6 + MIN(runs.timeout_ms, COALESCE(?5, runs.timeout_ms))
+                          FROM runs WHERE runs.id = ?2), ?3)),
                      message = 'a run stopped while this key was being sent'
                  WHERE scope = ?1 AND state = 1 AND run IS ?2",
             )?
@@ -629,11 +672,18 @@ pub fn mark_in_flight_uncertain(
                 dead_run,
                 now,
                 run,
-                slowest.map(|ms| ms + LATE_SLACK.as_millis() as i64)
+                slowest.map(|ms| ms + LATE_SLACK.as_millis() as i64),
+                HEARTBEAT_MAX_AGE.as_millis() as i64
             ])?;
     }
     Ok(changed)
 }
+
+/// No request leaves more than this after its run's last commit: a key claimed long before
+/// (waiting on the rate limiter or a backoff) is sent only once a commit has stamped the
+/// run's heartbeat this recently, so a killed run's unknown moments stay close to its
+/// heartbeat.
+pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// Added to the slowest answer a dead run got, for the moment its unanswered requests are
 /// given up: MI may take a little longer on one request than on the others.
@@ -757,10 +807,12 @@ pub fn forget_scope_if_empty(conn: &Connection, scope: &Scope) -> rusqlite::Resu
 /// Removes every row of a scope from the ledger, on purpose (`mi-import forget`); the
 /// removal is recorded in `events`. Returns how many keys it held.
 pub fn forget_scope(conn: &Connection, scope: &Scope) -> rusqlite::Result<u64> {
-    conn.execute(
-        "DELETE FROM asset_history WHERE key_id IN (SELECT id FROM keys WHERE scope = ?1)",
-        params![scope.id],
-    )?;
+    for table in ["asset_history", "analyses"] {
+        conn.execute(
+            &format!("DELETE FROM {table} WHERE key_id IN (SELECT id FROM keys WHERE scope = ?1)"),
+            params![scope.id],
+        )?;
+    }
     let keys = conn.execute("DELETE FROM keys WHERE scope = ?1", params![scope.id])?;
     conn.execute(
         "DELETE FROM listing_parts WHERE listing IN (SELECT id FROM listings WHERE scope = ?1)",
@@ -777,7 +829,7 @@ pub fn forget_scope(conn: &Connection, scope: &Scope) -> rusqlite::Result<u64> {
         "INSERT INTO events (at, scope, action, detail) VALUES (?1, NULL, 'forget', ?2)",
         params![
             now_ms(),
-            serde_json::json!({"workspace": scope.workspace, "project": scope.project, "keys": keys})
+            serde_json::json!({"endpoint": scope.endpoint, "workspace": scope.workspace, "project": scope.project, "keys": keys})
                 .to_string()
         ],
     )?;

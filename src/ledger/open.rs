@@ -17,6 +17,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_manifests.sql"),
     include_str!("../../migrations/0005_due_checks.sql"),
     include_str!("../../migrations/0006_compact_ledger.sql"),
+    include_str!("../../migrations/0007_scopes_and_assets.sql"),
 ];
 
 /// How long a connection waits for another process's lock before it gives up.

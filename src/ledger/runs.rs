@@ -35,10 +35,11 @@ pub fn start_run(
     Ok(conn.last_insert_rowid())
 }
 
-/// Notes that `run` is alive and committing (the writer does this with every commit).
-pub fn heartbeat(conn: &Connection, run: i64) -> rusqlite::Result<()> {
+/// Notes that `run` is alive and committing as of `at` (the writer does this with every
+/// commit).
+pub fn heartbeat(conn: &Connection, run: i64, at: i64) -> rusqlite::Result<()> {
     conn.prepare_cached("UPDATE runs SET alive_at = ?2 WHERE id = ?1")?
-        .execute(params![run, now_ms()])?;
+        .execute(params![run, at])?;
     Ok(())
 }
 

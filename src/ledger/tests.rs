@@ -3,7 +3,7 @@ use crate::ledger::unsure::{Decision, Refused, apply_verdicts, decide, owned_amo
 use crate::reconcile::Verdict;
 
 fn scope(l: &Ledger) -> Scope {
-    Scope::open(l.conn(), "ws", "1").unwrap()
+    Scope::open(l.conn(), "http://mi.test", "ws", "1").unwrap()
 }
 
 fn key(k: &str) -> NewKey {
@@ -28,7 +28,7 @@ fn state_of(l: &Ledger, k: &str) -> State {
 /// own, for the tests of what comes after registration.
 pub(super) fn registered_ledger(n: usize) -> (Ledger, Scope) {
     let l = Ledger::open_in_memory().unwrap();
-    let scope = Scope::open(l.conn(), "w", "p").unwrap();
+    let scope = Scope::open(l.conn(), "http://mi.test", "w", "p").unwrap();
     let keys: Vec<NewKey> = (0..n).map(|i| key(&format!("k{i}.mp4"))).collect();
     insert_keys(l.conn(), &scope, &keys, OnChanged::Report).unwrap();
     let outcomes: Vec<Outcome> = claim(l.conn(), &scope, n, 1, now_ms())
@@ -120,7 +120,12 @@ fn a_version_5_ledger_is_carried_over_whole() {
         tx.commit().unwrap();
     }
     let l = Ledger::open(&path).unwrap();
-    let s = Scope::find(l.conn(), "ws", "1").unwrap().unwrap();
+    // A scope from before endpoints were kept is adopted by the first that uses it.
+    let s = Scope::open(l.conn(), "http://mi.test", "ws", "1").unwrap();
+    assert_eq!(
+        Scope::named(l.conn(), "ws", "1").unwrap(),
+        std::slice::from_ref(&s)
+    );
     assert_eq!(
         count_in(&counts(l.conn(), Some(&s)).unwrap(), State::Registered),
         1
@@ -137,11 +142,11 @@ fn a_version_5_ledger_is_carried_over_whole() {
     assert_eq!(ms_text(first_seen), "2026-01-02T03:04:05.678Z");
     assert_eq!(state_of(&l, "b.mp4"), State::InFlight);
     assert_eq!(
-        owned_among(l.conn(), &[66, 77, 5]).unwrap().len(),
+        owned_among(l.conn(), &s, &[66, 77, 5]).unwrap().len(),
         2,
         "the old asset too"
     );
-    let other = Scope::find(l.conn(), "ws", "2").unwrap().unwrap();
+    let other = Scope::open(l.conn(), "http://mi.test", "ws", "2").unwrap();
     assert_eq!(
         skip_reasons(l.conn(), &other).unwrap(),
         [("folder marker".to_string(), 1)]
@@ -164,7 +169,7 @@ fn duplicate_keys_are_recorded_once_and_another_project_is_another_row() {
     let got = insert(&l, &s, &[key("a"), key("b"), key("a")]);
     assert_eq!((got.new, got.new_skipped, got.known), (2, 0, 1));
     assert_eq!(insert(&l, &s, &[key("a")]).known, 1);
-    let other = Scope::open(l.conn(), "ws", "2").unwrap();
+    let other = Scope::open(l.conn(), "http://mi.test", "ws", "2").unwrap();
     assert_eq!(insert(&l, &other, &[key("a")]).new, 1);
 }
 
@@ -259,7 +264,13 @@ fn a_dead_runs_keys_become_uncertain_from_its_heartbeat_plus_its_timeout() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!((state, unsure), (State::Uncertain, 40_000));
+    assert_eq!(
+        (state, unsure),
+        (
+            State::Uncertain,
+            10_000 + HEARTBEAT_MAX_AGE.as_millis() as i64 + 30_000
+        )
+    );
 }
 
 #[test]
@@ -295,7 +306,7 @@ fn verdicts_settle_uncertain_keys_each_its_way() {
     assert_eq!(unsure.len(), 2);
     assert_eq!(unsure[0].candidates, Some(vec![8, 9]));
     assert_eq!(unsure[1].candidates, None);
-    assert_eq!(owned_among(l.conn(), &[5, 8]).unwrap(), [5].into());
+    assert_eq!(owned_among(l.conn(), &s, &[5, 8]).unwrap(), [5].into());
 }
 
 #[test]
@@ -330,6 +341,22 @@ fn resolve_gives_an_asset_or_sends_again_and_refuses_what_it_must() {
             .is_ok()
     );
     assert_eq!(state_of(&l, "b"), State::Pending);
+    assert!(
+        matches!(
+            decide(l.conn(), &s, "b", "taken", &Decision::NotRegistered, 9).unwrap(),
+            Err(Refused::NotUncertain { .. })
+        ),
+        "a key MI's own answer registered is not settled by hand"
+    );
+    // Settled by hand and not confirmed yet: the choice can be corrected by hand.
+    assert!(
+        decide(l.conn(), &s, "b", "a", &Decision::Asset(56), 9)
+            .unwrap()
+            .is_ok()
+    );
+    l.conn()
+        .execute("UPDATE keys SET state = 4 WHERE key = 'a'", [])
+        .unwrap();
     assert!(matches!(
         decide(l.conn(), &s, "b", "a", &Decision::NotRegistered, 9).unwrap(),
         Err(Refused::NotUncertain { .. })
@@ -346,7 +373,7 @@ fn resolve_gives_an_asset_or_sends_again_and_refuses_what_it_must() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(events, 2, "each decision is recorded");
+    assert_eq!(events, 3, "each decision is recorded");
 }
 
 #[test]
@@ -420,7 +447,69 @@ fn requeue_sends_failed_or_import_failed_keys_again() {
         .unwrap();
     assert_eq!(requeue(l.conn(), &s, State::ImportFailed).unwrap(), 1);
     assert_eq!(state_of(&l, "a"), State::Pending);
-    assert_eq!(owned_among(l.conn(), &[1001]).unwrap().len(), 1);
+    assert_eq!(owned_among(l.conn(), &s, &[1001]).unwrap().len(), 1);
+}
+
+#[test]
+fn ownership_is_per_scope_and_the_endpoint_names_the_scope() {
+    let l = Ledger::open_in_memory().unwrap();
+    let a = scope(&l);
+    let b = Scope::open(l.conn(), "http://other.test", "ws", "1").unwrap();
+    assert_ne!(
+        a.id, b.id,
+        "the same project at another endpoint is another scope"
+    );
+    insert(&l, &a, &[key("x")]);
+    insert(&l, &b, &[key("y")]);
+    register_all(&l, &a);
+    let owned_in_a: Vec<i64> = owned_among(l.conn(), &a, &[1000, 1001, 1002, 1003])
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(owned_in_a.len(), 1);
+    assert!(
+        owned_among(l.conn(), &b, &owned_in_a).unwrap().is_empty(),
+        "what project A owns rules nothing out in B"
+    );
+}
+
+#[test]
+fn key_rows_are_never_numbered_again_and_forget_takes_their_analyses() {
+    let l = Ledger::open_in_memory().unwrap();
+    let s = scope(&l);
+    insert(&l, &s, &[key("a"), key("b")]);
+    register_all(&l, &s);
+    l.conn().execute("UPDATE keys SET state = 4", []).unwrap();
+    let analysed = analyses::claim_for_analysis(
+        l.conn(),
+        &s,
+        0,
+        10,
+        analyses::Pick {
+            again_failed: false,
+            asked_only: false,
+        },
+        1,
+    )
+    .unwrap();
+    assert_eq!(analysed.len(), 2);
+    let highest: i64 = l
+        .conn()
+        .query_row("SELECT MAX(id) FROM keys", [], |r| r.get(0))
+        .unwrap();
+    forget_scope(l.conn(), &s).unwrap();
+    let left: i64 = l
+        .conn()
+        .query_row("SELECT COUNT(*) FROM analyses", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 0, "forget removes the scope's analyses");
+    let s = scope(&l);
+    insert(&l, &s, &[key("c")]);
+    let id: i64 = l
+        .conn()
+        .query_row("SELECT id FROM keys WHERE key = 'c'", [], |r| r.get(0))
+        .unwrap();
+    assert!(id > highest, "row {id} reuses a number up to {highest}");
 }
 
 #[test]
@@ -447,7 +536,7 @@ fn a_scope_is_forgotten_whole_and_an_empty_one_quietly() {
     let l = Ledger::open_in_memory().unwrap();
     let s = scope(&l);
     insert(&l, &s, &[key("a"), key("b")]);
-    let typo = Scope::open(l.conn(), "wz", "1").unwrap();
+    let typo = Scope::open(l.conn(), "http://mi.test", "wz", "1").unwrap();
     forget_scope_if_empty(l.conn(), &typo).unwrap();
     forget_scope_if_empty(l.conn(), &s).unwrap();
     assert_eq!(Scope::all(l.conn()).unwrap(), std::slice::from_ref(&s));

@@ -5,7 +5,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 
-use super::{FIRST_CHECK, Scope, State, bucket_id, ms_text, now_ms};
+use super::{FIRST_CHECK, Scope, State, ms_text, now_ms};
 use crate::reconcile::{UnsureKey, Verdict, Witness};
 
 /// An uncertain key, and the candidates an earlier pass found for it (if any).
@@ -51,20 +51,26 @@ fn parse_candidates(text: &str) -> Vec<i64> {
     text.split(' ').filter_map(|id| id.parse().ok()).collect()
 }
 
-/// Of `ids`, those some key of the ledger has or had as its asset.
-pub fn owned_among(conn: &Connection, ids: &[i64]) -> rusqlite::Result<HashSet<i64>> {
+/// Of `ids`, those some key of the scope has or had as its asset. Only the scope's own keys
+/// count: another project (or endpoint) may number its assets alike.
+pub fn owned_among(
+    conn: &Connection,
+    scope: &Scope,
+    ids: &[i64],
+) -> rusqlite::Result<HashSet<i64>> {
     let wanted: HashSet<i64> = ids.iter().copied().collect();
     let mut owned = HashSet::new();
     if wanted.is_empty() {
         return Ok(owned);
     }
-    // One pass over the table: asset IDs are not indexed (they are looked up only here).
+    // One pass over the scope's rows: asset IDs are not indexed (they are looked up only
+    // here).
     for sql in [
-        "SELECT asset_id FROM keys WHERE asset_id IS NOT NULL",
-        "SELECT asset_id FROM asset_history",
+        "SELECT asset_id FROM keys WHERE scope = ?1 AND asset_id IS NOT NULL",
+        "SELECT h.asset_id FROM asset_history h JOIN keys k ON k.id = h.key_id WHERE k.scope = ?1",
     ] {
         let mut stmt = conn.prepare_cached(sql)?;
-        let mut rows = stmt.query([])?;
+        let mut rows = stmt.query(params![scope.id])?;
         while let Some(row) = rows.next()? {
             let id: i64 = row.get(0)?;
             if wanted.contains(&id) {
@@ -210,30 +216,86 @@ pub enum Decision {
 pub enum Refused {
     #[error("the ledger has no key `{key}` in bucket `{bucket}` for this project")]
     NoSuchKey { bucket: String, key: String },
-    #[error("`{key}` is {state}, not uncertain: only uncertain keys are settled by hand")]
+    #[error(
+        "`{key}` is {state}: only uncertain keys, and keys settled by hand and not yet confirmed, are settled by hand"
+    )]
     NotUncertain { key: String, state: State },
     #[error("asset {asset} already belongs to `{owner}` in this ledger")]
     Owned { asset: i64, owner: String },
 }
 
-/// The key `key` of `bucket`, its state and candidates, for `resolve`.
-pub fn find_key(
+/// A key `resolve` may settle: its row, state, candidates and current asset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settleable {
+    pub id: i64,
+    pub state: State,
+    pub candidates: Vec<i64>,
+    /// The asset given by hand before, for a key settled by hand and not yet confirmed.
+    pub asset_id: Option<i64>,
+}
+
+/// The key `key` of `bucket`, if `resolve` may settle it: uncertain, or given its asset by
+/// hand and not confirmed yet (so an earlier choice can be corrected).
+pub fn settleable(
     conn: &Connection,
     scope: &Scope,
     bucket: &str,
     key: &str,
-) -> rusqlite::Result<Option<(i64, State, Option<String>)>> {
-    let bucket = bucket_id(conn, bucket)?;
+) -> rusqlite::Result<Result<Settleable, Refused>> {
+    type Row = (i64, State, Option<String>, Option<i64>, Option<String>);
+    let found: Option<Row> = conn
+        .query_row(
+            "SELECT k.id, k.state, k.candidates, k.asset_id, k.found_by
+             FROM keys k JOIN buckets b ON b.id = k.bucket
+             WHERE k.scope = ?1 AND b.name = ?2 AND k.key = ?3",
+            params![scope.id, bucket, key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+        )
+        .optional()?;
+    let Some((id, state, candidates, asset_id, found_by)) = found else {
+        return Ok(Err(Refused::NoSuchKey {
+            bucket: bucket.into(),
+            key: key.into(),
+        }));
+    };
+    let by_hand = state == State::Registered && found_by.as_deref() == Some("user");
+    if state != State::Uncertain && !by_hand {
+        return Ok(Err(Refused::NotUncertain {
+            key: key.into(),
+            state,
+        }));
+    }
+    Ok(Ok(Settleable {
+        id,
+        state,
+        candidates: candidates.map(|c| parse_candidates(&c)).unwrap_or_default(),
+        asset_id: by_hand.then_some(asset_id).flatten(),
+    }))
+}
+
+/// The key of the scope that has or had `asset`, other than `except`, if any.
+pub fn owner_of(
+    conn: &Connection,
+    scope: &Scope,
+    asset: i64,
+    except: i64,
+) -> rusqlite::Result<Option<String>> {
     conn.query_row(
-        "SELECT id, state, candidates FROM keys WHERE scope = ?1 AND bucket = ?2 AND key = ?3",
-        params![scope.id, bucket, key],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        "SELECT key FROM keys WHERE scope = ?2 AND asset_id = ?1 AND id != ?3
+         UNION ALL
+         SELECT keys.key FROM asset_history JOIN keys ON keys.id = asset_history.key_id
+         WHERE keys.scope = ?2 AND asset_history.asset_id = ?1
+         LIMIT 1",
+        params![asset, scope.id, except],
+        |r| r.get(0),
     )
     .optional()
 }
 
-/// Applies a user's decision about an uncertain key and records it in `events`. Returns the
-/// key's row id.
+/// Applies a user's decision about a key `resolve` may settle, and records it in `events`
+/// (with the earlier choice, if the key was settled by hand before). Returns the key's row
+/// id. The evidence behind the decision is checked by the caller; this checks the state and
+/// that no other key of the scope owns the asset.
 pub fn decide(
     conn: &Connection,
     scope: &Scope,
@@ -242,32 +304,14 @@ pub fn decide(
     decision: &Decision,
     run: i64,
 ) -> rusqlite::Result<Result<i64, Refused>> {
-    let Some((id, state, candidates)) = find_key(conn, scope, bucket, key)? else {
-        return Ok(Err(Refused::NoSuchKey {
-            bucket: bucket.into(),
-            key: key.into(),
-        }));
+    let settleable = match settleable(conn, scope, bucket, key)? {
+        Ok(s) => s,
+        Err(refused) => return Ok(Err(refused)),
     };
-    if state != State::Uncertain {
-        return Ok(Err(Refused::NotUncertain {
-            key: key.into(),
-            state,
-        }));
-    }
+    let id = settleable.id;
     let now = now_ms();
     if let Decision::Asset(asset) = decision {
-        let owner: Option<String> = conn
-            .query_row(
-                "SELECT key FROM keys WHERE asset_id = ?1
-                 UNION ALL
-                 SELECT keys.key FROM asset_history JOIN keys ON keys.id = asset_history.key_id
-                 WHERE asset_history.asset_id = ?1
-                 LIMIT 1",
-                params![asset],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(owner) = owner {
+        if let Some(owner) = owner_of(conn, scope, *asset, id)? {
             return Ok(Err(Refused::Owned {
                 asset: *asset,
                 owner,
@@ -275,15 +319,16 @@ pub fn decide(
         }
         conn.execute(
             "UPDATE keys SET state = 3, asset_id = ?2, found_by = 'user', registered_at = ?3,
-                 next_check_at = ?4, candidates = NULL, updated_at = ?3, run = ?5,
+                 next_check_at = ?4, updated_at = ?3, run = ?5,
                  message = 'asset given by hand with `mi-import resolve`'
              WHERE id = ?1",
             params![id, asset, now, now + FIRST_CHECK.as_millis() as i64, run],
         )?;
     } else {
         conn.execute(
-            "UPDATE keys SET state = 0, candidates = NULL, unsure_at = NULL, updated_at = ?2,
-                 run = ?3, message = 'declared not registered with `mi-import resolve`; sent by the next run'
+            "UPDATE keys SET state = 0, candidates = NULL, unsure_at = NULL, asset_id = NULL,
+                 found_by = NULL, next_check_at = NULL, updated_at = ?2, run = ?3,
+                 message = 'declared not registered with `mi-import resolve`; sent by the next run'
              WHERE id = ?1",
             params![id, now, run],
         )?;
@@ -295,7 +340,11 @@ pub fn decide(
             Decision::Asset(a) => format!("asset {a}"),
             Decision::NotRegistered => "not registered".into(),
         },
-        "candidates": candidates,
+        "was": match (settleable.state, settleable.asset_id) {
+            (State::Registered, Some(a)) => format!("given asset {a} by hand"),
+            _ => "uncertain".into(),
+        },
+        "candidates": settleable.candidates,
     })
     .to_string();
     conn.execute(

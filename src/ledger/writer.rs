@@ -8,6 +8,8 @@
 
 use anyhow::{Result, anyhow};
 use rusqlite::Transaction;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc;
 use tokio::sync::oneshot;
 
@@ -25,17 +27,32 @@ type Job = Box<dyn FnOnce(Result<&Transaction<'_>, &rusqlite::Error>) -> Reply +
 #[derive(Clone)]
 pub struct LedgerWriter {
     jobs: mpsc::Sender<Job>,
+    /// When the last commit stamped the run's heartbeat (Unix ms; 0 before the first).
+    beat: Arc<AtomicI64>,
 }
 
 impl LedgerWriter {
     /// Moves the ledger onto its own thread; each commit stamps `run`'s heartbeat, if any.
     pub fn spawn(ledger: Ledger, run: Option<i64>) -> (Self, std::thread::JoinHandle<()>) {
         let (jobs, queue) = mpsc::channel::<Job>();
+        let beat = Arc::new(AtomicI64::new(0));
+        let stamped = beat.clone();
         let thread = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || serve(ledger, queue, run))
+            .spawn(move || serve(ledger, queue, run, &stamped))
             .expect("spawning the ledger thread");
-        (Self { jobs }, thread)
+        (Self { jobs, beat }, thread)
+    }
+
+    /// Makes sure the run's heartbeat on disk is at most `age` old: commits (and so stamps
+    /// it) if the last commit was longer ago. A request sent after this left no later than
+    /// `age` after a heartbeat a later run can read.
+    pub async fn beat_within(&self, age: std::time::Duration) -> Result<()> {
+        let last = self.beat.load(Ordering::SeqCst);
+        if super::now_ms() - last <= age.as_millis() as i64 {
+            return Ok(());
+        }
+        self.write(|_| Ok(())).await
     }
 
     /// Runs `work` inside the next transaction; resolves once that transaction is committed.
@@ -68,7 +85,7 @@ impl LedgerWriter {
     }
 }
 
-fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>, run: Option<i64>) {
+fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>, run: Option<i64>, beat: &AtomicI64) {
     while let Ok(first) = queue.recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
@@ -87,11 +104,15 @@ fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>, run: Option<i64>) {
             }
         };
         let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Ok(&txn))).collect();
-        let beat = match run {
-            Some(run) => super::runs::heartbeat(&txn, run),
+        let stamped_at = super::now_ms();
+        let stamped = match run {
+            Some(run) => super::runs::heartbeat(&txn, run, stamped_at),
             None => Ok(()),
         };
-        let committed = beat.and_then(|()| txn.commit());
+        let committed = stamped.and_then(|()| txn.commit());
+        if committed.is_ok() && run.is_some() {
+            beat.store(stamped_at, Ordering::SeqCst);
+        }
         for reply in replies {
             reply(match &committed {
                 Ok(()) => Ok(()),
@@ -119,7 +140,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_writes_all_commit_and_answer() {
         let ledger = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(ledger.conn(), "w", "p").unwrap();
+        let scope = Scope::open(ledger.conn(), "http://mi.test", "w", "p").unwrap();
         let (writer, thread) = LedgerWriter::spawn(ledger, None);
         let mut tasks = Vec::new();
         for i in 0..50 {

@@ -22,12 +22,11 @@ use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAna
 use crate::ledger::{self, FIRST_CHECK};
 use crate::retry::{Disposition, Retryable, with_retries};
 
-/// What a run with `--analyze` asks for.
+/// What a command asks MI's analysis for, and of which keys.
 #[derive(Debug, Clone)]
 pub struct AnalysisPlan {
     pub request: AnalysisRequest,
-    /// Request again for keys whose analysis failed or was cancelled.
-    pub again_failed: bool,
+    pub pick: analyses::Pick,
 }
 
 /// One try at requesting one analysis.
@@ -48,6 +47,13 @@ impl Retryable for Try {
 }
 
 /// What one look at an analysis's status means for its row (pure).
+///
+/// A lost answer (`UNSURE`) is settled by what MI shows: `BEFORE_ANALYZE` means the request
+/// was not accepted (it goes out again), a waiting or running analysis that it was. A request
+/// made again (`--reanalyze-failed`) whose answer was lost may meet MI still showing the
+/// earlier analysis's end: only a new index ID proves that end is the new request's; without
+/// one nothing is sent again (it may have been accepted and billed), and the earlier word
+/// stands, with a note, for the user to ask again.
 pub fn after_look(due: &DueAnalysis, seen: &AnalysisStatus, now: i64) -> AnalysisCheck {
     let mut check = AnalysisCheck {
         key_id: due.key_id,
@@ -57,12 +63,28 @@ pub fn after_look(due: &DueAnalysis, seen: &AnalysisStatus, now: i64) -> Analysi
         message: seen.message.clone(),
         next_check_at: Some(now + next_gap(due.checks).as_millis() as i64),
     };
+    let ended = matches!(
+        seen.status.as_str(),
+        "ANALYZE_COMPLETED" | "ANALYZE_FAIL" | "ANALYZE_CANCEL"
+    );
     match seen.status.as_str() {
         // Not accepted: a request whose answer was lost goes out again; one MI did accept
         // but does not show yet is looked at again later.
         "BEFORE_ANALYZE" if due.status == UNSURE => check.status = None,
         "BEFORE_ANALYZE" => check.status = Some(due.status.clone()),
-        "ANALYZE_COMPLETED" | "ANALYZE_FAIL" | "ANALYZE_CANCEL" => check.next_check_at = None,
+        _ if ended && due.status == UNSURE => {
+            check.next_check_at = None;
+            if let Some((before, index)) = &due.previous
+                && *before == seen.status
+                && (seen.index_id.is_none() || seen.index_id == *index)
+            {
+                check.message = Some(format!(
+                    "the answer to the request made again was lost, and MI still shows the earlier {before}: \
+                     it was probably not accepted; nothing was sent again (run with --reanalyze-failed to ask again)"
+                ));
+            }
+        }
+        _ if ended => check.next_check_at = None,
         _ => {}
     }
     check
@@ -141,11 +163,11 @@ impl Runner {
             }
             let fresh = match scan {
                 Some(after) if free > 0 => {
-                    let (scope, again, run) = (self.scope.clone(), plan.again_failed, self.run_id);
+                    let (scope, pick, run) = (self.scope.clone(), plan.pick, self.run_id);
                     let claimed = self
                         .writer
                         .write(move |t| {
-                            analyses::claim_for_analysis(t, &scope, after, free, again, run)
+                            analyses::claim_for_analysis(t, &scope, after, free, pick, run)
                         })
                         .await?;
                     scan = claimed.last().map(|last| last.key_id);
@@ -335,6 +357,7 @@ mod tests {
             asset_id: 5,
             status: status.into(),
             checks: 0,
+            previous: None,
         }
     }
 
@@ -356,6 +379,35 @@ mod tests {
         // Accepted earlier, not shown yet: never asked again.
         let check = after_look(&due("WAIT_ANALYZE"), &seen("BEFORE_ANALYZE"), 0);
         assert_eq!(check.status.as_deref(), Some("WAIT_ANALYZE"));
+    }
+
+    #[test]
+    fn a_lost_answer_to_a_request_made_again_is_not_read_from_the_earlier_end() {
+        let again = DueAnalysis {
+            previous: Some(("ANALYZE_FAIL".into(), Some("77".into()))),
+            ..due(UNSURE)
+        };
+        let old = after_look(&again, &seen("ANALYZE_FAIL"), 0);
+        assert_eq!(
+            old.status.as_deref(),
+            Some("ANALYZE_FAIL"),
+            "never sent again"
+        );
+        assert_eq!(old.next_check_at, None);
+        assert!(old.message.unwrap().contains("probably not accepted"));
+        let new_index = AnalysisStatus {
+            index_id: Some("78".into()),
+            ..seen("ANALYZE_FAIL")
+        };
+        let new = after_look(&again, &new_index, 0);
+        assert_eq!(new.status.as_deref(), Some("ANALYZE_FAIL"));
+        assert_eq!(
+            new.message, None,
+            "a new index ID is the new request's own end"
+        );
+        let running = after_look(&again, &seen("ANALYZING"), 0);
+        assert_eq!(running.status.as_deref(), Some("ANALYZING"));
+        assert!(running.next_check_at.is_some());
     }
 
     #[test]

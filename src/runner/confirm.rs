@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::asset_list::Flow;
 use super::schedule::{self, FirstLook, ImportModel};
 use super::{FatalStop, Runner};
 use crate::api::{ApiError, Call};
@@ -80,12 +81,12 @@ impl Runner {
         patience: Duration,
     ) -> Result<()> {
         self.load_model().await?;
-        let run = self.run_id;
+        let (run, asks) = (self.run_id, self.asks_analysis);
         let checked = self
             .checks
             .flushing_during(
                 &self.writer,
-                move |t, results| checks::record_checks(t, results, run),
+                move |t, results| checks::record_checks(t, results, run, asks),
                 self.check_registered(dispatch_done, patience),
             )
             .await;
@@ -327,6 +328,7 @@ impl Runner {
             carries_status,
             pages: first
                 .total_count
+                .unwrap_or(0)
                 .div_ceil(u64::from(crate::api::client::MAX_PAGE_SIZE))
                 .max(1),
         })
@@ -336,37 +338,35 @@ impl Runner {
     async fn check_by_list(&self, batch: Vec<DueCheck>) -> Result<()> {
         let mut waiting: std::collections::HashMap<i64, DueCheck> =
             batch.into_iter().map(|d| (d.asset_id, d)).collect();
-        let mut page = 1;
-        loop {
-            let finished = self
-                .call_mi(Call::ListAssets, || {
-                    self.client
-                        .list_assets(page, crate::api::client::MAX_PAGE_SIZE)
-                })
-                .await;
-            self.stats.list_checks.fetch_add(1, Relaxed);
-            let Ok(listed) = finished.last.result else {
-                break;
-            };
-            let now = ledger::now_ms();
-            let mut learned = false;
-            for entry in listed.assets {
-                let Some(status) = entry.upload_status else {
-                    continue;
-                };
-                if let Some(due) = waiting.remove(&entry.asset_id) {
-                    let state = state_for(&status);
-                    learned |= self.push_result(&due, now, state, Some(status), None);
+        let mut seen: Vec<(DueCheck, String)> = Vec::new();
+        let walked = self
+            .walk_assets(|page| {
+                self.stats.list_checks.fetch_add(1, Relaxed);
+                for entry in page.assets {
+                    if let Some(status) = &entry.upload_status
+                        && let Some(due) = waiting.remove(&entry.asset_id)
+                    {
+                        seen.push((due, status.clone()));
+                    }
                 }
-            }
-            self.replan_if(learned).await?;
-            if waiting.is_empty() || page >= listed.total_pages {
-                break;
-            }
-            page += 1;
+                if waiting.is_empty() {
+                    Flow::Enough
+                } else {
+                    Flow::More
+                }
+            })
+            .await;
+        if let Err(error) = walked {
+            tracing::debug!("confirming by the asset list: {error}");
         }
-        // Not (yet) in the list: looked at again later, as if in progress.
         let now = ledger::now_ms();
+        let mut learned = false;
+        for (due, status) in seen {
+            let state = state_for(&status);
+            learned |= self.push_result(&due, now, state, Some(status), None);
+        }
+        self.replan_if(learned).await?;
+        // Not (yet) in the list: looked at again later, as if in progress.
         for due in waiting.into_values() {
             self.push_result(&due, now, None, None, None);
         }
@@ -498,9 +498,10 @@ impl Runner {
     async fn replan_if(&self, learned: bool) -> Result<()> {
         if learned {
             let (scope, run, pending) = (self.scope.clone(), self.run_id, self.checks.take());
+            let asks = self.asks_analysis;
             self.writer
                 .write(move |t| {
-                    checks::record_checks(t, &pending, run)?;
+                    checks::record_checks(t, &pending, run, asks)?;
                     checks::replan_unlooked(t, &scope)
                 })
                 .await?;

@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{ApiError, Call, MiClient, Registered};
+use crate::api::{Answer, ApiError, Call, MiClient, Registered};
 use crate::ledger::writer::LedgerWriter;
 use crate::ledger::{self, Claimed, Outcome, Scope, State};
 use crate::limiter::Limiter;
@@ -22,6 +22,7 @@ use crate::progress::Stats;
 use crate::retry::{Backoff, Disposition, Finished, Retryable, with_retries};
 
 mod analysis;
+mod asset_list;
 mod confirm;
 mod listing;
 mod outbox;
@@ -153,29 +154,20 @@ pub struct Runner {
     pub shutdown: CancellationToken,
     /// A source still adding keys (a listing), if any.
     pub feed: Arc<Feed>,
+    /// The run was asked to analyse (`--analyze`): the keys it sends and completes record
+    /// that wish, so a later run analyses them too, and no other completed key.
+    pub asks_analysis: bool,
     /// Results of sent keys, written a moment later in batches.
     outcomes: Arc<outbox::Outbox<Outcome>>,
     checks: Arc<outbox::Outbox<crate::ledger::checks::CheckResult>>,
     analysis_looks: Arc<outbox::Outbox<crate::ledger::analyses::AnalysisCheck>>,
     /// What this project's imports have taken, to look at each when it is likely done.
     model: Arc<Mutex<schedule::ImportModel>>,
+    /// The last pass's walk over the asset list (its pages' digests), for the next pass to
+    /// agree with: absence is proven only from a list that held still between two walks.
+    last_walk: Arc<Mutex<Option<asset_list::Walked>>>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
-}
-
-/// One answer to an idempotent MI call, judged as that call: what `with_retries` needs.
-struct Answer<T> {
-    call: Call,
-    result: Result<T, ApiError>,
-}
-
-impl<T> Retryable for Answer<T> {
-    fn disposition(&self) -> Disposition {
-        match &self.result {
-            Ok(_) => Disposition::Success,
-            Err(e) => e.disposition_for(self.call),
-        }
-    }
 }
 
 /// One try at one key.
@@ -220,10 +212,12 @@ impl Runner {
             backoff: Backoff::default(),
             shutdown,
             feed: Arc::new(Feed::default()),
+            asks_analysis: false,
             outcomes: Arc::default(),
             checks: Arc::default(),
             analysis_looks: Arc::default(),
             model: Arc::default(),
+            last_walk: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -476,9 +470,16 @@ impl Runner {
                 }
             }
             let (scope, want, run) = (self.scope.clone(), permits.num_permits(), self.run_id);
+            let asks = self.asks_analysis;
             let claimed = self
                 .writer
-                .write(move |t| ledger::claim(t, &scope, want, run, ledger::now_ms()))
+                .write(move |t| {
+                    let claimed = ledger::claim(t, &scope, want, run, ledger::now_ms())?;
+                    if asks {
+                        ledger::analyses::note_asked(t, claimed.iter().map(|c| c.id))?;
+                    }
+                    Ok(claimed)
+                })
                 .await?;
             if claimed.is_empty() {
                 drop(permits);
@@ -539,7 +540,10 @@ impl Runner {
                         slot = self.limiter.admit() => slot,
                         _ = self.stop.cancelled() => return Attempt::NotSent,
                     };
-                    if self.stop.is_cancelled() {
+                    // A killed run's unknown moments are dated from its heartbeat: a key that
+                    // waited long (limiter, backoff) leaves only once it is recent.
+                    let beat = self.writer.beat_within(ledger::HEARTBEAT_MAX_AGE).await;
+                    if self.stop.is_cancelled() || beat.is_err() {
                         return Attempt::NotSent;
                     }
                     if attempt > 1 {

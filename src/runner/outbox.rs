@@ -118,7 +118,7 @@ mod tests {
     #[tokio::test]
     async fn everything_pushed_is_written_by_the_time_the_flusher_ends() {
         let ledger = Ledger::open_in_memory().unwrap();
-        let scope = Scope::open(ledger.conn(), "w", "p").unwrap();
+        let scope = Scope::open(ledger.conn(), "http://mi.test", "w", "p").unwrap();
         let (writer, _thread) = LedgerWriter::spawn(ledger, None);
         let keys: Vec<NewKey> = (0..600)
             .map(|i| NewKey::new("b", format!("k{i}")))

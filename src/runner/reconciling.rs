@@ -10,10 +10,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use super::{FatalStop, LIST_PAGE, Runner, plural};
+use super::asset_list::{Flow, WalkError, Walked};
+use super::{FatalStop, Runner, plural};
 use crate::api::{ApiError, Call};
 use crate::ledger::{self, unsure};
-use crate::reconcile::{self, Evidence, Listed, Naming, Pass, UnsureKey, Witness};
+use crate::reconcile::{self, Evidence, Listed, Naming, Pass, UnsureKey, Verdict, Witness};
 use crate::retry::Disposition;
 
 /// How long MI's asset list may take to show a new asset, unless `--list-settle` says
@@ -48,12 +49,9 @@ struct Collected {
     named: Vec<Listed>,
     /// Witnesses found in the list, by asset ID.
     witnesses: HashMap<i64, Listed>,
-    /// Every page reported the same total: nothing was added or removed during the pass, so
-    /// no asset slipped between two pages.
-    steady: bool,
-    pages: u32,
+    /// The walk itself: whether it was whole, and what to compare another walk with.
+    walked: Walked,
 }
-
 impl Runner {
     /// Looks up every uncertain key in one pass over the project's asset list. `None` when
     /// there was nothing to look up, or the list could not be read (the keys stay uncertain).
@@ -97,24 +95,56 @@ impl Runner {
                 stored.as_deref().and_then(Naming::parse),
             )
             .await?;
-        let current = collected.steady && self.shows_recent(&witnesses, &collected, started).await;
-        let fresh_as_of = current.then(|| started - self.pace.settle.as_millis() as i64);
+        let current =
+            collected.walked.whole && self.shows_recent(&witnesses, &collected, started).await;
+        let mut fresh_as_of = current.then(|| started - self.pace.settle.as_millis() as i64);
         let ids: Vec<i64> = collected.named.iter().map(|a| a.asset_id).collect();
+        let scope = self.scope.clone();
         let owned = self
             .writer
-            .write(move |t| unsure::owned_among(t, &ids))
+            .write(move |t| unsure::owned_among(t, &scope, &ids))
             .await?;
-        let verdicts = reconcile::judge(
-            &keys,
-            &Pass {
-                listed: &collected.named,
-                owned: &owned,
-                evidence: &evidence,
-                witnesses: &witnesses,
-                fresh_as_of,
-                started,
-            },
-        );
+        let judge = |fresh_as_of| {
+            reconcile::judge(
+                &keys,
+                &Pass {
+                    listed: &collected.named,
+                    owned: &owned,
+                    evidence: &evidence,
+                    witnesses: &witnesses,
+                    fresh_as_of,
+                    started,
+                },
+            )
+        };
+        let mut verdicts = judge(fresh_as_of);
+        // Absence needs a list that held still: this walk must agree with the one before it
+        // (kept from the last pass, or read again now).
+        let absent = verdicts
+            .iter()
+            .any(|(_, v)| matches!(v, Verdict::NotRegistered));
+        let mut latest = collected.walked.clone();
+        if absent {
+            let before = self
+                .last_walk
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            let mut steady = before.is_some_and(|b| b.agrees_with(&collected.walked));
+            if !steady && let Some(again) = self.collect(&wanted, &witness_ids).await {
+                steady = collected.walked.agrees_with(&again.walked);
+                latest = again.walked;
+            }
+            if !steady {
+                tracing::info!(
+                    "MI's asset list changed while it was read (assets deleted or added between its pages); keys missing from it are not sent again until two readings agree"
+                );
+                fresh_as_of = None;
+                verdicts = judge(None);
+            }
+        }
+        latest.ids = Vec::new();
+        *self.last_walk.lock().unwrap_or_else(|p| p.into_inner()) = Some(latest);
         let run = self.run_id;
         let settled = self
             .writer
@@ -124,8 +154,8 @@ impl Runner {
         self.stats.requeue(settled.resend);
         tracing::info!(
             "asset list ({} {}): {} found registered, {} not registered (sent again), {} still unknown{}",
-            collected.pages,
-            plural(collected.pages as u64, "page", "pages"),
+            collected.walked.pages,
+            plural(collected.walked.pages as u64, "page", "pages"),
             settled.registered,
             settled.resend,
             settled.waiting + settled.ambiguous,
@@ -227,63 +257,62 @@ impl Runner {
         true
     }
 
-    /// Pages the whole asset list, keeping the assets named as wanted and the witnesses.
-    /// `None` if the listing could not be completed.
+    /// Walks the whole asset list, keeping the assets named as wanted and the witnesses.
+    /// `None` if the walk could not be completed.
     async fn collect(
         &self,
         wanted: &HashSet<String>,
         witness_ids: &HashSet<i64>,
     ) -> Option<Collected> {
-        let mut collected = Collected {
-            named: Vec::new(),
-            witnesses: HashMap::new(),
-            steady: true,
-            pages: 0,
-        };
-        let mut total_count = None;
-        let mut page = 1;
+        let mut named = Vec::new();
+        let mut witnesses = HashMap::new();
         self.stats.asset_pages.store(0, Relaxed);
-        loop {
-            let finished = self
-                .call_mi(Call::ListAssets, || {
-                    self.client.list_assets(page, LIST_PAGE)
-                })
-                .await;
-            let listed = match finished.last.result {
-                Ok(listed) => listed,
-                Err(error) => {
-                    self.list_failed(&error, finished.interrupted);
-                    self.stats.asset_pages_total.store(0, Relaxed);
-                    return None;
+        let walked = self
+            .walk_assets(|page| {
+                self.stats.asset_pages_total.store(
+                    u64::from(page.claimed_pages.unwrap_or(0).max(page.number)),
+                    Relaxed,
+                );
+                self.stats
+                    .asset_pages
+                    .store(u64::from(page.number), Relaxed);
+                for asset in page.assets {
+                    let wanted_name = wanted.contains(&asset.file_name);
+                    let witness = witness_ids.contains(&asset.asset_id);
+                    if !(wanted_name || witness) {
+                        continue;
+                    }
+                    let entry = Listed {
+                        asset_id: asset.asset_id,
+                        size: asset.size,
+                        created: asset.created,
+                        file_name: asset.file_name.clone(),
+                    };
+                    if witness {
+                        witnesses.insert(entry.asset_id, entry.clone());
+                    }
+                    if wanted_name {
+                        named.push(entry);
+                    }
                 }
-            };
-            if *total_count.get_or_insert(listed.total_count) != listed.total_count {
-                collected.steady = false;
+                Flow::More
+            })
+            .await;
+        self.stats.asset_pages_total.store(0, Relaxed);
+        match walked {
+            Ok(walked) => Some(Collected {
+                named,
+                witnesses,
+                walked,
+            }),
+            Err(WalkError::Api { error, interrupted }) => {
+                self.list_failed(&error, interrupted);
+                None
             }
-            self.stats
-                .asset_pages_total
-                .store(u64::from(listed.total_pages.max(page)), Relaxed);
-            self.stats.asset_pages.store(u64::from(page), Relaxed);
-            collected.pages = page;
-            for asset in listed.assets {
-                let entry = Listed {
-                    asset_id: asset.asset_id,
-                    size: asset.size,
-                    created: asset.created,
-                    file_name: asset.file_name,
-                };
-                if witness_ids.contains(&entry.asset_id) {
-                    collected.witnesses.insert(entry.asset_id, entry.clone());
-                }
-                if wanted.contains(&entry.file_name) {
-                    collected.named.push(entry);
-                }
+            Err(endless) => {
+                tracing::error!("{endless}; keys with an unknown outcome stay uncertain");
+                None
             }
-            if page >= listed.total_pages {
-                self.stats.asset_pages_total.store(0, Relaxed);
-                return Some(collected);
-            }
-            page += 1;
         }
     }
 
