@@ -157,9 +157,12 @@ pub fn assert_registered_once(ws: &Workspace, emulator: &Emulator, keys: &[Strin
 }
 
 /// The real binary, with credentials from the environment and nothing else inherited that
-/// could change its behaviour.
+/// could change its behaviour. `MI_IMPORT_CLIENT` names another build to test instead (to
+/// show a test fails on an earlier one).
 pub fn binary(args: &[&str], secret: &str, cwd: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mi-import"));
+    let program = std::env::var_os("MI_IMPORT_CLIENT")
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_mi-import").into());
+    let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .current_dir(cwd)
         .env_clear()
