@@ -190,6 +190,10 @@ pub struct RunArgs {
     /// Register keys marked import_failed again (their files were fixed)
     #[arg(long)]
     pub retry_import_failed: bool,
+    /// Import a manifest's good rows though some are malformed (they are listed); without
+    /// it, a malformed row stops the run before anything is sent
+    #[arg(long)]
+    pub skip_bad_rows: bool,
     /// Read the source and the ledger, ask MI nothing but the account, send nothing, and say
     /// what would happen
     #[arg(long)]

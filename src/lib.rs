@@ -23,7 +23,8 @@
 //!
 //! Around them: [`cli`] (clap types), [`config`] (validated settings, credentials),
 //! [`app`] (the commands wired together), [`exit`] (exit codes), [`lock`] (one run per
-//! ledger), [`emulator`] (MI on loopback for the demo and the tests), [`demo`].
+//! ledger), [`escape`] (outside text made safe for terminals and spreadsheets), [`emulator`]
+//! (MI on loopback for the demo and the tests), [`demo`].
 //!
 //! One way down: `main.rs`, [`cli`] and [`app`] know the command line; [`app`] turns it
 //! into the parts' own types ([`config::Limits`], [`api::analysis::AnalysisRequest`],
@@ -37,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod emulator;
+pub mod escape;
 pub mod exit;
 pub mod ledger;
 pub mod limiter;

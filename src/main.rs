@@ -80,7 +80,22 @@ fn init_logging(cli: &Cli) {
             progress::set_json(true);
             builder.json().with_ansi(false).init()
         }
-        LogFormat::Text => builder.without_time().init(),
+        // Text from outside (keys, MI's words) reaches a log line escaped: no line break,
+        // carriage return, escape sequence or bidi override of its own.
+        LogFormat::Text => builder
+            .without_time()
+            .fmt_fields(tracing_subscriber::fmt::format::debug_fn(
+                |writer, field, value| {
+                    let text = format!("{value:?}");
+                    let text = mi_import::escape::shown(&text);
+                    if field.name() == "message" {
+                        write!(writer, "{text}")
+                    } else {
+                        write!(writer, " {}={text}", field.name())
+                    }
+                },
+            ))
+            .init(),
     }
 }
 
@@ -129,7 +144,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let dry_run = args.dry_run;
             let job = import_job(*args, quiet)?;
             if dry_run {
-                print!("{}", app::dry_run(&job, shutdown).await?);
+                say(&app::dry_run(&job, shutdown).await?);
                 return Ok(Exit::Success);
             }
             let result = app::import(job, shutdown).await?;
@@ -158,14 +173,14 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
                 ..ImportJob::new(args.ledger.db, target, credentials, limits)
             };
             if args.dry_run {
-                print!("{}", app::analyze_dry_run(&job, &plan)?);
+                say(&app::analyze_dry_run(&job, &plan)?);
                 return Ok(Exit::Success);
             }
             let result = app::analyze(job, plan, args.patience, shutdown).await?;
             finish(result, quiet)
         }
         Command::Resolve(args) => {
-            print!("{}", app::resolve(&args.ledger.db, &args, shutdown).await?);
+            say(&app::resolve(&args.ledger.db, &args, shutdown).await?);
             Ok(Exit::Success)
         }
         Command::Demo(args) => {
@@ -175,7 +190,12 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             finish(result, quiet)
         }
         Command::Status(args) => {
-            print!("{}", app::status(&args.ledger.db, args.json)?);
+            let text = app::status(&args.ledger.db, args.json)?;
+            if args.json {
+                print!("{text}");
+            } else {
+                say(&text);
+            }
             Ok(Exit::Success)
         }
         Command::Report(args) => {
@@ -190,19 +210,27 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Forget(args) => {
-            print!(
-                "{}",
-                app::forget(
-                    &args.ledger.db,
-                    args.endpoint.as_deref(),
-                    &args.workspace,
-                    &args.project,
-                    args.yes,
-                )?
-            );
+            say(&app::forget(
+                &args.ledger.db,
+                args.endpoint.as_deref(),
+                &args.workspace,
+                &args.project,
+                args.yes,
+            )?);
             Ok(Exit::Success)
         }
         Command::Emulator(args) => serve_emulator(args, shutdown).await,
+    }
+}
+
+/// Text for the operator on stdout (the dry run, `status`, `resolve`, `forget`): on a
+/// terminal, anything from outside in it is escaped.
+fn say(text: &str) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        print!("{}", mi_import::escape::lines(text));
+    } else {
+        print!("{text}");
     }
 }
 
@@ -287,6 +315,7 @@ fn import_job(args: RunArgs, quiet: bool) -> Result<ImportJob> {
         on_changed: args.on_changed,
         retry_failed: args.retry_failed,
         retry_import_failed: args.retry_import_failed,
+        skip_bad_rows: args.skip_bad_rows,
         settle: args.limits.list_settle,
         list_concurrency: args.list_concurrency,
         options: RunOptions {

@@ -273,7 +273,7 @@ pub fn note(line: &str) {
         return;
     }
     // One write, so the bar is lifted once for the whole line and its newline.
-    let _ = Stderr.write_all(format!("{line}\n").as_bytes());
+    let _ = Stderr.write_all(format!("{}\n", crate::escape::lines(line)).as_bytes());
 }
 
 /// The error that ended a command, with its hint, printed once.
@@ -289,7 +289,7 @@ pub fn error(message: &str, hint: Option<&str>) {
     if let Some(hint) = hint {
         text.push_str(&format!("hint: {hint}\n"));
     }
-    let _ = Stderr.write_all(text.as_bytes());
+    let _ = Stderr.write_all(crate::escape::lines(&text).as_bytes());
 }
 
 /// The words a command ends with, and (for JSON) its counts and exit code as one event.
@@ -298,7 +298,7 @@ pub fn summary(text: &str, record: &serde_json::Value) {
         tracing::info!(event = "summary", summary = %record, "{}", text.trim_end());
         return;
     }
-    let _ = Stderr.write_all(format!("\n{text}").as_bytes());
+    let _ = Stderr.write_all(format!("\n{}", crate::escape::lines(text)).as_bytes());
 }
 
 /// How progress is shown.
@@ -332,7 +332,7 @@ pub async fn show(stats: Arc<Stats>, display: Display, done: CancellationToken) 
                 if is_json() {
                     tracing::info!(event = "progress", "{line}");
                 } else {
-                    eprintln!("progress: {line}");
+                    eprintln!("progress: {}", crate::escape::lines(line));
                 }
             })
             .await

@@ -70,11 +70,55 @@ pub struct ReportRow {
     pub project: String,
 }
 
+impl ReportRow {
+    /// The row with `change` applied to each of its texts.
+    fn map_text(mut self, change: impl Fn(&str) -> String) -> Self {
+        for text in [
+            &mut self.bucket,
+            &mut self.key,
+            &mut self.first_seen_at,
+            &mut self.updated_at,
+            &mut self.workspace,
+            &mut self.project,
+        ] {
+            *text = change(text);
+        }
+        for text in [
+            &mut self.candidates,
+            &mut self.upload_status,
+            &mut self.upload_result,
+            &mut self.analysis_status,
+            &mut self.index_id,
+            &mut self.analysis_message,
+            &mut self.error_code,
+            &mut self.message,
+            &mut self.trace_id,
+            &mut self.changed_at,
+            &mut self.registered_at,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            *text = change(text);
+        }
+        self
+    }
+}
+
+/// Where a report goes: a file or pipe gets the ledger's text exact (CSV cells that a
+/// spreadsheet would run aside); a terminal gets it escaped (`crate::escape`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    Data,
+    Terminal,
+}
+
 /// Writes every key (or those in `states`) to `out`; returns how many.
 pub fn write_report(
     conn: &Connection,
     format: ReportFormat,
     states: &[State],
+    audience: Audience,
     out: impl Write,
 ) -> Result<u64> {
     let codes: Vec<i64> = states.iter().map(|s| s.code()).collect();
@@ -118,6 +162,10 @@ pub fn write_report(
             project: r.get(21)?,
         })
     })?;
+    let for_terminal = |row: ReportRow| match audience {
+        Audience::Terminal => row.map_text(|t| crate::escape::shown(t).into_owned()),
+        Audience::Data => row,
+    };
     let mut written = 0;
     match format {
         ReportFormat::Csv => {
@@ -126,7 +174,8 @@ pub fn write_report(
                 .from_writer(out);
             csv.write_record(COLUMNS)?;
             for row in rows {
-                csv.serialize(row?)?;
+                let row = for_terminal(row?).map_text(|t| crate::escape::csv_cell(t).into_owned());
+                csv.serialize(row)?;
                 written += 1;
             }
             csv.flush()?;
@@ -134,7 +183,7 @@ pub fn write_report(
         ReportFormat::Jsonl => {
             let mut out = std::io::BufWriter::new(out);
             for row in rows {
-                serde_json::to_writer(&mut out, &row?)?;
+                serde_json::to_writer(&mut out, &for_terminal(row?))?;
                 out.write_all(b"\n")?;
                 written += 1;
             }
@@ -327,7 +376,7 @@ mod tests {
         let l = ledger_with_keys();
         let mut out = Vec::new();
         assert_eq!(
-            write_report(l.conn(), ReportFormat::Csv, &[], &mut out).unwrap(),
+            write_report(l.conn(), ReportFormat::Csv, &[], Audience::Data, &mut out).unwrap(),
             2
         );
         let text = String::from_utf8(out).unwrap();
@@ -356,7 +405,14 @@ mod tests {
     fn jsonl_report_filters_by_states() {
         let l = ledger_with_keys();
         let mut out = Vec::new();
-        write_report(l.conn(), ReportFormat::Jsonl, &[State::Skipped], &mut out).unwrap();
+        write_report(
+            l.conn(),
+            ReportFormat::Jsonl,
+            &[State::Skipped],
+            Audience::Data,
+            &mut out,
+        )
+        .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().count(), 1);
         let row: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
@@ -368,6 +424,7 @@ mod tests {
             l.conn(),
             ReportFormat::Jsonl,
             &[State::Skipped, State::Pending],
+            Audience::Data,
             &mut both,
         )
         .unwrap();

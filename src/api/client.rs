@@ -19,6 +19,11 @@ use crate::config::{Credentials, Target};
 pub const HEADER_TRACE_ID: &str = "x-ncp-trace-id";
 /// Largest page of the asset list MI serves.
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The most of one answer's body that is read. MI's largest answer is an asset-list page of
+/// 1,000 entries, a few hundred kilobytes; 16 MiB is far above any real answer and keeps a
+/// broken proxy's endless body from taking the machine's memory (`--concurrency` answers at
+/// once at most).
+pub const MAX_ANSWER_BYTES: usize = 16 << 20;
 /// Idle connections kept per host: the runner's concurrency never needs more.
 const POOL_IDLE_PER_HOST: usize = 256;
 
@@ -132,6 +137,12 @@ impl MiClient {
         timeout: Duration,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // The OS's trust store (and SSL_CERT_FILE / SSL_CERT_DIR), as the Object Storage
+            // client trusts: a company proxy's CA is there. The bundled Mozilla roots only
+            // where the OS has none. Proxies come from HTTPS_PROXY, HTTP_PROXY, ALL_PROXY and
+            // NO_PROXY.
+            .tls_built_in_native_certs(true)
+            .tls_built_in_webpki_certs(os_has_no_roots())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
@@ -365,10 +376,7 @@ impl MiClient {
                 trace_id,
             });
         }
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let bytes = self.body(response, trace_id.as_deref()).await?;
         if !(200..300).contains(&status) {
             return Err(ApiError::from_answer(status, &bytes, trace_id, retry_after));
         }
@@ -398,6 +406,35 @@ impl MiClient {
         }
     }
 
+    /// An answer's body, read up to [`MAX_ANSWER_BYTES`]: past it the answer is taken as
+    /// unreadable (an unknown outcome for the register call, retried for the others).
+    async fn body(
+        &self,
+        mut response: reqwest::Response,
+        trace_id: Option<&str>,
+    ) -> Result<Vec<u8>, ApiError> {
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(ApiError::BadBody {
+                    status,
+                    message: format!(
+                        "the answer is longer than {} MiB, far more than any answer of MI; it was not read further",
+                        MAX_ANSWER_BYTES >> 20
+                    ),
+                    trace_id: trace_id.map(str::to_owned),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
     fn transport_error(&self, error: reqwest::Error) -> ApiError {
         let message = error_chain(&error);
         if error.is_connect() {
@@ -412,6 +449,12 @@ impl MiClient {
             }
         }
     }
+}
+
+/// Whether the OS's trust store (or SSL_CERT_FILE / SSL_CERT_DIR) holds no certificate at
+/// all, so the bundled roots are the only ones to trust.
+fn os_has_no_roots() -> bool {
+    rustls_native_certs::load_native_certs().certs.is_empty()
 }
 
 fn as_i64(v: &Value) -> Option<i64> {

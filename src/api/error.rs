@@ -36,10 +36,10 @@ impl Call {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     /// No connection was made: the request never left.
-    #[error("cannot connect to {endpoint}: {message}")]
+    #[error("cannot connect to {endpoint}: {}", crate::escape::shown(message))]
     Connect { endpoint: String, message: String },
     /// The request may have been sent, but no complete answer came back.
-    #[error("no answer from MI ({message})")]
+    #[error("no answer from MI ({})", crate::escape::shown(message))]
     NoAnswer { message: String, timed_out: bool },
     /// MI (or its gateway) answered with an error status.
     #[error("{}", http_summary(*status, code.as_deref(), message))]
@@ -55,14 +55,17 @@ pub enum ApiError {
     },
     /// A redirect: MI's client follows none (a signed request goes only to the endpoint), so
     /// where the request ended up, and whether it did anything, is unknown.
-    #[error("MI answered HTTP {status}, a redirect to {}; redirects are not followed", location.as_deref().unwrap_or("nowhere named"))]
+    #[error("MI answered HTTP {status}, a redirect to {}; redirects are not followed", crate::escape::shown(location.as_deref().unwrap_or("nowhere named")))]
     Redirect {
         status: u16,
         location: Option<String>,
         trace_id: Option<String>,
     },
     /// A success status with a body we could not read.
-    #[error("unreadable answer from MI (HTTP {status}): {message}")]
+    #[error(
+        "unreadable answer from MI (HTTP {status}): {}",
+        crate::escape::shown(message)
+    )]
     BadBody {
         status: u16,
         message: String,
@@ -70,9 +73,16 @@ pub enum ApiError {
     },
 }
 
+/// MI's words, escaped: what the service (or whatever answers in its place) says may hold
+/// anything. The ledger keeps them exact ([`ApiError::detail`]).
 fn http_summary(status: u16, code: Option<&str>, message: &str) -> String {
-    let code = code.map(|c| format!(" code {c}")).unwrap_or_default();
-    format!("MI answered HTTP {status}{code}: {message}")
+    let code = code
+        .map(|c| format!(" code {}", crate::escape::shown(c)))
+        .unwrap_or_default();
+    format!(
+        "MI answered HTTP {status}{code}: {}",
+        crate::escape::shown(message)
+    )
 }
 
 impl ApiError {

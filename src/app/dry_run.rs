@@ -17,9 +17,10 @@ const ASSUMED_CHECKS_PER_KEY: f64 = 1.5;
 
 /// What a run with these settings would do.
 pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<String> {
-    if job.manifest_given() {
-        ingest::check(job)?;
-    }
+    let source = match job.manifest_given() {
+        true => Some(ingest::prepare(job, &shutdown).await?),
+        false => None,
+    };
     let lister = job
         .listing
         .as_ref()
@@ -28,8 +29,13 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         lister.check_bucket().await?;
     }
     let account = check_account(job).await?;
-    let _lock = crate::lock::acquire(&job.db, "run --dry-run")?;
-    let mut ledger = Ledger::open(&job.db)?;
+    // A dry run creates nothing: with no ledger yet, it reads the source into one in memory.
+    let (_lock, mut ledger) = if job.db.exists() {
+        let lock = crate::lock::acquire(&job.db, "run --dry-run")?;
+        (Some(lock), Ledger::open(&job.db)?)
+    } else {
+        (None, Ledger::open_in_memory()?)
+    };
     let tx = ledger.conn_mut().transaction()?;
     let scope = Scope::open(
         &tx,
@@ -39,13 +45,17 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     )?;
     let mut read = Ingested::default();
     let now = std::time::SystemTime::now();
-    if let Some(path) = ingest::path_key(&job.manifest) {
+    let mut bad_rows = ingest::BadRows::default();
+    if let (Some(path), Some(source)) = (ingest::path_key(&job.manifest), source) {
         let earlier = ledger::runs::manifest_read(&tx, &scope, &path, &ingest::settings(job))?;
-        let mut opened = ingest::open(job, earlier)?;
+        let mut opened = ingest::open(job, earlier, source)?;
         loop {
             let batch = opened.next_batch(&job.filters, now);
             read.known += batch.known_rows;
-            if let Some(e) = batch.bad_row {
+            for e in &batch.bad_rows {
+                bad_rows.add(e);
+            }
+            if let Some(e) = batch.broken {
                 return Err(crate::exit::input(anyhow::anyhow!(
                     "{}: {e}",
                     job.manifest.name()
@@ -56,6 +66,14 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
                 break;
             }
         }
+    }
+    if bad_rows.count > 0 && !job.skip_bad_rows {
+        return Err(crate::exit::input(anyhow::anyhow!(
+            "{}: {} malformed:\n{}hint: a run would send nothing; fix them, or run with --skip-bad-rows to import the rest",
+            job.manifest.name(),
+            summary::count(bad_rows.count, "row is", "rows are"),
+            bad_rows.listed("  ")
+        )));
     }
     let mut listed = None;
     if let (Some(spec), Some(lister)) = (&job.listing, lister) {

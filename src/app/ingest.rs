@@ -12,8 +12,10 @@
 
 use anyhow::{Context, Result};
 use std::io::{Read, Seek, SeekFrom};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
 
 use super::{ImportJob, Manifest};
 use crate::exit::input;
@@ -23,17 +25,26 @@ use crate::ledger::{self, Ingested, NewKey, Scope};
 use crate::source::chunks::{Chunk, Chunker};
 use crate::source::filter::Filters;
 use crate::source::judged;
+use crate::source::lines::WholeLines;
 use crate::source::manifest::{ManifestError, ManifestReader};
 use crate::source::tally::{self, Tally, Tallying};
 
 /// Rows per ledger transaction while reading a manifest: large enough that a million-row
 /// manifest needs a few hundred commits, small enough to keep memory flat.
 const INGEST_BATCH: usize = 5_000;
+/// Bad rows named one by one in the error (or the summary); the rest are counted.
+pub(crate) const BAD_ROWS_NAMED: usize = 100;
+
+/// The command was asked to stop (SIGINT/SIGTERM) while the manifest was opened or read:
+/// what was recorded stands, nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("stopped while reading the manifest; nothing was sent")]
+pub(crate) struct Stopped;
 
 type Input = Box<dyn Read + Send>;
 pub(crate) type Reader = ManifestReader<Tallying<Input>>;
 
-trait ReadSeek: Read + Seek + Send {}
+pub(crate) trait ReadSeek: Read + Seek + Send {}
 impl<T: Read + Seek + Send> ReadSeek for T {}
 
 /// A manifest opened for reading, from its start or from where an earlier read ended.
@@ -43,6 +54,25 @@ pub(crate) struct Opened {
     /// The earlier read this one continues, if the leading bytes were unchanged.
     pub continues: Option<ManifestRead>,
     chunker: Chunker,
+    /// A file that can be read again: what was read is remembered (a pipe's is not: the next
+    /// run reads it whole).
+    pub rereadable: bool,
+    /// An unterminated last line was left for the next run (the file grew as it was read).
+    held_back: Arc<AtomicBool>,
+}
+
+/// Where a manifest's bytes come from, once opened.
+pub(crate) enum Source {
+    /// A regular file (or the demo's text): checked now, read once the ledger is open, from
+    /// its start or on from where an earlier read ended.
+    Seekable {
+        input: Box<dyn ReadSeek>,
+        /// The file itself, to see whether it grows while it is read.
+        file: Option<std::fs::File>,
+    },
+    /// A pipe, FIFO, process substitution or device: it can be read only once, so it is
+    /// opened and its header read here, and the rows read later go on from there.
+    Stream(Box<Opened>),
 }
 
 /// The settings that shape a manifest's rows: the same bytes read with other settings are
@@ -71,34 +101,130 @@ pub(crate) fn path_key(manifest: &Manifest) -> Option<String> {
     }
 }
 
-fn open_input(manifest: &Manifest) -> Result<Box<dyn ReadSeek>> {
-    Ok(match manifest {
-        Manifest::File(path) => Box::new(
-            std::fs::File::open(path)
-                .with_context(|| {
-                    format!(
-                        "cannot open the manifest {}\nhint: check the path given to --manifest",
-                        path.display()
-                    )
-                })
-                .map_err(input)?,
-        ),
-        Manifest::Builtin { text, .. } => Box::new(std::io::Cursor::new(text.as_bytes())),
-        Manifest::None => Box::new(std::io::Cursor::new(&b""[..])),
+fn cannot_open(path: &std::path::Path, e: std::io::Error) -> anyhow::Error {
+    input(anyhow::Error::new(e).context(format!(
+        "cannot open the manifest {}\nhint: check the path given to --manifest",
+        path.display()
+    )))
+}
+
+/// Opens the manifest and checks its header, before anything else. A pipe or FIFO is opened
+/// (which waits for its writer) and its header read on a thread of its own, so a signal
+/// ends the wait: [`Stopped`].
+pub(crate) async fn prepare(job: &ImportJob, shutdown: &CancellationToken) -> Result<Source> {
+    let path = match &job.manifest {
+        Manifest::File(path) => path.clone(),
+        Manifest::Builtin { text, .. } => {
+            let source = Source::Seekable {
+                input: Box::new(std::io::Cursor::new(text.as_bytes())),
+                file: None,
+            };
+            return check(job, source);
+        }
+        Manifest::None => anyhow::bail!("no manifest to read"),
+    };
+    let regular = std::fs::metadata(&path)
+        .map_err(|e| cannot_open(&path, e))?
+        .is_file();
+    if regular {
+        let file = std::fs::File::open(&path).map_err(|e| cannot_open(&path, e))?;
+        let watched = file.try_clone().ok();
+        let source = Source::Seekable {
+            input: Box::new(file),
+            file: watched,
+        };
+        return check(job, source);
+    }
+    let job = job.clone();
+    let opening = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| cannot_open(&path, e))?;
+        let opened = start(&job, Box::new(file) as Input, None, None, 0)?;
+        Ok::<_, anyhow::Error>(Source::Stream(Box::new(opened)))
+    });
+    tokio::select! {
+        opened = opening => opened?,
+        _ = shutdown.cancelled() => Err(Stopped.into()),
+    }
+}
+
+/// A seekable manifest's header, checked and rewound.
+fn check(job: &ImportJob, source: Source) -> Result<Source> {
+    let Source::Seekable { mut input, file } = source else {
+        return Ok(source);
+    };
+    let name = job.manifest.name();
+    ManifestReader::new(
+        WholeLines::new(&mut input, None, 0),
+        job.manifest_format,
+        job.default_bucket.clone(),
+    )
+    .map_err(|e| input_error(&name, e))?;
+    input
+        .seek(SeekFrom::Start(0))
+        .with_context(|| format!("reading {name}"))?;
+    Ok(Source::Seekable { input, file })
+}
+
+fn input_error(name: &str, e: ManifestError) -> anyhow::Error {
+    input(anyhow::anyhow!("{name}: {e}"))
+}
+
+/// A reader over `input` (whole lines, tallied), starting after `lines_before` lines whose
+/// first was `first_line`, or at the start with a header to read.
+fn start(
+    job: &ImportJob,
+    input: Input,
+    file: Option<std::fs::File>,
+    continued: Option<(Tally, &[u8])>,
+    lines_before: u64,
+) -> Result<Opened> {
+    let name = job.manifest.name();
+    let rereadable = file.is_some() || matches!(job.manifest, Manifest::Builtin { .. });
+    let lines = WholeLines::new(input, file, lines_before);
+    let held_back = lines.held_back.clone();
+    let (reader, tally) = match continued {
+        Some((tally, first_line)) => {
+            let (rest, tally) = Tallying::new(Box::new(lines) as Input, tally);
+            let reader = ManifestReader::continuing(
+                rest,
+                job.manifest_format,
+                job.default_bucket.clone(),
+                first_line,
+                lines_before,
+            )
+            .map_err(|e| input_error(&name, e))?;
+            (reader, tally)
+        }
+        None => {
+            let (whole, tally) = Tallying::new(Box::new(lines) as Input, Tally::default());
+            let reader =
+                ManifestReader::new(whole, job.manifest_format, job.default_bucket.clone())
+                    .map_err(|e| input_error(&name, e))?;
+            (reader, tally)
+        }
+    };
+    Ok(Opened {
+        reader,
+        tally,
+        continues: None,
+        chunker: Chunker::new(&[]),
+        rereadable,
+        held_back,
     })
 }
 
-/// Checks that the manifest can be opened and has a usable header, before anything else.
-pub(crate) fn check(job: &ImportJob) -> Result<()> {
-    open(job, None).map(drop)
-}
-
-/// Opens the manifest; where `earlier` describes a read whose leading bytes are unchanged,
-/// positioned right after them.
-pub(crate) fn open(job: &ImportJob, earlier: Option<ManifestRead>) -> Result<Opened> {
+/// Opens the manifest for its rows; where `earlier` describes a read whose leading bytes are
+/// unchanged, positioned right after them. A stream goes on from its header.
+pub(crate) fn open(
+    job: &ImportJob,
+    earlier: Option<ManifestRead>,
+    source: Source,
+) -> Result<Opened> {
+    let (mut file, watched) = match source {
+        Source::Stream(opened) => return Ok(*opened),
+        Source::Seekable { input, file } => (input, file),
+    };
     let name = job.manifest.name();
-    let mut file = open_input(&job.manifest)?;
-    let bad = |e: ManifestError| input(anyhow::anyhow!("{name}: {e}"));
     let chunker = Chunker::new(earlier.as_ref().map_or(&[][..], |e| &e.chunks));
     if let Some(earlier) = earlier {
         let prefix = tally::hash_prefix(&mut file, earlier.bytes)
@@ -106,38 +232,25 @@ pub(crate) fn open(job: &ImportJob, earlier: Option<ManifestRead>) -> Result<Ope
         if let Some((hasher, first_line)) = prefix {
             let hash = format!("{:x}", sha2::Digest::finalize(hasher.clone()));
             if hash == earlier.hash {
-                let (rest, tally) = Tallying::new(
-                    Box::new(file) as Input,
-                    Tally::after(hasher, earlier.bytes, earlier.lines),
-                );
-                let reader = ManifestReader::continuing(
-                    rest,
-                    job.manifest_format,
-                    job.default_bucket.clone(),
-                    &first_line,
+                let tally = Tally::after(hasher, earlier.bytes, earlier.lines);
+                let mut opened = start(
+                    job,
+                    Box::new(file),
+                    watched,
+                    Some((tally, &first_line)),
                     earlier.lines,
-                )
-                .map_err(bad)?;
-                return Ok(Opened {
-                    reader,
-                    tally,
-                    continues: Some(earlier),
-                    chunker,
-                });
+                )?;
+                opened.continues = Some(earlier);
+                opened.chunker = chunker;
+                return Ok(opened);
             }
         }
         file.seek(SeekFrom::Start(0))
             .with_context(|| format!("reading {name}"))?;
     }
-    let (whole, tally) = Tallying::new(Box::new(file) as Input, Tally::default());
-    let reader =
-        ManifestReader::new(whole, job.manifest_format, job.default_bucket.clone()).map_err(bad)?;
-    Ok(Opened {
-        reader,
-        tally,
-        continues: None,
-        chunker,
-    })
+    let mut opened = start(job, Box::new(file), watched, None, 0)?;
+    opened.chunker = chunker;
+    Ok(opened)
 }
 
 impl Opened {
@@ -163,8 +276,10 @@ pub(crate) struct Batch {
     pub keys: Vec<NewKey>,
     /// Rows passed over: their chunk was read before, and every row of it is in the ledger.
     pub known_rows: u64,
-    /// The malformed row that ended the batch early.
-    pub bad_row: Option<ManifestError>,
+    /// Malformed rows met on the way (the reading goes on past them).
+    pub bad_rows: Vec<ManifestError>,
+    /// The file could not be read on (a line longer than any row, an I/O error).
+    pub broken: Option<ManifestError>,
     /// Nothing is left to read after this batch.
     pub last: bool,
 }
@@ -174,7 +289,8 @@ impl Opened {
         let mut batch = Batch {
             keys: Vec::with_capacity(INGEST_BATCH),
             known_rows: 0,
-            bad_row: None,
+            bad_rows: Vec::new(),
+            broken: None,
             last: false,
         };
         let offer = |batch: &mut Batch, chunk: Chunk| {
@@ -198,14 +314,15 @@ impl Opened {
                         }
                     }
                 }
-                Err(e) => {
-                    // The rows before a bad one are recorded, whatever their chunk.
+                Err(e @ ManifestError::Read(_)) => {
+                    // The rows before it are recorded, whatever their chunk.
                     let rows = self.chunker.take_rest();
                     offer(&mut batch, Chunk { rows, known: false });
-                    batch.bad_row = Some(e);
+                    batch.broken = Some(e);
                     batch.last = true;
                     return batch;
                 }
+                Err(e) => batch.bad_rows.push(e),
             }
         }
         if let Some(chunk) = self.chunker.finish() {
@@ -214,48 +331,118 @@ impl Opened {
         batch.last = true;
         batch
     }
+
+    /// An unterminated last line was left for the next run.
+    pub fn held_back(&self) -> bool {
+        self.held_back.load(Ordering::SeqCst)
+    }
 }
 
-/// Reads the manifest into the ledger before anything is sent, so a bad row stops the run
-/// with nothing sent; rows before it stay recorded. Returns the counts and what to remember
-/// of the read.
+/// The malformed rows of a manifest: the first [`BAD_ROWS_NAMED`] in words, and how many.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BadRows {
+    pub named: Vec<String>,
+    pub count: u64,
+}
+
+impl BadRows {
+    pub fn add(&mut self, e: &ManifestError) {
+        self.count += 1;
+        if self.named.len() < BAD_ROWS_NAMED {
+            // One line each: the hint, if any, is said once for all.
+            let text = e.to_string();
+            let first = text.split("\nhint: ").next().unwrap_or(&text).to_owned();
+            self.named.push(first);
+        }
+    }
+
+    /// The rows in words, one a line, then how many more.
+    pub fn listed(&self, indent: &str) -> String {
+        let mut text: String = self
+            .named
+            .iter()
+            .map(|row| format!("{indent}{row}\n"))
+            .collect();
+        let more = self.count - self.named.len() as u64;
+        if more > 0 {
+            text.push_str(&format!("{indent}and {more} more\n"));
+        }
+        text
+    }
+}
+
+/// What a manifest read brought.
+pub(crate) struct Read_ {
+    pub counts: Ingested,
+    pub record: ManifestRead,
+    pub bad_rows: BadRows,
+    pub rereadable: bool,
+    pub held_back: bool,
+}
+
+/// Reads the manifest into the ledger before anything is sent, to its end, naming every
+/// malformed row: any makes it an input error (nothing is sent; the other rows are recorded
+/// and sent once the file is fixed) unless `--skip-bad-rows`. Stops early on `shutdown`
+/// (wherever the read is, a blocked pipe included): [`Stopped`].
 pub(crate) async fn ingest(
     mut opened: Opened,
     job: &ImportJob,
     writer: &LedgerWriter,
     scope: &Scope,
-) -> Result<(Ingested, ManifestRead)> {
+    shutdown: &CancellationToken,
+) -> Result<Read_> {
     let name = job.manifest.name();
-    let (filters, on_changed) = (job.filters.clone(), job.on_changed);
+    let (filters, on_changed, skip) = (job.filters.clone(), job.on_changed, job.skip_bad_rows);
     let (writer, scope) = (writer.clone(), scope.clone());
     let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
+    let stop = shutdown.clone();
+    let reading = tokio::task::spawn_blocking(move || {
         let mut total = Ingested::default();
+        let mut bad = BadRows::default();
         loop {
-            let Batch {
-                keys,
-                known_rows,
-                bad_row,
-                last,
-            } = opened.next_batch(&filters, SystemTime::now());
-            total.known += known_rows;
-            let s = scope.clone();
+            if stop.is_cancelled() {
+                return Err(Stopped.into());
+            }
+            let batch = opened.next_batch(&filters, SystemTime::now());
+            total.known += batch.known_rows;
+            for e in &batch.bad_rows {
+                bad.add(e);
+            }
+            let (s, keys) = (scope.clone(), batch.keys);
             total += handle
                 .block_on(writer.write(move |t| ledger::insert_keys(t, &s, &keys, on_changed)))?;
-            if let Some(e) = bad_row {
+            if let Some(e) = batch.broken {
                 return Err(input(anyhow::anyhow!(
-                    "{name}: {e}\nnothing was sent; the {} rows before it are recorded and will be imported once the file is fixed",
+                    "{name}: {e}\nhint: nothing was sent; the {} rows before it are recorded and will be imported once the file is fixed",
                     total.rows()
                 )));
             }
-            if last {
+            if batch.last {
                 break;
             }
         }
+        if bad.count > 0 && !skip {
+            return Err(input(anyhow::anyhow!(
+                "{name}: {} malformed:\n{}hint: nothing was sent; fix {} and run again (the other {} rows are recorded), or run with --skip-bad-rows to import the rest",
+                crate::app::summary::count(bad.count, "row is", "rows are"),
+                bad.listed("  "),
+                crate::runner::plural(bad.count, "it", "them"),
+                total.rows()
+            )));
+        }
         let record = opened.record(total.rows());
-        Ok((total, record))
-    })
-    .await?
+        Ok(Read_ {
+            counts: total,
+            record,
+            bad_rows: bad,
+            rereadable: opened.rereadable,
+            held_back: opened.held_back(),
+        })
+    });
+    tokio::select! {
+        read = reading => read?,
+        _ = shutdown.cancelled() => Err(Stopped.into()),
+    }
 }
 
 #[cfg(test)]
@@ -264,6 +451,14 @@ mod tests {
     use crate::config::{Credentials, Limits, Target};
     use crate::ledger::{Ledger, State};
     use sha2::Digest;
+
+    fn source(path: &std::path::Path) -> Source {
+        let file = std::fs::File::open(path).unwrap();
+        Source::Seekable {
+            file: Some(file.try_clone().unwrap()),
+            input: Box::new(file),
+        }
+    }
 
     fn job(path: &std::path::Path) -> ImportJob {
         let target = Target::new("http://127.0.0.1:1", Some("w".into()), Some("1".into())).unwrap();
@@ -288,7 +483,7 @@ mod tests {
         let first = "bucket,key\nmedia,a.mp4\nmedia,b.mp4\n";
         std::fs::write(&path, first).unwrap();
         let job = job(&path);
-        let opened = open(&job, None).unwrap();
+        let opened = open(&job, None, source(&path)).unwrap();
         // Atomically replaced between the open and the read.
         let next = dir.path().join("next.csv");
         std::fs::write(&next, "bucket,key\nmedia,a.mp4\nmedia,c.mp4\nmedia,d.mp4\n").unwrap();
@@ -297,15 +492,20 @@ mod tests {
         let ledger = Ledger::open_in_memory().unwrap();
         let scope = Scope::open(ledger.conn(), "http://mi.test", "w", "1").unwrap();
         let (writer, _thread) = LedgerWriter::spawn(ledger, None);
-        let (counts, read) = ingest(opened, &job, &writer, &scope).await.unwrap();
+        let stop = CancellationToken::new();
+        let done = ingest(opened, &job, &writer, &scope, &stop).await.unwrap();
+        let (counts, read) = (done.counts, done.record);
         assert_eq!(counts.new, 2);
         assert_eq!(read.hash, format!("{:x}", sha2::Sha256::digest(first)));
         assert_eq!((read.bytes, read.lines), (first.len() as u64, 3));
 
         // The next read sees other leading bytes: the whole new file is read.
-        let reopened = open(&job, Some(read)).unwrap();
+        let reopened = open(&job, Some(read), source(&path)).unwrap();
         assert!(reopened.continues.is_none());
-        let (counts, _) = ingest(reopened, &job, &writer, &scope).await.unwrap();
+        let counts = ingest(reopened, &job, &writer, &scope, &stop)
+            .await
+            .unwrap()
+            .counts;
         assert_eq!((counts.new, counts.known), (2, 1));
         let s = scope.clone();
         let n = writer
@@ -324,13 +524,24 @@ mod tests {
         let ledger = Ledger::open_in_memory().unwrap();
         let scope = Scope::open(ledger.conn(), "http://mi.test", "w", "1").unwrap();
         let (writer, _thread) = LedgerWriter::spawn(ledger, None);
-        let (_, read) = ingest(open(&job, None).unwrap(), &job, &writer, &scope)
-            .await
-            .unwrap();
+        let stop = CancellationToken::new();
+        let read = ingest(
+            open(&job, None, source(&path)).unwrap(),
+            &job,
+            &writer,
+            &scope,
+            &stop,
+        )
+        .await
+        .unwrap()
+        .record;
         std::fs::write(&path, "bucket,key\nmedia,a.mp4\nmedia,b.mp4\nmedia,\n").unwrap();
-        let opened = open(&job, Some(read)).unwrap();
+        let opened = open(&job, Some(read), source(&path)).unwrap();
         assert!(opened.continues.is_some());
-        let err = ingest(opened, &job, &writer, &scope).await.unwrap_err();
+        let err = ingest(opened, &job, &writer, &scope, &stop)
+            .await
+            .err()
+            .unwrap();
         assert!(
             format!("{err:#}").contains("line 4:"),
             "a bad appended row names its line in the whole file: {err:#}"

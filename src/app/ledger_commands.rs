@@ -29,14 +29,29 @@ pub fn report(db: &Path, args: &ReportArgs) -> Result<u64> {
             let file = std::fs::File::create(path)
                 .with_context(|| format!("cannot create {}", path.display()))
                 .map_err(input)?;
-            crate::report::write_report(ledger.conn(), args.format, &args.state, file)
+            crate::report::write_report(
+                ledger.conn(),
+                args.format,
+                &args.state,
+                crate::report::Audience::Data,
+                file,
+            )
         }
-        None => crate::report::write_report(
-            ledger.conn(),
-            args.format,
-            &args.state,
-            std::io::stdout().lock(),
-        ),
+        None => {
+            use std::io::IsTerminal;
+            let audience = if std::io::stdout().is_terminal() {
+                crate::report::Audience::Terminal
+            } else {
+                crate::report::Audience::Data
+            };
+            crate::report::write_report(
+                ledger.conn(),
+                args.format,
+                &args.state,
+                audience,
+                std::io::stdout().lock(),
+            )
+        }
     }
 }
 
@@ -129,10 +144,12 @@ pub(super) fn only_bucket_of(
     match buckets.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(input(anyhow::anyhow!(
-            "the ledger has no key `{key}` for {scope}\nhint: copy the key from `mi-import report --state uncertain`"
+            "the ledger has no key `{}` for {scope}\nhint: copy the key from `mi-import report --state uncertain`",
+            crate::escape::shown(key)
         ))),
         _ => Err(input(anyhow::anyhow!(
-            "`{key}` is in {} buckets ({})\nhint: pass --bucket",
+            "`{}` is in {} buckets ({})\nhint: pass --bucket",
+            crate::escape::shown(key),
             buckets.len(),
             buckets.join(", ")
         ))),

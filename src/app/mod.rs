@@ -77,6 +77,8 @@ pub struct ImportJob {
     pub on_changed: OnChanged,
     pub retry_failed: bool,
     pub retry_import_failed: bool,
+    /// Import the manifest's good rows though some are malformed (they are listed).
+    pub skip_bad_rows: bool,
     /// How long MI's asset list may take to show a new asset.
     pub settle: Duration,
     /// Listing requests to Object Storage at once.
@@ -103,6 +105,7 @@ impl ImportJob {
             on_changed: OnChanged::Report,
             retry_failed: false,
             retry_import_failed: false,
+            skip_bad_rows: false,
             settle: DEFAULT_SETTLE,
             list_concurrency: crate::source::bucket::DEFAULT_LIST_CONCURRENCY,
             options: RunOptions {
@@ -117,6 +120,28 @@ impl ImportJob {
 
     fn manifest_given(&self) -> bool {
         !matches!(self.manifest, Manifest::None)
+    }
+}
+
+impl ImportResult {
+    /// A run stopped by a signal before its manifest could even be opened (a FIFO with no
+    /// writer yet): nothing was read, recorded or sent.
+    fn stopped(job: &ImportJob) -> Self {
+        ImportResult {
+            exit: Exit::Interrupted,
+            ending: Ending::Interrupted,
+            ingested: Ingested::default(),
+            counts: Vec::new(),
+            this_run: Vec::new(),
+            analyses_failed: 0,
+            requests: 0,
+            listed: None,
+            summary: format!(
+                "stopped before {} could be opened: nothing was read, recorded or sent\n",
+                job.manifest.name()
+            ),
+            next_steps: String::new(),
+        }
     }
 }
 
@@ -142,9 +167,14 @@ pub struct ImportResult {
 
 /// Runs one import: lock, ledger, account, source, dispatch, summary.
 pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<ImportResult> {
-    if job.manifest_given() {
-        ingest::check(&job)?;
-    }
+    let source = match job.manifest_given() {
+        true => match ingest::prepare(&job, &shutdown).await {
+            Ok(source) => Some(source),
+            Err(e) if e.is::<ingest::Stopped>() => return Ok(ImportResult::stopped(&job)),
+            Err(e) => return Err(e),
+        },
+        false => None,
+    };
     let listing_check = match &job.listing {
         Some(spec) => Some(Lister::new(spec, job.limits.timeout)),
         None => None,
@@ -153,7 +183,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         lister.check_bucket().await?;
     }
     let session = Session::open(&job, "run")?;
-    let runner = session.runner(&job, shutdown)?;
+    let runner = session.runner(&job, shutdown.clone())?;
 
     // ---- the account first: a wrong workspace or project stops here, with nothing recorded
     let linked = match runner.check_account().await? {
@@ -162,7 +192,12 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     };
 
     // ---- the source into the ledger before anything is sent
-    let (ingested, read) = read_manifest(&job, &session).await?;
+    let (ingested, read) = match read_manifest(&job, &session, source, &shutdown).await {
+        Err(e) if e.is::<ingest::Stopped>() => {
+            return session.finish(&runner, Ending::Interrupted, &job).await;
+        }
+        other => other?,
+    };
     let mut options = job.options.clone();
     let listings = listings_to_run(&job, &session).await?;
     options
@@ -271,12 +306,14 @@ async fn refused(
 }
 
 /// Reads the manifest (only what is new of it) into the ledger; what to remember of the
-/// read once the run is not refused.
+/// read once the run is not refused (nothing, for a pipe: the next run reads it whole).
 async fn read_manifest(
     job: &ImportJob,
     session: &Session,
+    source: Option<ingest::Source>,
+    shutdown: &CancellationToken,
 ) -> Result<(Ingested, Option<ManifestRead>)> {
-    let Some(path) = ingest::path_key(&job.manifest) else {
+    let (Some(path), Some(source)) = (ingest::path_key(&job.manifest), source) else {
         return Ok((Ingested::default(), None));
     };
     let (s, settings) = (session.scope.clone(), ingest::settings(job));
@@ -284,24 +321,26 @@ async fn read_manifest(
         .writer
         .write(move |t| ledger::runs::manifest_read(t, &s, &path, &settings))
         .await?;
-    let opened = ingest::open(job, earlier)?;
+    let opened = ingest::open(job, earlier, source)?;
     let continued = opened.continues.clone();
-    let result = ingest::ingest(opened, job, &session.writer, &session.scope).await;
-    let (ingested, read) = match result {
-        Ok(done) => done,
+    let result = ingest::ingest(opened, job, &session.writer, &session.scope, shutdown).await;
+    let read = match result {
+        Ok(read) => read,
         Err(error) => {
-            let (run_id, summary) = (
-                session.run_id,
-                json!({"error": format!("{error:#}")}).to_string(),
-            );
-            session
-                .writer
-                .write(move |t| ledger::finish_run(t, run_id, Exit::Usage.code(), &summary))
-                .await?;
+            if !error.is::<ingest::Stopped>() {
+                let (run_id, summary) = (
+                    session.run_id,
+                    json!({"error": format!("{error:#}")}).to_string(),
+                );
+                session
+                    .writer
+                    .write(move |t| ledger::finish_run(t, run_id, Exit::Usage.code(), &summary))
+                    .await?;
+            }
             return Err(error);
         }
     };
-    let name = job.manifest.name();
+    let (ingested, name) = (read.counts, job.manifest.name());
     match &continued {
         Some(earlier) if ingested.rows() == 0 => tracing::info!(
             "{name}: unchanged since it was read on {} ({} rows); not read again",
@@ -321,7 +360,25 @@ async fn read_manifest(
             ingested.known
         ),
     }
-    Ok((ingested, Some(read)))
+    if read.bad_rows.count > 0 {
+        tracing::warn!(
+            "{name}: {} malformed and left out (--skip-bad-rows):\n{}",
+            summary::count(read.bad_rows.count, "row was", "rows were"),
+            read.bad_rows.listed("  ").trim_end()
+        );
+    }
+    if read.held_back {
+        tracing::info!(
+            "{name}: its last line has no line end yet and the file grew while it was read; that line waits for the next run"
+        );
+    }
+    if !read.rereadable {
+        tracing::info!(
+            "{name} is a pipe or device: it was read once, and the next run reads it whole"
+        );
+        return Ok((ingested, None));
+    }
+    Ok((ingested, Some(read.record)))
 }
 
 /// The listings this run goes through: the one asked for, or, with no source at all, those

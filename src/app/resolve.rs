@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{Answer, ApiError, Call, MiClient};
 use crate::cli::ResolveArgs;
 use crate::config::{Credentials, Target};
+use crate::escape::shown;
 use crate::exit::input;
 use crate::ledger::unsure::{self, Decision, Settleable};
 use crate::ledger::{self, Ledger, Scope};
@@ -42,8 +43,8 @@ struct Wish {
 impl Wish {
     fn place(&self) -> String {
         match self.line {
-            Some(line) => format!("line {line}: `{}`", self.key),
-            None => format!("`{}`", self.key),
+            Some(line) => format!("line {line}: `{}`", shown(&self.key)),
+            None => format!("`{}`", shown(&self.key)),
         }
     }
 }
@@ -87,8 +88,9 @@ pub async fn resolve(db: &Path, args: &ResolveArgs, shutdown: CancellationToken)
             && let Some(other) = given.insert(asset, c.wish.key.clone())
         {
             problems.push(format!(
-                "{}: asset {asset} is given to `{other}` too",
-                c.wish.place()
+                "{}: asset {asset} is given to `{}` too",
+                c.wish.place(),
+                shown(&other)
             ));
         }
     }
@@ -289,7 +291,8 @@ fn evidence(
     };
     if let Some(owner) = unsure::owner_of(conn, scope, asset, c.row.id)? {
         return Ok(Err(format!(
-            "asset {asset} already belongs to `{owner}` in this ledger"
+            "asset {asset} already belongs to `{}` in this ledger",
+            shown(&owner)
         )));
     }
     if c.row.candidates.contains(&asset) {
@@ -304,7 +307,8 @@ fn evidence(
         )),
         Some(Some(name)) if reconcile::names_for(&c.wish.key, naming).contains(name) => Ok(()),
         Some(Some(name)) => Err(format!(
-            "MI names asset {asset} `{name}`, a name this key cannot have"
+            "MI names asset {asset} `{}`, a name this key cannot have",
+            shown(name)
         )),
     })
 }
@@ -392,8 +396,8 @@ fn apply(
         let _ = writeln!(
             text,
             "`{}` in `{}` {} {said}",
-            c.wish.key,
-            c.bucket,
+            shown(&c.wish.key),
+            shown(&c.bucket),
             if dry_run { "would be" } else { "is now" }
         );
     }

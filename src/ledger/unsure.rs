@@ -214,13 +214,21 @@ pub enum Decision {
 /// Why a decision was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    #[error("the ledger has no key `{key}` in bucket `{bucket}` for this project")]
+    #[error(
+        "the ledger has no key `{}` in bucket `{}` for this project",
+        crate::escape::shown(key),
+        crate::escape::shown(bucket)
+    )]
     NoSuchKey { bucket: String, key: String },
     #[error(
-        "`{key}` is {state}: only uncertain keys, and keys settled by hand and not yet confirmed, are settled by hand"
+        "`{}` is {state}: only uncertain keys, and keys settled by hand and not yet confirmed, are settled by hand",
+        crate::escape::shown(key)
     )]
     NotUncertain { key: String, state: State },
-    #[error("asset {asset} already belongs to `{owner}` in this ledger")]
+    #[error(
+        "asset {asset} already belongs to `{}` in this ledger",
+        crate::escape::shown(owner)
+    )]
     Owned { asset: i64, owner: String },
 }
 

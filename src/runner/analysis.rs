@@ -265,7 +265,10 @@ impl Runner {
                 },
                 Disposition::Fatal => {
                     self.stop_for(FatalStop {
-                        message: format!("{e} (while requesting the analysis of {})", one.key),
+                        message: format!(
+                            "{e} (while requesting the analysis of {})",
+                            crate::escape::shown(&one.key)
+                        ),
                         hint: e.hint().map(str::to_owned),
                     });
                     Requested::NotSent
@@ -303,7 +306,10 @@ impl Runner {
             Err(error) => {
                 if error.disposition_for(Call::AnalysisStatus) == Disposition::Fatal {
                     self.stop_for(FatalStop {
-                        message: format!("{error} (while checking the analysis of {})", due.key),
+                        message: format!(
+                            "{error} (while checking the analysis of {})",
+                            crate::escape::shown(&due.key)
+                        ),
                         hint: error.hint().map(str::to_owned),
                     });
                 }

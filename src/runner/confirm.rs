@@ -458,7 +458,10 @@ impl Runner {
         let why = match error.disposition_for(Call::ImportStatus) {
             Disposition::Fatal => {
                 self.stop_for(FatalStop {
-                    message: format!("{error} (while checking the import of {})", due.key),
+                    message: format!(
+                        "{error} (while checking the import of {})",
+                        crate::escape::shown(&due.key)
+                    ),
                     hint: error.hint().map(str::to_owned),
                 });
                 return Ok(());
@@ -540,7 +543,8 @@ impl Runner {
                 self.stop_for(FatalStop {
                     message: format!(
                         "{error} (checking asset {} of {}), {why}",
-                        due.asset_id, due.key
+                        due.asset_id,
+                        crate::escape::shown(&due.key)
                     ),
                     hint: Some("check --endpoint, --workspace and --project".into()),
                 });

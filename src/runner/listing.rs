@@ -88,7 +88,9 @@ pub fn judge(
     if let Some(left) = filters.verdict(&object.key, Some(object.size), object.last_modified, now) {
         return Err(left);
     }
-    let skip_reason = eligibility::refusal(&object.key, Some(object.size));
+    let skip_reason = object
+        .problem
+        .or_else(|| eligibility::refusal(&object.key, Some(object.size)));
     Ok(NewKey {
         bucket: bucket.to_owned(),
         key: object.key,
@@ -247,6 +249,7 @@ mod tests {
             size,
             etag: Some("e".into()),
             last_modified: Some(now - Duration::from_secs(age)),
+            problem: None,
         };
         let ok = judge("b", object("a.mp4", 10, 3600), &filters, now).unwrap();
         assert_eq!(

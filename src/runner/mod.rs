@@ -561,7 +561,11 @@ impl Runner {
         self.count(&outcome);
         if let Some(error) = fatal {
             self.stop_for(FatalStop {
-                message: format!("{error} (while registering {}/{})", key.bucket, key.key),
+                message: format!(
+                    "{error} (while registering {}/{})",
+                    crate::escape::shown(&key.bucket),
+                    crate::escape::shown(&key.key)
+                ),
                 hint: error.hint().map(str::to_owned),
             });
         }

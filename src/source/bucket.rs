@@ -97,10 +97,14 @@ pub fn s3_credentials(ncp: &Credentials) -> Credentials {
 /// One listed object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
+    /// The key, decoded; for a key that cannot be decoded, the text as Object Storage sent it.
     pub key: String,
     pub size: u64,
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
+    /// Why the key cannot be imported as listed (it does not decode, or holds a control
+    /// character): it is recorded `skipped` with this reason, and the listing goes on.
+    pub problem: Option<String>,
 }
 
 /// One page, and where the next starts (`None`: the listing is complete).
@@ -114,7 +118,7 @@ pub struct Page {
 
 /// A failed page.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("listing bucket `{bucket}`: {message}")]
+#[error("listing bucket `{bucket}`: {}", crate::escape::shown(message))]
 pub struct ListError {
     pub bucket: String,
     pub message: String,
@@ -124,6 +128,9 @@ pub struct ListError {
 
 impl ListError {
     pub fn hint(&self) -> &'static str {
+        if self.message.contains("does not advance") {
+            return "Object Storage (or a proxy before it) does not follow the listing's marker; check --s3-endpoint, or list a narrower --prefix";
+        }
         match self.status {
             Some(401 | 403) => {
                 "check that the key pair may read this bucket (or set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"
@@ -157,12 +164,6 @@ pub struct Lister {
 
 impl Lister {
     pub fn new(spec: &BucketSpec, timeout: Duration) -> Self {
-        use aws_smithy_http_client::tls;
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
         let credentials = S3Credentials::new(
             spec.credentials.access_key(),
             spec.credentials.secret_key(),
@@ -176,7 +177,8 @@ impl Lister {
             .region(Region::new(spec.region.clone()))
             .credentials_provider(credentials)
             .force_path_style(true)
-            .http_client(http)
+            .http_client(super::s3_http::http_client())
+            .interceptor(super::s3_http::BoundedAnswers)
             .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_sdk_s3::config::timeout::TimeoutConfig::builder()
@@ -279,15 +281,35 @@ impl Lister {
         };
         let mut objects = Vec::with_capacity(answer.contents().len());
         for object in answer.contents() {
-            let Some(raw) = object.key() else { continue };
-            let key = decode(raw).map_err(|m| self.bad(format!("key `{raw}`: {m}")))?;
+            // A page that does not parse whole is an answer that broke off, never a page of
+            // fewer objects (or of empty ones).
+            let (Some(raw), Some(size)) = (object.key(), object.size()) else {
+                return Err(ListError {
+                    retryable: true,
+                    ..self.bad(format!(
+                        "a listed object without a Key or a Size after marker {}: the page did not parse whole",
+                        shown_marker(marker)
+                    ))
+                });
+            };
+            let (key, problem) = match decode(raw) {
+                Ok(key) => {
+                    let problem = crate::source::key_problem(&key);
+                    (key, problem)
+                }
+                Err(why) => (
+                    raw.to_owned(),
+                    Some(format!("{why} (kept as listed, encoded)")),
+                ),
+            };
             objects.push(Object {
                 key,
-                size: object.size().unwrap_or(0).max(0) as u64,
+                size: size.max(0) as u64,
                 etag: object.e_tag().map(|e| e.trim_matches('"').to_owned()),
                 last_modified: object
                     .last_modified()
                     .and_then(|t| SystemTime::try_from(*t).ok()),
+                problem,
             });
         }
         let mut subfolders = Vec::with_capacity(answer.common_prefixes().len());
@@ -313,8 +335,24 @@ impl Lister {
             .into_iter()
             .chain(last)
             .max();
-            if next.is_none() {
-                return Err(self.bad("a truncated page with no keys and no next marker".into()));
+            match (&next, marker) {
+                (None, _) => {
+                    return Err(self.bad(format!(
+                        "a truncated page with no keys and no next marker after marker {}, under prefix `{}`",
+                        shown_marker(marker),
+                        crate::escape::shown(prefix)
+                    )));
+                }
+                // A marker that does not move on would list the same page for ever.
+                (Some(next), Some(was)) if next.as_str() <= was => {
+                    return Err(self.bad(format!(
+                        "the listing does not advance: after marker {} under prefix `{}`, Object Storage points back to {}",
+                        shown_marker(marker),
+                        crate::escape::shown(prefix),
+                        shown_marker(Some(next))
+                    )));
+                }
+                _ => {}
             }
             next
         } else {
@@ -327,6 +365,7 @@ impl Lister {
         })
     }
 
+    /// A listing error that retrying cannot mend.
     fn bad(&self, message: String) -> ListError {
         ListError {
             bucket: self.bucket.clone(),
@@ -358,7 +397,11 @@ impl Lister {
                 true,
                 format!("cannot reach Object Storage: {}", root_cause(&error)),
             ),
-            SdkError::ResponseError(_) => (None, true, "the answer broke off".to_owned()),
+            SdkError::ResponseError(_) => (
+                None,
+                true,
+                format!("the answer broke off: {}", root_cause(&error)),
+            ),
             other => (
                 None,
                 false,
@@ -371,6 +414,14 @@ impl Lister {
             status,
             retryable,
         }
+    }
+}
+
+/// A marker for a message: quoted and escaped, or "none" for the start.
+fn shown_marker(marker: Option<&str>) -> String {
+    match marker {
+        Some(m) => format!("`{}`", crate::escape::shown(m)),
+        None => "none (the first page)".into(),
     }
 }
 

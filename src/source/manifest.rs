@@ -37,6 +37,10 @@ pub enum ManifestError {
     Header(String),
     #[error("line {line}: {message}")]
     Row { line: u64, message: String },
+    /// The file itself could not be read on (a line longer than any row, an I/O error): the
+    /// rows after it are not known.
+    #[error("{0}")]
+    Read(String),
 }
 
 /// The headerless S3 Batch Operations form: `bucket,key[,version]`.
@@ -108,6 +112,8 @@ pub struct ManifestReader<R: Read> {
     record: csv::ByteRecord,
     /// Lines of the file before this reader's input (when continuing an earlier read).
     lines_before: u64,
+    /// The input could not be read on: nothing more comes.
+    broken: bool,
 }
 
 fn csv_reader<R: Read>(input: R, format: ManifestFormat, has_headers: bool) -> csv::Reader<R> {
@@ -155,6 +161,7 @@ impl<R: Read> ManifestReader<R> {
             default_bucket,
             record: csv::ByteRecord::new(),
             lines_before: 0,
+            broken: false,
         })
     }
 
@@ -191,6 +198,7 @@ impl<R: Read> ManifestReader<R> {
             default_bucket,
             record: csv::ByteRecord::new(),
             lines_before,
+            broken: false,
         })
     }
 
@@ -216,6 +224,9 @@ impl<R: Read> ManifestReader<R> {
         if self.format == ManifestFormat::S3Batch && self.record.len() < 2 {
             return Err(bad("expected `bucket,key` (S3 Batch Operations form)\nhint: for a CSV with a header line, use --manifest-format csv".into()));
         }
+        if self.format == ManifestFormat::Keys && self.record.len() > 1 {
+            return Err(bad("the line holds a NUL character, which no key may hold\nhint: keys are taken exactly; fix the line or remove it".into()));
+        }
         let raw_key = field(self.columns.key)?;
         let key = match self.format {
             ManifestFormat::Csv | ManifestFormat::Keys => raw_key.to_owned(),
@@ -228,6 +239,11 @@ impl<R: Read> ManifestReader<R> {
         }
         if key.chars().any(|c| c == '\n' || c == '\r') {
             return Err(bad("the key holds a line break, which usually means an unclosed quote\nhint: check the quotes on this line".into()));
+        }
+        if let Some(problem) = super::key_problem(&key) {
+            return Err(bad(format!(
+                "{problem}\nhint: keys are taken exactly, never bent; fix the key or remove the row"
+            )));
         }
         let bucket =
             match self.columns.bucket.map(field).transpose()?.map(str::trim) {
@@ -242,10 +258,12 @@ impl<R: Read> ManifestReader<R> {
             };
         check_bucket_name(&bucket).map_err(&bad)?;
         let size = match self.columns.size.map(field).transpose()?.map(str::trim) {
-            Some(s) if !s.is_empty() => Some(
-                s.parse::<u64>()
-                    .map_err(|_| bad(format!("size `{s}` is not a whole number of bytes")))?,
-            ),
+            Some(s) if !s.is_empty() => Some(s.parse::<u64>().map_err(|_| {
+                bad(format!(
+                    "size `{}` is not a whole number of bytes",
+                    crate::escape::shown(s)
+                ))
+            })?),
             _ => None,
         };
         Ok(ManifestRow {
@@ -261,6 +279,9 @@ impl<R: Read> Iterator for ManifestReader<R> {
     type Item = Result<ManifestRow, ManifestError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.broken {
+            return None;
+        }
         match self.csv.read_byte_record(&mut self.record) {
             Ok(false) => None,
             Ok(true) if self.record.len() == 1 && self.record[0].trim_ascii().is_empty() => {
@@ -269,6 +290,14 @@ impl<R: Read> Iterator for ManifestReader<R> {
             Ok(true) => {
                 let line = self.record.position().map(|p| p.line()).unwrap_or(0);
                 Some(self.row(line + self.lines_before))
+            }
+            Err(e) if e.is_io_error() => {
+                self.broken = true;
+                let why = match e.into_kind() {
+                    csv::ErrorKind::Io(io) => io.to_string(),
+                    other => format!("{other:?}"),
+                };
+                Some(Err(ManifestError::Read(why)))
             }
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0) + self.lines_before;
@@ -322,7 +351,7 @@ fn header_columns<R: Read>(
         };
         return Err(ManifestError::Header(format!(
             "line 1: no `key` column (found: {})\n{hint}",
-            names.join(", ")
+            crate::escape::shown(&names.join(", "))
         )));
     };
     let bucket = find(&["bucket", "bucketname"]);
@@ -357,7 +386,8 @@ fn check_bucket_name(bucket: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "`{bucket}` is not a valid bucket name (3-63 lowercase letters, digits, dots, hyphens)\nhint: are the bucket and key columns swapped?"
+            "`{}` is not a valid bucket name (3-63 lowercase letters, digits, dots, hyphens)\nhint: are the bucket and key columns swapped?",
+            crate::escape::shown(bucket)
         ))
     }
 }

@@ -8,10 +8,23 @@ pub mod bucket;
 pub mod chunks;
 pub mod eligibility;
 pub mod filter;
+pub mod lines;
 pub mod manifest;
+pub mod s3_http;
 pub mod tally;
 
 use crate::ledger::NewKey;
+
+/// Why a key cannot be taken as it is: it holds a control character (C0, DEL or C1: a NUL
+/// that one tool cuts at and another passes on, a line break that rewrites a log). Keys are
+/// taken exactly or refused, never bent.
+pub fn key_problem(key: &str) -> Option<String> {
+    let bad = key.chars().find(|c| c.is_control())?;
+    Some(format!(
+        "the key holds the control character U+{:04X}",
+        u32::from(bad)
+    ))
+}
 
 /// A found key with eligibility's verdict attached.
 pub fn judged(bucket: String, key: String, size: Option<u64>) -> NewKey {
