@@ -35,6 +35,13 @@ pub struct Global {
     /// Log format on stderr: with json, every line on stderr is one JSON object
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The profile of ~/.ncloud/configure to take the key pair from (also NCLOUD_PROFILE)
+    #[arg(long, global = true)]
+    pub profile: Option<String>,
+    /// Let --endpoint or --s3-endpoint be plain http to another machine (signed requests in
+    /// the clear)
+    #[arg(long, global = true)]
+    pub allow_insecure_http: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -25,6 +25,8 @@ pub const DEFAULT_DB: &str = "mi-import.db";
 
 pub const ENV_ACCESS_KEY: &str = "NCLOUD_ACCESS_KEY";
 pub const ENV_SECRET_KEY: &str = "NCLOUD_SECRET_KEY";
+/// Names the profile of `~/.ncloud/configure` to use, as `--profile` does.
+pub const ENV_PROFILE: &str = "NCLOUD_PROFILE";
 
 /// An NCP key pair. The secret never leaves through `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -49,62 +51,139 @@ impl Credentials {
         &self.secret_key
     }
 
-    /// From `NCLOUD_ACCESS_KEY`/`NCLOUD_SECRET_KEY`, else `~/.ncloud/configure`.
-    pub fn discover() -> Result<Self> {
+    /// From `~/.ncloud/configure`'s `profile` when one is named (`--profile`, or
+    /// `NCLOUD_PROFILE`); else from `NCLOUD_ACCESS_KEY`/`NCLOUD_SECRET_KEY`; else from the
+    /// file's first profile that has both keys.
+    pub fn discover(profile: Option<&str>) -> Result<Self> {
+        let profile = profile
+            .map(str::to_owned)
+            .or_else(|| std::env::var(ENV_PROFILE).ok())
+            .filter(|p| !p.trim().is_empty());
         let from_env = (
             std::env::var(ENV_ACCESS_KEY).ok().filter(|v| !v.is_empty()),
             std::env::var(ENV_SECRET_KEY).ok().filter(|v| !v.is_empty()),
         );
-        match from_env {
-            (Some(access), Some(secret)) => return Ok(Self::new(access, secret)),
-            (Some(_), None) | (None, Some(_)) => bail!(
-                "only one of {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} is set\n\
-                 hint: set both, or neither to use ~/.ncloud/configure"
-            ),
-            (None, None) => {}
-        }
-        let path = ncloud_configure_path();
-        match path.as_deref().map(std::fs::read_to_string) {
-            Some(Ok(text)) => {
-                let path = path.unwrap_or_default();
-                Self::from_configure(&text)
-                    .with_context(|| format!("reading credentials from {}", path.display()))
+        if profile.is_none() {
+            match from_env {
+                (Some(access), Some(secret)) => return Ok(Self::new(access, secret)),
+                (Some(_), None) | (None, Some(_)) => bail!(
+                    "only one of {ENV_ACCESS_KEY} and {ENV_SECRET_KEY} is set\n\
+                     hint: set both, or neither to use ~/.ncloud/configure"
+                ),
+                (None, None) => {}
             }
-            _ => bail!(
+        }
+        let Some(path) = ncloud_configure_path() else {
+            bail!(
+                "no NCP credentials found\nhint: set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY}, or HOME for ~/.ncloud/configure"
+            );
+        };
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(_) => bail!(
                 "no NCP credentials found\n\
                  hint: set {ENV_ACCESS_KEY} and {ENV_SECRET_KEY}, or write \
                  ncloud_access_key_id and ncloud_secret_access_key in ~/.ncloud/configure"
             ),
-        }
+        };
+        check_private(&path)?;
+        Self::from_configure(&text, profile.as_deref())
+            .with_context(|| format!("reading credentials from {}", path.display()))
     }
 
     /// Parses the NCP CLI's `configure` file tolerantly: `name = value` lines, optional INI
-    /// headers, other keys ignored. The first profile that has both keys wins.
-    pub fn from_configure(text: &str) -> Result<Self> {
+    /// headers, other keys ignored, `#` and `;` comments (whole lines, or after a value). The
+    /// named profile's keys, or the first profile that has both.
+    pub fn from_configure(text: &str, profile: Option<&str>) -> Result<Self> {
         let (mut access, mut secret) = (None, None);
+        let mut section: Option<&str> = None;
+        let mut found_profile = false;
         for line in text.lines() {
             let line = line.trim();
-            if line.starts_with('[') && access.is_some() && secret.is_some() {
-                break;
+            if line.starts_with('#') || line.starts_with(';') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                if profile.is_none() && access.is_some() && secret.is_some() {
+                    break;
+                }
+                section = Some(name.trim());
+                found_profile |= profile == section;
+                continue;
+            }
+            if profile.is_some() && section != profile {
+                continue;
             }
             let Some((name, value)) = line.split_once('=') else {
                 continue;
             };
-            let value = value.trim().trim_matches('"').to_owned();
+            let value = strip_comment(value).trim().trim_matches('"').to_owned();
             match name.trim() {
                 "ncloud_access_key_id" => access = Some(value),
                 "ncloud_secret_access_key" => secret = Some(value),
                 _ => {}
             }
         }
+        if let Some(wanted) = profile
+            && !found_profile
+        {
+            bail!(
+                "the file has no profile [{wanted}]\nhint: name one of its [sections] with --profile (or NCLOUD_PROFILE)"
+            );
+        }
         match (access, secret) {
             (Some(a), Some(s)) if !a.is_empty() && !s.is_empty() => Ok(Self::new(a, s)),
             _ => bail!(
-                "the file lacks ncloud_access_key_id or ncloud_secret_access_key\n\
-                 hint: add both lines, e.g. `ncloud_access_key_id = ...`"
+                "the file lacks ncloud_access_key_id or ncloud_secret_access_key{}\n\
+                 hint: add both lines, e.g. `ncloud_access_key_id = ...`",
+                profile.map(|p| format!(" in [{p}]")).unwrap_or_default()
             ),
         }
     }
+}
+
+/// A value without an inline comment: `AK123 # work account` is `AK123`.
+fn strip_comment(value: &str) -> &str {
+    let cut = value
+        .char_indices()
+        .find(|(i, c)| {
+            (*c == '#' || *c == ';') && value[..*i].ends_with(|p: char| p.is_whitespace())
+        })
+        .map(|(i, _)| i);
+    match cut {
+        Some(i) => &value[..i],
+        None => value,
+    }
+}
+
+/// A credentials file others may change is refused, as OpenSSH refuses such keys; one others
+/// may read draws a warning.
+fn check_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            bail!(
+                "{} may be changed by other users (mode {:o}): its keys cannot be trusted\nhint: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+        if mode & 0o044 != 0 {
+            tracing::warn!(
+                "{} may be read by other users (mode {:o}); it holds your secret key: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Debug for Credentials {
@@ -126,6 +205,34 @@ pub struct Target {
     pub endpoint: String,
     pub workspace: String,
     pub project: String,
+}
+
+/// Refuses a plain-http endpoint on a host that is not this machine, unless allowed: every
+/// request is signed, and the gateway's replies carry the project's data. Loopback
+/// (`127.0.0.0/8`, `::1`, `localhost`) is for the emulator and tests.
+pub fn check_transport(endpoint: &str, flag: &str, allow_insecure_http: bool) -> Result<()> {
+    let Ok(url) = reqwest::Url::parse(endpoint) else {
+        return Ok(());
+    };
+    if url.scheme() != "http" || allow_insecure_http {
+        return Ok(());
+    }
+    let host = url
+        .host_str()
+        .unwrap_or_default()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let loopback = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host == "localhost" || host.ends_with(".localhost"),
+    };
+    if !loopback {
+        bail!(
+            "{flag} {endpoint} is plain http to another machine: signed requests and their answers would cross the network unencrypted\nhint: use https, or pass --allow-insecure-http if this network is yours"
+        );
+    }
+    Ok(())
 }
 
 /// An endpoint as the ledger names it: without a trailing `/`, so one service has one name.
@@ -228,13 +335,24 @@ mod tests {
         let text = "[DEFAULT]\nncloud_access_key_id = AK1\nncloud_secret_access_key=SK1\n\
                     ncloud_api_url = https://ncloud.apigw.ntruss.com\n\n[other]\n\
                     ncloud_access_key_id = AK2\nncloud_secret_access_key = SK2\n";
-        let c = Credentials::from_configure(text).unwrap();
+        let c = Credentials::from_configure(text, None).unwrap();
         assert_eq!((c.access_key(), c.secret_key()), ("AK1", "SK1"));
+        let other = Credentials::from_configure(text, Some("other")).unwrap();
+        assert_eq!((other.access_key(), other.secret_key()), ("AK2", "SK2"));
+        let err = Credentials::from_configure(text, Some("nope")).unwrap_err();
+        assert!(err.to_string().contains("no profile [nope]"), "{err}");
+    }
+
+    #[test]
+    fn comments_in_the_configure_file_are_not_part_of_a_key() {
+        let text = "# my keys\n; old style\nncloud_access_key_id = AK1 # work\nncloud_secret_access_key = S#K1 ; note\n";
+        let c = Credentials::from_configure(text, None).unwrap();
+        assert_eq!((c.access_key(), c.secret_key()), ("AK1", "S#K1"));
     }
 
     #[test]
     fn configure_file_missing_secret_is_an_error_with_hint() {
-        let err = Credentials::from_configure("ncloud_access_key_id = AK\n").unwrap_err();
+        let err = Credentials::from_configure("ncloud_access_key_id = AK\n", None).unwrap_err();
         assert!(format!("{err}").contains("hint:"));
     }
 
@@ -256,6 +374,21 @@ mod tests {
         );
         assert!(Limits::new(5.0, 0, 1, DEFAULT_TIMEOUT).is_err());
         assert!(Limits::new(-1.0, 1, 1, DEFAULT_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn plain_http_is_only_for_this_machine_unless_allowed() {
+        for ok in [
+            "https://mi.apigw.ntruss.com",
+            "http://127.0.0.1:8080",
+            "http://[::1]:9",
+            "http://localhost:1",
+        ] {
+            assert!(check_transport(ok, "--endpoint", false).is_ok(), "{ok}");
+        }
+        let err = check_transport("http://10.0.0.5:8080", "--endpoint", false).unwrap_err();
+        assert!(err.to_string().contains("--allow-insecure-http"), "{err}");
+        assert!(check_transport("http://10.0.0.5:8080", "--endpoint", true).is_ok());
     }
 
     #[test]

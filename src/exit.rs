@@ -25,6 +25,22 @@ pub enum Exit {
 }
 
 impl Exit {
+    /// The exit a code stands for.
+    pub fn from_code(code: i32) -> Option<Exit> {
+        [
+            Exit::Success,
+            Exit::Trouble,
+            Exit::Usage,
+            Exit::Fatal,
+            Exit::Locked,
+            Exit::LedgerWrite,
+            Exit::Interrupted,
+            Exit::Terminated,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+    }
+
     pub fn code(self) -> i32 {
         match self {
             Exit::Success => 0,
@@ -36,6 +52,27 @@ impl Exit {
             Exit::Interrupted => 130,
             Exit::Terminated => 143,
         }
+    }
+}
+
+/// Which signal asked the process to stop: 0 none, 1 SIGINT, 2 SIGTERM.
+static SIGNAL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Notes that SIGINT (`terminate` false) or SIGTERM asked the process to stop; whether one
+/// had already.
+pub fn note_signal(terminate: bool) -> bool {
+    SIGNAL.swap(
+        if terminate { 2 } else { 1 },
+        std::sync::atomic::Ordering::SeqCst,
+    ) != 0
+}
+
+/// The exit for a command a signal stopped: 130 for SIGINT, 143 for SIGTERM.
+pub fn interrupted() -> Exit {
+    if SIGNAL.load(std::sync::atomic::Ordering::SeqCst) == 2 {
+        Exit::Terminated
+    } else {
+        Exit::Interrupted
     }
 }
 

@@ -4,17 +4,39 @@
 //! name for one ledger takes the same lock. The kernel's advisory lock (`flock`) is released
 //! when its holder dies, however it dies, so a lock left by a killed run never blocks the next
 //! one. The file's text names the holder (pid, host, start time) for the message a second
-//! run prints.
+//! run prints. The file goes when its command ends (a killed run's stays, harmless); a lock
+//! is held only on the file the path names at that moment, so one removed meanwhile is never
+//! taken for it. Nothing is created beside a file that is not a ledger.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-/// Proof that this process holds the ledger. Dropping it releases the lock.
+/// Proof that this process holds the ledger. Dropping it releases the lock and removes the
+/// lock file.
 #[derive(Debug)]
 pub struct LedgerLock {
-    _file: File,
+    file: File,
     pub path: PathBuf,
+}
+
+impl Drop for LedgerLock {
+    fn drop(&mut self) {
+        // Removed while still held, so a newcomer either meets the held file or makes a new
+        // one; never one being given up.
+        if same_file(&self.file, &self.path) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether `path` still names the open `file`.
+fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
 }
 
 /// Why the lock could not be taken.
@@ -42,10 +64,22 @@ pub fn lock_path(ledger: &Path) -> PathBuf {
 /// (a missing folder) is an input error naming it.
 pub fn acquire(ledger: &Path, command: &str) -> anyhow::Result<LedgerLock> {
     let real = crate::ledger::open::real_path(ledger)?;
-    acquire_real(ledger, &real, command).map_err(|e| match e {
-        held @ LockError::Held { .. } => crate::exit::locked(held),
-        other => other.into(),
-    })
+    crate::ledger::open::recognise(&real)?;
+    // The file found may be one its last holder is removing: then try the new one.
+    for _ in 0..8 {
+        let lock = acquire_real(ledger, &real, command).map_err(|e| match e {
+            held @ LockError::Held { .. } => crate::exit::locked(held),
+            other => anyhow::Error::from(other),
+        })?;
+        if same_file(&lock.file, &lock.path) {
+            return Ok(lock);
+        }
+        drop(lock);
+    }
+    anyhow::bail!(
+        "cannot lock the ledger {}: its lock file keeps changing",
+        ledger.display()
+    )
 }
 
 fn acquire_real(ledger: &Path, real: &Path, command: &str) -> Result<LedgerLock, LockError> {
@@ -88,7 +122,7 @@ fn acquire_real(ledger: &Path, real: &Path, command: &str) -> Result<LedgerLock,
     file.seek(SeekFrom::Start(0)).map_err(io)?;
     file.write_all(text.as_bytes()).map_err(io)?;
     file.flush().map_err(io)?;
-    Ok(LedgerLock { _file: file, path })
+    Ok(LedgerLock { file, path })
 }
 
 /// This machine's name, for the lock's message and the runs table.

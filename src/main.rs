@@ -4,12 +4,11 @@
 use anyhow::Result;
 use clap::Parser;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 use mi_import::app::{self, ImportJob, Manifest};
-use mi_import::cli::{Cli, Command, LimitArgs, LogFormat, MiArgs, RunArgs};
+use mi_import::cli::{Cli, Command, Global, LimitArgs, LogFormat, MiArgs, RunArgs};
 use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::Emulator;
 use mi_import::exit::{self, Exit, input};
@@ -17,9 +16,6 @@ use mi_import::progress::{self, Display};
 use mi_import::runner::RunOptions;
 use mi_import::source::bucket::{self, BucketSpec, S3Place};
 use mi_import::source::filter::Filters;
-
-/// Which signal asked us to stop: 0 none, 1 SIGINT, 2 SIGTERM.
-static SIGNAL: AtomicU8 = AtomicU8::new(0);
 
 fn main() {
     let cli = Cli::parse();
@@ -115,7 +111,7 @@ fn watch_signals(shutdown: CancellationToken) {
                 _ = int.recv() => 1,
                 _ = term.recv() => 2,
             };
-            if SIGNAL.swap(which, Ordering::SeqCst) != 0 {
+            if exit::note_signal(which == 2) {
                 progress::note(
                     "stopping now; keys that were being sent will be checked by the next run",
                 );
@@ -129,20 +125,14 @@ fn watch_signals(shutdown: CancellationToken) {
     });
 }
 
-fn interrupted_exit() -> Exit {
-    if SIGNAL.load(Ordering::SeqCst) == 2 {
-        Exit::Terminated
-    } else {
-        Exit::Interrupted
-    }
-}
-
 async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
-    let quiet = cli.global.quiet;
-    match cli.command {
+    let Cli { global, command } = cli;
+    let quiet = global.quiet;
+    let credentials = || Credentials::discover(global.profile.as_deref()).map_err(input);
+    match command {
         Command::Run(args) => {
             let dry_run = args.dry_run;
-            let job = import_job(*args, quiet)?;
+            let job = import_job(*args, &global)?;
             if dry_run {
                 say(&app::dry_run(&job, shutdown).await?);
                 return Ok(Exit::Success);
@@ -152,25 +142,23 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         }
         Command::Confirm(args) => {
             let display = Display::choose(quiet, args.limits.progress_interval);
-            let (target, limits) = settings(args.mi, &args.limits)?;
-            let credentials = Credentials::discover().map_err(input)?;
+            let (target, limits) = settings(args.mi, &args.limits, &global)?;
             let job = ImportJob {
                 display,
                 settle: args.limits.list_settle,
-                ..ImportJob::new(args.ledger.db, target, credentials, limits)
+                ..ImportJob::new(args.ledger.db, target, credentials()?, limits)
             };
             let result = app::confirm(job, args.patience, shutdown).await?;
             finish(result, quiet)
         }
         Command::Analyze(args) => {
             let display = Display::choose(quiet, args.limits.progress_interval);
-            let (target, limits) = settings(args.mi, &args.limits)?;
+            let (target, limits) = settings(args.mi, &args.limits, &global)?;
             let plan = app::analysis_plan(&args.analysis, true)?.expect("required");
-            let credentials = Credentials::discover().map_err(input)?;
             let job = ImportJob {
                 display,
                 settle: args.limits.list_settle,
-                ..ImportJob::new(args.ledger.db, target, credentials, limits)
+                ..ImportJob::new(args.ledger.db, target, credentials()?, limits)
             };
             if args.dry_run {
                 say(&app::analyze_dry_run(&job, &plan)?);
@@ -180,7 +168,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             finish(result, quiet)
         }
         Command::Resolve(args) => {
-            say(&app::resolve(&args.ledger.db, &args, shutdown).await?);
+            say(&app::resolve(&args.ledger.db, &args, &global, shutdown).await?);
             Ok(Exit::Success)
         }
         Command::Demo(args) => {
@@ -219,7 +207,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             )?);
             Ok(Exit::Success)
         }
-        Command::Emulator(args) => serve_emulator(args, shutdown).await,
+        Command::Emulator(args) => serve_emulator(args, &global, shutdown).await,
     }
 }
 
@@ -236,7 +224,7 @@ fn say(text: &str) {
 
 fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
     let exit = match result.exit {
-        Exit::Interrupted => interrupted_exit(),
+        Exit::Interrupted => exit::interrupted(),
         other => other,
     };
     if let mi_import::runner::Ending::Fatal(stop) | mi_import::runner::Ending::Refused(stop) =
@@ -244,19 +232,21 @@ fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
     {
         progress::error(&stop.message, stop.hint.as_deref());
     }
-    if !quiet || progress::is_json() {
-        let record = serde_json::json!({
-            "exit_code": exit.code(),
-            "counts": result.counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-            "this_run": result.this_run.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-            "requests": result.requests,
-        });
-        progress::summary(&format!("{}{}", result.summary, result.next_steps), &record);
-    }
+    let mut record = result.record;
+    record.exit_code = exit.code();
+    // Whatever -q says, the run's summary is logged: the reason for its exit code with it.
+    let text = if quiet {
+        format!("{}\n", record.one_line())
+    } else {
+        format!("{}{}", result.summary, result.next_steps)
+    };
+    progress::summary(&text, &serde_json::to_value(&record)?, quiet);
     Ok(exit)
 }
 
-fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
+fn settings(mi: MiArgs, limits: &LimitArgs, global: &Global) -> Result<(Target, Limits)> {
+    mi_import::config::check_transport(&mi.endpoint, "--endpoint", global.allow_insecure_http)
+        .map_err(input)?;
     let target = Target::new(&mi.endpoint, mi.workspace, mi.project).map_err(input)?;
     let limits = Limits::new(
         limits.rate,
@@ -268,12 +258,14 @@ fn settings(mi: MiArgs, limits: &LimitArgs) -> Result<(Target, Limits)> {
     Ok((target, limits))
 }
 
-fn import_job(args: RunArgs, quiet: bool) -> Result<ImportJob> {
-    let display = Display::choose(quiet, args.limits.progress_interval);
+fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
+    let display = Display::choose(global.quiet, args.limits.progress_interval);
     let analyze = app::analysis_plan(&args.analysis, false)?;
-    let (target, limits) = settings(args.mi, &args.limits)?;
-    let credentials = Credentials::discover().map_err(input)?;
+    let (target, limits) = settings(args.mi, &args.limits, global)?;
+    let credentials = Credentials::discover(global.profile.as_deref()).map_err(input)?;
     let endpoint = bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
+    mi_import::config::check_transport(&endpoint, "--s3-endpoint", global.allow_insecure_http)
+        .map_err(input)?;
     let s3 = S3Place {
         endpoint,
         region: args.s3_region,
@@ -330,9 +322,10 @@ fn import_job(args: RunArgs, quiet: bool) -> Result<ImportJob> {
 
 async fn serve_emulator(
     args: mi_import::cli::EmulatorArgs,
+    global: &Global,
     shutdown: CancellationToken,
 ) -> Result<Exit> {
-    let credentials = Credentials::discover()
+    let credentials = Credentials::discover(global.profile.as_deref())
         .map_err(|e| input(e.context("the emulator accepts the same key pair as the client")))?;
     let config = app::emulator_config(&args, credentials).map_err(input)?;
     let emulator = Emulator::start(config.clone(), args.listen)

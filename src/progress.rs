@@ -292,13 +292,25 @@ pub fn error(message: &str, hint: Option<&str>) {
     let _ = Stderr.write_all(crate::escape::lines(&text).as_bytes());
 }
 
-/// The words a command ends with, and (for JSON) its counts and exit code as one event.
-pub fn summary(text: &str, record: &serde_json::Value) {
+/// The words a command ends with, and (for JSON) its record as one `summary` event, with
+/// `summary` a nested object. Written whatever the log level: `-q` silences chatter, never
+/// the reason for an exit code.
+pub fn summary(text: &str, record: &serde_json::Value, quiet: bool) {
     if is_json() {
-        tracing::info!(event = "summary", summary = %record, "{}", text.trim_end());
+        let event = serde_json::json!({
+            "timestamp": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
+            "level": "INFO",
+            "fields": {
+                "event": "summary",
+                "message": text.trim_end(),
+                "summary": record,
+            },
+        });
+        let _ = Stderr.write_all(format!("{event}\n").as_bytes());
         return;
     }
-    let _ = Stderr.write_all(format!("\n{}", crate::escape::lines(text)).as_bytes());
+    let lead = if quiet { "" } else { "\n" };
+    let _ = Stderr.write_all(format!("{lead}{}", crate::escape::lines(text)).as_bytes());
 }
 
 /// How progress is shown.

@@ -333,14 +333,21 @@ pub fn render_status(view: &StatusView) -> String {
                 run.command, run.started_at
             ));
             let summary = run.summary.as_ref();
-            let number = |name: &str| {
+            let number = |at: &str| {
                 summary
-                    .and_then(|s| s.get(name))
+                    .and_then(|s| s.pointer(at))
                     .and_then(serde_json::Value::as_f64)
             };
-            if let (Some(rate), Some(throttled)) = (number("rate_at_end"), number("throttled")) {
+            if let (Some(rate), Some(throttled)) =
+                (number("/rate_at_end"), number("/this_run/throttled"))
+            {
                 text.push_str(&format!(
-                    "  its rate at the end: {rate}/s ({throttled} requests answered 429 on the way)\n"
+                    "  its rate at the end: {rate}/s ({throttled} {} answered 429 on the way)\n",
+                    if throttled == 1.0 {
+                        "request"
+                    } else {
+                        "requests"
+                    }
                 ));
             }
         }

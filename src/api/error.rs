@@ -199,6 +199,9 @@ impl ApiError {
             ),
             403 => Some("the key pair lacks permission for Media Intelligence in this account"),
             404 => Some("check --workspace and --project (and --endpoint)"),
+            429 => {
+                Some("MI is throttling these requests (HTTP 429): lower --rate, or try again later")
+            }
             _ => None,
         }
     }

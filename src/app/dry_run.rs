@@ -68,12 +68,10 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         }
     }
     if bad_rows.count > 0 && !job.skip_bad_rows {
-        return Err(crate::exit::input(anyhow::anyhow!(
-            "{}: {} malformed:\n{}hint: a run would send nothing; fix them, or run with --skip-bad-rows to import the rest",
-            job.manifest.name(),
-            summary::count(bad_rows.count, "row is", "rows are"),
-            bad_rows.listed("  ")
-        )));
+        return Err(bad_rows.error(
+            &job.manifest.name(),
+            "a run would send nothing; fix the file, or run with --skip-bad-rows to import the rest",
+        ));
     }
     let mut listed = None;
     if let (Some(spec), Some(lister)) = (&job.listing, lister) {
@@ -278,12 +276,36 @@ async fn check_account(job: &ImportJob) -> Result<String> {
             t.endpoint
         ))
     };
-    let workspace = client
-        .workspace()
+    // Retried as a run retries them: a throttled or briefly failing gateway is no refusal.
+    let ask = |workspace: bool| {
+        let client = &client;
+        let never = CancellationToken::new();
+        async move {
+            crate::retry::with_retries(
+                job.limits.max_attempts,
+                crate::retry::Backoff::default(),
+                &never,
+                |_| async {
+                    let result = if workspace {
+                        client.workspace().await
+                    } else {
+                        client.project().await
+                    };
+                    crate::api::Answer {
+                        call: crate::api::Call::Lookup,
+                        result,
+                    }
+                },
+            )
+            .await
+            .last
+            .result
+        }
+    };
+    let workspace = ask(true)
         .await
         .map_err(|e| refused(format!("workspace `{}`", t.workspace), e))?;
-    client
-        .project()
+    ask(false)
         .await
         .map_err(|e| refused(format!("project `{}`", t.project), e))?;
     Ok(match crate::runner::linked_bucket(&workspace) {

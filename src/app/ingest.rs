@@ -343,6 +343,8 @@ impl Opened {
 pub(crate) struct BadRows {
     pub named: Vec<String>,
     pub count: u64,
+    /// The first row's hint, if it had one (said once, where one row is bad).
+    pub first_hint: Option<String>,
 }
 
 impl BadRows {
@@ -351,9 +353,26 @@ impl BadRows {
         if self.named.len() < BAD_ROWS_NAMED {
             // One line each: the hint, if any, is said once for all.
             let text = e.to_string();
-            let first = text.split("\nhint: ").next().unwrap_or(&text).to_owned();
-            self.named.push(first);
+            let mut parts = text.splitn(2, "\nhint: ");
+            self.named.push(parts.next().unwrap_or(&text).to_owned());
+            if self.count == 1 {
+                self.first_hint = parts.next().map(str::to_owned);
+            }
         }
+    }
+
+    /// The error for a manifest with bad rows, ending with what to do (`then`).
+    pub fn error(&self, name: &str, then: &str) -> anyhow::Error {
+        let text = match (self.count, &self.first_hint) {
+            (1, Some(hint)) => format!("{name}: {}\nhint: {hint}; {then}", self.named[0]),
+            (1, None) => format!("{name}: {}\nhint: {then}", self.named[0]),
+            _ => format!(
+                "{name}: {} malformed:\n{}hint: {then}",
+                crate::app::summary::count(self.count, "row is", "rows are"),
+                self.listed("  ")
+            ),
+        };
+        input(anyhow::anyhow!(text))
     }
 
     /// The rows in words, one a line, then how many more.
@@ -422,13 +441,14 @@ pub(crate) async fn ingest(
             }
         }
         if bad.count > 0 && !skip {
-            return Err(input(anyhow::anyhow!(
-                "{name}: {} malformed:\n{}hint: nothing was sent; fix {} and run again (the other {} rows are recorded), or run with --skip-bad-rows to import the rest",
-                crate::app::summary::count(bad.count, "row is", "rows are"),
-                bad.listed("  "),
-                crate::runner::plural(bad.count, "it", "them"),
-                total.rows()
-            )));
+            return Err(bad.error(
+                &name,
+                &format!(
+                    "nothing was sent; fix {} and run again (the other {} are recorded), or run with --skip-bad-rows to import the rest",
+                    crate::runner::plural(bad.count, "it", "them"),
+                    crate::app::summary::count(total.rows(), "row", "rows")
+                ),
+            ));
         }
         let record = opened.record(total.rows());
         Ok(Read_ {

@@ -12,7 +12,7 @@ use crate::ledger::{self, Ledger, Scope};
 
 /// `status`: counts per state for each scope, and the last run.
 pub fn status(db: &Path, as_json: bool) -> Result<String> {
-    let ledger = Ledger::open_existing(db)?;
+    let ledger = Ledger::open_read_only(db)?;
     let view = crate::report::status_view(ledger.conn())?;
     Ok(if as_json {
         serde_json::to_string_pretty(&view)? + "\n"
@@ -23,7 +23,7 @@ pub fn status(db: &Path, as_json: bool) -> Result<String> {
 
 /// `report`: one row per key to stdout or a file.
 pub fn report(db: &Path, args: &ReportArgs) -> Result<u64> {
-    let ledger = Ledger::open_existing(db)?;
+    let ledger = Ledger::open_read_only(db)?;
     match &args.output {
         Some(path) => {
             let file = std::fs::File::create(path)
@@ -57,7 +57,7 @@ pub fn report(db: &Path, args: &ReportArgs) -> Result<u64> {
 
 /// `backup FILE`: a consistent copy of the ledger, also while a run writes to it.
 pub fn backup(db: &Path, to: &Path) -> Result<()> {
-    let ledger = Ledger::open_existing(db)?;
+    let ledger = Ledger::open_read_only(db)?;
     ledger.backup_to(to)?;
     tracing::info!("{} copied to {}", db.display(), to.display());
     Ok(())

@@ -23,6 +23,7 @@ use crate::source::manifest::ManifestFormat;
 mod dry_run;
 mod ingest;
 mod ledger_commands;
+pub mod record;
 mod resolve;
 mod session;
 mod settings;
@@ -33,6 +34,7 @@ pub use ledger_commands::{backup, forget, report, status};
 pub use resolve::resolve;
 pub use settings::{analysis_plan, emulator_config};
 
+use record::RunRecord;
 use session::Session;
 
 /// Where the manifest comes from.
@@ -141,6 +143,15 @@ impl ImportResult {
                 job.manifest.name()
             ),
             next_steps: String::new(),
+            record: RunRecord {
+                exit_code: crate::exit::interrupted().code(),
+                ending: record::EndingRecord::of(&Ending::Interrupted),
+                this_run: Default::default(),
+                failures: Vec::new(),
+                failures_total: 0,
+                ledger: Default::default(),
+                rate_at_end: None,
+            },
         }
     }
 }
@@ -163,6 +174,8 @@ pub struct ImportResult {
     pub summary: String,
     /// What to do about it (the commands to run next), printed after the summary.
     pub next_steps: String,
+    /// The same for programs.
+    pub record: RunRecord,
 }
 
 /// Runs one import: lock, ledger, account, source, dispatch, summary.
@@ -302,7 +315,17 @@ async fn refused(
         .writer
         .write(move |t| ledger::forget_scope_if_empty(t, &s))
         .await?;
-    session.finish(runner, ending, job).await
+    let created = session.created;
+    let result = session.finish(runner, ending, job).await?;
+    if created {
+        // A ledger this refused command made holds nothing worth keeping.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = job.db.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    Ok(result)
 }
 
 /// Reads the manifest (only what is new of it) into the ledger; what to remember of the
@@ -397,10 +420,7 @@ async fn listings_to_run(job: &ImportJob, session: &Session) -> Result<Vec<Bucke
         .await?;
     Ok(open
         .into_iter()
-        .map(|(bucket, prefix)| {
-            tracing::info!("continuing the unfinished listing of `{bucket}` (prefix `{prefix}`)");
-            place.spec(bucket, prefix)
-        })
+        .map(|(bucket, prefix)| place.spec(bucket, prefix))
         .collect())
 }
 

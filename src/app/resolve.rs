@@ -15,7 +15,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Answer, ApiError, Call, MiClient};
-use crate::cli::ResolveArgs;
+use crate::cli::{Global, ResolveArgs};
 use crate::config::{Credentials, Target};
 use crate::escape::shown;
 use crate::exit::input;
@@ -58,7 +58,12 @@ struct Checked {
 
 /// `resolve`: checks every wish, then applies them all (or, with `--dry-run`, says what it
 /// would do).
-pub async fn resolve(db: &Path, args: &ResolveArgs, shutdown: CancellationToken) -> Result<String> {
+pub async fn resolve(
+    db: &Path,
+    args: &ResolveArgs,
+    global: &Global,
+    shutdown: CancellationToken,
+) -> Result<String> {
     let _lock = crate::lock::acquire(db, "resolve")?;
     let ledger = Ledger::open_existing(db)?;
     let conn = ledger.conn();
@@ -106,7 +111,7 @@ pub async fn resolve(db: &Path, args: &ResolveArgs, shutdown: CancellationToken)
     let names = if lookups.is_empty() || !problems.is_empty() {
         HashMap::new()
     } else {
-        look_up(&scope, args, &lookups, &shutdown).await?
+        look_up(&scope, args, global, &lookups, &shutdown).await?
     };
     let naming = unsure::fact(conn, &scope, "list_naming")?
         .as_deref()
@@ -318,6 +323,7 @@ fn evidence(
 async fn look_up(
     scope: &Scope,
     args: &ResolveArgs,
+    global: &Global,
     assets: &[i64],
     shutdown: &CancellationToken,
 ) -> Result<HashMap<i64, Option<String>>> {
@@ -326,6 +332,8 @@ async fn look_up(
         (None, "") => crate::config::DEFAULT_ENDPOINT.to_owned(),
         (None, recorded) => recorded.to_owned(),
     };
+    crate::config::check_transport(&endpoint, "--endpoint", global.allow_insecure_http)
+        .map_err(input)?;
     let target = Target::new(
         &endpoint,
         Some(scope.workspace.clone()),
@@ -334,7 +342,7 @@ async fn look_up(
     .map_err(input)?;
     let limits =
         crate::config::Limits::new(args.rate, 1, LOOKUP_ATTEMPTS, args.timeout).map_err(input)?;
-    let credentials = Credentials::discover().map_err(input)?;
+    let credentials = Credentials::discover(global.profile.as_deref()).map_err(input)?;
     let client = MiClient::new(target, credentials, limits.timeout)?;
     let limiter = Limiter::new(limits.rate, 1);
     let mut found = HashMap::new();

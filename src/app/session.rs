@@ -2,12 +2,12 @@
 //! way it ends (counts, exit code, summary, the write-ahead log folded into the file).
 
 use anyhow::Result;
-use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::record::{self, RunRecord};
 use super::{ImportJob, ImportResult, summary};
 use crate::api::MiClient;
 use crate::exit::Exit;
@@ -22,8 +22,12 @@ pub(crate) struct Session {
     pub scope: Scope,
     pub run_id: i64,
     pub started: Instant,
+    /// When it started, in the ledger's time (rows first seen since are this run's).
+    pub started_ms: i64,
     /// The highest key row before this command: rows above it are the ones it added.
     pub rows_before: i64,
+    /// The ledger file did not exist before this command: one refused leaves none behind.
+    pub created: bool,
     _lock: LedgerLock,
 }
 
@@ -31,6 +35,8 @@ impl Session {
     /// Takes the ledger's lock, opens it, and starts the command's row in `runs`.
     pub fn open(job: &ImportJob, command: &str) -> Result<Self> {
         let lock = crate::lock::acquire(&job.db, command)?;
+        let created =
+            crate::ledger::open::recognise(&job.db)? == crate::ledger::open::Found::Nothing;
         let ledger = Ledger::open(&job.db)?;
         let conn = ledger.conn();
         let scope = Scope::open(
@@ -50,7 +56,9 @@ impl Session {
             scope,
             run_id,
             started: Instant::now(),
+            started_ms: ledger::now_ms(),
             rows_before,
+            created,
             _lock: lock,
         })
     }
@@ -102,9 +110,9 @@ impl Session {
         ending: Ending,
         job: &ImportJob,
     ) -> Result<ImportResult> {
-        let (s, run) = (self.scope.clone(), self.run_id);
+        let (s, run, since) = (self.scope.clone(), self.run_id, self.started_ms);
         let pick = job.options.analyze.as_ref().map(|plan| plan.pick);
-        let (counts, trouble, analyses_failed, unasked) = self
+        let (counts, trouble, analyses_failed, unasked, failures, skipped) = self
             .writer
             .write(move |t| {
                 // Completed keys a run with --analyze leaves for `mi-import analyze`.
@@ -124,6 +132,8 @@ impl Session {
                     ledger::trouble_of_run(t, &s, run)?,
                     ledger::analyses::failed_in_run(t, &s, run)?,
                     unasked,
+                    ledger::failures_of_run(t, &s, run, record::FAILURES_NAMED)?,
+                    ledger::skipped_since(t, &s, since)?,
                 ))
             })
             .await?;
@@ -148,19 +158,35 @@ impl Session {
                 crate::runner::plural(unasked, "it", "them"),
             ));
         }
-        let record = json!({
-            "counts": counts.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-            "this_run": trouble.iter().map(|(s, n)| (s.as_str(), *n)).collect::<std::collections::BTreeMap<_, _>>(),
-            "analyses_failed": analyses_failed,
-            "requests": requests,
-            "throttled": runner.stats.throttled.load(Relaxed),
-            "rate_at_end": rate_at_end(&runner.stats),
-            "ending": format!("{ending:?}"),
-        })
-        .to_string();
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let record = RunRecord {
+            exit_code: exit.code(),
+            ending: record::EndingRecord::of(&ending),
+            this_run: record::ThisRun::of(&runner.stats, &trouble, skipped, elapsed),
+            failures_total: trouble
+                .iter()
+                .filter(|(s, _)| s.is_trouble())
+                .map(|(_, n)| n)
+                .sum(),
+            failures: failures
+                .into_iter()
+                .map(|(bucket, key, state, message)| record::Failure {
+                    bucket,
+                    key,
+                    state: state.as_str().to_owned(),
+                    message,
+                })
+                .collect(),
+            ledger: counts
+                .iter()
+                .map(|(s, n)| (s.as_str().to_owned(), *n))
+                .collect(),
+            rate_at_end: rate_at_end(&runner.stats),
+        };
+        let stored = serde_json::to_string(&record)?;
         let run_id = self.run_id;
         self.writer
-            .write(move |t| ledger::finish_run(t, run_id, exit.code(), &record))
+            .write(move |t| ledger::finish_run(t, run_id, exit.code(), &stored))
             .await?;
         if let Err(e) = Ledger::open(&job.db).and_then(|l| l.checkpoint()) {
             tracing::debug!("the ledger's write-ahead log stays beside it: {e:#}");
@@ -176,6 +202,7 @@ impl Session {
             listed: None,
             summary,
             next_steps,
+            record,
         })
     }
 }
@@ -185,9 +212,13 @@ pub(crate) fn exit_for(ending: &Ending, this_run: &[(State, u64)]) -> Exit {
     match ending {
         Ending::Fatal(_) => Exit::Fatal,
         Ending::Refused(_) => Exit::Usage,
-        Ending::Interrupted => Exit::Interrupted,
-        Ending::Finished if this_run.iter().any(|(s, n)| s.is_trouble() && *n > 0) => Exit::Trouble,
-        Ending::Finished => Exit::Success,
+        Ending::Interrupted => crate::exit::interrupted(),
+        Ending::Finished | Ending::StoppedOnTime(_)
+            if this_run.iter().any(|(s, n)| s.is_trouble() && *n > 0) =>
+        {
+            Exit::Trouble
+        }
+        Ending::Finished | Ending::StoppedOnTime(_) => Exit::Success,
     }
 }
 

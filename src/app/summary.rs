@@ -13,8 +13,15 @@ pub(crate) fn count(n: u64, one: &'static str, many: &'static str) -> String {
 }
 
 pub(crate) fn describe_listing(listed: &ListSummary, on_changed: OnChanged) -> String {
+    let how = match listed.resumed_from {
+        0 => String::new(),
+        before => format!(
+            " (continued where a stopped run left it, after {})",
+            count(before, "page", "pages")
+        ),
+    };
     let mut text = format!(
-        "listing: {} in {}, {} new to the ledger",
+        "listing{how}: {} in {}, {} new to the ledger",
         count(listed.objects, "object", "objects"),
         count(listed.pages, "page", "pages"),
         listed.new
@@ -181,6 +188,9 @@ pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats
                 "run the same command again to resume (or `mi-import run` with only --workspace and --project: the ledger remembers the rest)\n"
             }
             Ending::Finished => "pending keys will be sent by the next run\n",
+            Ending::StoppedOnTime(_) => {
+                "the run stopped sending where it was told to; the next run sends the pending keys\n"
+            }
         });
     }
     text

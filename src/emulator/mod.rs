@@ -80,6 +80,11 @@ pub struct EmulatorConfig {
     pub settle_per_gb: Duration,
     /// Keys containing this text are refused with HTTP 400 (a permanent error).
     pub reject_containing: Option<String>,
+    /// The message of that refusal (MI's words may hold anything), and its status.
+    pub reject_message: Option<String>,
+    pub reject_status: u16,
+    /// Register calls make the asset, then answer 200 with a body that never ends.
+    pub endless_register: bool,
     pub file_name: FileNameMode,
     /// How long after its creation an asset appears in the asset list.
     pub list_lag: Duration,
@@ -151,6 +156,9 @@ impl EmulatorConfig {
             settle: Duration::ZERO,
             settle_per_gb: Duration::ZERO,
             reject_containing: None,
+            reject_message: None,
+            reject_status: 400,
+            endless_register: false,
             file_name: FileNameMode::FullKey,
             list_lag: Duration::ZERO,
             list_created_time: true,

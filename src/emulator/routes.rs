@@ -250,7 +250,14 @@ async fn register(
         .as_deref()
         .is_some_and(|r| key.contains(r))
     {
-        return mi_error(StatusCode::BAD_REQUEST, "10001", "invalid request");
+        let message = shared
+            .config
+            .reject_message
+            .as_deref()
+            .unwrap_or("invalid request");
+        let status =
+            StatusCode::from_u16(shared.config.reject_status).unwrap_or(StatusCode::BAD_REQUEST);
+        return mi_error(status, "10001", message);
     }
     let mut faults = shared.register_faults();
     let mut made_after = Duration::ZERO;
@@ -306,6 +313,9 @@ async fn register(
         // The gateway gave up on MI's answer; the asset exists all the same.
         shared.count(|c| c.failed_after_create += 1);
         return gateway_error(StatusCode::SERVICE_UNAVAILABLE, "500", "Endpoint Error");
+    }
+    if shared.config.endless_register {
+        return endless_answer();
     }
     let answered = match &shared.config.answer_asset_id {
         Some((text, odd)) if key.contains(text.as_str()) => odd.clone(),
@@ -433,6 +443,38 @@ async fn analyze(
         hangup.now().await;
     }
     success(json!({ spelt(&shared, "id", "indexId"): index_id }))
+}
+
+/// A 200 whose JSON body never ends, as a broken proxy may send: `{"code":"0","result":
+/// {"assetId":1,"pad":"xxxx…`, a megabyte at a time, for ever.
+fn endless_answer() -> Response {
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        axum::body::Body::new(Endless { started: false }),
+    )
+        .into_response()
+}
+
+struct Endless {
+    started: bool,
+}
+
+impl http_body::Body for Endless {
+    type Data = bytes::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let chunk = if std::mem::replace(&mut self.started, true) {
+            bytes::Bytes::from(vec![b'x'; 1 << 20])
+        } else {
+            bytes::Bytes::from_static(br#"{"code":"0","result":{"assetId":1,"pad":""#)
+        };
+        std::task::Poll::Ready(Some(Ok(http_body::Frame::data(chunk))))
+    }
 }
 
 /// An index answer's field as MI's reference spells it, or as its examples do where the

@@ -44,8 +44,10 @@ pub struct PageRecord<'a> {
     pub subfolders: &'a [String],
 }
 
-/// The open listing of (bucket, prefix) left by a run that did not finish, or a new one
-/// whose one part lists the whole prefix (`flat`, or by folders).
+/// The open listing of (bucket, prefix) left unfinished by a run that died, or a new one
+/// whose one part lists the whole prefix (`flat`, or by folders). A listing that reached its
+/// end in a run that then died is closed here: what it found is in the ledger, and objects
+/// uploaded since are found only by listing again.
 pub fn open_listing(
     conn: &Connection,
     scope: &Scope,
@@ -69,8 +71,10 @@ pub fn open_listing(
             },
         )
         .optional()?;
-    if let Some(open) = open {
-        return Ok(open);
+    match open {
+        Some(open) if open.listed => close_listing(conn, open.id)?,
+        Some(open) => return Ok(open),
+        None => {}
     }
     conn.execute(
         "INSERT INTO listings (scope, bucket, prefix, started_at) VALUES (?1, ?2, ?3, ?4)",
@@ -157,13 +161,14 @@ pub fn close_listing(conn: &Connection, listing: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Listings of `scope` a run left unfinished, as (bucket, prefix): a run with no source
-/// continues them.
+/// Listings of `scope` a run left unfinished (not at their end), as (bucket, prefix): a run
+/// with no source continues them.
 pub fn unfinished(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<(String, String)>> {
     let mut stmt = conn.prepare_cached(
         "SELECT buckets.name, listings.prefix FROM listings
          JOIN buckets ON buckets.id = listings.bucket
-         WHERE listings.scope = ?1 AND listings.closed_at IS NULL ORDER BY listings.id",
+         WHERE listings.scope = ?1 AND listings.closed_at IS NULL AND listings.listed_at IS NULL
+         ORDER BY listings.id",
     )?;
     let rows = stmt.query_map(params![scope.id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     rows.collect()

@@ -791,6 +791,36 @@ pub fn trouble_of_run(
     rows.collect()
 }
 
+/// Keys `run` left failed, import_failed or uncertain: (bucket, key, state, message), the
+/// first `limit` of them.
+pub fn failures_of_run(
+    conn: &Connection,
+    scope: &Scope,
+    run: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(String, String, State, Option<String>)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT b.name, k.key, k.state, k.message FROM keys k INDEXED BY keys_by_state
+         JOIN buckets b ON b.id = k.bucket
+         WHERE k.scope = ?1 AND k.state IN (2, 5, 6) AND k.run = ?2 ORDER BY k.id LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(params![scope.id, run, limit as i64], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?;
+    rows.collect()
+}
+
+/// Keys of the scope first seen at `since` or later and skipped (never to be sent).
+pub fn skipped_since(conn: &Connection, scope: &Scope, since: i64) -> rusqlite::Result<u64> {
+    conn.prepare_cached(
+        "SELECT COUNT(*) FROM keys INDEXED BY keys_by_state
+         WHERE scope = ?1 AND state = 7 AND first_seen_at >= ?2",
+    )?
+    .query_row(params![scope.id, since], |r| {
+        r.get::<_, i64>(0).map(|n| n as u64)
+    })
+}
+
 /// Removes a scope that holds nothing (no key, listing or manifest): what a refused run
 /// created for a mistyped workspace or project.
 pub fn forget_scope_if_empty(conn: &Connection, scope: &Scope) -> rusqlite::Result<()> {

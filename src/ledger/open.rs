@@ -22,6 +22,91 @@ const MIGRATIONS: &[&str] = &[
 
 /// How long a connection waits for another process's lock before it gives up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// SQLite's `application_id` of an mi-import ledger ("MIMP"): set when a ledger is made (or
+/// first migrated), checked before anything is written to a file, so a foreign database
+/// given as `--db` is left exactly as it was.
+pub const APPLICATION_ID: i32 = 0x4d49_4d50;
+
+/// What a ledger path holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// No file, or an empty one: a ledger may be made there.
+    Nothing,
+    /// An mi-import ledger of this schema version.
+    Ledger { version: usize },
+}
+
+/// Looks at the file at `path` without changing it (a read-only connection, nothing
+/// written): nothing there, an mi-import ledger, or an input error (exit 2) for a file of
+/// another program or of a newer mi-import.
+pub fn recognise(path: &Path) -> Result<Found> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Nothing),
+        Err(e) => {
+            return Err(input(
+                anyhow::Error::new(e).context(format!("cannot read {}", path.display())),
+            ));
+        }
+        Ok(m) if m.is_dir() => {
+            return Err(input(anyhow::anyhow!(
+                "the ledger path {} is a folder\nhint: pass --db with a file name, e.g. --db {}",
+                path.display(),
+                path.join("mi-import.db").display()
+            )));
+        }
+        Ok(m) if m.len() == 0 => return Ok(Found::Nothing),
+        Ok(_) => {}
+    }
+    let foreign = || {
+        input(anyhow::anyhow!(
+            "{} is not an mi-import ledger (a file of another program); it was left as it is\nhint: pass --db with the ledger's path, or a new file name",
+            path.display()
+        ))
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|_| foreign())?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let read = conn.query_row(
+        "SELECT (SELECT application_id FROM pragma_application_id),
+                (SELECT user_version FROM pragma_user_version),
+                (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'),
+                (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'keys')",
+        [],
+        |r| {
+            Ok((
+                r.get::<_, i32>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        },
+    );
+    let (id, version, tables, keys) = match read {
+        Ok(found) => found,
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::NotADatabase) => return Err(foreign()),
+        Err(e) => return Err(explain(e, path)),
+    };
+    let version = version.max(0) as usize;
+    let ours = id == APPLICATION_ID || (id == 0 && version > 0 && keys == 1);
+    if !ours {
+        return if id == 0 && version == 0 && tables == 0 {
+            Ok(Found::Nothing)
+        } else {
+            Err(foreign())
+        };
+    }
+    if version > MIGRATIONS.len() {
+        return Err(input(anyhow::anyhow!(
+            "the ledger {} has schema version {version}, newer than this mi-import knows (version {})\nhint: use the newer mi-import that wrote it",
+            path.display(),
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(Found::Ledger { version })
+}
 
 /// An open ledger file.
 pub struct Ledger {
@@ -33,6 +118,7 @@ impl Ledger {
     /// a ledger is an input error (exit 2) naming the path, with a hint.
     pub fn open(path: &Path) -> Result<Self> {
         check_place(path).map_err(input)?;
+        recognise(path)?;
         create_private(path).map_err(input)?;
         let conn = Connection::open(path)
             .map_err(|e| explain(e, path))
@@ -52,6 +138,29 @@ impl Ledger {
             )));
         }
         Self::open(path)
+    }
+
+    /// Opens an existing ledger to read it only (`status`, `report`, `backup`): nothing is
+    /// written, no lock taken, and a read-only file will do. A ledger of an older schema is
+    /// opened as [`Ledger::open_existing`] opens it, to be brought up to date first.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        match recognise(path)? {
+            Found::Nothing => Err(input(anyhow::anyhow!(
+                "no ledger at {}\nhint: run `mi-import run` first, or pass --db with the ledger's path",
+                path.display()
+            ))),
+            Found::Ledger { version } if version < MIGRATIONS.len() => Self::open_existing(path),
+            Found::Ledger { .. } => {
+                let conn = Connection::open_with_flags(
+                    path,
+                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(|e| explain(e, path))?;
+                conn.busy_timeout(BUSY_TIMEOUT)?;
+                Ok(Self { conn })
+            }
+        }
     }
 
     /// An in-memory ledger, for unit tests.
@@ -203,16 +312,21 @@ fn create_private(_path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A SQLite file some other program made: its tables are not ours to add to.
+/// A SQLite file some other program made: its tables are not ours to add to. (Files are
+/// recognised before they are opened for writing, [`recognise`]; this also guards a file
+/// that became one meanwhile.)
 fn refuse_foreign_database(conn: &Connection) -> Result<()> {
     // One statement, one snapshot: another process may be creating this very ledger.
-    let (version, tables): (i64, i64) = conn.query_row(
-        "SELECT (SELECT user_version FROM pragma_user_version),
-                (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table')",
+    let (id, version, tables, keys): (i32, i64, i64, i64) = conn.query_row(
+        "SELECT (SELECT application_id FROM pragma_application_id),
+                (SELECT user_version FROM pragma_user_version),
+                (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'),
+                (SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'keys')",
         [],
-        |r| Ok((r.get(0)?, r.get(1)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
     )?;
-    if version == 0 && tables > 0 {
+    let ours = id == APPLICATION_ID || (id == 0 && (tables == 0 || (version > 0 && keys == 1)));
+    if !ours {
         return Err(input(anyhow::anyhow!(
             "the file is a SQLite database of another program, not an mi-import ledger\nhint: pass --db with the ledger's path, or a new file name"
         )));
@@ -249,17 +363,17 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
     let version: usize = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() {
-        bail!(
-            "the ledger's schema version {version} is newer than this mi-import knows ({})\n\
-             hint: use a newer mi-import with this ledger",
+        return Err(input(anyhow::anyhow!(
+            "the ledger's schema version {version} is newer than this mi-import knows (version {})\nhint: use the newer mi-import that wrote it",
             MIGRATIONS.len()
-        );
+        )));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         tx.execute_batch(sql)
             .with_context(|| format!("applying migration {}", i + 1))?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.commit()?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(())

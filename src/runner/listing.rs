@@ -28,8 +28,11 @@ pub struct ListSummary {
     pub requeued: u64,
     pub left_out: u64,
     pub settling: u64,
-    /// The listing reached the end (now or in the run this one resumes).
+    /// The listing reached the end.
     pub complete: bool,
+    /// Pages an earlier run listed before it stopped, which this one continued from (0: a
+    /// new listing).
+    pub resumed_from: u64,
 }
 
 impl ListSummary {
@@ -74,6 +77,7 @@ impl std::ops::Add for ListSummary {
             left_out: self.left_out + other.left_out,
             settling: self.settling + other.settling,
             complete: self.complete && other.complete,
+            resumed_from: self.resumed_from + other.resumed_from,
         }
     }
 }
@@ -117,18 +121,12 @@ impl Runner {
         concurrency: usize,
     ) -> Result<ListSummary> {
         let mut summary = ListSummary {
-            complete: state.listed,
+            resumed_from: state.pages,
             ..Default::default()
         };
-        if state.listed {
-            tracing::info!(
-                "the listing of `{bucket}` finished in the run this one resumes; not listing again"
-            );
-            return Ok(summary);
-        }
         if state.pages > 0 {
             tracing::info!(
-                "resuming the listing of `{bucket}` ({} pages were listed before)",
+                "continuing the listing of `{bucket}` that a stopped run left ({} pages were listed before)",
                 state.pages
             );
         }

@@ -73,6 +73,9 @@ pub enum Ending {
     Interrupted,
     /// Preflight found the settings wrong before anything was sent.
     Refused(FatalStop),
+    /// Sending stopped where the user said (`--stop-after`, `--stop-at`, `--max-keys`); what
+    /// was sent was finished and confirmed, the rest waits for the next run.
+    StoppedOnTime(String),
 }
 
 /// What a run does besides sending pending keys.

@@ -13,6 +13,7 @@ use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::ledger::{Ledger, State};
 
+pub mod hostile_s3;
 pub mod s3;
 
 pub const ACCESS: &str = "test-access-key";
