@@ -791,14 +791,16 @@ pub fn trouble_of_run(
     rows.collect()
 }
 
-/// Keys `run` left failed, import_failed or uncertain: (bucket, key, state, message), the
-/// first `limit` of them.
+/// A key in trouble: (bucket, key, state, message).
+pub type Trouble = (String, String, State, Option<String>);
+
+/// Keys `run` left failed, import_failed or uncertain, the first `limit` of them.
 pub fn failures_of_run(
     conn: &Connection,
     scope: &Scope,
     run: i64,
     limit: usize,
-) -> rusqlite::Result<Vec<(String, String, State, Option<String>)>> {
+) -> rusqlite::Result<Vec<Trouble>> {
     let mut stmt = conn.prepare_cached(
         "SELECT b.name, k.key, k.state, k.message FROM keys k INDEXED BY keys_by_state
          JOIN buckets b ON b.id = k.bucket
