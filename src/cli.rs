@@ -72,6 +72,39 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the built-in MI emulator
     Emulator(EmulatorArgs),
+    /// Look at an account before a first run, changing nothing: credentials, clock,
+    /// workspace, project, what MI's asset list shows, the bucket
+    Check(Box<CheckArgs>),
+    /// Print a shell's completion script: `mi-import completions bash > /etc/bash_completion.d/mi-import`
+    Completions(CompletionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell: bash, zsh, fish, elvish or powershell
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub ledger: LedgerArgs,
+    #[command(flatten)]
+    pub mi: MiArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// The bucket to look at (default: the one linked to the workspace)
+    #[arg(long)]
+    pub bucket: Option<String>,
+    /// Only keys under this prefix
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Object Storage endpoint (default: the region's)
+    #[arg(long, env = "MI_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Object Storage region
+    #[arg(long, env = "MI_S3_REGION", default_value = crate::source::bucket::DEFAULT_REGION)]
+    pub s3_region: String,
 }
 
 #[derive(Debug, Args)]
@@ -96,9 +129,10 @@ pub struct MiArgs {
 
 #[derive(Debug, Args)]
 pub struct LimitArgs {
-    /// Request starts per second across all MI calls (0: no limit; 0.5: one every 2 s)
-    #[arg(long, env = "MI_RATE", default_value_t = config::DEFAULT_RATE)]
-    pub rate: f64,
+    /// Request starts per second across all MI calls (0: no limit; 0.5: one every 2 s), or a
+    /// schedule by local time of day: "08:00,5 20:00,20 23:30,off"
+    #[arg(long, env = "MI_RATE", default_value = config::DEFAULT_RATE, allow_hyphen_values = true, value_parser = config::parse_rate)]
+    pub rate: config::RateSetting,
     /// Requests in flight at once
     #[arg(long, env = "MI_CONCURRENCY", default_value_t = config::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
@@ -106,14 +140,14 @@ pub struct LimitArgs {
     #[arg(long, default_value_t = config::DEFAULT_MAX_ATTEMPTS)]
     pub max_attempts: u32,
     /// Time limit for one request, e.g. 30s
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "30s")]
     pub timeout: Duration,
     /// Time between plain progress lines when stderr is not a terminal
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "10s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "10s")]
     pub progress_interval: Duration,
     /// How long MI's asset list may take to show a new asset: a key whose answer was lost is
     /// sent again only if it is still missing this long after
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "60s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "60s")]
     pub list_settle: Duration,
 }
 
@@ -129,7 +163,7 @@ pub struct ConfirmArgs {
     #[command(flatten)]
     pub limits: LimitArgs,
     /// Stop confirming after this long; what is still in progress stays registered
-    #[arg(long, value_parser = humantime::parse_duration, default_value = DEFAULT_PATIENCE)]
+    #[arg(long, value_parser = config::parse_duration, default_value = DEFAULT_PATIENCE)]
     pub patience: Duration,
 }
 
@@ -173,6 +207,21 @@ pub struct RunArgs {
     /// Leave out keys matching this glob (repeatable)
     #[arg(long)]
     pub exclude: Vec<String>,
+    /// Only keys matching a glob of this file (one a line; `#` starts a comment)
+    #[arg(long, value_name = "FILE")]
+    pub include_from: Option<PathBuf>,
+    /// Leave out keys matching a glob of this file (one a line; `#` starts a comment)
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Option<PathBuf>,
+    /// Send at most this many keys this run (a trial); the rest stay pending
+    #[arg(long, value_name = "N")]
+    pub max_keys: Option<u64>,
+    /// Stop sending after this long (e.g. 6h); what is in flight finishes, the rest waits
+    #[arg(long, value_parser = config::parse_duration, value_name = "DURATION")]
+    pub stop_after: Option<Duration>,
+    /// Stop sending at this local time of day (HH:MM, the next one to come)
+    #[arg(long, value_name = "HH:MM")]
+    pub stop_at: Option<String>,
     /// Leave out objects smaller than this (e.g. 100KB)
     #[arg(long, value_parser = crate::source::filter::parse_size)]
     pub min_size: Option<u64>,
@@ -186,7 +235,7 @@ pub struct RunArgs {
     #[arg(long, value_parser = crate::source::filter::parse_time)]
     pub modified_before: Option<std::time::SystemTime>,
     /// Leave objects modified within this long for the next run (still being uploaded), e.g. 15m
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = config::parse_duration)]
     pub min_age: Option<Duration>,
     /// What to do with a registered object whose ETag or size changed
     #[arg(long, value_enum, default_value_t = OnChanged::Report)]
@@ -209,7 +258,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_confirm: bool,
     /// How long to keep confirming after the last import
-    #[arg(long, value_parser = humantime::parse_duration, default_value = DEFAULT_PATIENCE)]
+    #[arg(long, value_parser = config::parse_duration, default_value = DEFAULT_PATIENCE)]
     pub patience: Duration,
     /// Send keys in buckets other than the one linked to the workspace
     #[arg(long)]
@@ -261,7 +310,7 @@ pub struct AnalyzeCommandArgs {
     #[command(flatten)]
     pub analysis: AnalysisArgs,
     /// Stop following analyses after this long; what is still running is followed later
-    #[arg(long, value_parser = humantime::parse_duration, default_value = DEFAULT_PATIENCE)]
+    #[arg(long, value_parser = config::parse_duration, default_value = DEFAULT_PATIENCE)]
     pub patience: Duration,
     /// Count what would be sent for analysis, send nothing
     #[arg(long)]
@@ -307,10 +356,10 @@ pub struct ResolveArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// Look-ups in MI per second, for assets outside a key's candidates
-    #[arg(long, env = "MI_RATE", default_value_t = config::DEFAULT_RATE)]
-    pub rate: f64,
+    #[arg(long, env = "MI_RATE", default_value = config::DEFAULT_RATE, allow_hyphen_values = true, value_parser = config::parse_rate)]
+    pub rate: config::RateSetting,
     /// Time limit for one look-up
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "30s")]
     pub timeout: Duration,
 }
 
@@ -335,6 +384,9 @@ pub struct ReportArgs {
     /// Write here instead of stdout
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Only the keys one run touched: `last`, or a run's number (`status` shows runs)
+    #[arg(long, value_name = "last|N")]
+    pub run: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -389,7 +441,7 @@ pub struct EmulatorArgs {
     #[arg(long, default_value = "media-archive")]
     pub bucket: String,
     /// Added latency per request, e.g. 20ms
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "0s")]
     pub latency: Duration,
     /// Share of requests answered 429
     #[arg(long, default_value_t = 0.0)]
@@ -410,16 +462,16 @@ pub struct EmulatorArgs {
     #[arg(long)]
     pub rate_limit: Option<u32>,
     /// How long imports stay IN_PROGRESS
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "2s")]
     pub settle: Duration,
     /// Extra import time per GB of the object (from --sizes), e.g. 30s
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "0s")]
     pub settle_per_gb: Duration,
     /// What the asset list's fileName holds
     #[arg(long, value_enum, default_value_t = FileNameMode::FullKey)]
     pub file_name: FileNameMode,
     /// How long after its creation an asset shows in the asset list
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = config::parse_duration, default_value = "0s")]
     pub list_lag: Duration,
     /// Leave createdTime out of the asset list's entries
     #[arg(long)]

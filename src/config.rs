@@ -13,7 +13,7 @@ use std::time::Duration;
 pub const DEFAULT_ENDPOINT: &str = "https://mi.apigw.ntruss.com";
 /// Requests per second when the user sets none: MI documents no limit for the import call, and
 /// another MI call states 1,000 per minute; 10/s stays well under that.
-pub const DEFAULT_RATE: f64 = 10.0;
+pub const DEFAULT_RATE: &str = "10";
 /// Requests in flight when the user sets none: enough to hide latency at the default rate.
 pub const DEFAULT_CONCURRENCY: usize = 8;
 /// Attempts per key before it is `failed`; covers a few minutes of 429s and 5xx.
@@ -22,6 +22,153 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The ledger file when `--db` is not given.
 pub const DEFAULT_DB: &str = "mi-import.db";
+/// The most requests in flight `--concurrency` may ask for: far more than any rate MI allows
+/// needs, and each one holds a connection and a task.
+pub const MAX_CONCURRENCY: usize = 1024;
+
+/// A duration as the command line takes it: `30s`, `10m`, `1h30m`, or a bare number of
+/// seconds (`30`).
+pub fn parse_duration(text: &str) -> std::result::Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<f64>() {
+        return if seconds.is_finite() && seconds >= 0.0 {
+            Ok(Duration::from_secs_f64(seconds))
+        } else {
+            Err(format!("`{text}` is no length of time"))
+        };
+    }
+    humantime::parse_duration(text).map_err(|e| format!("`{text}`: {e} (e.g. 30s, 10m, 1h30m)"))
+}
+
+/// `--rate`: requests per second, `0` for no limit, or a schedule by the local time of day
+/// in rclone's `--bwlimit` form, `"08:00,5 20:00,20 23:30,off"`: from each time on, that rate
+/// (`off`: no limit), the last one running on past midnight to the first.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RateSetting {
+    /// One rate all day; `None`: no limit.
+    Fixed(Option<f64>),
+    /// (minute of the day, rate from then on), in order.
+    Schedule(Vec<(u32, Option<f64>)>),
+}
+
+impl RateSetting {
+    /// The rate at `minute` of the (local) day.
+    pub fn at(&self, minute: u32) -> Option<f64> {
+        match self {
+            RateSetting::Fixed(rate) => *rate,
+            RateSetting::Schedule(steps) => {
+                let before = steps.iter().rev().find(|(at, _)| *at <= minute);
+                before.or(steps.last()).and_then(|(_, rate)| *rate)
+            }
+        }
+    }
+
+    /// The highest rate it allows (`None`: no limit at some time of day).
+    pub fn highest(&self) -> Option<f64> {
+        match self {
+            RateSetting::Fixed(rate) => *rate,
+            RateSetting::Schedule(steps) => steps
+                .iter()
+                .map(|(_, r)| *r)
+                .try_fold(0.0f64, |most, r| r.map(|r| most.max(r))),
+        }
+    }
+}
+
+fn parse_rate_value(text: &str) -> std::result::Result<Option<f64>, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    match text.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate >= 0.0 => Ok((rate > 0.0).then_some(rate)),
+        _ => Err(format!(
+            "`{text}` is no rate: a number of requests per second (0 or `off` for no limit), e.g. --rate 10, --rate 0.5, or --rate \"08:00,5 20:00,20\""
+        )),
+    }
+}
+
+/// Parses `--rate` (see [`RateSetting`]).
+pub fn parse_rate(text: &str) -> std::result::Result<RateSetting, String> {
+    let text = text.trim();
+    if !text.contains(',') {
+        return parse_rate_value(text).map(RateSetting::Fixed);
+    }
+    let mut steps = Vec::new();
+    for step in text.split_whitespace() {
+        let Some((time, rate)) = step.split_once(',') else {
+            return Err(format!("`{step}`: a step is HH:MM,RATE (e.g. 08:00,5)"));
+        };
+        let minute = time
+            .split_once(':')
+            .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
+            .filter(|(h, m)| *h < 24 && *m < 60)
+            .map(|(h, m)| h * 60 + m)
+            .ok_or_else(|| format!("`{time}` is no time of day (HH:MM, 00:00 to 23:59)"))?;
+        if steps.last().is_some_and(|(at, _)| *at >= minute) {
+            return Err(format!("`{step}`: the schedule's times must grow"));
+        }
+        steps.push((minute, parse_rate_value(rate)?));
+    }
+    Ok(RateSetting::Schedule(steps))
+}
+
+/// The moment of the next `HH:MM` (local time) to come: later today, or tomorrow.
+pub fn next_time_of_day(text: &str) -> Result<std::time::SystemTime> {
+    let minute = text
+        .trim()
+        .split_once(':')
+        .and_then(|(h, m)| Some((h.parse::<u32>().ok()?, m.parse::<u32>().ok()?)))
+        .filter(|(h, m)| *h < 24 && *m < 60)
+        .map(|(h, m)| h * 60 + m)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--stop-at `{text}` is no time of day\nhint: HH:MM, e.g. --stop-at 06:30"
+            )
+        })?;
+    let now = local_minute();
+    let ahead = match (minute + 1440 - now) % 1440 {
+        0 => 1440,
+        n => n,
+    };
+    let now = std::time::SystemTime::now();
+    let into_minute = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() % 60)
+        .unwrap_or(0);
+    Ok(now + Duration::from_secs(u64::from(ahead) * 60 - into_minute))
+}
+
+/// Globs from a file, one a line: blank lines and `#` comments left out.
+pub fn globs_from(path: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "cannot read {}\nhint: check the path of the glob file",
+            path.display()
+        )
+    })?;
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The local time of day, in minutes since midnight.
+pub fn local_minute() -> u32 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as libc::time_t)
+        .unwrap_or(0);
+    // SAFETY: localtime_r reads `now` and writes only into `tm`, which it is given.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&now, &mut tm).is_null() };
+    if ok {
+        (tm.tm_hour * 60 + tm.tm_min) as u32
+    } else {
+        ((now / 60) % 1440) as u32
+    }
+}
 
 pub const ENV_ACCESS_KEY: &str = "NCLOUD_ACCESS_KEY";
 pub const ENV_SECRET_KEY: &str = "NCLOUD_SECRET_KEY";
@@ -281,8 +428,10 @@ fn required(value: Option<String>, flag: &str, env: &str) -> Result<String> {
 /// How hard the runner may push.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Request starts per second; `None` means no rate limit (benchmarks, the emulator).
+    /// Request starts per second now; `None` means no rate limit (benchmarks, the emulator).
     pub rate: Option<f64>,
+    /// The rate as given: one, or a schedule by time of day that the limiter follows.
+    pub setting: RateSetting,
     pub concurrency: usize,
     pub max_attempts: u32,
     pub timeout: Duration,
@@ -303,18 +452,40 @@ impl Limits {
         if concurrency == 0 {
             bail!("--concurrency must be at least 1");
         }
+        if concurrency > MAX_CONCURRENCY {
+            bail!(
+                "--concurrency {concurrency} is more than this tool takes ({MAX_CONCURRENCY})\nhint: MI's rate, not the number in flight, bounds a run: --concurrency 8 to 64 is plenty"
+            );
+        }
         if max_attempts == 0 {
             bail!("--max-attempts must be at least 1");
         }
         if timeout.is_zero() {
             bail!("--timeout must be longer than zero\nhint: e.g. --timeout 30s");
         }
+        let rate = (rate > 0.0).then_some(rate);
         Ok(Self {
-            rate: (rate > 0.0).then_some(rate),
+            rate,
+            setting: RateSetting::Fixed(rate),
             concurrency,
             max_attempts,
             timeout,
         })
+    }
+}
+
+impl Limits {
+    /// Limits whose rate is `setting` (a schedule's current step, followed as time passes).
+    pub fn with_setting(
+        setting: RateSetting,
+        concurrency: usize,
+        max_attempts: u32,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let now = setting.at(local_minute());
+        let mut limits = Self::new(now.unwrap_or(0.0), concurrency, max_attempts, timeout)?;
+        limits.setting = setting;
+        Ok(limits)
     }
 }
 
@@ -389,6 +560,34 @@ mod tests {
         let err = check_transport("http://10.0.0.5:8080", "--endpoint", false).unwrap_err();
         assert!(err.to_string().contains("--allow-insecure-http"), "{err}");
         assert!(check_transport("http://10.0.0.5:8080", "--endpoint", true).is_ok());
+    }
+
+    #[test]
+    fn durations_may_be_bare_seconds_and_rates_a_schedule() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("-1").is_err());
+        assert_eq!(parse_rate("10").unwrap(), RateSetting::Fixed(Some(10.0)));
+        assert_eq!(parse_rate("0").unwrap(), RateSetting::Fixed(None));
+        assert!(parse_rate("-1").unwrap_err().contains("no rate"));
+        let day = parse_rate("08:00,5 20:00,20 23:30,off").unwrap();
+        assert_eq!(
+            day.at(7 * 60),
+            None,
+            "before the first step: the last runs on"
+        );
+        assert_eq!(day.at(8 * 60), Some(5.0));
+        assert_eq!(day.at(19 * 60 + 59), Some(5.0));
+        assert_eq!(day.at(20 * 60), Some(20.0));
+        assert_eq!(day.at(23 * 60 + 45), None);
+        assert_eq!(day.highest(), None);
+        assert_eq!(
+            parse_rate("08:00,5 20:00,20").unwrap().highest(),
+            Some(20.0)
+        );
+        assert!(parse_rate("20:00,5 08:00,20").is_err());
+        assert!(parse_rate("25:00,5").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::Emulator;
 use mi_import::exit::{self, Exit, input};
 use mi_import::progress::{self, Display};
-use mi_import::runner::RunOptions;
+use mi_import::runner::{RunOptions, StopWhen};
 use mi_import::source::bucket::{self, BucketSpec, S3Place};
 use mi_import::source::filter::Filters;
 
@@ -117,6 +117,7 @@ fn watch_signals(shutdown: CancellationToken) {
                 );
                 std::process::exit(if which == 1 { 130 } else { 143 });
             }
+            progress::hide_bar();
             progress::note(
                 "stopping: finishing requests in flight (press Ctrl-C again to quit at once)",
             );
@@ -208,6 +209,55 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             Ok(Exit::Success)
         }
         Command::Emulator(args) => serve_emulator(args, &global, shutdown).await,
+        Command::Completions(args) => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "mi-import",
+                &mut std::io::stdout(),
+            );
+            Ok(Exit::Success)
+        }
+        Command::Check(args) => {
+            let args = *args;
+            let (target, limits) = settings(args.mi, &args.limits, &global)?;
+            let credentials = credentials()?;
+            let endpoint =
+                bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
+            mi_import::config::check_transport(
+                &endpoint,
+                "--s3-endpoint",
+                global.allow_insecure_http,
+            )
+            .map_err(input)?;
+            let from = match (&global.profile, std::env::var("NCLOUD_ACCESS_KEY")) {
+                (Some(p), _) => format!("~/.ncloud/configure [{p}]"),
+                (None, Ok(_)) => "NCLOUD_ACCESS_KEY".into(),
+                (None, Err(_)) => "~/.ncloud/configure".into(),
+            };
+            let job = app::CheckJob {
+                db: args.ledger.db,
+                s3: S3Place {
+                    endpoint,
+                    region: args.s3_region,
+                    credentials: bucket::s3_credentials(&credentials),
+                },
+                target,
+                credentials,
+                limits,
+                credentials_from: from,
+                bucket: args.bucket,
+                prefix: args.prefix,
+            };
+            let checked = app::check(job).await?;
+            say(&checked.text);
+            Ok(if checked.ready {
+                Exit::Success
+            } else {
+                Exit::Fatal
+            })
+        }
     }
 }
 
@@ -248,8 +298,8 @@ fn settings(mi: MiArgs, limits: &LimitArgs, global: &Global) -> Result<(Target, 
     mi_import::config::check_transport(&mi.endpoint, "--endpoint", global.allow_insecure_http)
         .map_err(input)?;
     let target = Target::new(&mi.endpoint, mi.workspace, mi.project).map_err(input)?;
-    let limits = Limits::new(
-        limits.rate,
+    let limits = Limits::with_setting(
+        limits.rate.clone(),
         limits.concurrency,
         limits.max_attempts,
         limits.timeout,
@@ -280,8 +330,16 @@ fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
         // No source: resume what the ledger holds for this workspace and project.
         (None, None) => (Manifest::None, None::<BucketSpec>),
     };
+    let mut include = args.include.clone();
+    let mut exclude = args.exclude.clone();
+    if let Some(path) = &args.include_from {
+        include.extend(mi_import::config::globs_from(path).map_err(input)?);
+    }
+    if let Some(path) = &args.exclude_from {
+        exclude.extend(mi_import::config::globs_from(path).map_err(input)?);
+    }
     let mut filters = Filters::default()
-        .with_globs(&args.include, &args.exclude)
+        .with_globs(&include, &exclude)
         .map_err(input)?;
     filters.min_size = args.min_size;
     filters.max_size = args.max_size;
@@ -311,6 +369,14 @@ fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
         settle: args.limits.list_settle,
         list_concurrency: args.list_concurrency,
         options: RunOptions {
+            stop: StopWhen {
+                max_keys: args.max_keys,
+                at: match (&args.stop_at, args.stop_after) {
+                    (Some(at), _) => Some(mi_import::config::next_time_of_day(at).map_err(input)?),
+                    (None, Some(after)) => Some(std::time::SystemTime::now() + after),
+                    (None, None) => None,
+                },
+            },
             allow_other_bucket: args.allow_other_bucket,
             buckets: Vec::new(),
             confirm: (!args.no_confirm).then_some(args.patience),

@@ -61,6 +61,8 @@ pub struct Stats {
     /// (0 when no pass is going).
     pub asset_pages: AtomicU64,
     pub asset_pages_total: AtomicU64,
+    /// The command only follows analyses (`mi-import analyze`): progress speaks of them.
+    pub analyses_only: std::sync::atomic::AtomicBool,
 }
 
 impl Stats {
@@ -105,6 +107,18 @@ impl Stats {
     /// What was done so far (with done/total unless a bar shows it), then (each part starting
     /// with "; ") the pace, ETA and confirmation.
     fn parts(&self, elapsed: Duration, with_total: bool) -> (String, String) {
+        if self.analyses_only.load(Relaxed) {
+            return (
+                format!(
+                    "analysis: {} requested, {} done, {} failed; {} index-status checks",
+                    self.analyses_requested.load(Relaxed),
+                    self.analyses_completed.load(Relaxed),
+                    self.analyses_failed.load(Relaxed),
+                    self.analysis_looks.load(Relaxed)
+                ),
+                String::new(),
+            );
+        }
         let done = self.finished();
         let queued = self.queued.load(Relaxed).max(done);
         let measured = done as f64 / elapsed.as_secs_f64().max(0.001);
@@ -226,6 +240,17 @@ pub fn eta(remaining: u64, measured: f64, limit: f64, listing: bool) -> String {
 
 /// The bar on screen, if any, for [`Stderr`] to print around.
 static SHOWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+/// Set once the command is stopping: the bar is gone and stays gone.
+static HIDDEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Clears the bar and keeps it away (a signal: what follows is words, not progress).
+pub fn hide_bar() {
+    HIDDEN.store(true, Relaxed);
+    if let Some(bar) = shown_bar() {
+        bar.finish_and_clear();
+    }
+    set_shown_bar(None);
+}
 
 fn shown_bar() -> Option<ProgressBar> {
     SHOWN.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -310,7 +335,48 @@ pub fn summary(text: &str, record: &serde_json::Value, quiet: bool) {
         return;
     }
     let lead = if quiet { "" } else { "\n" };
-    let _ = Stderr.write_all(format!("{lead}{}", crate::escape::lines(text)).as_bytes());
+    let text = crate::escape::lines(text);
+    let text = match terminal_width() {
+        Some(width) => wrapped(&text, width),
+        None => text.into_owned(),
+    };
+    let _ = Stderr.write_all(format!("{lead}{text}").as_bytes());
+}
+
+/// The terminal's width, when stderr is one.
+fn terminal_width() -> Option<usize> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    terminal_size::terminal_size_of(std::io::stderr()).map(|(w, _)| usize::from(w.0))
+}
+
+/// `text` with each line broken at spaces to fit `width` columns (continuation lines
+/// indented by two), so a terminal never breaks a word.
+pub fn wrapped(text: &str, width: usize) -> String {
+    let width = width.max(20);
+    let mut out = String::with_capacity(text.len() + 16);
+    for line in text.split_inclusive('\n') {
+        let (body, end) = match line.strip_suffix('\n') {
+            Some(body) => (body, "\n"),
+            None => (line, ""),
+        };
+        let mut column = 0;
+        for word in body.split(' ') {
+            let len = word.chars().count();
+            if column > 0 && column + 1 + len > width {
+                out.push_str("\n  ");
+                column = 2;
+            } else if column > 0 {
+                out.push(' ');
+                column += 1;
+            }
+            out.push_str(word);
+            column += len;
+        }
+        out.push_str(end);
+    }
+    out
 }
 
 /// How progress is shown.
@@ -359,6 +425,9 @@ pub async fn show(stats: Arc<Stats>, display: Display, done: CancellationToken) 
             );
             set_shown_bar(Some(bar.clone()));
             loop {
+                if HIDDEN.load(Relaxed) {
+                    break;
+                }
                 // No bar to fill before there is anything to send: a spinner and the words.
                 let finished = stats.finished();
                 match stats.queued.load(Relaxed).max(finished) {
@@ -405,6 +474,17 @@ mod tests {
         assert_eq!(eta(100, 0.0, 0.0, false), "");
         assert_eq!(eta(100, 10.0, 5.0, true), "; eta: once the listing ends");
         assert_eq!(eta(0, 10.0, 5.0, false), "");
+    }
+
+    #[test]
+    fn summaries_break_at_spaces_to_fit_the_terminal() {
+        let text = "this run: 30 registered, 0 failed in 2.0s; 31 requests\nshort\n";
+        let out = wrapped(text, 30);
+        for line in out.lines() {
+            assert!(line.chars().count() <= 30, "{line:?}");
+        }
+        assert_eq!(out.replace("\n  ", " "), text);
+        assert_eq!(wrapped("a b\n", 80), "a b\n");
     }
 
     #[test]

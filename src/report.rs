@@ -113,14 +113,56 @@ pub enum Audience {
     Terminal,
 }
 
-/// Writes every key (or those in `states`) to `out`; returns how many.
+/// Which keys a report holds: those in `states` (all when empty), and of them only those
+/// `run` touched last, if given.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub states: Vec<State>,
+    pub run: Option<i64>,
+}
+
+/// The run `report --run` names: `last` (the latest `run`) or its number.
+pub fn run_named(conn: &Connection, text: &str) -> Result<i64> {
+    if text == "last" {
+        return conn
+            .query_row(
+                "SELECT id FROM runs WHERE command = 'run' ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|_| {
+                crate::exit::input(anyhow::anyhow!(
+                    "the ledger records no run yet\nhint: `mi-import run` first"
+                ))
+            });
+    }
+    let id: i64 = text.parse().map_err(|_| {
+        crate::exit::input(anyhow::anyhow!(
+            "--run `{}` names no run\nhint: --run last, or a run's number",
+            crate::escape::shown(text)
+        ))
+    })?;
+    let found: i64 = conn.query_row("SELECT COUNT(*) FROM runs WHERE id = ?1", [id], |r| {
+        r.get(0)
+    })?;
+    if found == 0 {
+        return Err(crate::exit::input(anyhow::anyhow!(
+            "the ledger records no run {id}\nhint: --run last, or the number `status --json` shows"
+        )));
+    }
+    Ok(id)
+}
+
+/// Writes every selected key to `out`, then (for one run) the manifest rows it found
+/// malformed, as rows of state `malformed`; returns how many rows.
 pub fn write_report(
     conn: &Connection,
     format: ReportFormat,
-    states: &[State],
+    selection: &Selection,
     audience: Audience,
     out: impl Write,
 ) -> Result<u64> {
+    let states = &selection.states;
     let codes: Vec<i64> = states.iter().map(|s| s.code()).collect();
     let mut stmt = conn.prepare(
         "SELECT b.name, k.key, k.state, k.asset_id, k.candidates, k.upload_status,
@@ -131,12 +173,17 @@ pub fn write_report(
          JOIN buckets b ON b.id = k.bucket
          JOIN scopes s ON s.id = k.scope
          LEFT JOIN analyses a ON a.key_id = k.id AND a.asset_id = k.asset_id
-         WHERE ?1 = '[]' OR k.state IN (SELECT value FROM json_each(?1))
+         WHERE (?1 = '[]' OR k.state IN (SELECT value FROM json_each(?1)))
+           AND (?2 IS NULL OR k.run = ?2)
          ORDER BY k.id",
     )?;
     let filter = serde_json::to_string(&codes)?;
+    let malformed = match selection.run {
+        Some(run) => malformed_rows(conn, run)?,
+        None => Vec::new(),
+    };
     let time = |v: Option<i64>| v.map(ms_text);
-    let rows = stmt.query_map([filter], |r| {
+    let rows = stmt.query_map(rusqlite::params![filter, selection.run], |r| {
         Ok(ReportRow {
             bucket: r.get(0)?,
             key: r.get(1)?,
@@ -173,7 +220,7 @@ pub fn write_report(
                 .has_headers(false)
                 .from_writer(out);
             csv.write_record(COLUMNS)?;
-            for row in rows {
+            for row in rows.chain(malformed.into_iter().map(Ok)) {
                 let row = for_terminal(row?).map_text(|t| crate::escape::csv_cell(t).into_owned());
                 csv.serialize(row)?;
                 written += 1;
@@ -182,7 +229,7 @@ pub fn write_report(
         }
         ReportFormat::Jsonl => {
             let mut out = std::io::BufWriter::new(out);
-            for row in rows {
+            for row in rows.chain(malformed.into_iter().map(Ok)) {
                 serde_json::to_writer(&mut out, &for_terminal(row?))?;
                 out.write_all(b"\n")?;
                 written += 1;
@@ -191,6 +238,51 @@ pub fn write_report(
         }
     }
     Ok(written)
+}
+
+/// The manifest rows `run` found malformed (kept in its record), as report rows.
+fn malformed_rows(conn: &Connection, run: i64) -> Result<Vec<ReportRow>> {
+    let (summary, started): (Option<String>, String) = conn.query_row(
+        "SELECT summary, started_at FROM runs WHERE id = ?1",
+        [run],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let record: serde_json::Value = summary
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let named = record
+        .pointer("/bad_rows/named")
+        .and_then(serde_json::Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    Ok(named
+        .iter()
+        .filter_map(serde_json::Value::as_str)
+        .map(|line| ReportRow {
+            bucket: String::new(),
+            key: String::new(),
+            state: "malformed".into(),
+            asset_id: None,
+            candidates: None,
+            upload_status: None,
+            upload_result: None,
+            analysis_status: None,
+            index_id: None,
+            analysis_message: None,
+            attempts: 0,
+            http_status: None,
+            error_code: None,
+            message: Some(line.to_owned()),
+            trace_id: None,
+            size: None,
+            changed_at: None,
+            first_seen_at: started.clone(),
+            updated_at: started.clone(),
+            registered_at: None,
+            workspace: String::new(),
+            project: String::new(),
+        })
+        .collect())
 }
 
 /// What `status` shows.
@@ -383,7 +475,14 @@ mod tests {
         let l = ledger_with_keys();
         let mut out = Vec::new();
         assert_eq!(
-            write_report(l.conn(), ReportFormat::Csv, &[], Audience::Data, &mut out).unwrap(),
+            write_report(
+                l.conn(),
+                ReportFormat::Csv,
+                &Selection::default(),
+                Audience::Data,
+                &mut out
+            )
+            .unwrap(),
             2
         );
         let text = String::from_utf8(out).unwrap();
@@ -415,7 +514,10 @@ mod tests {
         write_report(
             l.conn(),
             ReportFormat::Jsonl,
-            &[State::Skipped],
+            &Selection {
+                states: vec![State::Skipped],
+                run: None,
+            },
             Audience::Data,
             &mut out,
         )
@@ -430,7 +532,10 @@ mod tests {
         let n = write_report(
             l.conn(),
             ReportFormat::Jsonl,
-            &[State::Skipped, State::Pending],
+            &Selection {
+                states: vec![State::Skipped, State::Pending],
+                run: None,
+            },
             Audience::Data,
             &mut both,
         )

@@ -22,15 +22,6 @@ async fn run(args: Vec<String>, ws: &Workspace) -> (Option<i32>, String) {
     (out.status.code(), text(&out.stderr))
 }
 
-/// `args` with the flag set to `value` (added if missing).
-fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
-    match args.iter().position(|a| a == flag) {
-        Some(at) => args[at + 1] = value.into(),
-        None => args.extend([flag.into(), value.into()]),
-    }
-    args
-}
-
 fn report(ws: &Workspace) -> Vec<Value> {
     let db = ws.db();
     let out = binary(

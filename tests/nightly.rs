@@ -15,14 +15,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
-    match args.iter().position(|a| a == flag) {
-        Some(at) => args[at + 1] = value.into(),
-        None => args.extend([flag.into(), value.into()]),
-    }
-    args
-}
-
 fn without(mut args: Vec<String>, flag: &str) -> Vec<String> {
     if let Some(at) = args.iter().position(|a| a == flag) {
         args.drain(at..at + 2);

@@ -9,7 +9,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use reqwest::{Method, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::error::ApiError;
 use super::signer::{self, HEADER_ACCESS_KEY, HEADER_SIGNATURE, HEADER_TIMESTAMP};
@@ -345,6 +345,31 @@ impl MiClient {
         url: Url,
         body: Option<&B>,
     ) -> Result<(Value, Option<String>), ApiError> {
+        self.exchange(method, url, body)
+            .await
+            .map(|(value, trace_id, _)| (value, trace_id))
+    }
+
+    /// `GET /api/v1/workspaces/{ws}`, with the time the gateway's `Date` header says it
+    /// answered (to tell the machine's clock from the gateway's: it refuses signatures more
+    /// than five minutes off).
+    pub async fn workspace_dated(&self) -> Result<(Value, Option<SystemTime>), ApiError> {
+        let mut url = self.base.clone();
+        url.set_path(&format!(
+            "/api/v1/workspaces/{}",
+            utf8_percent_encode(&self.target.workspace, SEGMENT)
+        ));
+        self.exchange::<()>(Method::GET, url, None)
+            .await
+            .map(|(value, _, date)| (value, date))
+    }
+
+    async fn exchange<B: Serialize>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+    ) -> Result<(Value, Option<String>, Option<SystemTime>), ApiError> {
         let target = match url.query() {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
@@ -369,6 +394,8 @@ impl MiClient {
         let status = response.status().as_u16();
         let trace_id = header_text(response.headers(), HEADER_TRACE_ID);
         let retry_after = retry_after(response.headers());
+        let date = header_text(response.headers(), reqwest::header::DATE.as_str())
+            .and_then(|d| httpdate_parse(&d));
         if (300..400).contains(&status) {
             return Err(ApiError::Redirect {
                 status,
@@ -402,7 +429,7 @@ impl MiClient {
                 retry_after: None,
                 gateway: false,
             }),
-            _ => Ok((value, trace_id)),
+            _ => Ok((value, trace_id, date)),
         }
     }
 
@@ -455,6 +482,20 @@ impl MiClient {
 /// all, so the bundled roots are the only ones to trust.
 fn os_has_no_roots() -> bool {
     rustls_native_certs::load_native_certs().certs.is_empty()
+}
+
+/// An HTTP `Date` header (`Tue, 01 Dec 2026 21:36:54 GMT`).
+fn httpdate_parse(text: &str) -> Option<SystemTime> {
+    // humantime reads RFC 3339; the IMF-fixdate form is turned into it.
+    let mut parts = text.split_whitespace().skip(1);
+    let (day, month, year, time) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == month)?
+        + 1;
+    humantime::parse_rfc3339(&format!("{year}-{month:02}-{day:0>2}T{time}Z")).ok()
 }
 
 fn as_i64(v: &Value) -> Option<i64> {
@@ -529,6 +570,16 @@ mod tests {
             assert_eq!(asset_id_of(Some(&bad)), None, "{bad}");
         }
         assert_eq!(asset_id_of(None), None);
+    }
+
+    #[test]
+    fn the_date_header_is_read() {
+        let at = httpdate_parse("Tue, 01 Dec 2026 21:36:54 GMT").unwrap();
+        assert_eq!(
+            humantime::format_rfc3339_seconds(at).to_string(),
+            "2026-12-01T21:36:54Z"
+        );
+        assert_eq!(httpdate_parse("nonsense"), None);
     }
 
     #[test]

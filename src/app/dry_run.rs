@@ -46,9 +46,11 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let mut read = Ingested::default();
     let now = std::time::SystemTime::now();
     let mut bad_rows = ingest::BadRows::default();
+    let mut unchanged = None;
     if let (Some(path), Some(source)) = (ingest::path_key(&job.manifest), source) {
         let earlier = ledger::runs::manifest_read(&tx, &scope, &path, &ingest::settings(job))?;
         let mut opened = ingest::open(job, earlier, source)?;
+        unchanged = opened.continues.clone();
         loop {
             let batch = opened.next_batch(&job.filters, now);
             read.known += batch.known_rows;
@@ -103,16 +105,31 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let mut text = listed
         .map(|l| summary::describe_listing(&l, job.on_changed))
         .unwrap_or_default();
+    let read_line = match unchanged {
+        Some(earlier) if read.rows() == 0 => format!(
+            "unchanged since it was read on {} ({})",
+            ledger::ms_text(earlier.read_at),
+            summary::count(earlier.rows, "row", "rows")
+        ),
+        Some(_) => format!(
+            "{} appended since it was last read, {} new to the ledger",
+            summary::count(read.rows(), "row", "rows"),
+            read.added()
+        ),
+        None => format!(
+            "{}, {} new to the ledger",
+            summary::count(read.rows(), "row", "rows"),
+            read.added()
+        ),
+    };
     text.push_str(&format!(
         "dry run: nothing was sent and the ledger is unchanged\n{account}\n\
-         {}: {} rows, {} new to the ledger\n\
+         {}: {read_line}\n\
          would send {to_send} keys ({} of them uncertain, to be checked in MI's asset list first)\n\
          already done: {done} ({} completed, {} registered awaiting confirmation, {} import_failed)\n\
          failed earlier: {} ({})\n\
          ineligible, never sent: {}\n",
         job.manifest.name(),
-        read.rows(),
-        read.added(),
         get(State::Uncertain),
         get(State::Completed),
         get(State::Registered),

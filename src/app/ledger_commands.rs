@@ -24,6 +24,13 @@ pub fn status(db: &Path, as_json: bool) -> Result<String> {
 /// `report`: one row per key to stdout or a file.
 pub fn report(db: &Path, args: &ReportArgs) -> Result<u64> {
     let ledger = Ledger::open_read_only(db)?;
+    let selection = crate::report::Selection {
+        states: args.state.clone(),
+        run: match &args.run {
+            Some(run) => Some(crate::report::run_named(ledger.conn(), run)?),
+            None => None,
+        },
+    };
     match &args.output {
         Some(path) => {
             let file = std::fs::File::create(path)
@@ -32,7 +39,7 @@ pub fn report(db: &Path, args: &ReportArgs) -> Result<u64> {
             crate::report::write_report(
                 ledger.conn(),
                 args.format,
-                &args.state,
+                &selection,
                 crate::report::Audience::Data,
                 file,
             )
@@ -47,7 +54,7 @@ pub fn report(db: &Path, args: &ReportArgs) -> Result<u64> {
             crate::report::write_report(
                 ledger.conn(),
                 args.format,
-                &args.state,
+                &selection,
                 audience,
                 std::io::stdout().lock(),
             )

@@ -20,6 +20,7 @@ use crate::source::bucket::{BucketSpec, Lister};
 use crate::source::filter::Filters;
 use crate::source::manifest::ManifestFormat;
 
+mod check;
 mod dry_run;
 mod ingest;
 mod ledger_commands;
@@ -29,6 +30,7 @@ mod session;
 mod settings;
 mod summary;
 
+pub use check::{CheckJob, check};
 pub use dry_run::{analyze_dry_run, dry_run};
 pub use ledger_commands::{backup, forget, report, status};
 pub use resolve::resolve;
@@ -115,6 +117,7 @@ impl ImportJob {
                 buckets: Vec::new(),
                 confirm: None,
                 analyze: None,
+                stop: Default::default(),
             },
             display: Display::Quiet,
         }
@@ -151,6 +154,7 @@ impl ImportResult {
                 failures_total: 0,
                 ledger: Default::default(),
                 rate_at_end: None,
+                bad_rows: None,
             },
         }
     }
@@ -195,7 +199,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     if let Some(lister) = &listing_check {
         lister.check_bucket().await?;
     }
-    let session = Session::open(&job, "run")?;
+    let mut session = Session::open(&job, "run")?;
     let runner = session.runner(&job, shutdown.clone())?;
 
     // ---- the account first: a wrong workspace or project stops here, with nothing recorded
@@ -205,12 +209,16 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     };
 
     // ---- the source into the ledger before anything is sent
-    let (ingested, read) = match read_manifest(&job, &session, source, &shutdown).await {
+    let (ingested, read, bad_rows) = match read_manifest(&job, &session, source, &shutdown).await {
         Err(e) if e.is::<ingest::Stopped>() => {
             return session.finish(&runner, Ending::Interrupted, &job).await;
         }
         other => other?,
     };
+    session.bad_rows = (bad_rows.count > 0).then(|| record::BadRowsRecord {
+        named: bad_rows.named.clone(),
+        count: bad_rows.count,
+    });
     let mut options = job.options.clone();
     let listings = listings_to_run(&job, &session).await?;
     options
@@ -335,9 +343,9 @@ async fn read_manifest(
     session: &Session,
     source: Option<ingest::Source>,
     shutdown: &CancellationToken,
-) -> Result<(Ingested, Option<ManifestRead>)> {
+) -> Result<(Ingested, Option<ManifestRead>, ingest::BadRows)> {
     let (Some(path), Some(source)) = (ingest::path_key(&job.manifest), source) else {
-        return Ok((Ingested::default(), None));
+        return Ok((Ingested::default(), None, ingest::BadRows::default()));
     };
     let (s, settings) = (session.scope.clone(), ingest::settings(job));
     let earlier = session
@@ -399,9 +407,9 @@ async fn read_manifest(
         tracing::info!(
             "{name} is a pipe or device: it was read once, and the next run reads it whole"
         );
-        return Ok((ingested, None));
+        return Ok((ingested, None, read.bad_rows));
     }
-    Ok((ingested, Some(read.record)))
+    Ok((ingested, Some(read.record), read.bad_rows))
 }
 
 /// The listings this run goes through: the one asked for, or, with no source at all, those
@@ -473,6 +481,10 @@ pub async fn analyze(
     crate::ledger::Ledger::open_existing(&job.db)?;
     let session = Session::open(&job, "analyze")?;
     let runner = session.runner(&job, shutdown)?;
+    runner
+        .stats
+        .analyses_only
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     let ending = with_progress(&runner, job.display, runner.analyze_only(&plan, patience)).await?;
     session.finish(&runner, ending, &job).await
 }

@@ -27,6 +27,16 @@ pub struct RunRecord {
     pub ledger: BTreeMap<String, u64>,
     /// The limiter's rate when the run ended (requests/s), `None` without a limit.
     pub rate_at_end: Option<f64>,
+    /// Manifest rows left out as malformed (`--skip-bad-rows`), if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bad_rows: Option<BadRowsRecord>,
+}
+
+/// Malformed manifest rows: the first ones in words, and how many.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BadRowsRecord {
+    pub named: Vec<String>,
+    pub count: u64,
 }
 
 /// How a run ended: `finished`, `fatal` (a fatal answer or the breaker), `refused` (the

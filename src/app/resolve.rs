@@ -341,10 +341,11 @@ async fn look_up(
     )
     .map_err(input)?;
     let limits =
-        crate::config::Limits::new(args.rate, 1, LOOKUP_ATTEMPTS, args.timeout).map_err(input)?;
+        crate::config::Limits::with_setting(args.rate.clone(), 1, LOOKUP_ATTEMPTS, args.timeout)
+            .map_err(input)?;
     let credentials = Credentials::discover(global.profile.as_deref()).map_err(input)?;
     let client = MiClient::new(target, credentials, limits.timeout)?;
-    let limiter = Limiter::new(limits.rate, 1);
+    let limiter = Limiter::with_rate(&limits.setting, 1);
     let mut found = HashMap::new();
     for &asset in assets {
         let finished = with_retries(LOOKUP_ATTEMPTS, Backoff::default(), shutdown, |_| async {

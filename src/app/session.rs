@@ -28,6 +28,8 @@ pub(crate) struct Session {
     pub rows_before: i64,
     /// The ledger file did not exist before this command: one refused leaves none behind.
     pub created: bool,
+    /// Manifest rows this run left out as malformed.
+    pub bad_rows: Option<record::BadRowsRecord>,
     _lock: LedgerLock,
 }
 
@@ -59,6 +61,7 @@ impl Session {
             started_ms: ledger::now_ms(),
             rows_before,
             created,
+            bad_rows: None,
             _lock: lock,
         })
     }
@@ -69,7 +72,10 @@ impl Session {
             job.credentials.clone(),
             job.limits.timeout,
         )?;
-        let limiter = Arc::new(Limiter::new(job.limits.rate, job.limits.concurrency));
+        let limiter = Arc::new(Limiter::with_rate(
+            &job.limits.setting,
+            job.limits.concurrency,
+        ));
         let pace = Pace {
             max_attempts: job.limits.max_attempts,
             settle: job.settle,
@@ -84,6 +90,7 @@ impl Session {
             shutdown,
         );
         runner.asks_analysis = job.options.analyze.is_some();
+        runner.stop_when = job.options.stop;
         Ok(runner)
     }
 
@@ -182,6 +189,7 @@ impl Session {
                 .map(|(s, n)| (s.as_str().to_owned(), *n))
                 .collect(),
             rate_at_end: rate_at_end(&runner.stats),
+            bad_rows: self.bad_rows.clone(),
         };
         let stored = serde_json::to_string(&record)?;
         let run_id = self.run_id;

@@ -31,7 +31,14 @@ pub fn analysis_plan(args: &AnalysisArgs, always: bool) -> Result<Option<Analysi
         }
         return Ok(None);
     }
-    let request = analysis_request(args).map_err(input)?;
+    let request = analysis_request(args)
+        .map_err(|e| match (always, args.analysis_person_count) {
+            (true, None) => anyhow::anyhow!(
+                "--analysis-person-count is required: how many people MI looks for in each asset\nhint: 0 skips person analysis (faster), up to {MAX_PERSONS}"
+            ),
+            _ => e,
+        })
+        .map_err(input)?;
     Ok(Some(AnalysisPlan {
         request,
         pick: Pick {

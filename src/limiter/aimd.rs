@@ -45,6 +45,19 @@ impl Aimd {
         self.current
     }
 
+    pub fn ceiling(&self) -> f64 {
+        self.ceiling
+    }
+
+    /// The ceiling changed (a rate schedule's next step): the rate moves to it at once, up or
+    /// down, and adapts from there.
+    pub fn set_ceiling(&mut self, ceiling: f64, now: Instant) {
+        self.ceiling = ceiling;
+        self.floor = FLOOR.min(ceiling);
+        self.current = ceiling;
+        self.last_change = now;
+    }
+
     /// A 429 came back while `measured` requests/s were being started. Returns the new rate
     /// if it changed.
     pub fn throttled(&mut self, measured: f64, now: Instant) -> Option<f64> {

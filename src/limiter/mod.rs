@@ -44,8 +44,15 @@ impl Clock for TokioClock {
 
 type Pacer = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
 
+/// How often a rate schedule is looked at: its steps are whole minutes.
+const SCHEDULE_LOOK: Duration = Duration::from_secs(1);
+
 /// What the gate holds between calls.
 struct GateState {
+    /// No limit at the moment (a schedule's `off`).
+    open: bool,
+    /// When the schedule is next looked at.
+    next_look: Instant,
     pacer: Arc<Pacer>,
     /// At most this many starts within any `window`.
     per_window: usize,
@@ -85,6 +92,10 @@ fn pacer(rate: f64, clock: TokioClock) -> Pacer {
 pub struct RateGate {
     clock: TokioClock,
     ceiling: f64,
+    /// The ceiling by local time of day, if the user gave one (`--rate "08:00,5 20:00,20"`).
+    schedule: Option<crate::config::RateSetting>,
+    /// The local minute of the day (a parameter, so tests can move the clock's hands).
+    minute: fn() -> u32,
     state: Mutex<GateState>,
     /// The current rate in thousandths of a request per second, for progress and status.
     gauge: Arc<AtomicU64>,
@@ -95,22 +106,35 @@ pub struct RateGate {
 
 impl RateGate {
     pub fn new(rate: f64) -> Self {
+        Self::scheduled(Some(rate), None, crate::config::local_minute)
+    }
+
+    /// A gate at `rate` (`None`: open), following `schedule` from now on if there is one.
+    fn scheduled(
+        rate: Option<f64>,
+        schedule: Option<crate::config::RateSetting>,
+        minute: fn() -> u32,
+    ) -> Self {
         let clock = TokioClock {
             origin: Instant::now(),
         };
-        let ceiling = rate;
+        let ceiling = rate.unwrap_or(1.0);
         let (per_window, window) = window_for(ceiling);
         let state = GateState {
+            open: rate.is_none(),
+            next_look: Instant::now() + SCHEDULE_LOOK,
             pacer: Arc::new(pacer(ceiling, clock)),
             per_window,
             window,
             recent: VecDeque::with_capacity(per_window),
             aimd: Aimd::new(ceiling, Instant::now()),
         };
-        let gauge = Arc::new(AtomicU64::new((ceiling * 1000.0) as u64));
+        let gauge = Arc::new(AtomicU64::new(rate.map_or(0, |r| (r * 1000.0) as u64)));
         Self {
             clock,
             ceiling,
+            schedule,
+            minute,
             state: Mutex::new(state),
             gauge,
             turn: tokio::sync::Mutex::new(()),
@@ -152,12 +176,43 @@ impl RateGate {
         }
     }
 
+    /// Follows the schedule, if any: at a step, the rate moves to the step's.
+    fn follow_schedule(&self, state: &mut GateState) {
+        let Some(schedule) = &self.schedule else {
+            return;
+        };
+        let now = Instant::now();
+        if now < state.next_look {
+            return;
+        }
+        state.next_look = now + SCHEDULE_LOOK;
+        match schedule.at((self.minute)()) {
+            None if !state.open => {
+                state.open = true;
+                tracing::info!("the rate schedule lifts the limit now");
+                self.publish(0.0);
+            }
+            Some(rate) if state.open || rate != state.aimd.ceiling() => {
+                state.open = false;
+                state.aimd.set_ceiling(rate, now);
+                state.retune(rate, self.clock);
+                tracing::info!("the rate schedule sets {rate}/s now");
+                self.publish(rate);
+            }
+            _ => {}
+        }
+    }
+
     /// Waits until one more request may start.
     pub async fn admit(&self) {
         let _turn = self.turn.lock().await;
         loop {
             let pacer = {
                 let mut state = self.state();
+                self.follow_schedule(&mut state);
+                if state.open {
+                    return;
+                }
                 if let Some(rate) = state.aimd.tick(Instant::now()) {
                     state.retune(rate, self.clock);
                     self.publish(rate);
@@ -214,6 +269,32 @@ impl Limiter {
     pub fn new(rate: Option<f64>, concurrency: usize) -> Self {
         Self {
             rate: rate.filter(|r| *r > 0.0).map(RateGate::new),
+            in_flight: Semaphore::new(concurrency),
+            concurrency,
+        }
+    }
+
+    /// A limiter whose rate follows `setting` (a schedule by time of day, or one rate).
+    pub fn with_rate(setting: &crate::config::RateSetting, concurrency: usize) -> Self {
+        Self::following(setting, concurrency, crate::config::local_minute)
+    }
+
+    fn following(
+        setting: &crate::config::RateSetting,
+        concurrency: usize,
+        minute: fn() -> u32,
+    ) -> Self {
+        use crate::config::RateSetting;
+        let rate = match setting {
+            RateSetting::Fixed(rate) => rate.map(RateGate::new),
+            RateSetting::Schedule(_) => Some(RateGate::scheduled(
+                setting.at(minute()),
+                Some(setting.clone()),
+                minute,
+            )),
+        };
+        Self {
+            rate,
             in_flight: Semaphore::new(concurrency),
             concurrency,
         }
@@ -334,6 +415,35 @@ mod tests {
             assert!(pair[1] - pair[0] >= Duration::from_secs(2), "{times:?}");
         }
         assert!(times[3] <= Duration::from_millis(6_100), "{times:?}");
+    }
+
+    static MINUTE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    fn test_minute() -> u32 {
+        MINUTE.load(Relaxed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_schedule_switches_while_running() {
+        MINUTE.store(7 * 60 + 59, Relaxed);
+        let day = crate::config::parse_rate("08:00,50 20:00,5").unwrap();
+        let limiter = Limiter::following(&day, 8, test_minute);
+        // 07:59 is still the evening's 5/s.
+        let origin = Instant::now();
+        for _ in 0..11 {
+            let _ = limiter.admit().await;
+        }
+        let slow = Instant::now() - origin;
+        assert!(slow >= Duration::from_secs(2), "{slow:?}");
+        MINUTE.store(8 * 60, Relaxed);
+        tokio::time::sleep(SCHEDULE_LOOK).await;
+        let origin = Instant::now();
+        for _ in 0..51 {
+            let _ = limiter.admit().await;
+        }
+        let fast = Instant::now() - origin;
+        assert!(fast <= Duration::from_millis(1_300), "at 50/s: {fast:?}");
+        assert_eq!(limiter.gauge().load(Relaxed), 50_000);
     }
 
     #[tokio::test]

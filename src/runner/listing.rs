@@ -134,7 +134,9 @@ impl Runner {
         let mut tasks: JoinSet<Fetched> = JoinSet::new();
         let mut busy: Vec<i64> = Vec::new();
         loop {
-            if !self.stop.is_cancelled() && tasks.len() < concurrency.max(1) {
+            // Stopped where the user said: the listing resumes from here next run.
+            let going = !self.stop.is_cancelled() && !self.has_stopped_early();
+            if going && tasks.len() < concurrency.max(1) {
                 let (id, want, taken) = (state.id, concurrency.max(1) - tasks.len(), busy.clone());
                 let parts = self
                     .writer
@@ -147,7 +149,7 @@ impl Runner {
                 }
             }
             let Some(done) = tasks.join_next().await else {
-                summary.complete = !self.stop.is_cancelled();
+                summary.complete = going;
                 break;
             };
             let (part, page, interrupted) = done?;

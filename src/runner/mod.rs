@@ -88,6 +88,48 @@ pub struct RunOptions {
     pub confirm: Option<Duration>,
     /// Request analysis of keys that complete (and of keys completed before), and follow it.
     pub analyze: Option<AnalysisPlan>,
+    /// Where sending stops before the work is done, if the user said.
+    pub stop: StopWhen,
+}
+
+/// Where a run stops sending, if before the end of its work: after so many keys
+/// (`--max-keys`, a trial), or at a moment (`--stop-after`, `--stop-at`, a cron window). What
+/// is in flight then is finished and recorded, what was registered is confirmed within
+/// `--patience`, the rest waits for the next run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StopWhen {
+    pub max_keys: Option<u64>,
+    pub at: Option<std::time::SystemTime>,
+}
+
+impl StopWhen {
+    /// Why sending stops now, having sent `sent` keys; `None` to go on.
+    fn reached(&self, sent: u64) -> Option<String> {
+        if let Some(max) = self.max_keys
+            && sent >= max
+        {
+            return Some(format!(
+                "sent the {} --max-keys allows",
+                summary_count(max, "key", "keys")
+            ));
+        }
+        self.time_is_up()
+    }
+
+    /// Why sending stops now, the stop time having come; `None` to go on.
+    fn time_is_up(&self) -> Option<String> {
+        match self.at {
+            Some(at) if std::time::SystemTime::now() >= at => Some(format!(
+                "stopped on time ({})",
+                humantime::format_rfc3339_seconds(at)
+            )),
+            _ => None,
+        }
+    }
+}
+
+fn summary_count(n: u64, one: &'static str, many: &'static str) -> String {
+    format!("{n} {}", plural(n, one, many))
 }
 
 /// Whether a source is still adding keys while dispatch runs (a bucket listing). Dispatch
@@ -169,6 +211,10 @@ pub struct Runner {
     /// The last pass's walk over the asset list (its pages' digests), for the next pass to
     /// agree with: absence is proven only from a list that held still between two walks.
     last_walk: Arc<Mutex<Option<asset_list::Walked>>>,
+    /// Where sending stops early (`--max-keys`, `--stop-after`, `--stop-at`), and why it did.
+    pub stop_when: StopWhen,
+    claimed: Arc<std::sync::atomic::AtomicU64>,
+    stopped_early: Arc<Mutex<Option<String>>>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -221,6 +267,9 @@ impl Runner {
             analysis_looks: Arc::default(),
             model: Arc::default(),
             last_walk: Arc::default(),
+            stop_when: StopWhen::default(),
+            claimed: Arc::default(),
+            stopped_early: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -259,7 +308,16 @@ impl Runner {
         let ending = ending?;
         confirmed?;
         analysed?;
-        Ok(self.ending().unwrap_or(ending))
+        let early = self
+            .stopped_early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        Ok(match (self.ending(), early) {
+            (Some(ending), _) => ending,
+            (None, Some(why)) if ending == Ending::Finished => Ending::StoppedOnTime(why),
+            (None, _) => ending,
+        })
     }
 
     /// Only requests and follows analyses (the `analyze` command), after checking the account.
@@ -360,6 +418,11 @@ impl Runner {
             if let Some(ending) = self.ending() {
                 return Ok(ending);
             }
+            // Stopped where the user said: keys still unsure wait for the next run, which
+            // looks them up before anything is sent again.
+            if self.has_stopped_early() {
+                return Ok(Ending::Finished);
+            }
             let scope = self.scope.clone();
             let unsure = self
                 .writer
@@ -400,6 +463,39 @@ impl Runner {
             }
             last_pass = ledger::now_ms();
         }
+    }
+
+    /// Whether sending stopped where the user said.
+    pub(super) fn has_stopped_early(&self) -> bool {
+        self.stopped_early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Stops sending if `--max-keys` or the stop time has come: whether it has.
+    fn stop_early_if_due(&self) -> bool {
+        let why = self.stop_when.reached(self.claimed.load(Relaxed));
+        self.stop_early(why)
+    }
+
+    /// Stops sending if the stop time has come (a key claimed before it, waiting on the
+    /// limiter or a backoff, is not sent after it): whether it has.
+    fn out_of_time(&self) -> bool {
+        let why = self.stop_when.time_is_up();
+        self.stop_early(why)
+    }
+
+    fn stop_early(&self, why: Option<String>) -> bool {
+        if self.has_stopped_early() {
+            return true;
+        }
+        let Some(why) = why else {
+            return false;
+        };
+        tracing::info!("{why}: no more keys are sent this run");
+        *self.stopped_early.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        true
     }
 
     /// Sleeps until `at` (Unix ms) unless the run is stopped, saying why.
@@ -460,7 +556,7 @@ impl Runner {
         // Wait for half the places before claiming, so claims come in batches.
         let batch = (capacity / 2).max(1) as u32;
         let mut tasks = JoinSet::new();
-        while !self.stop.is_cancelled() {
+        while !self.stop.is_cancelled() && !self.stop_early_if_due() {
             let first = tokio::select! {
                 p = admission.clone().acquire_many_owned(batch) => p.expect("never closed"),
                 _ = self.stop.cancelled() => break,
@@ -472,7 +568,12 @@ impl Runner {
                     Err(_) => break,
                 }
             }
-            let (scope, want, run) = (self.scope.clone(), permits.num_permits(), self.run_id);
+            let mut want = permits.num_permits();
+            if let Some(max) = self.stop_when.max_keys {
+                let left = max.saturating_sub(self.claimed.load(Relaxed)) as usize;
+                want = want.min(left.max(1));
+            }
+            let (scope, run) = (self.scope.clone(), self.run_id);
             let asks = self.asks_analysis;
             let claimed = self
                 .writer
@@ -484,14 +585,20 @@ impl Runner {
                     Ok(claimed)
                 })
                 .await?;
+            self.claimed.fetch_add(claimed.len() as u64, Relaxed);
             if claimed.is_empty() {
                 drop(permits);
                 if !self.feed.is_open() {
                     break;
                 }
+                let until_stop = self
+                    .stop_when
+                    .at
+                    .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok());
                 tokio::select! {
                     _ = self.feed.arrived.notified() => continue,
                     _ = self.stop.cancelled() => break,
+                    _ = tokio::time::sleep(until_stop.unwrap_or(Duration::MAX)), if until_stop.is_some() => continue,
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => { done??; continue }
                 }
             }
@@ -546,7 +653,7 @@ impl Runner {
                     // A killed run's unknown moments are dated from its heartbeat: a key that
                     // waited long (limiter, backoff) leaves only once it is recent.
                     let beat = self.writer.beat_within(ledger::HEARTBEAT_MAX_AGE).await;
-                    if self.stop.is_cancelled() || beat.is_err() {
+                    if self.stop.is_cancelled() || beat.is_err() || self.out_of_time() {
                         return Attempt::NotSent;
                     }
                     if attempt > 1 {

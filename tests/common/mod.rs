@@ -223,3 +223,12 @@ pub fn listing_args(ws: &Workspace, emulator: &Emulator, s3: &s3::S3Server) -> V
 pub fn argv(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
+
+/// `args` with the flag set to `value` (added if missing).
+pub fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    match args.iter().position(|a| a == flag) {
+        Some(at) => args[at + 1] = value.into(),
+        None => args.extend([flag.into(), value.into()]),
+    }
+    args
+}
