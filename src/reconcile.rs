@@ -12,6 +12,18 @@
 //!   the ledger's scope owns it (now or ever), its size does not contradict the object's, and nothing shows it was
 //!   made before the key's request could have left (its creation time or its ID, where the
 //!   ledger has learned how MI's times and IDs run).
+//! - **Observations.** Every pass over the list is recorded, with each asset ID it showed
+//!   (the first pass that showed it) and whether it was current (whole, and showing the
+//!   ledger's own recent assets: everything made before its freshness moment). An asset a
+//!   pass showed that ended before the key's request could have left is not the key's. An
+//!   asset no current pass showed that ended shortly before the send (within
+//!   [`BASELINE_REACH_MS`] of its freshness) was made after that pass: evidence that puts it
+//!   in the send window, where the list carries no time and its IDs are not known to grow.
+//!   The runner takes such a baseline pass at a run's first unknown outcome, and before
+//!   sending where an earlier run learned that nothing else orders the list; so only keys
+//!   whose answers were lost before any baseline stay ambiguous for want of evidence. (A
+//!   console upload of the same name between the baseline and the send could be taken for
+//!   the key's own; the reach keeps that window short.)
 //! - **Registered** when exactly one candidate is within the key's send window by that same
 //!   evidence, and it is within no other unsure key's window.
 //! - **Not registered** when no asset is a candidate under MI's naming (under both forms while
@@ -29,7 +41,8 @@
 //!   no such care: an asset seen once is seen. The runner reads the list a second time only
 //!   when some key would be proven absent ([`crate::runner`]).
 //! - Otherwise the key **waits** (no candidate, but no proof yet) or is **ambiguous** (its
-//!   candidates are kept for `mi-import resolve`). Neither is ever sent.
+//!   candidates are kept for `mi-import resolve`, each with [`Why`] it could not be given).
+//!   Neither is ever sent.
 
 use std::collections::{HashMap, HashSet};
 
@@ -281,10 +294,74 @@ fn id_bounds(key: &UnsureKey, witnesses: &[Witness]) -> IdBounds {
     bounds
 }
 
+/// A recorded pass over the list, as evidence: when it ended, and as of when it was known
+/// to show everything made before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Observation {
+    pub ended_at: i64,
+    pub current_as_of: Option<i64>,
+}
+
+/// What the ledger saw of the list: each listed asset's first pass, and the passes.
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// When the pass that first showed each asset ended, by asset ID (for the listed ones).
+    pub first_seen: HashMap<i64, i64>,
+    /// Every recorded pass.
+    pub passes: Vec<Observation>,
+}
+
+impl Observed {
+    /// The latest pass that ended before `t` and was known to be current: a baseline.
+    fn baseline_before(&self, t: i64) -> Option<i64> {
+        self.passes
+            .iter()
+            .filter(|p| p.ended_at < t)
+            .filter_map(|p| p.current_as_of)
+            .max()
+    }
+}
+
+/// How long after a baseline pass's freshness a key's send may come for the baseline to
+/// vouch that an asset it did not show was made after the send began. Longer, and a console
+/// upload of the same name between the baseline and the send is too likely to be taken for
+/// the key's own.
+pub const BASELINE_REACH_MS: i64 = 30 * 60 * 1000;
+
+/// Why a candidate could not be given to its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Why {
+    /// Nothing places it in the key's send window: no creation time, IDs not known to grow,
+    /// no pass shortly before the send.
+    NoEvidence,
+    /// The evidence puts it after the key's outcome became unknown (MI may finish a request
+    /// late: not ruled out, not proven).
+    Late,
+    /// It lies in the send window of other unsure keys too.
+    Shared,
+    /// Another candidate lies in the key's send window as well.
+    Several,
+}
+
+impl Why {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Why::NoEvidence => {
+                "nothing places it in the key's send window (no creation time, IDs not known to grow, no pass of the list shortly before the send)"
+            }
+            Why::Late => "made after the key's answer was lost, as far as the evidence goes",
+            Why::Shared => "it may as well be another uncertain key's (their send windows overlap)",
+            Why::Several => "another candidate lies in the key's send window too",
+        }
+    }
+}
+
 /// One pass over the list, and what it may prove.
 pub struct Pass<'a> {
     /// Listed assets whose names are wanted.
     pub listed: &'a [Listed],
+    /// What the ledger saw of the list before (and in) this pass.
+    pub observed: &'a Observed,
     /// Assets any key of the ledger has or had.
     pub owned: &'a HashSet<i64>,
     pub evidence: &'a Evidence,
@@ -300,8 +377,8 @@ pub struct Pass<'a> {
 enum Fit {
     /// Cannot be the key's.
     No,
-    /// May be the key's.
-    Maybe,
+    /// May be the key's; why nothing places it inside the key's send window.
+    Maybe(Why),
     /// May be, and evidence puts its creation inside the key's send window.
     Window,
 }
@@ -313,6 +390,15 @@ fn fit(key: &UnsureKey, asset: &Listed, pass: &Pass<'_>, bounds: IdBounds) -> Fi
     }
     if let (Some(a), Some(b)) = (key.size, asset.size)
         && a != b
+    {
+        return Fit::No;
+    }
+    // Shown by a pass that ended before the key's request could have left: not the key's.
+    if pass
+        .observed
+        .first_seen
+        .get(&asset.asset_id)
+        .is_some_and(|end| *end < key.sent_at)
     {
         return Fit::No;
     }
@@ -339,15 +425,33 @@ fn fit(key: &UnsureKey, asset: &Listed, pass: &Pass<'_>, bounds: IdBounds) -> Fi
             _ => {}
         }
     }
-    if !windows.is_empty() && windows.iter().all(|inside| *inside) {
-        Fit::Window
-    } else {
-        Fit::Maybe
+    // Not shown by a current pass that ended shortly before the send: made after that
+    // pass's freshness, so (within the reach) after the send began.
+    if let Some(fresh) = pass.observed.baseline_before(key.sent_at)
+        && key.sent_at - fresh <= BASELINE_REACH_MS
+    {
+        windows.push(true);
+    }
+    match (windows.is_empty(), windows.iter().all(|inside| *inside)) {
+        (false, true) => Fit::Window,
+        (true, _) => Fit::Maybe(Why::NoEvidence),
+        (false, false) => Fit::Maybe(Why::Late),
     }
 }
 
 /// The verdict for every unsure key of one pass.
 pub fn judge(keys: &[UnsureKey], pass: &Pass<'_>) -> Vec<(i64, Verdict)> {
+    judge_explained(keys, pass)
+        .into_iter()
+        .map(|(id, verdict, _)| (id, verdict))
+        .collect()
+}
+
+/// One key's verdict, with why each of its candidates could not be given to it.
+pub type Explained = (i64, Verdict, Vec<(i64, Why)>);
+
+/// [`judge`], with why each candidate of an ambiguous key could not be given to it.
+pub fn judge_explained(keys: &[UnsureKey], pass: &Pass<'_>) -> Vec<Explained> {
     let by_name: HashMap<&str, Vec<&Listed>> =
         pass.listed.iter().fold(HashMap::new(), |mut map, a| {
             map.entry(a.file_name.as_str()).or_default().push(a);
@@ -389,6 +493,13 @@ pub fn judge(keys: &[UnsureKey], pass: &Pass<'_>) -> Vec<(i64, Verdict)> {
                 .filter(|(_, f)| *f == Fit::Window)
                 .map(|(a, _)| *a)
                 .collect();
+            let why = |(asset, f): &(i64, Fit)| match f {
+                Fit::Window if windows_of[asset] > 1 => (*asset, Why::Shared),
+                Fit::Window => (*asset, Why::Several),
+                Fit::Maybe(why) => (*asset, *why),
+                Fit::No => (*asset, Why::NoEvidence),
+            };
+            let reasons: Vec<(i64, Why)> = found.iter().map(why).collect();
             let verdict = match inside.as_slice() {
                 [only] if windows_of[only] == 1 => Verdict::Registered(*only),
                 _ if found.is_empty() => {
@@ -403,7 +514,7 @@ pub fn judge(keys: &[UnsureKey], pass: &Pass<'_>) -> Vec<(i64, Verdict)> {
                 }
                 _ => Verdict::Ambiguous(found.iter().map(|(a, _)| *a).collect()),
             };
-            (key.id, verdict)
+            (key.id, verdict, reasons)
         })
         .collect()
 }
@@ -453,8 +564,10 @@ mod tests {
         fresh_as_of: Option<i64>,
     ) -> Vec<Verdict> {
         let owned: HashSet<i64> = owned.iter().copied().collect();
+        let observed = Observed::default();
         let pass = Pass {
             listed,
+            observed: &observed,
             owned: &owned,
             evidence,
             witnesses: &[],
@@ -462,6 +575,79 @@ mod tests {
             started: 10_000 * S,
         };
         judge(keys, &pass).into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The verdicts, and the reasons, with what the ledger saw of the list.
+    fn judge_seen(keys: &[UnsureKey], listed: &[Listed], observed: &Observed) -> Vec<Explained> {
+        let owned = HashSet::new();
+        let ev = evidence(Naming::LastSegment, false);
+        judge_explained(
+            keys,
+            &Pass {
+                listed,
+                observed,
+                owned: &owned,
+                evidence: &ev,
+                witnesses: &[],
+                fresh_as_of: Some(5_000 * S),
+                started: 10_000 * S,
+            },
+        )
+    }
+
+    #[test]
+    fn an_asset_a_pass_showed_before_the_send_is_never_the_keys() {
+        // No times, no ordered IDs, names shared: only the ledger's own sightings tell.
+        let keys = [key(1, "day01/cam/clip01.mp4", None, 100, 101)];
+        let listed = [
+            asset(7, "clip01.mp4", None, None),
+            asset(8, "clip01.mp4", None, None),
+        ];
+        let observed = Observed {
+            first_seen: [(7, 90 * S), (8, 200 * S)].into(),
+            passes: vec![Observation {
+                ended_at: 90 * S,
+                current_as_of: None,
+            }],
+        };
+        let got = judge_seen(&keys, &listed, &observed);
+        assert_eq!(got[0].1, Verdict::Ambiguous(vec![8]), "7 was there before");
+        assert_eq!(got[0].2, [(8, Why::NoEvidence)]);
+    }
+
+    #[test]
+    fn a_current_pass_shortly_before_the_send_vouches_for_the_sole_candidate() {
+        let keys = [key(1, "day01/cam/clip01.mp4", None, 100, 101)];
+        let listed = [
+            asset(7, "clip01.mp4", None, None),
+            asset(8, "clip01.mp4", None, None),
+        ];
+        let baseline = |ended: i64| Observed {
+            first_seen: [(7, ended), (8, 200 * S)].into(),
+            passes: vec![Observation {
+                ended_at: ended,
+                current_as_of: Some(ended - 5 * S),
+            }],
+        };
+        let got = judge_seen(&keys, &listed, &baseline(95 * S));
+        assert_eq!(got[0].1, Verdict::Registered(8));
+        // A baseline from long before the send vouches for nothing: a console upload of the
+        // same name may have come in between.
+        let long_before = 100 * S - BASELINE_REACH_MS - 10 * S;
+        let got = judge_seen(&keys, &listed, &baseline(long_before));
+        assert_eq!(got[0].1, Verdict::Ambiguous(vec![8]));
+        // Twins sent after one baseline: each may be the other's.
+        let twins = [
+            key(1, "day01/cam/clip01.mp4", None, 100, 101),
+            key(2, "day02/cam/clip01.mp4", None, 100, 101),
+        ];
+        let both = [
+            asset(8, "clip01.mp4", None, None),
+            asset(9, "clip01.mp4", None, None),
+        ];
+        let got = judge_seen(&twins, &both, &baseline(95 * S));
+        assert_eq!(got[0].1, Verdict::Ambiguous(vec![8, 9]));
+        assert_eq!(got[0].2, [(8, Why::Shared), (9, Why::Shared)]);
     }
 
     #[test]
@@ -766,6 +952,7 @@ mod tests {
                 &keys,
                 &Pass {
                     listed,
+                    observed: &Observed::default(),
                     owned: &owned,
                     evidence: &ev,
                     witnesses: &ws,
@@ -810,6 +997,7 @@ mod tests {
             &keys,
             &Pass {
                 listed: &listed,
+                observed: &Observed::default(),
                 owned: &owned,
                 evidence: &ev,
                 witnesses: &ws,
@@ -843,6 +1031,7 @@ mod tests {
                 &keys,
                 &Pass {
                     listed: &listed,
+                    observed: &Observed::default(),
                     owned: &owned,
                     evidence: &ev,
                     witnesses: &ws,

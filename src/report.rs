@@ -23,6 +23,7 @@ pub const COLUMNS: &[&str] = &[
     "state",
     "asset_id",
     "candidates",
+    "evidence",
     "upload_status",
     "upload_result",
     "analysis_status",
@@ -51,6 +52,9 @@ pub struct ReportRow {
     pub asset_id: Option<i64>,
     /// For an uncertain key: MI assets that may be its own, space-separated.
     pub candidates: Option<String>,
+    /// What is known of each candidate: in CSV one compact cell, in JSON Lines a list of
+    /// `{asset_id, name, size, created, first_seen, why}`.
+    pub evidence: Option<EvidenceCell>,
     pub upload_status: Option<String>,
     pub upload_result: Option<String>,
     pub analysis_status: Option<String>,
@@ -68,6 +72,51 @@ pub struct ReportRow {
     pub registered_at: Option<String>,
     pub workspace: String,
     pub project: String,
+}
+
+/// A candidate's evidence, as a report carries it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum EvidenceCell {
+    Objects(serde_json::Value),
+    Text(String),
+}
+
+impl EvidenceCell {
+    /// One compact cell: `100123 "take-001.mp4" 1543459617 B, created …, first seen …: why;
+    /// 100124 …`.
+    fn compact(&self) -> String {
+        let EvidenceCell::Objects(serde_json::Value::Array(items)) = self else {
+            return match self {
+                EvidenceCell::Text(t) => t.clone(),
+                EvidenceCell::Objects(v) => v.to_string(),
+            };
+        };
+        items
+            .iter()
+            .map(|c| {
+                let text = |f: &str| c.get(f).and_then(serde_json::Value::as_str);
+                let mut cell = format!("{}", c["asset_id"]);
+                if let Some(name) = text("name") {
+                    cell.push_str(&format!(" \"{name}\""));
+                }
+                if let Some(size) = c.get("size").and_then(serde_json::Value::as_u64) {
+                    cell.push_str(&format!(" {size} B"));
+                }
+                if let Some(at) = text("created") {
+                    cell.push_str(&format!(", created {at}"));
+                }
+                if let Some(at) = text("first_seen") {
+                    cell.push_str(&format!(", first seen {at}"));
+                }
+                if let Some(why) = text("why") {
+                    cell.push_str(&format!(": {why}"));
+                }
+                cell
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 impl ReportRow {
@@ -99,6 +148,9 @@ impl ReportRow {
         .into_iter()
         .flatten()
         {
+            *text = change(text);
+        }
+        if let Some(EvidenceCell::Text(text)) = &mut self.evidence {
             *text = change(text);
         }
         self
@@ -165,7 +217,7 @@ pub fn write_report(
     let states = &selection.states;
     let codes: Vec<i64> = states.iter().map(|s| s.code()).collect();
     let mut stmt = conn.prepare(
-        "SELECT b.name, k.key, k.state, k.asset_id, k.candidates, k.upload_status,
+        "SELECT b.name, k.key, k.state, k.asset_id, k.candidates, k.evidence, k.upload_status,
                 k.upload_result, a.status, a.index_id, a.message, k.attempts, k.http_status,
                 k.error_code, k.message, k.trace_id, k.size, k.changed_at, k.first_seen_at,
                 k.updated_at, k.registered_at, s.workspace, s.project
@@ -190,27 +242,37 @@ pub fn write_report(
             state: r.get::<_, State>(2)?.as_str().to_owned(),
             asset_id: r.get(3)?,
             candidates: r.get(4)?,
-            upload_status: r.get(5)?,
-            upload_result: r.get(6)?,
-            analysis_status: r.get(7)?,
-            index_id: r.get(8)?,
-            analysis_message: r.get(9)?,
-            attempts: r.get(10)?,
-            http_status: r.get(11)?,
-            error_code: r.get(12)?,
-            message: r.get(13)?,
-            trace_id: r.get(14)?,
-            size: r.get(15)?,
-            changed_at: time(r.get(16)?),
-            first_seen_at: ms_text(r.get(17)?),
-            updated_at: ms_text(r.get(18)?),
-            registered_at: time(r.get(19)?),
-            workspace: r.get(20)?,
-            project: r.get(21)?,
+            evidence: r
+                .get::<_, Option<String>>(5)?
+                .and_then(|e| serde_json::from_str(&e).ok())
+                .map(EvidenceCell::Objects),
+            upload_status: r.get(6)?,
+            upload_result: r.get(7)?,
+            analysis_status: r.get(8)?,
+            index_id: r.get(9)?,
+            analysis_message: r.get(10)?,
+            attempts: r.get(11)?,
+            http_status: r.get(12)?,
+            error_code: r.get(13)?,
+            message: r.get(14)?,
+            trace_id: r.get(15)?,
+            size: r.get(16)?,
+            changed_at: time(r.get(17)?),
+            first_seen_at: ms_text(r.get(18)?),
+            updated_at: ms_text(r.get(19)?),
+            registered_at: time(r.get(20)?),
+            workspace: r.get(21)?,
+            project: r.get(22)?,
         })
     })?;
     let for_terminal = |row: ReportRow| match audience {
-        Audience::Terminal => row.map_text(|t| crate::escape::shown(t).into_owned()),
+        Audience::Terminal => {
+            let mut row = row;
+            if let Some(EvidenceCell::Objects(v)) = &row.evidence {
+                row.evidence = Some(EvidenceCell::Text(v.to_string()));
+            }
+            row.map_text(|t| crate::escape::shown(t).into_owned())
+        }
         Audience::Data => row,
     };
     let mut written = 0;
@@ -221,7 +283,9 @@ pub fn write_report(
                 .from_writer(out);
             csv.write_record(COLUMNS)?;
             for row in rows.chain(malformed.into_iter().map(Ok)) {
-                let row = for_terminal(row?).map_text(|t| crate::escape::csv_cell(t).into_owned());
+                let mut row = row?;
+                row.evidence = row.evidence.map(|e| EvidenceCell::Text(e.compact()));
+                let row = for_terminal(row).map_text(|t| crate::escape::csv_cell(t).into_owned());
                 csv.serialize(row)?;
                 written += 1;
             }
@@ -264,6 +328,7 @@ fn malformed_rows(conn: &Connection, run: i64) -> Result<Vec<ReportRow>> {
             state: "malformed".into(),
             asset_id: None,
             candidates: None,
+            evidence: None,
             upload_status: None,
             upload_result: None,
             analysis_status: None,
@@ -293,12 +358,23 @@ pub struct StatusView {
     pub awaiting_confirmation: u64,
     /// Uncertain keys MI's list could not settle: they wait for `mi-import resolve`.
     pub awaiting_resolve: u64,
+    /// Uncertain keys by how many candidate assets they have.
+    pub uncertain_candidates: CandidateCounts,
     /// Each (workspace, project) the ledger holds, with its own counts.
     pub scopes: Vec<ScopeView>,
     /// Analyses per status (MI's words; REQUESTING, UNSURE and REQUEST_FAILED are the
     /// ledger's own).
     pub analyses: std::collections::BTreeMap<String, u64>,
     pub last_run: Option<LastRun>,
+}
+
+/// Uncertain keys with one candidate (`resolve --sole-candidates` settles them on your word),
+/// with several, and with none (the next run looks again).
+#[derive(Debug, Default, Serialize)]
+pub struct CandidateCounts {
+    pub one: u64,
+    pub several: u64,
+    pub none: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -343,6 +419,17 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
         [],
         |r| r.get(0),
     )?;
+    let mut uncertain_candidates = CandidateCounts::default();
+    let mut stmt = conn.prepare("SELECT candidates FROM keys WHERE state = 2")?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let candidates: Option<String> = row.get(0)?;
+        match candidates.map(|c| c.split(' ').filter(|s| !s.is_empty()).count()) {
+            None | Some(0) => uncertain_candidates.none += 1,
+            Some(1) => uncertain_candidates.one += 1,
+            Some(_) => uncertain_candidates.several += 1,
+        }
+    }
     let last_run =
         ledger::last_run(conn)?.map(|(command, started_at, finished_at, exit_code, summary)| {
             LastRun {
@@ -358,6 +445,7 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
         total,
         awaiting_confirmation: ledger::count_in(&counts, State::Registered),
         awaiting_resolve: awaiting_resolve as u64,
+        uncertain_candidates,
         states: state_map(&counts),
         scopes,
         last_run,
@@ -406,9 +494,16 @@ pub fn render_status(view: &StatusView) -> String {
             .collect();
         text.push_str(&format!("analyses: {}\n", said.join(", ")));
     }
+    let c = &view.uncertain_candidates;
+    if c.one + c.several + c.none > 0 {
+        text.push_str(&format!(
+            "uncertain keys: {} with one candidate, {} with several, {} with none (the next run looks again for those)\n",
+            c.one, c.several, c.none
+        ));
+    }
     if view.awaiting_resolve > 0 {
         text.push_str(&format!(
-            "{} uncertain {} candidate assets MI's list could not tell apart: see `mi-import report --state uncertain`, then `mi-import resolve`\n",
+            "{} uncertain {} candidate assets MI's list could not tell apart: see `mi-import report --state uncertain` (its evidence column), then `mi-import resolve` (`--from FILE` for many, `--sole-candidates` for those with one)\n",
             view.awaiting_resolve,
             if view.awaiting_resolve == 1 { "key has" } else { "keys have" }
         ));
@@ -491,7 +586,7 @@ mod tests {
             lines
                 .next()
                 .unwrap()
-                .starts_with("bucket,key,state,asset_id,candidates,upload_status")
+                .starts_with("bucket,key,state,asset_id,candidates,evidence,upload_status")
         );
         assert!(
             lines
@@ -503,7 +598,7 @@ mod tests {
             lines
                 .next()
                 .unwrap()
-                .contains(",skipped,,,,,,,,0,,,folder marker,")
+                .contains(",skipped,,,,,,,,,0,,,folder marker,")
         );
     }
 

@@ -231,10 +231,10 @@ async fn status_json_and_report_read_the_ledger() {
     .await;
     let csv = text(&report.stdout);
     let mut lines = csv.lines();
-    assert!(lines.next().unwrap().starts_with("bucket,key,state,asset_id,candidates,upload_status,upload_result,analysis_status,index_id,analysis_message,attempts,http_status,error_code,message,trace_id"));
+    assert!(lines.next().unwrap().starts_with("bucket,key,state,asset_id,candidates,evidence,upload_status,upload_result,analysis_status,index_id,analysis_message,attempts,http_status,error_code,message,trace_id"));
     let row = lines.next().unwrap();
     assert!(
-        row.starts_with("media-archive,x/bad.mp4,failed,,,,,,,,1,400,10001,invalid request,emu-"),
+        row.starts_with("media-archive,x/bad.mp4,failed,,,,,,,,,1,400,10001,invalid request,emu-"),
         "{row}"
     );
     assert_eq!(lines.next(), None);

@@ -108,12 +108,11 @@ async fn status_json_is_data_all_the_way_down() {
 
     // A fatal stop: its ending names the reason and the hint.
     let revoked = emulator(EmulatorConfig {
-        refuse_after: Some(1),
+        refuse_after: Some(0),
         ..healthy()
     })
     .await;
-    let ws = Workspace::new();
-    let manifest = ws.manifest("m.csv", &keys(4, "revoked"));
+    let manifest = ws.manifest("m2.csv", &keys(4, "revoked"));
     let (code, _, _) = run(run_args(&ws, &revoked, &manifest), &ws).await;
     assert_eq!(code, Some(3));
     let db = ws.db();

@@ -72,10 +72,14 @@ impl Session {
             job.credentials.clone(),
             job.limits.timeout,
         )?;
-        let limiter = Arc::new(Limiter::with_rate(
-            &job.limits.setting,
-            job.limits.concurrency,
-        ));
+        let limiter = Arc::new(match &job.limits.setting {
+            crate::config::RateSetting::Schedule(_) => {
+                Limiter::with_rate(&job.limits.setting, job.limits.concurrency)
+            }
+            crate::config::RateSetting::Fixed(_) => {
+                Limiter::new(job.limits.rate, job.limits.concurrency)
+            }
+        });
         let pace = Pace {
             max_attempts: job.limits.max_attempts,
             settle: job.settle,

@@ -51,6 +51,7 @@ pub(super) fn router(shared: Shared_) -> Router {
         .layer(middleware::from_fn_with_state(shared.clone(), gateway))
         // Unsigned, outside the gateway: for benchmarks and people, not part of MI.
         .route("/_emulator/stats", get(stats))
+        .route("/_emulator/assets", get(all_assets))
         .with_state(shared)
 }
 
@@ -546,6 +547,19 @@ async fn list_assets(
     success(result)
 }
 
+/// Every asset the project holds, as JSON: `{asset_id, bucket, key, registered}` (a
+/// benchmark's truth to check a ledger against).
+async fn all_assets(State(shared): State<Shared_>) -> Response {
+    let assets: Vec<Value> = shared
+        .assets()
+        .iter()
+        .map(|a| {
+            json!({"asset_id": a.asset_id, "bucket": a.bucket, "key": a.key, "registered": a.registered})
+        })
+        .collect();
+    Json(Value::Array(assets)).into_response()
+}
+
 /// What the emulator has seen, as JSON: counters, assets, duplicates, and the busiest
 /// one-second window.
 async fn stats(State(shared): State<Shared_>) -> Response {
@@ -580,6 +594,9 @@ async fn stats(State(shared): State<Shared_>) -> Response {
         "analysis_calls": c.analysis_calls,
         "analysis_status_calls": c.analysis_status_calls,
         "failed_after_create": c.failed_after_create,
+        "dropped_before": c.dropped_before,
+        "dropped_after": c.dropped_after,
+        "redirected": c.redirected,
         "analyses_twice": tally.analysed_twice,
         "throttled": c.throttled,
         "unavailable": c.unavailable,

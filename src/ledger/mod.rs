@@ -23,6 +23,7 @@
 pub mod analyses;
 pub mod checks;
 pub mod listings;
+pub mod observed;
 pub mod open;
 pub mod runs;
 pub mod unsure;

@@ -290,7 +290,7 @@ fn verdicts_settle_uncertain_keys_each_its_way() {
         (ids[2], Verdict::Ambiguous(vec![8, 9])),
         (ids[3], Verdict::Wait),
     ];
-    let settled = apply_verdicts(l.conn(), &verdicts, now_ms(), 2).unwrap();
+    let settled = apply_verdicts(l.conn(), &verdicts, &Default::default(), now_ms(), 2).unwrap();
     assert_eq!(
         (
             settled.registered,

@@ -143,6 +143,7 @@ pub struct Settled {
 pub fn apply_verdicts(
     conn: &Connection,
     verdicts: &[(i64, Verdict)],
+    evidence: &std::collections::HashMap<i64, String>,
     checked_at: i64,
     run: i64,
 ) -> rusqlite::Result<Settled> {
@@ -159,7 +160,7 @@ pub fn apply_verdicts(
          WHERE id = ?1 AND state = 2",
     )?;
     let mut unsure = conn.prepare_cached(
-        "UPDATE keys SET candidates = ?2, message = ?3,
+        "UPDATE keys SET candidates = ?2, message = ?3, evidence = ?5,
              run = CASE WHEN candidates IS ?2 THEN run ELSE ?4 END
          WHERE id = ?1 AND state = 2",
     )?;
@@ -181,7 +182,8 @@ pub fn apply_verdicts(
                     id,
                     None::<String>,
                     "outcome unknown; waiting until MI's asset list is known to be current",
-                    run
+                    run,
+                    None::<String>
                 ])? as u64;
             }
             Verdict::Ambiguous(candidates) => {
@@ -195,7 +197,8 @@ pub fn apply_verdicts(
                     candidates.len(),
                     if candidates.len() == 1 { "" } else { "s" }
                 );
-                settled.ambiguous += unsure.execute(params![id, text, message, run])? as u64;
+                settled.ambiguous +=
+                    unsure.execute(params![id, text, message, run, evidence.get(id)])? as u64;
             }
         }
     }

@@ -215,6 +215,14 @@ pub struct Runner {
     pub stop_when: StopWhen,
     claimed: Arc<std::sync::atomic::AtomicU64>,
     stopped_early: Arc<Mutex<Option<String>>>,
+    /// An answer was lost in this run: a baseline pass over the list is wanted, so that what
+    /// is sent after it can be told from what was there before.
+    baseline_wanted: Arc<std::sync::atomic::AtomicBool>,
+    /// When the last baseline pass began.
+    last_baseline: Arc<Mutex<Option<tokio::time::Instant>>>,
+    /// Nothing but the ledger's own observations is known to order the list: baselines are
+    /// renewed while keys are sent, so every send has one within reach.
+    unordered: Arc<std::sync::atomic::AtomicBool>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -270,6 +278,9 @@ impl Runner {
             stop_when: StopWhen::default(),
             claimed: Arc::default(),
             stopped_early: Arc::default(),
+            baseline_wanted: Arc::default(),
+            last_baseline: Arc::default(),
+            unordered: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -401,9 +412,15 @@ impl Runner {
             .writer
             .write(move |t| ledger::counts(t, Some(&scope)))
             .await?;
-        self.stats
-            .queued
-            .fetch_add(ledger::count_in(&counts, State::Pending), Relaxed);
+        let pending = ledger::count_in(&counts, State::Pending);
+        self.stats.queued.fetch_add(pending, Relaxed);
+        // Where nothing but the ledger's own observations orders the list's assets, a look at
+        // the list before sending lets a lost answer's asset be told from an older one.
+        if pending > 0 && self.list_may_be_unordered().await? {
+            self.unordered.store(true, Relaxed);
+            self.start_baseline();
+            self.baseline().await?;
+        }
         let mut passes = 0;
         let mut registered_before_pass = None;
         let mut last_pass = 0;
@@ -465,6 +482,26 @@ impl Runner {
         }
     }
 
+    /// Whether a baseline pass should start now: an answer was lost in this run (or nothing
+    /// else orders the list), and no baseline began within half the reach of one
+    /// ([`crate::reconcile::BASELINE_REACH_MS`]).
+    fn baseline_due(&self) -> bool {
+        if !(self.baseline_wanted.load(Relaxed) || self.unordered.load(Relaxed)) {
+            return false;
+        }
+        let reach = Duration::from_millis(crate::reconcile::BASELINE_REACH_MS as u64 / 2);
+        self.last_baseline
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none_or(|at| at.elapsed() >= reach)
+    }
+
+    fn start_baseline(&self) {
+        self.baseline_wanted.store(false, Relaxed);
+        *self.last_baseline.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::time::Instant::now());
+    }
+
     /// Whether sending stopped where the user said.
     pub(super) fn has_stopped_early(&self) -> bool {
         self.stopped_early
@@ -482,8 +519,10 @@ impl Runner {
     /// Stops sending if the stop time has come (a key claimed before it, waiting on the
     /// limiter or a backoff, is not sent after it): whether it has.
     fn out_of_time(&self) -> bool {
-        let why = self.stop_when.time_is_up();
-        self.stop_early(why)
+        match self.stop_when.time_is_up() {
+            Some(why) => self.stop_early(Some(why)),
+            None => false,
+        }
     }
 
     fn stop_early(&self, why: Option<String>) -> bool {
@@ -602,6 +641,11 @@ impl Runner {
                     Some(done) = tasks.join_next(), if !tasks.is_empty() => { done??; continue }
                 }
             }
+            if self.baseline_due() {
+                self.start_baseline();
+                let runner = self.clone();
+                tasks.spawn(async move { runner.baseline().await });
+            }
             for key in claimed {
                 let place = permits.split(1).expect("one place per claimed key");
                 let runner = self.clone();
@@ -713,6 +757,9 @@ impl Runner {
     }
 
     fn count(&self, outcome: &Outcome) {
+        if outcome.state == Some(State::Uncertain) {
+            self.baseline_wanted.store(true, Relaxed);
+        }
         let counter = match outcome.state {
             Some(State::Registered) => &self.stats.registered,
             Some(State::Failed) => &self.stats.failed,

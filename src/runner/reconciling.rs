@@ -13,8 +13,10 @@ use std::time::Duration;
 use super::asset_list::{Flow, WalkError, Walked};
 use super::{FatalStop, Runner, plural};
 use crate::api::{ApiError, Call};
-use crate::ledger::{self, unsure};
-use crate::reconcile::{self, Evidence, Listed, Naming, Pass, UnsureKey, Verdict, Witness};
+use crate::ledger::{self, observed, unsure};
+use crate::reconcile::{
+    self, Evidence, Listed, Naming, Observation, Observed, Pass, UnsureKey, Verdict, Witness,
+};
 use crate::retry::Disposition;
 
 /// How long MI's asset list may take to show a new asset, unless `--list-settle` says
@@ -34,6 +36,41 @@ const FRESHNESS_WINDOW: Duration = Duration::from_secs(600);
 const MAX_PROBES: usize = 20;
 /// The fact under which the learned naming is kept.
 const NAMING_FACT: &str = "list_naming";
+/// The fact that says what orders the list's assets in time: `times` (entries carry a
+/// creation time), `ids` (IDs grow with creation), or `none`.
+const ORDER_FACT: &str = "list_order";
+
+/// What is known of each ambiguous key's candidates, as JSON for the report: the asset, the
+/// name MI lists, its size and creation time if the list carries them, when this ledger
+/// first saw it, and why the key could not be given it.
+fn evidence_of(
+    verdicts: &[reconcile::Explained],
+    named: &[Listed],
+    observed: &Observed,
+) -> HashMap<i64, String> {
+    let by_id: HashMap<i64, &Listed> = named.iter().map(|a| (a.asset_id, a)).collect();
+    verdicts
+        .iter()
+        .filter(|(_, v, _)| matches!(v, Verdict::Ambiguous(_)))
+        .map(|(key, _, reasons)| {
+            let candidates: Vec<serde_json::Value> = reasons
+                .iter()
+                .map(|(asset, why)| {
+                    let listed = by_id.get(asset);
+                    serde_json::json!({
+                        "asset_id": asset,
+                        "name": listed.map(|a| a.file_name.clone()),
+                        "size": listed.and_then(|a| a.size),
+                        "created": listed.and_then(|a| a.created).map(ledger::ms_text),
+                        "first_seen": observed.first_seen.get(asset).copied().map(ledger::ms_text),
+                        "why": why.as_str(),
+                    })
+                })
+                .collect();
+            (*key, serde_json::Value::Array(candidates).to_string())
+        })
+        .collect()
+}
 
 /// What one pass decided.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +135,14 @@ impl Runner {
         let current =
             collected.walked.whole && self.shows_recent(&witnesses, &collected, started).await;
         let mut fresh_as_of = current.then(|| started - self.pace.settle.as_millis() as i64);
+        let observed = self
+            .observe(
+                started,
+                fresh_as_of,
+                &collected.walked.ids,
+                &collected.named,
+            )
+            .await?;
         let ids: Vec<i64> = collected.named.iter().map(|a| a.asset_id).collect();
         let scope = self.scope.clone();
         let owned = self
@@ -105,10 +150,11 @@ impl Runner {
             .write(move |t| unsure::owned_among(t, &scope, &ids))
             .await?;
         let judge = |fresh_as_of| {
-            reconcile::judge(
+            reconcile::judge_explained(
                 &keys,
                 &Pass {
                     listed: &collected.named,
+                    observed: &observed,
                     owned: &owned,
                     evidence: &evidence,
                     witnesses: &witnesses,
@@ -122,7 +168,7 @@ impl Runner {
         // (kept from the last pass, or read again now).
         let absent = verdicts
             .iter()
-            .any(|(_, v)| matches!(v, Verdict::NotRegistered));
+            .any(|(_, v, _)| matches!(v, Verdict::NotRegistered));
         let mut latest = collected.walked.clone();
         if absent {
             let before = self
@@ -145,10 +191,12 @@ impl Runner {
         }
         latest.ids = Vec::new();
         *self.last_walk.lock().unwrap_or_else(|p| p.into_inner()) = Some(latest);
+        let explained = evidence_of(&verdicts, &collected.named, &observed);
+        let verdicts: Vec<(i64, Verdict)> = verdicts.into_iter().map(|(k, v, _)| (k, v)).collect();
         let run = self.run_id;
         let settled = self
             .writer
-            .write(move |t| unsure::apply_verdicts(t, &verdicts, started, run))
+            .write(move |t| unsure::apply_verdicts(t, &verdicts, &explained, started, run))
             .await?;
         self.stats.found_registered(settled.registered);
         self.stats.requeue(settled.resend);
@@ -203,11 +251,25 @@ impl Runner {
                 .write(move |t| unsure::learn(t, &scope, NAMING_FACT, naming.as_str()))
                 .await?;
         }
-        Ok(Evidence {
+        let evidence = Evidence {
             naming: learned.or(stored),
             clock: reconcile::learn_clock(witnesses, &collected.witnesses),
             ids_ordered: reconcile::learn_id_order(witnesses),
-        })
+        };
+        // What orders the list's assets, for a later run to know at once whether it needs a
+        // baseline pass before it sends.
+        if !collected.witnesses.is_empty() {
+            let orders = match (evidence.clock.is_some(), evidence.ids_ordered) {
+                (true, _) => "times",
+                (false, true) => "ids",
+                (false, false) => "none",
+            };
+            let scope = self.scope.clone();
+            self.writer
+                .write(move |t| unsure::learn(t, &scope, ORDER_FACT, orders))
+                .await?;
+        }
+        Ok(evidence)
     }
 
     /// Whether the list shows the assets this ledger registered shortly before the moment it
@@ -314,6 +376,91 @@ impl Runner {
                 None
             }
         }
+    }
+
+    /// Records a pass over the list (what it showed, when, how current it was) and reads back
+    /// what the ledger saw before: for each listed asset, when the pass that first showed it
+    /// ended; and every pass.
+    async fn observe(
+        &self,
+        started: i64,
+        current_as_of: Option<i64>,
+        shown: &[i64],
+        named: &[Listed],
+    ) -> Result<Observed> {
+        let (scope, shown) = (self.scope.clone(), shown.to_vec());
+        let wanted: Vec<i64> = named.iter().map(|a| a.asset_id).collect();
+        self.writer
+            .write(move |t| {
+                observed::record_pass(t, &scope, started, ledger::now_ms(), current_as_of, &shown)?;
+                let passes = observed::passes(t, &scope)?;
+                let seen = observed::seen(t, &scope)?;
+                let ended: HashMap<i64, i64> = passes.iter().map(|p| (p.id, p.ended_at)).collect();
+                Ok(Observed {
+                    first_seen: wanted
+                        .iter()
+                        .filter_map(|id| Some((*id, *ended.get(&seen.first_pass(*id)?)?)))
+                        .collect(),
+                    passes: passes
+                        .iter()
+                        .map(|p| Observation {
+                            ended_at: p.ended_at,
+                            current_as_of: p.current_as_of,
+                        })
+                        .collect(),
+                })
+            })
+            .await
+    }
+
+    /// A pass over the list for the record only, before keys are sent: what it shows, a key
+    /// sent after cannot have made. Taken at a run's start where an earlier run learned that
+    /// nothing else orders the list's assets, and at a run's first unknown outcome.
+    pub(super) async fn baseline(&self) -> Result<()> {
+        let scope = self.scope.clone();
+        let since = ledger::now_ms() - FRESHNESS_WINDOW.as_millis() as i64 * 2;
+        let witnesses = self
+            .writer
+            .write(move |t| unsure::witnesses(t, &scope, since, MAX_WITNESSES))
+            .await?;
+        let started = ledger::now_ms();
+        let witness_ids: HashSet<i64> = witnesses.iter().map(|w| w.asset_id).collect();
+        let Some(collected) = self.collect(&HashSet::new(), &witness_ids).await else {
+            return Ok(());
+        };
+        let stored = {
+            let scope = self.scope.clone();
+            self.writer
+                .write(move |t| unsure::fact(t, &scope, NAMING_FACT))
+                .await?
+        };
+        self.learn(
+            &witnesses,
+            &collected,
+            stored.as_deref().and_then(Naming::parse),
+        )
+        .await?;
+        let current =
+            collected.walked.whole && self.shows_recent(&witnesses, &collected, started).await;
+        let fresh = current.then(|| started - self.pace.settle.as_millis() as i64);
+        self.observe(started, fresh, &collected.walked.ids, &[])
+            .await?;
+        tracing::info!(
+            "a baseline of MI's asset list: {} assets seen before the keys that follow are sent",
+            collected.walked.ids.len()
+        );
+        Ok(())
+    }
+
+    /// Whether nothing but the ledger's own observations is known to order the list's assets
+    /// in time: an earlier pass learned so, or none has learned anything yet.
+    pub(super) async fn list_may_be_unordered(&self) -> Result<bool> {
+        let scope = self.scope.clone();
+        let fact = self
+            .writer
+            .write(move |t| unsure::fact(t, &scope, ORDER_FACT))
+            .await?;
+        Ok(matches!(fact.as_deref(), None | Some("none")))
     }
 
     fn list_failed(&self, error: &ApiError, interrupted: bool) {

@@ -1,0 +1,310 @@
+//! No hand work per key: under the hardest reading of MI's asset list (names only their last
+//! segment, no times, no sizes, IDs in no order) what the ledger saw of the list settles lost
+//! answers, a console upload of the same name made before the run is never taken, and what
+//! stays uncertain is shown with its evidence and settled in bulk.
+
+mod common;
+
+use common::*;
+use mi_import::emulator::{Emulator, EmulatorConfig, FileNameMode};
+use serde_json::Value;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn hardest(config: EmulatorConfig) -> EmulatorConfig {
+    EmulatorConfig {
+        file_name: FileNameMode::LastSegment,
+        list_created_time: false,
+        list_size: false,
+        random_ids: true,
+        ..config
+    }
+}
+
+/// Keys whose file names are unique in the project.
+fn unique_keys(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| format!("day{:02}/take-{i:04}.mp4", i % 7))
+        .collect()
+}
+
+fn report(ws: &Workspace) -> Vec<Value> {
+    let db = ws.db();
+    let out = binary(
+        &["report", "--format", "jsonl", "--db", db.to_str().unwrap()],
+        SECRET,
+        ws.dir.path(),
+    )
+    .output()
+    .unwrap();
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn own_assets(emu: &Emulator) -> std::collections::HashMap<String, i64> {
+    emu.assets()
+        .into_iter()
+        .filter(|a| a.registered)
+        .map(|a| (a.key, a.asset_id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hardest_reading_with_unique_names_leaves_almost_nothing_uncertain() {
+    let ws = Workspace::new();
+    let emu = emulator(hardest(EmulatorConfig {
+        drop_after: 0.1,
+        fail_after_create: 0.05,
+        seed: 12,
+        ..healthy()
+    }))
+    .await;
+    let keys = unique_keys(200);
+    let args = with(
+        run_args(&ws, &emu, &ws.manifest("m.csv", &keys)),
+        "--rate",
+        "100",
+    );
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(emu.duplicates(), vec![], "registered twice\n{stderr}");
+    let c = emu.counters();
+    let lost = c.dropped_after + c.failed_after_create;
+    assert!(lost >= 15, "{c:?}");
+    let own = own_assets(&emu);
+    let rows = report(&ws);
+    let uncertain = rows.iter().filter(|r| r["state"] == "uncertain").count();
+    eprintln!("{uncertain} uncertain of {lost} lost answers");
+    assert!(
+        uncertain * 100 <= lost as usize,
+        "{uncertain} uncertain of {lost} lost\n{stderr}"
+    );
+    for r in rows.iter().filter(|r| r["state"] == "registered") {
+        let key = r["key"].as_str().unwrap();
+        assert_eq!(r["asset_id"], own[key], "{key} was given another asset");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_upload_of_the_same_name_made_before_the_run_is_never_taken() {
+    let ws = Workspace::new();
+    let key = "day01/take-0001.mp4".to_string();
+    let emu = emulator(hardest(EmulatorConfig {
+        preload: vec![(BUCKET.into(), key.clone())],
+        lose_containing: Some("take-0001".into()),
+        ..healthy()
+    }))
+    .await;
+    let foreign: Vec<i64> = emu
+        .assets()
+        .iter()
+        .filter(|a| !a.registered)
+        .map(|a| a.asset_id)
+        .collect();
+    let mut keys = unique_keys(20);
+    keys.retain(|k| k != &key);
+    keys.push(key.clone());
+    let out = run_binary(
+        run_args(&ws, &emu, &ws.manifest("m.csv", &keys)),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(emu.registrations(BUCKET, &key), 1, "{stderr}");
+    let rows = report(&ws);
+    let row = rows.iter().find(|r| r["key"] == key.as_str()).unwrap();
+    assert_ne!(
+        row["asset_id"], foreign[0],
+        "the console upload was taken: {row}"
+    );
+    assert_eq!(row["asset_id"], own_assets(&emu)[&key], "{row}\n{stderr}");
+}
+
+/// Two folders' files of one name, both answers lost, nothing to tell them apart: each key
+/// uncertain with both assets as candidates. And one key with a sole candidate.
+async fn ambiguous_pair() -> (Workspace, Emulator, Vec<String>) {
+    let ws = Workspace::new();
+    let emu = emulator(hardest(EmulatorConfig {
+        lose_containing: Some("twin".into()),
+        ..healthy()
+    }))
+    .await;
+    let keys: Vec<String> = ["a/twin.mp4", "b/twin.mp4", "c/alone.mp4"]
+        .map(String::from)
+        .to_vec();
+    let out = run_binary(
+        run_args(&ws, &emu, &ws.manifest("m.csv", &keys[..2])),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    // A third key left uncertain with its one candidate, as a key lost before any baseline.
+    let alone = emu.add_foreign_asset(BUCKET, "c/alone.mp4");
+    {
+        let ledger = ws.ledger();
+        let scope = mi_import::ledger::Scope::open(
+            ledger.conn(),
+            &emu.endpoint(),
+            "demo-workspace",
+            "1001",
+        )
+        .unwrap();
+        mi_import::ledger::insert_keys(
+            ledger.conn(),
+            &scope,
+            &[mi_import::ledger::NewKey::new(BUCKET, "c/alone.mp4")],
+            mi_import::ledger::OnChanged::Report,
+        )
+        .unwrap();
+        ledger
+            .conn()
+            .execute(
+                "UPDATE keys SET state = 2, sent_at = 1, unsure_at = 2, candidates = ?1 WHERE key = 'c/alone.mp4'",
+                [alone.to_string()],
+            )
+            .unwrap();
+    }
+    (ws, emu, keys)
+}
+
+fn resolve(ws: &Workspace, emu: &Emulator, extra: &[&str]) -> (Option<i32>, String) {
+    let db = ws.db();
+    let endpoint = emu.endpoint();
+    let mut args = vec![
+        "resolve",
+        "--db",
+        db.to_str().unwrap(),
+        "--endpoint",
+        &endpoint,
+        "--workspace",
+        "demo-workspace",
+        "--project",
+        "1001",
+    ];
+    args.extend(extra);
+    let out = binary(&args, SECRET, ws.dir.path()).output().unwrap();
+    (
+        out.status.code(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncertain_keys_show_their_evidence_and_are_settled_in_bulk() {
+    let (ws, emu, keys) = ambiguous_pair().await;
+    let own = own_assets(&emu);
+    // The evidence, parsed from JSON Lines.
+    let rows = report(&ws);
+    let twin = rows.iter().find(|r| r["key"] == "a/twin.mp4").unwrap();
+    let evidence = twin["evidence"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{twin}"));
+    assert_eq!(evidence.len(), 2, "{twin}");
+    for candidate in evidence {
+        assert_eq!(candidate["name"], "twin.mp4", "{candidate}");
+        assert!(candidate["asset_id"].is_i64());
+        assert!(candidate["first_seen"].is_string(), "{candidate}");
+        assert!(
+            candidate["why"]
+                .as_str()
+                .unwrap()
+                .contains("another uncertain key"),
+            "{candidate}"
+        );
+    }
+    let db = ws.db();
+    let status = binary(
+        &["status", "--db", db.to_str().unwrap()],
+        SECRET,
+        ws.dir.path(),
+    )
+    .output()
+    .unwrap();
+    assert!(
+        text(&status.stdout)
+            .contains("uncertain keys: 1 with one candidate, 2 with several, 0 with none"),
+        "{}",
+        text(&status.stdout)
+    );
+
+    // A file with one wrong row changes nothing.
+    let file = ws.path("settle.csv");
+    std::fs::write(
+        &file,
+        format!(
+            "key,asset_id\n{},{}\n{},{}\n",
+            keys[0], own[&keys[0]], keys[1], own[&keys[0]]
+        ),
+    )
+    .unwrap();
+    let (code, said) = resolve(&ws, &emu, &["--from", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("line 3") && said.contains("too"), "{said}");
+    assert_eq!(
+        report(&ws)
+            .iter()
+            .filter(|r| r["state"] == "uncertain")
+            .count(),
+        3,
+        "nothing changed"
+    );
+    // The report's own CSV, its asset_id column filled in: applied, all of it.
+    let csv = binary(
+        &[
+            "report",
+            "--state",
+            "uncertain",
+            "--db",
+            db.to_str().unwrap(),
+        ],
+        SECRET,
+        ws.dir.path(),
+    )
+    .output()
+    .unwrap();
+    let mut reader = csv::Reader::from_reader(&csv.stdout[..]);
+    let headers = reader.headers().unwrap().clone();
+    let mut writer = csv::Writer::from_path(&file).unwrap();
+    writer.write_record(&headers).unwrap();
+    let at = headers.iter().position(|h| h == "asset_id").unwrap();
+    let key_at = headers.iter().position(|h| h == "key").unwrap();
+    for record in reader.records() {
+        let record = record.unwrap();
+        let key = record.get(key_at).unwrap().to_owned();
+        let mut cells: Vec<String> = record.iter().map(String::from).collect();
+        cells[at] = match own.get(&key) {
+            Some(id) => id.to_string(),
+            None => String::new(),
+        };
+        writer.write_record(&cells).unwrap();
+    }
+    writer.flush().unwrap();
+    let (code, said) = resolve(&ws, &emu, &["--from", file.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(said.contains("2 keys would be settled"), "{said}");
+    let (code, said) = resolve(&ws, &emu, &["--from", file.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{said}");
+    let rows = report(&ws);
+    for key in &keys[..2] {
+        let row = rows.iter().find(|r| r["key"] == key.as_str()).unwrap();
+        assert_eq!(row["asset_id"], own[key], "{row}");
+    }
+
+    // The sole candidate, on the user's word: shown first, then given.
+    let (code, said) = resolve(&ws, &emu, &["--sole-candidates", "--dry-run"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains("`c/alone.mp4` in `media-archive` would be registered as asset"),
+        "{said}"
+    );
+    let (code, said) = resolve(&ws, &emu, &["--sole-candidates"]);
+    assert_eq!(code, Some(0), "{said}");
+    assert!(report(&ws).iter().all(|r| r["state"] != "uncertain"));
+    assert_eq!(emu.duplicates(), vec![]);
+}
