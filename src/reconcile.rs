@@ -246,6 +246,57 @@ pub fn learn_clock(witnesses: &[Witness], listed: &HashMap<i64, Listed>) -> Opti
     })
 }
 
+/// What one pass shows of how long the list takes to show a new asset, from the ledger's
+/// own assets: how old (ms, from its answer to the page that would have shown it) the oldest
+/// one missing was, and how old the youngest one listed that is older than every missing one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LagReading {
+    /// A lower bound on the lag: the age of the oldest witness the list did not show (0 if
+    /// it showed every one).
+    pub missing_at: i64,
+    /// An upper bound: the age of the youngest witness shown above `missing_at`, if any.
+    pub shown_within: Option<i64>,
+}
+
+/// Reads the lag from a pass begun at `started`: `seen_at` holds, for each witness the list
+/// showed, when the page that showed it arrived. A witness missing for longer than `ceiling`
+/// (`--list-settle`) is taken as deleted, not as lag: the pass's freshness check looks those
+/// up one by one.
+pub fn read_lag(
+    witnesses: &[Witness],
+    seen_at: &HashMap<i64, i64>,
+    started: i64,
+    ceiling: i64,
+) -> LagReading {
+    let mut shown = Vec::new();
+    let mut missing_at = 0;
+    for w in witnesses {
+        match seen_at.get(&w.asset_id) {
+            Some(at) => shown.push((at - w.answered_at).max(0)),
+            None if w.answered_at < started && started - w.answered_at <= ceiling => {
+                missing_at = missing_at.max(started - w.answered_at);
+            }
+            None => {}
+        }
+    }
+    LagReading {
+        missing_at,
+        shown_within: shown.into_iter().filter(|age| *age > missing_at).min(),
+    }
+}
+
+/// The lag to keep after a pass, from the one kept before (`None` while nothing is learned).
+/// A reading that stays within it may tighten it; a witness missing for longer shows it grew,
+/// and the reading replaces it (or, if it bounds nothing, unlearns it).
+pub fn next_lag(kept: Option<i64>, reading: LagReading) -> Option<i64> {
+    match kept {
+        Some(lag) if reading.missing_at <= lag => {
+            Some(reading.shown_within.map_or(lag, |within| within.min(lag)))
+        }
+        _ => reading.shown_within,
+    }
+}
+
 /// Whether asset IDs grow with creation: no witness answered before another was sent has the
 /// larger ID, over enough witnesses to mean something.
 pub fn learn_id_order(witnesses: &[Witness]) -> bool {
@@ -1047,6 +1098,67 @@ mod tests {
             verdict(600),
             Verdict::Ambiguous(vec![15]),
             "a pass long after proves less"
+        );
+    }
+
+    #[test]
+    fn the_lag_is_bounded_by_the_witnesses_a_pass_shows_and_misses() {
+        // Answered at 10, 20, 27, 29 s; the pass began at 30 s and read its page at 31 s.
+        let ws = [
+            witness(1, "a", 9, 10),
+            witness(2, "b", 19, 20),
+            witness(3, "c", 26, 27),
+            witness(4, "d", 28, 29),
+        ];
+        let all: HashMap<i64, i64> = [(1, 31 * S), (2, 31 * S), (3, 31 * S), (4, 31 * S)].into();
+        let current = read_lag(&ws, &all, 30 * S, 60 * S);
+        assert_eq!(
+            current,
+            LagReading {
+                missing_at: 0,
+                shown_within: Some(2 * S)
+            }
+        );
+        // The two youngest missing: the list lags more than 3 s, less than 11 s.
+        let lagging: HashMap<i64, i64> = [(1, 31 * S), (2, 31 * S)].into();
+        let late = read_lag(&ws, &lagging, 30 * S, 60 * S);
+        assert_eq!(
+            late,
+            LagReading {
+                missing_at: 3 * S,
+                shown_within: Some(11 * S)
+            }
+        );
+        // A witness missing for longer than the ceiling is taken as deleted.
+        let deleted: HashMap<i64, i64> = [(2, 31 * S), (3, 31 * S), (4, 31 * S)].into();
+        assert_eq!(read_lag(&ws, &deleted, 30 * S, 15 * S).missing_at, 0);
+        // Nothing shown above the oldest missing one: the reading bounds nothing.
+        let none = read_lag(&ws, &[(4, 31 * S)].into(), 30 * S, 60 * S);
+        assert_eq!(none.shown_within, None);
+    }
+
+    #[test]
+    fn the_kept_lag_tightens_within_itself_and_is_replaced_when_it_grew() {
+        let within = |missing_at, shown_within| LagReading {
+            missing_at,
+            shown_within,
+        };
+        assert_eq!(next_lag(None, within(0, Some(2 * S))), Some(2 * S));
+        assert_eq!(next_lag(None, within(0, None)), None);
+        assert_eq!(next_lag(Some(5 * S), within(S, Some(2 * S))), Some(2 * S));
+        assert_eq!(
+            next_lag(Some(2 * S), within(0, Some(40 * S))),
+            Some(2 * S),
+            "a pass long after the last answer bounds loosely, and teaches nothing"
+        );
+        assert_eq!(
+            next_lag(Some(2 * S), within(4 * S, Some(9 * S))),
+            Some(9 * S)
+        );
+        assert_eq!(
+            next_lag(Some(2 * S), within(4 * S, None)),
+            None,
+            "grown, and bounded by nothing: unlearned"
         );
     }
 }

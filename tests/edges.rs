@@ -368,20 +368,21 @@ async fn a_run_with_analyze_bills_only_what_it_was_asked_for() {
     assert_eq!(analysed(&emu).len(), 10);
 }
 
-/// A key left uncertain with two candidates: its own asset and a console upload of the
-/// same name that the list cannot tell apart (no times, random IDs).
+/// A key left uncertain with two candidates: its own asset and one of the same file name
+/// from another folder, whose answer was lost too, that the list cannot tell apart (names
+/// without folders, no times, random IDs).
 async fn ambiguous_key() -> (Workspace, Emulator, String, Vec<i64>) {
     let ws = Workspace::new();
     let key = "day1/take.mp4".to_string();
     let emu = emulator(EmulatorConfig {
-        preload: vec![(BUCKET.into(), key.clone())],
+        file_name: mi_import::emulator::FileNameMode::LastSegment,
         list_created_time: false,
         random_ids: true,
         drop_after: 1.0,
         ..healthy()
     })
     .await;
-    let manifest = ws.manifest("m.csv", std::slice::from_ref(&key));
+    let manifest = ws.manifest("m.csv", &[key.clone(), "day2/take.mp4".to_string()]);
     let (code, stderr) = run(run_args(&ws, &emu, &manifest), &ws).await;
     assert_eq!(code, Some(1), "{stderr}");
     let rows = report(&ws);

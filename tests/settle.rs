@@ -308,3 +308,113 @@ async fn uncertain_keys_show_their_evidence_and_are_settled_in_bulk() {
     assert!(report(&ws).iter().all(|r| r["state"] != "uncertain"));
     assert_eq!(emu.duplicates(), vec![]);
 }
+
+/// The lag the ledger learned for the list, in ms.
+fn learned_lag(ws: &Workspace) -> Option<i64> {
+    ws.ledger()
+        .conn()
+        .query_row(
+            "SELECT value FROM facts WHERE name = 'list_lag_ms'",
+            [],
+            |r| r.get::<_, String>(0),
+        )
+        .ok()
+        .and_then(|v| v.parse().ok())
+}
+
+fn assert_each_key_has_its_own_asset(ws: &Workspace, emu: &Emulator, keys: &[String], said: &str) {
+    assert_eq!(emu.duplicates(), vec![], "registered twice\n{said}");
+    let own = own_assets(emu);
+    let rows = report(ws);
+    for key in keys {
+        assert_eq!(emu.registrations(BUCKET, key), 1, "{key}\n{said}");
+        let row = rows.iter().find(|r| r["key"] == key.as_str()).unwrap();
+        assert_eq!(row["asset_id"], own[key], "{row}\n{said}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_are_settled_by_the_lag_the_list_shows_never_below_it() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        rate_503: 0.1,
+        drop_before: 0.05,
+        drop_after: 0.05,
+        list_lag: std::time::Duration::from_millis(1500),
+        seed: 5,
+        ..healthy()
+    })
+    .await;
+    let keys = common::keys(120, "lag");
+    let args = with(
+        with(
+            run_args(&ws, &emu, &ws.manifest("m.csv", &keys)),
+            "--list-settle",
+            "30s",
+        ),
+        "--rate",
+        "100",
+    );
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let c = emu.counters();
+    assert!(
+        c.dropped_before + c.dropped_after + c.unavailable >= 10,
+        "{c:?}"
+    );
+    assert_each_key_has_its_own_asset(&ws, &emu, &keys, &said);
+    let lag = learned_lag(&ws).expect("a lag learned from the ledger's own assets");
+    assert!(
+        (1500..30_000).contains(&lag),
+        "learned {lag} ms for a list 1.5 s late\n{said}"
+    );
+    assert!(said.contains("a lost answer is looked up"), "{said}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_that_grew_slower_since_its_lag_was_learned_sends_nothing_twice() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        drop_after: 0.15,
+        drop_before: 0.1,
+        lose_containing: Some("lonely".into()),
+        seed: 8,
+        ..healthy()
+    })
+    .await;
+    let run = |name: &str, keys: &[String]| {
+        let args = run_args(&ws, &emu, &ws.manifest(name, keys));
+        run_binary(
+            with(with(args, "--list-settle", "30s"), "--rate", "100"),
+            SECRET,
+            ws.dir.path().into(),
+        )
+    };
+    let first = common::keys(60, "quick");
+    let out = run("a.csv", &first).await;
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let quick = learned_lag(&ws).expect("learned");
+    assert!(quick < 3000, "{quick} ms\n{said}");
+    // The index slows down: new assets now show 4 s late, whatever the ledger learned. A
+    // run of one key whose answer is lost has no asset of its own to show that: the list
+    // showing the earlier run's assets proves nothing about this key's.
+    emu.set_list_lag(std::time::Duration::from_secs(4));
+    let lonely = vec!["lonely/take.mp4".to_string()];
+    let out = run("b.csv", &lonely).await;
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_each_key_has_its_own_asset(&ws, &emu, &lonely, &said);
+    // A run with assets of its own learns the new lag.
+    let second = common::keys(60, "slow");
+    let out = run("c.csv", &second).await;
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_each_key_has_its_own_asset(&ws, &emu, &second, &said);
+    let slow = learned_lag(&ws).unwrap_or(i64::MAX);
+    assert!(
+        slow >= 4000,
+        "learned {slow} ms for a list 4 s late\n{said}"
+    );
+}

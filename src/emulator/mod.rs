@@ -297,6 +297,14 @@ impl Emulator {
             .store(on, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// From now on, new assets take this long to appear in the list (a search index under
+    /// load); those made before keep the lag they had.
+    pub fn set_list_lag(&self, lag: Duration) {
+        self.shared
+            .list_lag_ms
+            .store(lag.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Deletes an asset, as the console's delete does.
     pub fn delete_asset(&self, asset_id: i64) -> bool {
         self.shared.delete(asset_id)

@@ -23,6 +23,8 @@ pub struct AssetRecord {
     pub size: Option<u64>,
     /// Registered through the API (not present before the run, as a console upload is).
     pub registered: bool,
+    /// How long after its creation the list shows it: the list's lag when it was made.
+    pub listed_after: Duration,
 }
 
 /// An analysis MI accepted for an asset.
@@ -114,6 +116,9 @@ pub(super) struct Shared {
     pub config: EmulatorConfig,
     /// Set while a test wants every analysis request dropped before it is accepted.
     pub analysis_drops: std::sync::atomic::AtomicBool,
+    /// How long (ms) a new asset takes to appear in the list: the configured lag, until a
+    /// test changes it.
+    pub list_lag_ms: std::sync::atomic::AtomicU64,
     inner: Mutex<Inner>,
     dice: Mutex<StdRng>,
     /// The register call's own dice, thrown three times for every call: the n-th register call
@@ -142,6 +147,7 @@ impl Shared {
     pub fn new(config: EmulatorConfig) -> Self {
         let dice = Mutex::new(StdRng::seed_from_u64(config.seed));
         let register_dice = Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x0005_eed0_f4e6));
+        let list_lag_ms = (config.list_lag.as_millis() as u64).into();
         let inner = Inner {
             next_id: 100_001,
             ..Default::default()
@@ -149,6 +155,7 @@ impl Shared {
         let shared = Self {
             config,
             analysis_drops: Default::default(),
+            list_lag_ms,
             inner: Mutex::new(inner),
             dice,
             register_dice,
@@ -275,6 +282,7 @@ impl Shared {
                 .get(&(bucket.to_owned(), key.to_owned()))
                 .copied(),
             registered,
+            listed_after: self.list_lag(),
         };
         inner.assets.insert(asset_id, record);
         if registered {
@@ -284,6 +292,11 @@ impl Shared {
                 .or_default() += 1;
         }
         asset_id
+    }
+
+    /// How late the list shows an asset made now.
+    fn list_lag(&self) -> Duration {
+        Duration::from_millis(self.list_lag_ms.load(std::sync::atomic::Ordering::SeqCst))
     }
 
     /// Adds (bucket, key) as an asset made outside the API (a console upload).
@@ -325,19 +338,18 @@ impl Shared {
     pub fn page(&self, page_num: u32, page_size: u32) -> (Vec<AssetRecord>, usize) {
         let (page, total) = {
             let inner = self.inner();
-            let lag = self.config.list_lag;
             let visible: Vec<&AssetRecord> = if self.config.list_newest_first {
                 inner
                     .assets
                     .values()
                     .rev()
-                    .filter(|a| a.created.elapsed() >= lag)
+                    .filter(|a| a.created.elapsed() >= a.listed_after)
                     .collect()
             } else {
                 inner
                     .assets
                     .values()
-                    .filter(|a| a.created.elapsed() >= lag)
+                    .filter(|a| a.created.elapsed() >= a.listed_after)
                     .collect()
             };
             let skip = (page_num.max(1) as usize - 1) * page_size as usize;
@@ -392,6 +404,7 @@ impl Shared {
                 created_wall,
                 size: None,
                 registered: false,
+                listed_after: self.list_lag(),
             },
         );
     }

@@ -128,6 +128,13 @@ pub fn learn(conn: &Connection, scope: &Scope, name: &str, value: &str) -> rusql
     Ok(())
 }
 
+/// Forgets a fact that no longer holds.
+pub fn unlearn(conn: &Connection, scope: &Scope, name: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("DELETE FROM facts WHERE scope = ?1 AND name = ?2")?
+        .execute(params![scope.id, name])?;
+    Ok(())
+}
+
 /// What applying one pass's verdicts did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {

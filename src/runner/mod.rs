@@ -49,7 +49,9 @@ const IDLE_NAP: Duration = Duration::from_millis(500);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Passes over MI's asset list in one run before the keys still unsure are left `uncertain`
 /// for the next run: each pass pages the whole project.
-const MAX_PASSES: u32 = 6;
+const MAX_PASSES: u32 = 10;
+/// Of those, passes made to learn how late the list shows a new asset, while nothing tells.
+const LAG_PROBES: u32 = 3;
 /// The breaker looks only after this many finished keys.
 const BREAKER_MIN_FINISHED: u64 = 100;
 /// Page size for the asset list: the largest MI serves.
@@ -223,6 +225,11 @@ pub struct Runner {
     /// Nothing but the ledger's own observations is known to order the list: baselines are
     /// renewed while keys are sent, so every send has one within reach.
     unordered: Arc<std::sync::atomic::AtomicBool>,
+    /// How long (ms) the list takes to show this ledger's new assets, learned from them: the
+    /// settle window follows it, within `--list-settle`.
+    list_lag: Arc<Mutex<Option<i64>>>,
+    /// How long (ms) the last pass found the oldest of the ledger's own assets missing.
+    last_missing_ms: Arc<std::sync::atomic::AtomicU64>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -281,6 +288,8 @@ impl Runner {
             baseline_wanted: Arc::default(),
             last_baseline: Arc::default(),
             unordered: Arc::default(),
+            list_lag: Arc::default(),
+            last_missing_ms: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -414,6 +423,7 @@ impl Runner {
             .await?;
         let pending = ledger::count_in(&counts, State::Pending);
         self.stats.queued.fetch_add(pending, Relaxed);
+        self.recall_lag().await?;
         // Where nothing but the ledger's own observations orders the list's assets, a look at
         // the list before sending lets a lost answer's asset be told from an older one.
         if pending > 0 && self.list_may_be_unordered().await? {
@@ -424,6 +434,9 @@ impl Runner {
         let mut passes = 0;
         let mut registered_before_pass = None;
         let mut last_pass = 0;
+        // Passes in a row that settled nothing: each waits twice as long as the one before,
+        // up to the moment `--list-settle` proves absence by itself.
+        let mut idle_passes = 0;
         loop {
             if let Some(ending) = self.ending() {
                 return Ok(ending);
@@ -463,13 +476,23 @@ impl Runner {
                 return Ok(Ending::Finished);
             }
             let latest = waiting.iter().max().copied().unwrap_or(0);
-            let ready = latest.max(sent_until).max(last_pass) + self.pace.settle.as_millis() as i64;
+            // While the list's lag is not known, passes soon after sending teach it from this
+            // run's own assets (and find the lost answers whose assets they already show).
+            let ready = if passes < LAG_PROBES && !self.lag_learned() && registered > 0 {
+                sent_until.max(last_pass) + self.lag_probe_gap(passes).as_millis() as i64
+            } else {
+                let settle = self.settle_window().as_millis() as i64;
+                let ceiling = latest + self.pace.settle.as_millis() as i64;
+                let backoff = last_pass + settle.saturating_mul(1 << idle_passes.min(16));
+                (latest.max(sent_until).max(last_pass) + settle).max(backoff.min(ceiling))
+            };
             self.wait_until(ready, unsure.len()).await;
             if let Some(ending) = self.ending() {
                 return Ok(ending);
             }
             passes += 1;
             registered_before_pass = Some(registered);
+            let last_pass_began = ledger::now_ms();
             let Some(pass) = self.reconcile().await? else {
                 return Ok(self.ending().unwrap_or(Ending::Finished));
             };
@@ -477,6 +500,14 @@ impl Runner {
             // prove sooner: done for this run.
             if pass.settled.resend == 0 && (pass.proven || pass.settled.waiting == 0) {
                 return Ok(self.ending().unwrap_or(Ending::Finished));
+            }
+            // Idle only if it came a whole settle window after the latest unknown outcome
+            // (as learned now): then what it lacked was a witness, not time.
+            let late_enough = last_pass_began >= latest + self.settle_window().as_millis() as i64;
+            if pass.settled.resend > 0 || pass.settled.registered > 0 {
+                idle_passes = 0;
+            } else if late_enough {
+                idle_passes += 1;
             }
             last_pass = ledger::now_ms();
         }

@@ -39,6 +39,12 @@ const NAMING_FACT: &str = "list_naming";
 /// The fact that says what orders the list's assets in time: `times` (entries carry a
 /// creation time), `ids` (IDs grow with creation), or `none`.
 const ORDER_FACT: &str = "list_order";
+/// The fact under which the learned lag of the list is kept, in ms.
+const LAG_FACT: &str = "list_lag_ms";
+/// The settle window is the learned lag times this, plus [`LAG_SLACK`]: a lag measured on a
+/// few witnesses may be a little short of the next one's.
+const LAG_MARGIN: f64 = 1.5;
+const LAG_SLACK: Duration = Duration::from_secs(1);
 
 /// What is known of each ambiguous key's candidates, as JSON for the report: the asset, the
 /// name MI lists, its size and creation time if the list carries them, when this ledger
@@ -76,7 +82,8 @@ fn evidence_of(
 #[derive(Debug, Clone, Copy)]
 pub(super) struct PassResult {
     pub settled: unsure::Settled,
-    /// The list was known current: absence was proven where names were absent.
+    /// The list was known current for every key looked up: absence was proven where names
+    /// were absent, and a later pass could prove no more.
     pub proven: bool,
 }
 
@@ -86,6 +93,8 @@ struct Collected {
     named: Vec<Listed>,
     /// Witnesses found in the list, by asset ID.
     witnesses: HashMap<i64, Listed>,
+    /// When the page that showed each witness arrived (Unix ms), by asset ID.
+    seen_at: HashMap<i64, i64>,
     /// The walk itself: whether it was whole, and what to compare another walk with.
     walked: Walked,
 }
@@ -132,9 +141,8 @@ impl Runner {
                 stored.as_deref().and_then(Naming::parse),
             )
             .await?;
-        let current =
-            collected.walked.whole && self.shows_recent(&witnesses, &collected, started).await;
-        let mut fresh_as_of = current.then(|| started - self.pace.settle.as_millis() as i64);
+        self.learn_lag(&witnesses, &collected, started).await?;
+        let mut fresh_as_of = self.current_as_of(&witnesses, &collected, started).await;
         let observed = self
             .observe(
                 started,
@@ -218,7 +226,7 @@ impl Runner {
         );
         Ok(Some(PassResult {
             settled,
-            proven: fresh_as_of.is_some(),
+            proven: fresh_as_of.is_some_and(|t| keys.iter().all(|k| t >= k.unsure_at)),
         }))
     }
 
@@ -272,16 +280,152 @@ impl Runner {
         Ok(evidence)
     }
 
+    /// As of when the list is known to show everything made before, if the walk was whole.
+    /// By the learned lag: as of the latest of the ledger's own assets it shows that was
+    /// answered a settle window before the pass began, none older missing (a list that
+    /// slowed down since shows it only through assets of the ledger's made after; absence
+    /// needs such a witness). Otherwise by `--list-settle`: a whole window before the pass,
+    /// the ledger's assets from before then all shown.
+    async fn current_as_of(
+        &self,
+        witnesses: &[Witness],
+        collected: &Collected,
+        started: i64,
+    ) -> Option<i64> {
+        if !collected.walked.whole {
+            return None;
+        }
+        let ceiling = self.pace.settle;
+        let by_ceiling = started - ceiling.as_millis() as i64;
+        let learned = self.settle_window();
+        if learned < ceiling {
+            let until = started - learned.as_millis() as i64;
+            let youngest = witnesses
+                .iter()
+                .filter(|w| w.answered_at <= until)
+                .filter(|w| collected.witnesses.contains_key(&w.asset_id))
+                .map(|w| w.answered_at)
+                .max();
+            if let Some(at) = youngest
+                && at > by_ceiling
+                && self
+                    .shows_recent(witnesses, collected, started, learned)
+                    .await
+            {
+                return Some(at);
+            }
+        }
+        self.shows_recent(witnesses, collected, started, ceiling)
+            .await
+            .then_some(by_ceiling)
+    }
+
+    /// How long to wait after an unknown outcome before the list can prove it: the learned
+    /// lag with a margin, at most `--list-settle`, which serves while nothing is learned.
+    pub(super) fn settle_window(&self) -> Duration {
+        let ceiling = self.pace.settle;
+        match *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(lag) => ceiling
+                .min(Duration::from_millis((lag.max(0) as f64 * LAG_MARGIN) as u64) + LAG_SLACK),
+            None => ceiling,
+        }
+    }
+
+    /// While no lag is learned, when the next pass should look (after the `passes` made):
+    /// at once first, then after twice as long as the last pass found the ledger's own
+    /// assets missing, from a second on; never later than `--list-settle` would.
+    pub(super) fn lag_probe_gap(&self, passes: u32) -> Duration {
+        if passes == 0 {
+            return Duration::ZERO;
+        }
+        let missing = Duration::from_millis(self.last_missing_ms.load(Relaxed));
+        (missing * 2).max(LAG_SLACK).min(self.pace.settle)
+    }
+
+    /// Whether a lag of the list is learned for this scope.
+    pub(super) fn lag_learned(&self) -> bool {
+        self.list_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Reads the lag the ledger learned for this scope in earlier runs.
+    pub(super) async fn recall_lag(&self) -> Result<()> {
+        let scope = self.scope.clone();
+        let kept = self
+            .writer
+            .write(move |t| unsure::fact(t, &scope, LAG_FACT))
+            .await?;
+        *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) =
+            kept.and_then(|v| v.parse::<i64>().ok()).filter(|l| *l >= 0);
+        Ok(())
+    }
+
+    /// What this pass shows of the list's lag, kept for the next pass and the next run.
+    async fn learn_lag(
+        &self,
+        witnesses: &[Witness],
+        collected: &Collected,
+        started: i64,
+    ) -> Result<()> {
+        let ceiling = self.pace.settle.as_millis() as i64;
+        let reading = reconcile::read_lag(witnesses, &collected.seen_at, started, ceiling);
+        self.last_missing_ms
+            .store(reading.missing_at.max(0) as u64, Relaxed);
+        let kept = *self.list_lag.lock().unwrap_or_else(|p| p.into_inner());
+        let next = reconcile::next_lag(kept, reading);
+        if next == kept {
+            return Ok(());
+        }
+        *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        let shown = |ms: i64| match ms {
+            ..1000 => "a second".to_string(),
+            _ => {
+                humantime::format_duration(Duration::from_millis(ms as u64 / 100 * 100)).to_string()
+            }
+        };
+        match (kept, next) {
+            (None, Some(lag)) => tracing::info!(
+                "MI's asset list shows this ledger's new assets within {} (learned from its own assets); a lost answer is looked up {} after it, not --list-settle's {}",
+                shown(lag),
+                humantime::format_duration(Duration::from_secs(
+                    self.settle_window().as_secs().max(1)
+                )),
+                humantime::format_duration(self.pace.settle)
+            ),
+            (Some(before), Some(lag)) if lag > before => tracing::info!(
+                "MI's asset list now takes up to {} to show a new asset (it took up to {})",
+                shown(lag),
+                shown(before)
+            ),
+            (Some(_), None) => tracing::info!(
+                "MI's asset list takes longer than it did to show new assets; lost answers are looked up --list-settle ({}) after them until it is learned again",
+                humantime::format_duration(self.pace.settle)
+            ),
+            _ => tracing::debug!("MI's asset list shows new assets within {next:?} ms"),
+        }
+        let scope = self.scope.clone();
+        self.writer
+            .write(move |t| match next {
+                Some(lag) => unsure::learn(t, &scope, LAG_FACT, &lag.to_string()),
+                None => unsure::unlearn(t, &scope, LAG_FACT),
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Whether the list shows the assets this ledger registered shortly before the moment it
-    /// should be current to: one missing that still exists means the list lags longer than the
-    /// settle window, and absence proves nothing this pass.
+    /// should be current to (`settle` before `started`): one missing that still exists means
+    /// the list lags longer, and absence proves nothing this pass.
     async fn shows_recent(
         &self,
         witnesses: &[Witness],
         collected: &Collected,
         started: i64,
+        settle: Duration,
     ) -> bool {
-        let until = started - self.pace.settle.as_millis() as i64;
+        let until = started - settle.as_millis() as i64;
         let from = until - FRESHNESS_WINDOW.as_millis() as i64;
         let missing: Vec<i64> = witnesses
             .iter()
@@ -291,9 +435,9 @@ impl Runner {
             .collect();
         if missing.len() > MAX_PROBES {
             tracing::warn!(
-                "MI's asset list does not show {} assets registered more than {} before it was read; it may lag more than --list-settle, so keys missing from it are not sent again yet",
+                "MI's asset list does not show {} assets registered more than {} before it was read; it may lag more than that, so keys missing from it are not sent again yet",
                 missing.len(),
-                humantime::format_duration(self.pace.settle)
+                humantime::format_duration(settle)
             );
             return false;
         }
@@ -305,8 +449,8 @@ impl Runner {
                 }
                 Ok(_) => {
                     tracing::warn!(
-                        "MI's asset list does not show asset {asset}, which exists and was registered more than {} before the list was read; it may lag more than --list-settle, so keys missing from it are not sent again yet",
-                        humantime::format_duration(self.pace.settle)
+                        "MI's asset list does not show asset {asset}, which exists and was registered more than {} before the list was read; it may lag more than that, so keys missing from it are not sent again yet",
+                        humantime::format_duration(settle)
                     );
                     return false;
                 }
@@ -328,6 +472,7 @@ impl Runner {
     ) -> Option<Collected> {
         let mut named = Vec::new();
         let mut witnesses = HashMap::new();
+        let mut seen_at = HashMap::new();
         self.stats.asset_pages.store(0, Relaxed);
         let walked = self
             .walk_assets(|page| {
@@ -338,6 +483,7 @@ impl Runner {
                 self.stats
                     .asset_pages
                     .store(u64::from(page.number), Relaxed);
+                let arrived = ledger::now_ms();
                 for asset in page.assets {
                     let wanted_name = wanted.contains(&asset.file_name);
                     let witness = witness_ids.contains(&asset.asset_id);
@@ -352,6 +498,7 @@ impl Runner {
                     };
                     if witness {
                         witnesses.insert(entry.asset_id, entry.clone());
+                        seen_at.insert(entry.asset_id, arrived);
                     }
                     if wanted_name {
                         named.push(entry);
@@ -365,6 +512,7 @@ impl Runner {
             Ok(walked) => Some(Collected {
                 named,
                 witnesses,
+                seen_at,
                 walked,
             }),
             Err(WalkError::Api { error, interrupted }) => {
@@ -440,9 +588,8 @@ impl Runner {
             stored.as_deref().and_then(Naming::parse),
         )
         .await?;
-        let current =
-            collected.walked.whole && self.shows_recent(&witnesses, &collected, started).await;
-        let fresh = current.then(|| started - self.pace.settle.as_millis() as i64);
+        self.learn_lag(&witnesses, &collected, started).await?;
+        let fresh = self.current_as_of(&witnesses, &collected, started).await;
         self.observe(started, fresh, &collected.walked.ids, &[])
             .await?;
         tracing::info!(
