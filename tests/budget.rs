@@ -138,3 +138,62 @@ async fn where_the_list_carries_the_status_overdue_imports_are_settled_by_pages(
         "many per page: {c:?}"
     );
 }
+
+/// A backlog of overdue imports larger than any one gathering of due looks (5,000): where the
+/// list's entries carry the status, one pass over the list settles them all, each page's
+/// entries looked up among the due keys in the ledger.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_any_size_is_settled_in_one_pass_over_the_list() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        list_upload_status: true,
+        ..healthy()
+    })
+    .await;
+    let backlog = keys(12_000, "backlog");
+    let manifest = ws.manifest("a.csv", &backlog);
+    let mut first = job(&ws, &emu, manifest.clone());
+    first.limits.rate = None;
+    first.limits.concurrency = 32;
+    first.options.confirm = None;
+    let result = import(first).await;
+    assert_eq!(
+        ws.count(State::Registered),
+        backlog.len(),
+        "{}",
+        result.summary
+    );
+    let hour = 3_600_000;
+    rusqlite::Connection::open(ws.db())
+        .unwrap()
+        .execute(
+            "UPDATE keys SET sent_at = sent_at - ?1, registered_at = registered_at - ?1,
+                 next_check_at = next_check_at - ?1",
+            [hour],
+        )
+        .unwrap();
+    let before = emu.counters();
+
+    let mut second = job(&ws, &emu, manifest);
+    second.limits.rate = None;
+    second.options.confirm = Some(Duration::from_secs(60));
+    let result = import(second).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    assert_eq!(
+        ws.count(State::Completed),
+        backlog.len(),
+        "{}",
+        result.summary
+    );
+    let c = emu.counters();
+    let pages = c.list_calls - before.list_calls;
+    let one_pass = (backlog.len() as u64).div_ceil(1000);
+    assert!(
+        pages as f64 <= one_pass as f64 * 1.1 + 1.0,
+        "{pages} list pages where one pass is {one_pass} (and one entry to learn from)"
+    );
+    assert_eq!(
+        c.status_calls, before.status_calls,
+        "no look of its own for a key the pass saw"
+    );
+}

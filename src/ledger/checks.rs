@@ -46,12 +46,14 @@ pub fn claim_due(
     limit: usize,
     busy: &[i64],
 ) -> rusqlite::Result<Vec<DueCheck>> {
+    pass_table(conn)?;
     let mut stmt = conn.prepare_cached(
         "SELECT id, key, asset_id, checks, size, COALESCE(registered_at, updated_at),
                 CASE WHEN checks > 0 THEN updated_at END
          FROM keys
          WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2
            AND id NOT IN (SELECT value FROM json_each(?3))
+           AND id NOT IN (SELECT id FROM temp.list_pass)
          ORDER BY next_check_at LIMIT ?4",
     )?;
     let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
@@ -133,6 +135,85 @@ pub fn soonest_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<
         params![scope.id],
         |r| r.get(0),
     )
+}
+
+/// The rows a pass over the asset list is looking for, by asset ID, in the connection's own
+/// temporary store: never in the ledger's file, and gone with the process. Rows in it are not
+/// claimed for a look of their own while the pass runs.
+fn pass_table(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS list_pass (
+             id INTEGER PRIMARY KEY, asset_id INTEGER NOT NULL UNIQUE, seen INTEGER NOT NULL DEFAULT 0)",
+    )
+}
+
+/// Begins a pass over the asset list: every registered asset of the scope due by now (other
+/// than those in `busy`) is looked for in it, however many. Returns how many.
+pub fn begin_list_pass(conn: &Connection, scope: &Scope, busy: &[i64]) -> rusqlite::Result<u64> {
+    pass_table(conn)?;
+    conn.execute("DELETE FROM temp.list_pass", [])?;
+    let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+    let n = conn
+        .prepare_cached(
+            "INSERT OR IGNORE INTO temp.list_pass (id, asset_id)
+             SELECT id, asset_id FROM keys
+             WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2 AND asset_id IS NOT NULL
+               AND id NOT IN (SELECT value FROM json_each(?3))",
+        )?
+        .execute(params![scope.id, now_ms(), busy])?;
+    Ok(n as u64)
+}
+
+fn due_rows(
+    conn: &Connection,
+    filter: &str,
+    param: &dyn rusqlite::ToSql,
+) -> rusqlite::Result<Vec<DueCheck>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT k.id, k.key, k.asset_id, k.checks, k.size, COALESCE(k.registered_at, k.updated_at),
+                CASE WHEN k.checks > 0 THEN k.updated_at END
+         FROM temp.list_pass p JOIN keys k ON k.id = p.id
+         WHERE p.seen = 0 AND k.state = 3 AND k.asset_id = p.asset_id AND {filter}"
+    ))?;
+    let rows = stmt.query_map([param], |r| {
+        Ok(DueCheck {
+            id: r.get(0)?,
+            key: r.get(1)?,
+            asset_id: r.get(2)?,
+            checks: r.get(3)?,
+            size: r.get::<_, Option<i64>>(4)?.map(|s| s as u64),
+            registered_at: r.get(5)?,
+            last_look: r.get(6)?,
+        })
+    })?;
+    let rows: Vec<DueCheck> = rows.collect::<rusqlite::Result<_>>()?;
+    let mut seen = conn.prepare_cached("UPDATE temp.list_pass SET seen = 1 WHERE id = ?1")?;
+    for row in &rows {
+        seen.execute([row.id])?;
+    }
+    Ok(rows)
+}
+
+/// The pass's rows whose assets are among `asset_ids` (a page of the list), marked seen.
+pub fn seen_in_pass(conn: &Connection, asset_ids: &[i64]) -> rusqlite::Result<Vec<DueCheck>> {
+    let ids = serde_json::to_string(asset_ids).unwrap_or_else(|_| "[]".into());
+    due_rows(
+        conn,
+        "p.asset_id IN (SELECT value FROM json_each(?1))",
+        &ids,
+    )
+}
+
+/// Up to `limit` of the pass's rows not seen yet, marked seen: what the list did not show.
+pub fn unseen_in_pass(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<DueCheck>> {
+    due_rows(conn, "1 LIMIT ?1", &(limit as i64))
+}
+
+/// Ends the pass: its rows may be claimed again (once their results are written).
+pub fn end_list_pass(conn: &Connection) -> rusqlite::Result<()> {
+    pass_table(conn)?;
+    conn.execute("DELETE FROM temp.list_pass", [])?;
+    Ok(())
 }
 
 #[cfg(test)]

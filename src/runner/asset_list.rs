@@ -39,6 +39,10 @@ pub(super) enum Flow {
     Enough,
 }
 
+/// A visitor's verdict on a page, to be awaited.
+pub(super) type PageVerdict<'env> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Flow> + Send + 'env>>;
+
 /// What one walk read.
 #[derive(Debug, Clone, Default)]
 pub(super) struct Walked {
@@ -98,6 +102,19 @@ impl Runner {
         &self,
         mut visit: impl FnMut(Page<'_>) -> Flow,
     ) -> Result<Walked, WalkError> {
+        self.walk_assets_then(|page| {
+            let flow = visit(page);
+            Box::pin(std::future::ready(flow))
+        })
+        .await
+    }
+
+    /// [`Runner::walk_assets`] with a visitor whose verdict on a page needs awaiting (a look
+    /// in the ledger): it reads what it needs of the page at once and answers later.
+    pub(super) async fn walk_assets_then<'env>(
+        &self,
+        mut visit: impl FnMut(Page<'_>) -> PageVerdict<'env>,
+    ) -> Result<Walked, WalkError> {
         let mut walked = Walked {
             whole: true,
             ..Walked::default()
@@ -139,7 +156,8 @@ impl Runner {
                 number: page,
                 claimed_pages: listed.total_pages,
                 assets: &listed.assets,
-            });
+            })
+            .await;
             let served = listed.assets.len();
             longest = longest.max(served);
             if served > 0 {

@@ -8,7 +8,9 @@
 //! learned is kept in the ledger for the next run.
 
 use anyhow::Result;
-use std::sync::atomic::Ordering::Relaxed;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -37,7 +39,8 @@ const LIST_STATUS_FACT: &str = "list_upload_status";
 const LIST_KEYS_PER_PAGE: u64 = 4;
 /// Due looks are gathered this long before a pass over the list, so one pass serves many...
 const LIST_GATHER: Duration = Duration::from_secs(10);
-/// ...or until this many are gathered.
+/// ...or until this many are gathered (in memory). A pass then looks for every look due by
+/// then, however many: the ledger holds them, not memory.
 const LIST_GATHER_MAX: usize = 5_000;
 /// Looks too few for a pass are made one by one after waiting this long.
 const LIST_GATHER_LONGEST: Duration = Duration::from_secs(30);
@@ -162,6 +165,8 @@ impl Runner {
         let mut listing: Option<ListMode> = None;
         let mut gathered: Vec<DueCheck> = Vec::new();
         let mut gathered_since = Instant::now();
+        // The task of the pass over the list under way, if one is: one at a time.
+        let mut passing: Option<tokio::task::Id> = None;
         while !self.stop.is_cancelled() {
             if deadline.is_none() && dispatch_done.is_cancelled() {
                 deadline = Some(Instant::now() + patience);
@@ -169,6 +174,7 @@ impl Runner {
             while let Some(done) = tasks.try_join_next_with_id() {
                 let (id, result) = done.map_err(|e| anyhow::anyhow!(e))?;
                 out.retain(|(task, _)| *task != id);
+                passing = passing.filter(|p| *p != id);
                 result?;
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -229,12 +235,18 @@ impl Runner {
             {
                 let worth = gathered.len() as u64 >= LIST_KEYS_PER_PAGE * mode.pages;
                 let waited = gathered_since.elapsed();
-                if worth && (waited >= LIST_GATHER || gathered.len() >= LIST_GATHER_MAX) {
-                    let batch = std::mem::take(&mut gathered);
-                    let ids: Vec<i64> = batch.iter().map(|d| d.id).collect();
+                if worth
+                    && passing.is_none()
+                    && (waited >= LIST_GATHER || gathered.len() >= LIST_GATHER_MAX)
+                {
+                    // The pass takes every look due now from the ledger, the gathered ones
+                    // among them; those out or answered but not written yet stay out of it.
+                    gathered.clear();
+                    let mut busy = busy_ids(&out);
+                    busy.extend(self.checks.pending(|r| r.id));
                     let runner = self.clone();
-                    let handle = tasks.spawn(async move { runner.check_by_list(batch).await });
-                    out.extend(ids.into_iter().map(|id| (handle.id(), id)));
+                    let handle = tasks.spawn(async move { runner.check_by_list(busy).await });
+                    passing = Some(handle.id());
                     spawned = true;
                 } else if !worth && waited >= LIST_GATHER_LONGEST {
                     // Too few for a pass over the whole list: one look each.
@@ -268,6 +280,7 @@ impl Runner {
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let (id, result) = done.map_err(|e| anyhow::anyhow!(e))?;
                     out.retain(|(task, _)| *task != id);
+                    passing = passing.filter(|p| *p != id);
                     result?;
                 }
             }
@@ -334,42 +347,86 @@ impl Runner {
         })
     }
 
-    /// Confirms many assets in one pass over the asset list (whose entries carry the status).
-    async fn check_by_list(&self, batch: Vec<DueCheck>) -> Result<()> {
-        let mut waiting: std::collections::HashMap<i64, DueCheck> =
-            batch.into_iter().map(|d| (d.asset_id, d)).collect();
-        let mut seen: Vec<(DueCheck, String)> = Vec::new();
+    /// Confirms, in one pass over the asset list (whose entries carry the status), every
+    /// registered asset due by now but those in `busy`: each page's entries are looked up by
+    /// asset ID among them in the ledger, so a backlog of any size costs one pass.
+    async fn check_by_list(&self, busy: Vec<i64>) -> Result<()> {
+        let scope = self.scope.clone();
+        let left = self
+            .writer
+            .write(move |t| checks::begin_list_pass(t, &scope, &busy))
+            .await?;
+        if left == 0 {
+            self.writer.write(|t| checks::end_list_pass(t)).await?;
+            return Ok(());
+        }
+        let left = AtomicU64::new(left);
+        let learned = std::sync::atomic::AtomicBool::new(false);
+        let failure = Mutex::new(None);
         let walked = self
-            .walk_assets(|page| {
+            .walk_assets_then(|page| {
                 self.stats.list_checks.fetch_add(1, Relaxed);
-                for entry in page.assets {
-                    if let Some(status) = &entry.upload_status
-                        && let Some(due) = waiting.remove(&entry.asset_id)
-                    {
-                        seen.push((due, status.clone()));
+                let shown: HashMap<i64, String> = page
+                    .assets
+                    .iter()
+                    .filter_map(|e| e.upload_status.clone().map(|s| (e.asset_id, s)))
+                    .collect();
+                let (left, learned, failure) = (&left, &learned, &failure);
+                Box::pin(async move {
+                    if !shown.is_empty() {
+                        let ids: Vec<i64> = shown.keys().copied().collect();
+                        let found = self
+                            .writer
+                            .write(move |t| checks::seen_in_pass(t, &ids))
+                            .await;
+                        match found {
+                            Ok(found) => {
+                                let now = ledger::now_ms();
+                                left.fetch_sub(found.len() as u64, Relaxed);
+                                for due in found {
+                                    let status = shown[&due.asset_id].clone();
+                                    let state = state_for(&status);
+                                    if self.push_result(&due, now, state, Some(status), None) {
+                                        learned.store(true, Relaxed);
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                                return Flow::Enough;
+                            }
+                        }
                     }
-                }
-                if waiting.is_empty() {
-                    Flow::Enough
-                } else {
-                    Flow::More
-                }
+                    if left.load(Relaxed) == 0 {
+                        Flow::Enough
+                    } else {
+                        Flow::More
+                    }
+                })
             })
             .await;
         if let Err(error) = walked {
             tracing::debug!("confirming by the asset list: {error}");
         }
-        let now = ledger::now_ms();
-        let mut learned = false;
-        for (due, status) in seen {
-            let state = state_for(&status);
-            learned |= self.push_result(&due, now, state, Some(status), None);
+        if let Some(e) = failure.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
         }
-        self.replan_if(learned).await?;
+        self.replan_if(learned.into_inner()).await?;
         // Not (yet) in the list: looked at again later, as if in progress.
-        for due in waiting.into_values() {
-            self.push_result(&due, now, None, None, None);
+        loop {
+            let rest = self
+                .writer
+                .write(|t| checks::unseen_in_pass(t, 1_000))
+                .await?;
+            if rest.is_empty() {
+                break;
+            }
+            let now = ledger::now_ms();
+            for due in rest {
+                self.push_result(&due, now, None, None, None);
+            }
         }
+        self.writer.write(|t| checks::end_list_pass(t)).await?;
         Ok(())
     }
 
