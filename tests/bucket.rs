@@ -350,7 +350,10 @@ async fn dry_run_lists_the_bucket_but_sends_and_records_nothing() {
     );
     assert!(text.contains("would send 1200 keys"), "{text}");
     assert!(text.contains("ineligible, never sent: 1"), "{text}");
-    assert!(text.contains("at --rate 10: about 2m"), "{text}");
+    assert!(
+        text.contains("at --rate 10, assuming MI does not throttle: about 2m"),
+        "{text}"
+    );
     let c = emu.counters();
     assert_eq!(
         (c.requests, c.register_calls),

@@ -221,7 +221,10 @@ async fn dry_run_sends_nothing_changes_nothing_and_counts_right() {
     assert!(stdout.contains("already done: 5"), "{stdout}");
     assert!(stdout.contains("ineligible, never sent: 2"), "{stdout}");
     assert!(stdout.contains("unsupported format .txt"), "{stdout}");
-    assert!(stdout.contains("at --rate 2: about 4s"), "{stdout}");
+    assert!(
+        stdout.contains("at --rate 2, assuming MI does not throttle: about 4s"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,5 +261,66 @@ async fn credentials_come_from_the_ncp_cli_file_when_the_environment_has_none() 
     assert!(
         stderr.contains("NCLOUD_SECRET_KEY") && stderr.contains("~/.ncloud/configure"),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limit_mi_keeps_is_learned_and_the_next_dry_run_counts_on_it() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        rate_limit: Some(20),
+        ..healthy()
+    })
+    .await;
+    let first = keys(240, "limited");
+    let args = with(
+        run_args(&ws, &emu, &ws.manifest("a.csv", &first)),
+        "--rate",
+        "100",
+    );
+    let out = run_binary(
+        with(args, "--max-attempts", "30"),
+        SECRET,
+        ws.dir.path().into(),
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(ws.count(State::Registered), 240);
+    assert_eq!(emu.duplicates(), vec![], "registered twice");
+    assert!(
+        stderr.contains("MI keeps a limit of about"),
+        "the wave of 429s is taken for a limit: {stderr}"
+    );
+    let counters = emu.counters();
+    assert!(
+        counters.throttled * 10 < counters.requests,
+        "{} of {} calls answered 429: the run kept pushing into the limit",
+        counters.throttled,
+        counters.requests
+    );
+
+    let mut all = first.clone();
+    all.extend(keys(100, "later"));
+    let args = with(
+        run_args(&ws, &emu, &ws.manifest("b.csv", &all)),
+        "--rate",
+        "100",
+    );
+    let mut args = with(args, "--max-attempts", "30");
+    args.push("--dry-run".into());
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let kept: f64 = stdout
+        .split("MI kept about ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the dry run names the limit learned: {stdout}"));
+    assert!((15.0..=21.0).contains(&kept), "learned {kept}/s: {stdout}");
+    assert!(
+        stdout.contains("about 5s for 100 imports") || stdout.contains("about 6s for 100 imports"),
+        "100 keys at the limit learned, not at --rate 100 (1 s): {stdout}"
     );
 }

@@ -82,6 +82,9 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let counts = ledger::counts(&tx, Some(&scope))?;
     let reasons = ledger::skip_reasons(&tx, &scope)?;
     let checks_per_key = checks_per_key(&tx, &scope)?;
+    let kept_limit = ledger::unsure::fact(&tx, &scope, crate::runner::LIMIT_FACT)?
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|l| *l > 0.0);
     let to_analyze = match &job.options.analyze {
         Some(plan) => {
             let asked = ledger::analyses::count_to_analyze(&tx, &scope, plan.pick)?;
@@ -168,21 +171,39 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         0
     };
     text.push_str(&match job.limits.rate {
-        Some(rate) => format!(
-            "at --rate {rate}: about {} for {} imports{}\n",
-            humantime::format_duration(std::time::Duration::from_secs(
-                ((to_send + checks) as f64 / rate).ceil() as u64
-            )),
-            to_send,
-            if confirming {
-                format!(
-                    " and about {checks} import-status checks ({checks_per_key:.1} a key), which share the rate"
-                )
-            } else {
-                String::new()
-            }
-        ),
-        None => "no rate limit set: the service's own limit decides the time\n".into(),
+        Some(rate) => {
+            let (pace, assumed) = match kept_limit {
+                Some(limit) if limit < rate => (
+                    limit,
+                    format!(" (MI kept about {limit:.0} requests/s in an earlier run; that pace is assumed)"),
+                ),
+                _ => (rate, ", assuming MI does not throttle".to_string()),
+            };
+            format!(
+                "at --rate {rate}{assumed}: about {} for {} imports{}\n",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    ((to_send + checks) as f64 / pace).ceil() as u64
+                )),
+                to_send,
+                if confirming {
+                    format!(
+                        " and about {checks} import-status checks ({checks_per_key:.1} a key), which share the rate"
+                    )
+                } else {
+                    String::new()
+                }
+            )
+        }
+        None => match kept_limit {
+            Some(limit) => format!(
+                "no rate limit set: MI kept about {limit:.0} requests/s in an earlier run, so about {} for {} imports\n",
+                humantime::format_duration(std::time::Duration::from_secs(
+                    ((to_send + checks) as f64 / limit).ceil() as u64
+                )),
+                to_send
+            ),
+            None => "no rate limit set: the service's own limit decides the time\n".into(),
+        },
     });
     Ok(text)
 }

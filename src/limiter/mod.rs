@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio::time::Instant;
 
 pub mod aimd;
-use aimd::Aimd;
+use aimd::{Aimd, Change};
 
 /// The window `--rate` is defined over, plus a margin: the promise is about what MI sees,
 /// and requests started exactly one second apart can arrive a little closer together.
@@ -59,6 +59,8 @@ struct GateState {
     window: Duration,
     recent: VecDeque<Instant>,
     aimd: Aimd,
+    /// Nothing starts before this (after a wave of 429s, while MI's window drains).
+    hold_until: Option<Instant>,
 }
 
 impl GateState {
@@ -128,6 +130,7 @@ impl RateGate {
             window,
             recent: VecDeque::with_capacity(per_window),
             aimd: Aimd::new(ceiling, Instant::now()),
+            hold_until: None,
         };
         let gauge = Arc::new(AtomicU64::new(rate.map_or(0, |r| (r * 1000.0) as u64)));
         Self {
@@ -154,26 +157,50 @@ impl RateGate {
         self.gauge.store((rate * 1000.0) as u64, Relaxed);
     }
 
-    /// MI answered 429: slow down (once per overshoot).
-    pub fn throttled(&self) {
+    /// MI answered a call (`throttled`: with a 429): a wave of 429s slows the run down.
+    pub fn answered(&self, throttled: bool) {
         let now = Instant::now();
         let mut state = self.state();
-        let measured = state
-            .recent
-            .iter()
-            .filter(|t| now.duration_since(**t) < state.window)
-            .count() as f64
-            / if state.window > WINDOW {
-                state.window.as_secs_f64()
-            } else {
-                1.0
-            };
-        if let Some(rate) = state.aimd.throttled(measured, now) {
+        if state.open {
+            return;
+        }
+        let change = state.aimd.answered(throttled, now);
+        if let Some(Change::Lowered { rate, hold }) = change {
             state.retune(rate, self.clock);
+            state.hold_until = Some(now + hold);
             drop(state);
             tracing::debug!("MI is throttling: rate lowered to {rate:.1}/s");
             self.publish(rate);
         }
+    }
+
+    /// A probe's verdict or a climb, as time passes.
+    fn follow_aimd(&self, state: &mut GateState) {
+        match state.aimd.tick(Instant::now()) {
+            Some(Change::Raised(rate)) => {
+                state.retune(rate, self.clock);
+                self.publish(rate);
+            }
+            Some(Change::Noise { rate, share }) => {
+                state.retune(rate, self.clock);
+                self.publish(rate);
+                tracing::info!(
+                    "MI answers {:.1} % of calls 429 whatever the rate: taken for noise, rate back to {rate:.1}/s",
+                    share * 100.0
+                );
+            }
+            Some(Change::Limit { limit }) => {
+                tracing::info!(
+                    "MI keeps a limit of about {limit:.0} requests/s; staying just under it"
+                );
+            }
+            Some(Change::Lowered { .. }) | None => {}
+        }
+    }
+
+    /// The limit MI was seen to keep in this run, if one was met.
+    pub fn known_limit(&self) -> Option<f64> {
+        self.state().aimd.known_limit()
     }
 
     /// Follows the schedule, if any: at a step, the rate moves to the step's.
@@ -207,18 +234,20 @@ impl RateGate {
     pub async fn admit(&self) {
         let _turn = self.turn.lock().await;
         loop {
-            let pacer = {
+            let (pacer, hold) = {
                 let mut state = self.state();
                 self.follow_schedule(&mut state);
                 if state.open {
                     return;
                 }
-                if let Some(rate) = state.aimd.tick(Instant::now()) {
-                    state.retune(rate, self.clock);
-                    self.publish(rate);
-                }
-                state.pacer.clone()
+                self.follow_aimd(&mut state);
+                let hold = state.hold_until.filter(|t| *t > Instant::now());
+                (state.pacer.clone(), hold)
             };
+            if let Some(until) = hold {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
             match pacer.check() {
                 Ok(()) => break,
                 Err(not_until) => {
@@ -309,11 +338,16 @@ impl Limiter {
         self.rate.as_ref().map(RateGate::rate)
     }
 
-    /// MI answered 429.
-    pub fn throttled(&self) {
+    /// MI answered a call (`throttled`: with a 429).
+    pub fn answered(&self, throttled: bool) {
         if let Some(gate) = &self.rate {
-            gate.throttled();
+            gate.answered(throttled);
         }
+    }
+
+    /// The limit MI was seen to keep in this run, if one was met.
+    pub fn known_limit(&self) -> Option<f64> {
+        self.rate.as_ref().and_then(RateGate::known_limit)
     }
 
     /// The current rate in thousandths of a request per second (0: no limit), kept current.

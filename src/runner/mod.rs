@@ -51,6 +51,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// for the next run: each pass pages the whole project.
 const MAX_PASSES: u32 = 10;
 /// Of those, passes made to learn how late the list shows a new asset, while nothing tells.
+/// The ledger's fact: the requests per second MI was last seen to keep as a limit.
+pub const LIMIT_FACT: &str = "rate_limit";
 const LAG_PROBES: u32 = 3;
 /// The breaker looks only after this many finished keys.
 const BREAKER_MIN_FINISHED: u64 = 100;
@@ -295,6 +297,33 @@ impl Runner {
         }
     }
 
+    /// Keeps the limit MI was seen to keep, for the dry run's estimate of the next: learned
+    /// when a wave of 429s fell silent below it, forgotten when a run went faster unrefused.
+    async fn remember_limit(&self) -> Result<()> {
+        let (Some(rate), requests) = (self.limiter.rate(), self.stats.requests.load(Relaxed))
+        else {
+            return Ok(());
+        };
+        let known = self.limiter.known_limit();
+        let throttled = self.stats.throttled.load(Relaxed);
+        if known.is_none() && (requests < 100 || throttled * 50 > requests) {
+            return Ok(());
+        }
+        let scope = self.scope.clone();
+        self.writer
+            .write(move |t| match known {
+                Some(limit) => ledger::unsure::learn(t, &scope, LIMIT_FACT, &format!("{limit:.1}")),
+                None => match ledger::unsure::fact(t, &scope, LIMIT_FACT)?
+                    .and_then(|v| v.parse::<f64>().ok())
+                {
+                    Some(kept) if kept < rate => ledger::unsure::unlearn(t, &scope, LIMIT_FACT),
+                    _ => Ok(()),
+                },
+            })
+            .await?;
+        Ok(())
+    }
+
     /// Sends every pending key of the scope while confirming registered ones, and settles
     /// keys whose outcome is unknown. The account was checked first ([`Runner::check_account`]).
     pub async fn run(&self, options: &RunOptions) -> Result<Ending> {
@@ -325,6 +354,7 @@ impl Runner {
             }
         };
         let (ending, confirmed, analysed) = tokio::join!(importing, confirming, analysing);
+        self.remember_limit().await?;
         let ending = ending?;
         confirmed?;
         analysed?;
@@ -779,11 +809,14 @@ impl Runner {
         .await
     }
 
-    /// Every MI answer passes here: a 429 slows the whole run down.
+    /// Every MI answer passes here: a wave of 429s slows the whole run down.
     fn note(&self, error: Option<&ApiError>) {
-        if error.is_some_and(|e| e.status() == Some(429)) {
+        let throttled = error.is_some_and(|e| e.status() == Some(429));
+        if throttled {
             self.stats.throttled.fetch_add(1, Relaxed);
-            self.limiter.throttled();
+        }
+        if error.is_none_or(|e| e.status().is_some()) {
+            self.limiter.answered(throttled);
         }
     }
 
