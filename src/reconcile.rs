@@ -363,11 +363,12 @@ pub struct Observed {
 }
 
 impl Observed {
-    /// The latest pass that ended before `t` and was known to be current: a baseline.
+    /// The latest pass that ended by `t` (a key committed in the millisecond a baseline
+    /// ended is sent after it) and was known to be current: a baseline.
     fn baseline_before(&self, t: i64) -> Option<i64> {
         self.passes
             .iter()
-            .filter(|p| p.ended_at < t)
+            .filter(|p| p.ended_at <= t)
             .filter_map(|p| p.current_as_of)
             .max()
     }
@@ -681,6 +682,16 @@ mod tests {
             }],
         };
         let got = judge_seen(&keys, &listed, &baseline(95 * S));
+        assert_eq!(got[0].1, Verdict::Registered(8));
+        // A key committed in the very millisecond the baseline ended is sent after it.
+        let same_ms = Observed {
+            first_seen: [(7, 90 * S), (8, 200 * S)].into(),
+            passes: vec![Observation {
+                ended_at: 100 * S,
+                current_as_of: Some(95 * S),
+            }],
+        };
+        let got = judge_seen(&keys, &listed, &same_ms);
         assert_eq!(got[0].1, Verdict::Registered(8));
         // A baseline from long before the send vouches for nothing: a console upload of the
         // same name may have come in between.
