@@ -504,9 +504,15 @@ pub struct EmulatorArgs {
     /// CSV `bucket,key` of assets the project holds before anything is registered
     #[arg(long)]
     pub preload: Option<PathBuf>,
-    /// Polls of an analysis before it reaches its final status
+    /// Polls of an analysis before it reaches its final status (unless --analysis-time)
     #[arg(long, default_value_t = 2)]
     pub analysis_polls: u32,
+    /// How long an analysis takes from its acceptance, e.g. 120s (instead of --analysis-polls)
+    #[arg(long, value_parser = config::parse_duration)]
+    pub analysis_time: Option<Duration>,
+    /// Extra analysis time per GB of the asset (from --sizes), e.g. 30s
+    #[arg(long, value_parser = config::parse_duration, default_value = "0s")]
+    pub analysis_time_per_gb: Duration,
     /// Spell the index calls' answers as MI's examples do (`indexId`, `analysisStatusMessage`)
     #[arg(long)]
     pub analysis_example_spelling: bool,

@@ -316,3 +316,50 @@ async fn analysis_settings_are_checked_before_anything_is_sent() {
     }
     assert_eq!(emu.counters().requests, 0);
 }
+
+/// Analyses that take a time (6 s here), not a number of looks: the first is followed on
+/// growing gaps, and what it took places the others' looks, as imports are placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analyses_are_looked_at_when_likely_done() {
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        analysis_time: Some(Duration::from_secs(6)),
+        ..healthy()
+    })
+    .await;
+    let keys = keys(80, "timed");
+    let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
+    job.limits.rate = Some(40.0);
+    job.options.confirm = Some(Duration::from_secs(60));
+    job.options.analyze = Some(plan());
+    let result = import(job).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
+    assert_eq!(accepted_once(&emu), keys.len());
+    let c = emu.counters();
+    assert!(
+        c.analysis_status_calls as f64 <= keys.len() as f64 * 1.2,
+        "{} index-status checks for {} analyses",
+        c.analysis_status_calls,
+        keys.len()
+    );
+    let ledger = ws.ledger();
+    let kept: String = ledger
+        .conn()
+        .query_row(
+            "SELECT value FROM facts WHERE name = 'analysis_times'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let bins: std::collections::HashMap<String, (i64, Option<i64>)> =
+        serde_json::from_str(&kept).unwrap();
+    assert!(
+        bins.values()
+            .any(|(lo, hi)| *lo < 6_000 && hi.is_some_and(|hi| (6_000..9_000).contains(&hi))),
+        "what an analysis takes is kept for the next run: {kept}"
+    );
+    eprintln!(
+        "{} index-status checks, kept {kept}",
+        c.analysis_status_calls
+    );
+}

@@ -129,6 +129,8 @@ pub fn emulator_config(args: &EmulatorArgs, credentials: Credentials) -> Result<
         sizes,
         preload,
         analysis_polls: args.analysis_polls,
+        analysis_time: args.analysis_time,
+        analysis_time_per_gb: args.analysis_time_per_gb,
         analysis_example_spelling: args.analysis_example_spelling,
         seed: args.seed,
         ..EmulatorConfig::new(credentials)

@@ -122,8 +122,12 @@ pub struct EmulatorConfig {
     pub sizes: std::collections::HashMap<(String, String), u64>,
     /// Assets in the project before anything is registered (console uploads, another ledger).
     pub preload: Vec<(String, String)>,
-    /// Looks at an analysis before it reaches its final status.
+    /// Looks at an analysis before it reaches its final status (unless `analysis_time`).
     pub analysis_polls: u32,
+    /// How long an analysis takes, from its acceptance (instead of `analysis_polls`)...
+    pub analysis_time: Option<Duration>,
+    /// ...plus this per GB of the asset's size.
+    pub analysis_time_per_gb: Duration,
     /// The index calls answer as MI's examples spell them (`indexId` for a request's answer,
     /// `analysisStatusMessage` for a failure's reason), not as its reference does (`id`,
     /// `analyzeStatusMessage`).
@@ -176,6 +180,8 @@ impl EmulatorConfig {
             sizes: Default::default(),
             preload: Vec::new(),
             analysis_polls: 2,
+            analysis_time: None,
+            analysis_time_per_gb: Duration::ZERO,
             analysis_example_spelling: false,
             refuse_after: None,
             status_latency: Duration::ZERO,

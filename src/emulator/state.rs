@@ -33,6 +33,9 @@ pub struct AnalysisRecord {
     pub index_id: i64,
     pub polls: u32,
     pub status: &'static str,
+    /// When it was accepted, and how long it takes (with `analysis_time` set).
+    pub started: Instant,
+    pub takes: Option<Duration>,
 }
 
 /// What the emulator has seen, for tests and benchmarks.
@@ -490,25 +493,40 @@ impl Shared {
             return Err(current.status);
         }
         let index_id = self.new_id(&mut inner);
+        let takes = self.config.analysis_time.map(|base| {
+            let size = inner.assets.get(&asset_id).and_then(|a| a.size);
+            base + self
+                .config
+                .analysis_time_per_gb
+                .mul_f64(size.unwrap_or(0) as f64 / 1e9)
+        });
         inner.analyses.insert(
             asset_id,
             AnalysisRecord {
                 index_id,
                 polls: 0,
                 status: "WAIT_ANALYZE",
+                started: Instant::now(),
+                takes,
             },
         );
         *inner.analyzed.entry(asset_id).or_default() += 1;
         Ok(index_id)
     }
 
-    /// One look at an asset's analysis: it moves on with each look, to its final status after
-    /// the configured number of looks.
+    /// One look at an asset's analysis: it moves on with time (`analysis_time`), or else with
+    /// each look, to its final status after the configured number of looks.
     pub fn poll_analysis(&self, asset_id: i64, key: &str) -> Option<AnalysisRecord> {
         let mut inner = self.inner();
         let record = inner.analyses.get_mut(&asset_id)?;
         record.polls += 1;
-        let done = record.polls > self.config.analysis_polls;
+        let (done, running) = match record.takes {
+            Some(takes) => {
+                let age = record.started.elapsed();
+                (age >= takes, age >= takes / 10)
+            }
+            None => (record.polls > self.config.analysis_polls, record.polls > 1),
+        };
         record.status = match record.status {
             "WAIT_ANALYZE" | "ANALYZING" if done => {
                 if key.to_ascii_lowercase().contains("unanalyzable") {
@@ -517,7 +535,7 @@ impl Shared {
                     "ANALYZE_COMPLETED"
                 }
             }
-            "WAIT_ANALYZE" if record.polls > 1 => "ANALYZING",
+            "WAIT_ANALYZE" if running => "ANALYZING",
             other => other,
         };
         Some(record.clone())

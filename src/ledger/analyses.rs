@@ -251,6 +251,11 @@ pub struct DueAnalysis {
     /// What the ledger holds now: `UNSURE`, or MI's last word.
     pub status: String,
     pub checks: u32,
+    /// When the request was sent, the object's size, and when it was last looked at (if it
+    /// was): what the model of analysis times plans and learns from.
+    pub sent_at: Option<i64>,
+    pub size: Option<u64>,
+    pub last_look: Option<i64>,
     /// For a request made again: what MI said of the one before (status, index ID).
     pub previous: Option<(String, Option<String>)>,
 }
@@ -267,7 +272,8 @@ pub fn claim_due_analyses(
 ) -> rusqlite::Result<Vec<DueAnalysis>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.key_id, a.asset_id, a.status, a.checks, k.key, a.previous_status,
-                a.previous_index
+                a.previous_index, a.sent_at, k.size,
+                CASE WHEN a.checks > 0 THEN a.updated_at END
          FROM analyses a JOIN keys k ON k.id = a.key_id AND k.asset_id = a.asset_id
          WHERE a.next_check_at IS NOT NULL AND a.next_check_at <= ?2 AND k.scope = ?1
            AND a.key_id NOT IN (SELECT value FROM json_each(?3))
@@ -285,6 +291,9 @@ pub fn claim_due_analyses(
                 .get::<_, Option<String>>(5)?
                 .map(|status| Ok::<_, rusqlite::Error>((status, r.get(6)?)))
                 .transpose()?,
+            sent_at: r.get(7)?,
+            size: r.get::<_, Option<i64>>(8)?.map(|s| s as u64),
+            last_look: r.get(9)?,
         })
     })?;
     rows.collect()
@@ -302,6 +311,8 @@ pub struct AnalysisCheck {
     pub message: Option<String>,
     /// When to look again; `None` when final.
     pub next_check_at: Option<i64>,
+    /// A look was made (false: only the time of the next look changes).
+    pub looked: bool,
 }
 
 /// Writes what status looks found, as settled by `run`; only rows still about the same asset
@@ -314,10 +325,11 @@ pub fn record_analysis_checks(
     let now = now_ms();
     let mut update = conn.prepare_cached(
         "UPDATE analyses SET status = ?3, index_id = COALESCE(?4, index_id),
-             message = COALESCE(?5, message), next_check_at = ?6, checks = checks + 1,
+             message = COALESCE(?5, message), next_check_at = ?6, checks = checks + ?9,
              previous_status = CASE WHEN ?6 IS NULL THEN NULL ELSE previous_status END,
              previous_index = CASE WHEN ?6 IS NULL THEN NULL ELSE previous_index END,
-             updated_at = ?7, run = CASE WHEN status = ?3 THEN run ELSE ?8 END
+             updated_at = CASE WHEN ?9 THEN ?7 ELSE updated_at END,
+             run = CASE WHEN status = ?3 THEN run ELSE ?8 END
          WHERE key_id = ?1 AND asset_id = ?2",
     )?;
     let mut forget =
@@ -333,7 +345,8 @@ pub fn record_analysis_checks(
                 c.message,
                 c.next_check_at,
                 now,
-                run
+                run,
+                c.looked
             ])?,
             None => forget.execute(params![c.key_id, c.asset_id])?,
         };
@@ -472,6 +485,7 @@ mod tests {
                 index_id: None,
                 message: None,
                 next_check_at: None,
+                looked: true,
             },
             AnalysisCheck {
                 key_id: due[1].key_id,
@@ -480,6 +494,7 @@ mod tests {
                 index_id: Some("5".into()),
                 message: None,
                 next_check_at: None,
+                looked: true,
             },
         ];
         assert_eq!(record_analysis_checks(l.conn(), &checks, 1).unwrap(), 1);

@@ -15,12 +15,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::confirm::next_gap;
+use super::schedule::{self, FirstLook};
 use super::{FatalStop, Runner};
 use crate::api::analysis::AnalysisRequest;
 use crate::api::{AnalysisStatus, ApiError, Call};
 use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAnalyze, UNSURE};
 use crate::ledger::{self, FIRST_CHECK};
 use crate::retry::{Disposition, Retryable, with_retries};
+
+/// The fact under which the learned analysis times are kept.
+const ANALYSIS_MODEL_FACT: &str = "analysis_times";
 
 /// What a command asks MI's analysis for, and of which keys.
 #[derive(Debug, Clone)]
@@ -54,14 +58,21 @@ impl Retryable for Try {
 /// earlier analysis's end: only a new index ID proves that end is the new request's; without
 /// one nothing is sent again (it may have been accepted and billed), and the earlier word
 /// stands, with a note, for the user to ask again.
-pub fn after_look(due: &DueAnalysis, seen: &AnalysisStatus, now: i64) -> AnalysisCheck {
+/// An analysis still waiting or running is looked at again `gap` later.
+pub fn after_look(
+    due: &DueAnalysis,
+    seen: &AnalysisStatus,
+    now: i64,
+    gap: Duration,
+) -> AnalysisCheck {
     let mut check = AnalysisCheck {
         key_id: due.key_id,
         asset_id: due.asset_id,
         status: Some(seen.status.clone()),
         index_id: seen.index_id.clone(),
         message: seen.message.clone(),
-        next_check_at: Some(now + next_gap(due.checks).as_millis() as i64),
+        next_check_at: Some(now + gap.as_millis() as i64),
+        looked: true,
     };
     let ended = matches!(
         seen.status.as_str(),
@@ -109,14 +120,79 @@ impl Runner {
                 "{left} analysis requests were being sent when a run stopped; their status is checked before any is sent again"
             );
         }
+        self.load_times(ANALYSIS_MODEL_FACT, &self.analysis_model)
+            .await?;
         let run = self.run_id;
-        self.analysis_looks
+        let followed = self
+            .analysis_looks
             .flushing_during(
                 &self.writer,
                 move |t, checks| analyses::record_analysis_checks(t, checks, run),
                 self.follow_analyses(plan, upstream, patience),
             )
-            .await
+            .await;
+        self.save_times(ANALYSIS_MODEL_FACT, &self.analysis_model)
+            .await?;
+        followed
+    }
+
+    /// Whether to look at `due` now; if not, the check that puts its first look where this
+    /// project's analyses of its size are likely done (as imports are placed).
+    fn analysis_not_yet(&self, due: &DueAnalysis) -> Option<AnalysisCheck> {
+        if due.checks > 0 || due.status == UNSURE {
+            return None;
+        }
+        let sent = due.sent_at?;
+        let now = ledger::now_ms();
+        let mut model = self
+            .analysis_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !model.watched(sent) {
+            return None;
+        }
+        let at = match model.first_look(due.key_id, due.size) {
+            FirstLook::After(after) => sent + after.as_millis() as i64,
+            FirstLook::Wait => now + schedule::DEFER.as_millis() as i64,
+        };
+        (at > now + super::confirm::NOT_YET_SLACK_MS).then(|| AnalysisCheck {
+            key_id: due.key_id,
+            asset_id: due.asset_id,
+            status: Some(due.status.clone()),
+            index_id: None,
+            message: None,
+            next_check_at: Some(at),
+            looked: false,
+        })
+    }
+
+    /// When to look again at an analysis seen `status` now, teaching the model what it took.
+    /// A request whose answer was lost, or one sent before this model watched, is looked at
+    /// on the growing gaps and teaches nothing.
+    fn analysis_gap(&self, due: &DueAnalysis, status: &str, now: i64) -> Duration {
+        let mut model = self
+            .analysis_model
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(sent) = due
+            .sent_at
+            .filter(|sent| model.watched(*sent) && due.status != UNSURE)
+        else {
+            return next_gap(due.checks);
+        };
+        let (age, before) = (now - sent, due.last_look.map(|at| at - sent));
+        match status {
+            "ANALYZE_COMPLETED" => {
+                model.looked(due.key_id, due.size, age, before, true);
+                Duration::ZERO
+            }
+            "ANALYZE_FAIL" | "ANALYZE_CANCEL" => {
+                model.failed(due.key_id, due.size);
+                Duration::ZERO
+            }
+            "WAIT_ANALYZE" | "ANALYZING" => model.looked(due.key_id, due.size, age, before, false),
+            _ => next_gap(due.checks),
+        }
     }
 
     async fn follow_analyses(
@@ -195,6 +271,11 @@ impl Runner {
                     requests.spawn(async move { runner.request_one(one, &body).await });
                 }
                 for look in due {
+                    // Not likely done yet: put the look off, at no cost.
+                    if let Some(later) = self.analysis_not_yet(&look) {
+                        self.analysis_looks.push(later);
+                        continue;
+                    }
                     let (runner, key_id) = (self.clone(), look.key_id);
                     let handle =
                         looks.spawn(async move { runner.look_once(look).await.map(|()| key_id) });
@@ -302,7 +383,10 @@ impl Runner {
             .await;
         self.stats.analysis_looks.fetch_add(1, Relaxed);
         let check = match finished.last.result {
-            Ok(seen) => after_look(&due, &seen, ledger::now_ms()),
+            Ok(seen) => {
+                let now = ledger::now_ms();
+                after_look(&due, &seen, now, self.analysis_gap(&due, &seen.status, now))
+            }
             Err(error) => {
                 if error.disposition_for(Call::AnalysisStatus) == Disposition::Fatal {
                     self.stop_for(FatalStop {
@@ -324,6 +408,7 @@ impl Runner {
                     index_id: None,
                     message: None,
                     next_check_at: Some(ledger::now_ms() + next_gap(due.checks).as_millis() as i64),
+                    looked: true,
                 }
             }
         };
@@ -356,6 +441,8 @@ impl Runner {
 mod tests {
     use super::*;
 
+    const GAP: Duration = Duration::from_secs(7);
+
     fn due(status: &str) -> DueAnalysis {
         DueAnalysis {
             key_id: 1,
@@ -364,6 +451,9 @@ mod tests {
             status: status.into(),
             checks: 0,
             previous: None,
+            sent_at: Some(0),
+            size: None,
+            last_look: None,
         }
     }
 
@@ -377,13 +467,13 @@ mod tests {
 
     #[test]
     fn a_lost_request_is_sent_again_only_if_mi_never_accepted_it() {
-        let check = after_look(&due(UNSURE), &seen("BEFORE_ANALYZE"), 0);
+        let check = after_look(&due(UNSURE), &seen("BEFORE_ANALYZE"), 0, GAP);
         assert_eq!(check.status, None, "not accepted: asked again");
-        let check = after_look(&due(UNSURE), &seen("WAIT_ANALYZE"), 0);
+        let check = after_look(&due(UNSURE), &seen("WAIT_ANALYZE"), 0, GAP);
         assert_eq!(check.status.as_deref(), Some("WAIT_ANALYZE"));
         assert!(check.next_check_at.is_some());
         // Accepted earlier, not shown yet: never asked again.
-        let check = after_look(&due("WAIT_ANALYZE"), &seen("BEFORE_ANALYZE"), 0);
+        let check = after_look(&due("WAIT_ANALYZE"), &seen("BEFORE_ANALYZE"), 0, GAP);
         assert_eq!(check.status.as_deref(), Some("WAIT_ANALYZE"));
     }
 
@@ -393,7 +483,7 @@ mod tests {
             previous: Some(("ANALYZE_FAIL".into(), Some("77".into()))),
             ..due(UNSURE)
         };
-        let old = after_look(&again, &seen("ANALYZE_FAIL"), 0);
+        let old = after_look(&again, &seen("ANALYZE_FAIL"), 0, GAP);
         assert_eq!(
             old.status.as_deref(),
             Some("ANALYZE_FAIL"),
@@ -405,13 +495,13 @@ mod tests {
             index_id: Some("78".into()),
             ..seen("ANALYZE_FAIL")
         };
-        let new = after_look(&again, &new_index, 0);
+        let new = after_look(&again, &new_index, 0, GAP);
         assert_eq!(new.status.as_deref(), Some("ANALYZE_FAIL"));
         assert_eq!(
             new.message, None,
             "a new index ID is the new request's own end"
         );
-        let running = after_look(&again, &seen("ANALYZING"), 0);
+        let running = after_look(&again, &seen("ANALYZING"), 0, GAP);
         assert_eq!(running.status.as_deref(), Some("ANALYZING"));
         assert!(running.next_check_at.is_some());
     }
@@ -419,15 +509,16 @@ mod tests {
     #[test]
     fn final_statuses_end_the_looks_and_keep_the_index() {
         for word in ["ANALYZE_COMPLETED", "ANALYZE_FAIL", "ANALYZE_CANCEL"] {
-            let check = after_look(&due("ANALYZING"), &seen(word), 0);
+            let check = after_look(&due("ANALYZING"), &seen(word), 0, GAP);
             assert_eq!(check.status.as_deref(), Some(word));
             assert_eq!(check.next_check_at, None);
             assert_eq!(check.index_id.as_deref(), Some("77"));
         }
-        let going = after_look(&due("WAIT_ANALYZE"), &seen("ANALYZING"), 1_000);
+        let going = after_look(&due("WAIT_ANALYZE"), &seen("ANALYZING"), 1_000, GAP);
         assert_eq!(
             going.next_check_at,
-            Some(1_000 + next_gap(0).as_millis() as i64)
+            Some(1_000 + GAP.as_millis() as i64),
+            "looked at again when the model says"
         );
     }
 }

@@ -52,7 +52,7 @@ struct ListMode {
     pages: u64,
 }
 /// A look due this close to its planned moment is made now.
-const NOT_YET_SLACK_MS: i64 = 250;
+pub(super) const NOT_YET_SLACK_MS: i64 = 250;
 
 /// The rows whose checks are out now.
 fn busy_ids(out: &[(tokio::task::Id, i64)]) -> Vec<i64> {
@@ -99,28 +99,46 @@ impl Runner {
 
     /// The import times earlier runs learned for this project.
     async fn load_model(&self) -> Result<()> {
+        self.load_times(MODEL_FACT, &self.model).await
+    }
+
+    async fn save_model(&self) -> Result<()> {
+        self.save_times(MODEL_FACT, &self.model).await
+    }
+
+    /// Seeds `model` with the times earlier runs kept under `fact`, watching from now.
+    pub(super) async fn load_times(
+        &self,
+        fact: &'static str,
+        model: &std::sync::Mutex<ImportModel>,
+    ) -> Result<()> {
         // Taken before anything is awaited: every key this run registers is after it.
         let since = ledger::now_ms();
         let scope = self.scope.clone();
         let stored = self
             .writer
-            .write(move |t| ledger::unsure::fact(t, &scope, MODEL_FACT))
+            .write(move |t| ledger::unsure::fact(t, &scope, fact))
             .await?;
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        *self.model.lock().unwrap_or_else(|p| p.into_inner()) = ImportModel::with_bins(bins, since);
+        *model.lock().unwrap_or_else(|p| p.into_inner()) = ImportModel::with_bins(bins, since);
         Ok(())
     }
 
-    async fn save_model(&self) -> Result<()> {
-        let bins = self.model.lock().unwrap_or_else(|p| p.into_inner()).bins();
+    /// Keeps what `model` learned under `fact`, for the next run.
+    pub(super) async fn save_times(
+        &self,
+        fact: &'static str,
+        model: &std::sync::Mutex<ImportModel>,
+    ) -> Result<()> {
+        let bins = model.lock().unwrap_or_else(|p| p.into_inner()).bins();
         if bins.is_empty() {
             return Ok(());
         }
         let (scope, text) = (self.scope.clone(), serde_json::to_string(&bins)?);
         self.writer
-            .write(move |t| ledger::unsure::learn(t, &scope, MODEL_FACT, &text))
+            .write(move |t| ledger::unsure::learn(t, &scope, fact, &text))
             .await
     }
 

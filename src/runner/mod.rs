@@ -212,6 +212,8 @@ pub struct Runner {
     analysis_looks: Arc<outbox::Outbox<crate::ledger::analyses::AnalysisCheck>>,
     /// What this project's imports have taken, to look at each when it is likely done.
     model: Arc<Mutex<schedule::ImportModel>>,
+    /// What this project's analyses took, as imports' times are kept.
+    analysis_model: Arc<Mutex<schedule::ImportModel>>,
     /// The last pass's walk over the asset list (its pages' digests), for the next pass to
     /// agree with: absence is proven only from a list that held still between two walks.
     last_walk: Arc<Mutex<Option<asset_list::Walked>>>,
@@ -283,6 +285,7 @@ impl Runner {
             checks: Arc::default(),
             analysis_looks: Arc::default(),
             model: Arc::default(),
+            analysis_model: Arc::default(),
             last_walk: Arc::default(),
             stop_when: StopWhen::default(),
             claimed: Arc::default(),
