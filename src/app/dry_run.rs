@@ -248,7 +248,8 @@ async fn list_into(
     read: &mut Ingested,
 ) -> Result<ListSummary> {
     let lister = std::sync::Arc::new(lister);
-    let state = listings::open_listing(tx, scope, &spec.bucket, &spec.prefix, false)?;
+    let flat = job.list_concurrency <= 1;
+    let state = listings::open_listing(tx, scope, &spec.bucket, &spec.prefix, flat)?;
     let mut summary = ListSummary::default();
     let mut tasks = tokio::task::JoinSet::new();
     let mut busy: Vec<i64> = Vec::new();
@@ -288,6 +289,7 @@ async fn list_into(
             seen,
             next_marker: page.next_marker.as_deref(),
             subfolders: &page.subfolders,
+            spread: listings::spread_for(width),
         };
         let (got, _) = listings::record_page(tx, scope, &record, job.on_changed)?;
         summary.add_page(seen, &got);

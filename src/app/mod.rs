@@ -239,6 +239,8 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
 
     // ---- dispatch, with the bucket listings (if any) feeding it
     let mut opened = Vec::new();
+    // One request at a time: a flat listing, one page after another, is fastest.
+    let flat = job.list_concurrency <= 1;
     for spec in &listings {
         let (s, bucket, prefix) = (
             session.scope.clone(),
@@ -247,7 +249,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         );
         let state = session
             .writer
-            .write(move |t| listings::open_listing(t, &s, &bucket, &prefix, false))
+            .write(move |t| listings::open_listing(t, &s, &bucket, &prefix, flat))
             .await?;
         let lister = std::sync::Arc::new(Lister::new(spec, job.limits.timeout));
         opened.push((lister, spec.bucket.clone(), state));

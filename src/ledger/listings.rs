@@ -5,6 +5,12 @@
 //! marker: with a delimiter, its subfolders become parts of their own (so parts can be listed
 //! side by side); `flat`, everything below it in one sequence. Each page is committed with its
 //! part's new marker, so a killed run resumes every part where it stood.
+//!
+//! The listing fits the bucket's shape: it descends by folders only while too few parts are
+//! open to keep the lister busy; once a page's subfolders bring the open parts to the
+//! listing's `spread` (a few per concurrent request), they are listed flat. A date tree of
+//! thousands of small folders so costs one request per day, not one per folder, and a
+//! hundred wide folders are listed side by side.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -42,10 +48,17 @@ pub struct PageRecord<'a> {
     pub next_marker: Option<&'a str>,
     /// Subfolders the page named, each a part to list.
     pub subfolders: &'a [String],
+    /// Open parts enough to keep the lister busy: subfolders that reach it are listed flat.
+    pub spread: usize,
+}
+
+/// How many open parts keep `concurrency` listing requests busy.
+pub fn spread_for(concurrency: usize) -> usize {
+    concurrency.max(1) * 4
 }
 
 /// The open listing of (bucket, prefix) left unfinished by a run that died, or a new one
-/// whose one part lists the whole prefix (`flat`, or by folders). A listing that reached its
+/// whose one part lists the whole prefix (`flat`, for one request at a time, or by folders). A listing that reached its
 /// end in a run that then died is closed here: what it found is in the ledger, and objects
 /// uploaded since are found only by listing again.
 pub fn open_listing(
@@ -125,11 +138,19 @@ pub fn record_page(
     on_changed: OnChanged,
 ) -> rusqlite::Result<(Ingested, bool)> {
     let counts = insert_keys(conn, scope, page.keys, on_changed)?;
-    let mut add = conn.prepare_cached(
-        "INSERT INTO listing_parts (listing, prefix) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-    )?;
-    for folder in page.subfolders {
-        add.execute(params![page.listing, folder])?;
+    if !page.subfolders.is_empty() {
+        let open: i64 = conn
+            .prepare_cached("SELECT COUNT(*) FROM listing_parts WHERE listing = ?1 AND done = 0")?
+            .query_row(params![page.listing], |r| r.get(0))?;
+        // The part of this page is among the open ones; it may be ending.
+        let flat = (open.max(1) - 1) as usize + page.subfolders.len() >= page.spread;
+        let mut add = conn.prepare_cached(
+            "INSERT INTO listing_parts (listing, prefix, flat) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+        )?;
+        for folder in page.subfolders {
+            add.execute(params![page.listing, folder, flat])?;
+        }
     }
     conn.prepare_cached(
         "UPDATE listing_parts SET marker = COALESCE(?2, marker), done = ?2 IS NULL WHERE id = ?1",
@@ -201,7 +222,73 @@ mod tests {
             seen: keys.len() as u64,
             next_marker: next,
             subfolders,
+            spread: usize::MAX,
         }
+    }
+
+    #[test]
+    fn folders_are_descended_until_enough_parts_are_open_then_listed_flat() {
+        let l = Ledger::open_in_memory().unwrap();
+        let scope = Scope::open(l.conn(), "http://mi.test", "w", "p").unwrap();
+        let listing = open_listing(l.conn(), &scope, "b", "", false).unwrap().id;
+        let root = parts_to_list(l.conn(), listing, &[], 10).unwrap();
+        // A date tree: one year, then twelve months, then thirty days each.
+        let year = vec!["2024/".to_string()];
+        let spread = 8;
+        let flat_of = |parts: &[Part], prefix: &str| {
+            parts.iter().find(|p| p.prefix == prefix).map(|p| p.flat)
+        };
+        record_page(
+            l.conn(),
+            &scope,
+            &PageRecord {
+                spread,
+                ..page(listing, root[0].id, &[], None, &year)
+            },
+            OnChanged::Report,
+        )
+        .unwrap();
+        let open = parts_to_list(l.conn(), listing, &[], 100).unwrap();
+        assert_eq!(
+            flat_of(&open, "2024/"),
+            Some(false),
+            "one part open: descend"
+        );
+        let months: Vec<String> = (1..=12).map(|m| format!("2024/{m:02}/")).collect();
+        record_page(
+            l.conn(),
+            &scope,
+            &PageRecord {
+                spread,
+                ..page(listing, open[0].id, &[], None, &months)
+            },
+            OnChanged::Report,
+        )
+        .unwrap();
+        let open = parts_to_list(l.conn(), listing, &[], 100).unwrap();
+        assert_eq!(open.len(), 12);
+        assert!(
+            open.iter().all(|p| p.flat),
+            "twelve open parts keep eight requests busy: flat"
+        );
+        // Fewer than the spread: still by folders.
+        let few = open_listing(l.conn(), &scope, "b", "few/", false)
+            .unwrap()
+            .id;
+        let root = parts_to_list(l.conn(), few, &[], 10).unwrap();
+        let three: Vec<String> = (1..=3).map(|i| format!("few/{i}/")).collect();
+        record_page(
+            l.conn(),
+            &scope,
+            &PageRecord {
+                spread,
+                ..page(few, root[0].id, &[], None, &three)
+            },
+            OnChanged::Report,
+        )
+        .unwrap();
+        let open = parts_to_list(l.conn(), few, &[], 100).unwrap();
+        assert!(open.iter().all(|p| !p.flat), "{open:?}");
     }
 
     #[test]

@@ -173,6 +173,7 @@ impl Runner {
                 page,
                 filters,
                 on_changed,
+                concurrency,
             )
             .await?;
         }
@@ -206,10 +207,12 @@ impl Runner {
         page: Page,
         filters: &Filters,
         on_changed: OnChanged,
+        concurrency: usize,
     ) -> Result<()> {
         let seen = page.objects.len() as u64;
         let rows = summary.judge_page(bucket, page.objects, filters);
         let (scope, next, subfolders) = (self.scope.clone(), page.next_marker, page.subfolders);
+        let spread = listings::spread_for(concurrency);
         let (counts, _) = self
             .writer
             .write(move |t| {
@@ -220,6 +223,7 @@ impl Runner {
                     seen,
                     next_marker: next.as_deref(),
                     subfolders: &subfolders,
+                    spread,
                 };
                 listings::record_page(t, &scope, &record, on_changed)
             })
