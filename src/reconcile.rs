@@ -247,8 +247,10 @@ pub fn learn_clock(witnesses: &[Witness], listed: &HashMap<i64, Listed>) -> Opti
 }
 
 /// What one pass shows of how long the list takes to show a new asset, from the ledger's
-/// own assets: how old (ms, from its answer to the page that would have shown it) the oldest
-/// one missing was, and how old the youngest one listed that is older than every missing one.
+/// own assets. An asset is made after its request left (`sent_at`) and before its answer came
+/// (`answered_at`), so a shown asset's age is counted from when its request left (an upper
+/// bound on its lag) and a missing one's from its answer (a lower bound): a slow answer never
+/// makes the lag look shorter than it is.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LagReading {
     /// A lower bound on the lag: the age of the oldest witness the list did not show (0 if
@@ -272,7 +274,7 @@ pub fn read_lag(
     let mut missing_at = 0;
     for w in witnesses {
         match seen_at.get(&w.asset_id) {
-            Some(at) => shown.push((at - w.answered_at).max(0)),
+            Some(at) => shown.push((at - w.sent_at).max(0)),
             None if w.answered_at < started && started - w.answered_at <= ceiling => {
                 missing_at = missing_at.max(started - w.answered_at);
             }
@@ -1114,7 +1116,8 @@ mod tests {
 
     #[test]
     fn the_lag_is_bounded_by_the_witnesses_a_pass_shows_and_misses() {
-        // Answered at 10, 20, 27, 29 s; the pass began at 30 s and read its page at 31 s.
+        // Sent at 9, 19, 26, 28 s, answered a second later; the pass began at 30 s and read
+        // its page at 31 s.
         let ws = [
             witness(1, "a", 9, 10),
             witness(2, "b", 19, 20),
@@ -1127,18 +1130,28 @@ mod tests {
             current,
             LagReading {
                 missing_at: 0,
-                shown_within: Some(2 * S)
-            }
+                shown_within: Some(3 * S)
+            },
+            "a shown asset's age counts from when its request left"
         );
-        // The two youngest missing: the list lags more than 3 s, less than 11 s.
+        // The two youngest missing: the list lags more than 3 s (from their answers), less
+        // than 12 s (from the send of the youngest shown).
         let lagging: HashMap<i64, i64> = [(1, 31 * S), (2, 31 * S)].into();
         let late = read_lag(&ws, &lagging, 30 * S, 60 * S);
         assert_eq!(
             late,
             LagReading {
                 missing_at: 3 * S,
-                shown_within: Some(11 * S)
+                shown_within: Some(12 * S)
             }
+        );
+        // An asset whose answer came late was made when its request left, perhaps: its age
+        // is not taken from its answer, which would make the list look faster than it is.
+        let slow = [witness(5, "e", 20, 29)];
+        let shown: HashMap<i64, i64> = [(5, 31 * S)].into();
+        assert_eq!(
+            read_lag(&slow, &shown, 30 * S, 60 * S).shown_within,
+            Some(11 * S)
         );
         // A witness missing for longer than the ceiling is taken as deleted.
         let deleted: HashMap<i64, i64> = [(2, 31 * S), (3, 31 * S), (4, 31 * S)].into();

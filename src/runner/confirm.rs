@@ -259,11 +259,17 @@ impl Runner {
                 {
                     // The pass takes every look due now from the ledger, the gathered ones
                     // among them; those out or answered but not written yet stay out of it.
+                    // Begun here, before the loop claims again, so no row is claimed twice.
                     gathered.clear();
                     let mut busy = busy_ids(&out);
                     busy.extend(self.checks.pending(|r| r.id));
+                    let scope = self.scope.clone();
+                    let left = self
+                        .writer
+                        .write(move |t| checks::begin_list_pass(t, &scope, &busy))
+                        .await?;
                     let runner = self.clone();
-                    let handle = tasks.spawn(async move { runner.check_by_list(busy).await });
+                    let handle = tasks.spawn(async move { runner.check_by_list(left).await });
                     passing = Some(handle.id());
                     spawned = true;
                 } else if !worth && waited >= LIST_GATHER_LONGEST {
@@ -365,15 +371,11 @@ impl Runner {
         })
     }
 
-    /// Confirms, in one pass over the asset list (whose entries carry the status), every
-    /// registered asset due by now but those in `busy`: each page's entries are looked up by
-    /// asset ID among them in the ledger, so a backlog of any size costs one pass.
-    async fn check_by_list(&self, busy: Vec<i64>) -> Result<()> {
-        let scope = self.scope.clone();
-        let left = self
-            .writer
-            .write(move |t| checks::begin_list_pass(t, &scope, &busy))
-            .await?;
+    /// Confirms, in one pass over the asset list (whose entries carry the status), the `left`
+    /// registered assets the pass was begun with ([`checks::begin_list_pass`]): each page's
+    /// entries are looked up by asset ID among them in the ledger, so a backlog of any size
+    /// costs one pass.
+    async fn check_by_list(&self, left: u64) -> Result<()> {
         if left == 0 {
             self.writer.write(|t| checks::end_list_pass(t)).await?;
             return Ok(());

@@ -141,8 +141,10 @@ impl Runner {
                 stored.as_deref().and_then(Naming::parse),
             )
             .await?;
-        self.learn_lag(&witnesses, &collected, started).await?;
+        // Judged by the lag learned before this pass: a lag is trusted only once a later pass
+        // has seen it hold, never by the reading that taught it.
         let mut fresh_as_of = self.current_as_of(&witnesses, &collected, started).await;
+        self.learn_lag(&witnesses, &collected, started).await?;
         let observed = self
             .observe(
                 started,
@@ -281,8 +283,8 @@ impl Runner {
     }
 
     /// As of when the list is known to show everything made before, if the walk was whole.
-    /// By the learned lag: as of the latest of the ledger's own assets it shows that was
-    /// answered a settle window before the pass began, none older missing (a list that
+    /// By the learned lag: as of when the request left of the latest of the ledger's own
+    /// assets it shows that was sent a settle window before the pass began, none older missing (a list that
     /// slowed down since shows it only through assets of the ledger's made after; absence
     /// needs such a witness). Otherwise by `--list-settle`: a whole window before the pass,
     /// the ledger's assets from before then all shown.
@@ -299,12 +301,14 @@ impl Runner {
         let by_ceiling = started - ceiling.as_millis() as i64;
         let learned = self.settle_window();
         if learned < ceiling {
+            // The list is current as of when the youngest such asset's request left: it was
+            // made after that (its answer may have come much later).
             let until = started - learned.as_millis() as i64;
             let youngest = witnesses
                 .iter()
-                .filter(|w| w.answered_at <= until)
+                .filter(|w| w.sent_at <= until)
                 .filter(|w| collected.witnesses.contains_key(&w.asset_id))
-                .map(|w| w.answered_at)
+                .map(|w| w.sent_at)
                 .max();
             if let Some(at) = youngest
                 && at > by_ceiling
@@ -588,8 +592,8 @@ impl Runner {
             stored.as_deref().and_then(Naming::parse),
         )
         .await?;
-        self.learn_lag(&witnesses, &collected, started).await?;
         let fresh = self.current_as_of(&witnesses, &collected, started).await;
+        self.learn_lag(&witnesses, &collected, started).await?;
         self.observe(started, fresh, &collected.walked.ids, &[])
             .await?;
         tracing::info!(
