@@ -12,13 +12,16 @@
 //!    ([`ledger::writer`]) group-commits; a listing's position is committed with its page.
 //! 3. [`runner`] checks the account first (preflight), claims pending keys only as places
 //!    to send them free up (durably `in_flight` before any request leaves), passes each
-//!    through the [`limiter`] (rate and concurrency, shared by every MI call), calls MI
-//!    through [`api`], retries by [`retry`]'s rules, and records the outcome.
-//! 4. Keys whose outcome is unknown are looked up in MI's asset list and sent again only on
-//!    proof of absence, given an asset only on evidence ([`reconcile`], the pure rule).
-//! 5. Registered assets are confirmed by import-status, each looked at when it is likely
-//!    done ([`runner::schedule`]); with `--analyze`, completed assets are sent for analysis
-//!    once, journaled like registrations, and followed.
+//!    through the [`limiter`] (rate and concurrency, shared by every MI call; it tells a
+//!    gateway's random 429s from a limit, [`limiter::aimd`]), calls MI through [`api`],
+//!    retries by [`retry`]'s rules, and records the outcome.
+//! 4. Keys whose outcome is unknown are looked up in MI's asset list, once it can show them
+//!    (the list's lag is learned from the ledger's own assets), and sent again only on proof
+//!    of absence, given an asset only on evidence ([`reconcile`], the pure rule).
+//! 5. Registered assets are confirmed by import-status, or by pages of the list where it
+//!    carries the status (one pass for any backlog), each looked at when it is likely done
+//!    ([`runner::schedule`]); with `--analyze`, completed assets are sent for analysis once,
+//!    journaled like registrations, and followed by the same kind of model.
 //! 6. [`report`] reads the ledger for `status` and `report`; [`progress`] shows a run live.
 //!
 //! Around them: [`cli`] (clap types), [`config`] (validated settings, credentials),

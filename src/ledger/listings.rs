@@ -8,7 +8,7 @@
 //!
 //! The listing fits the bucket's shape: it descends by folders only while too few parts are
 //! open to keep the lister busy; once a page's subfolders bring the open parts to the
-//! listing's `spread` (a few per concurrent request), they are listed flat. A date tree of
+//! listing's `spread` (one per concurrent request), they are listed flat. A date tree of
 //! thousands of small folders so costs one request per day, not one per folder, and a
 //! hundred wide folders are listed side by side.
 
@@ -52,9 +52,11 @@ pub struct PageRecord<'a> {
     pub spread: usize,
 }
 
-/// How many open parts keep `concurrency` listing requests busy.
+/// How many open parts keep `concurrency` listing requests busy: one each. Descending
+/// further only trades one request per part for one per folder: a month of small daily
+/// folders is cheaper listed flat (a page per 1,000 keys) than folder by folder.
 pub fn spread_for(concurrency: usize) -> usize {
-    concurrency.max(1) * 4
+    concurrency.max(1)
 }
 
 /// The open listing of (bucket, prefix) left unfinished by a run that died, or a new one
