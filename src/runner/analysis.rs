@@ -25,6 +25,10 @@ use crate::retry::{Disposition, Retryable, with_retries};
 
 /// The fact under which the learned analysis times are kept.
 const ANALYSIS_MODEL_FACT: &str = "analysis_times";
+/// The first analysis of a size is looked at again each time this share of its age has
+/// passed: analyses take minutes, and every other look of its size is placed by what it
+/// found.
+const ANALYSIS_PROBE_SHARE: f64 = 0.08;
 
 /// What a command asks MI's analysis for, and of which keys.
 #[derive(Debug, Clone)]
@@ -120,8 +124,12 @@ impl Runner {
                 "{left} analysis requests were being sent when a run stopped; their status is checked before any is sent again"
             );
         }
-        self.load_times(ANALYSIS_MODEL_FACT, &self.analysis_model)
-            .await?;
+        self.load_times(
+            ANALYSIS_MODEL_FACT,
+            &self.analysis_model,
+            Some(ANALYSIS_PROBE_SHARE),
+        )
+        .await?;
         let run = self.run_id;
         let followed = self
             .analysis_looks

@@ -99,7 +99,7 @@ impl Runner {
 
     /// The import times earlier runs learned for this project.
     async fn load_model(&self) -> Result<()> {
-        self.load_times(MODEL_FACT, &self.model).await
+        self.load_times(MODEL_FACT, &self.model, None).await
     }
 
     async fn save_model(&self) -> Result<()> {
@@ -111,6 +111,7 @@ impl Runner {
         &self,
         fact: &'static str,
         model: &std::sync::Mutex<ImportModel>,
+        probe_share: Option<f64>,
     ) -> Result<()> {
         // Taken before anything is awaited: every key this run registers is after it.
         let since = ledger::now_ms();
@@ -122,7 +123,11 @@ impl Runner {
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        *model.lock().unwrap_or_else(|p| p.into_inner()) = ImportModel::with_bins(bins, since);
+        let mut fresh = ImportModel::with_bins(bins, since);
+        if let Some(share) = probe_share {
+            fresh = fresh.with_probe_share(share);
+        }
+        *model.lock().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
 

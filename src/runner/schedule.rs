@@ -68,6 +68,8 @@ pub struct ImportModel {
     probing: HashMap<i32, i64>,
     /// When it began watching (Unix ms): assets registered before are caught up with.
     since: i64,
+    /// A probe is looked at again when this share of its age has passed (0: [`PROBE_SHARE`]).
+    probe_share: f64,
 }
 
 /// The bin of an object's size: its power of two (`-1` when unknown).
@@ -93,7 +95,16 @@ impl ImportModel {
                 .collect(),
             probing: HashMap::new(),
             since,
+            probe_share: PROBE_SHARE,
         }
+    }
+
+    /// The same, its probes looked at again each time `share` of their age has passed: a
+    /// finer share costs a few more looks at the first of a size and places every other
+    /// look closer to when it is done (worth it for work as long as an analysis).
+    pub fn with_probe_share(mut self, share: f64) -> Self {
+        self.probe_share = share;
+        self
     }
 
     /// Whether an asset registered at `registered_at` (Unix ms) was registered while this
@@ -180,7 +191,14 @@ impl ImportModel {
                 let guess = (hi.max(bracket.lo) - age).max(0);
                 ms(guess).max(ms(hi).mul_f64(TIGHT_SHARE)).max(FIRST_LOOK)
             }
-            _ => probe_gap(age),
+            _ => {
+                let share = if self.probe_share > 0.0 {
+                    self.probe_share
+                } else {
+                    PROBE_SHARE
+                };
+                ms(age).mul_f64(share).max(FIRST_LOOK).min(MAX_GAP)
+            }
         }
     }
 }
