@@ -141,10 +141,13 @@ pub fn soonest_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<
 /// temporary store: never in the ledger's file, and gone with the process. Rows in it are not
 /// claimed for a look of their own while the pass runs.
 fn pass_table(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(
+    // Cached: every claim makes sure of it, and a statement parsed once costs nothing then.
+    conn.prepare_cached(
         "CREATE TEMP TABLE IF NOT EXISTS list_pass (
              id INTEGER PRIMARY KEY, asset_id INTEGER NOT NULL UNIQUE, seen INTEGER NOT NULL DEFAULT 0)",
-    )
+    )?
+    .execute([])?;
+    Ok(())
 }
 
 /// Begins a pass over the asset list: every registered asset of the scope due by now (other
