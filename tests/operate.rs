@@ -184,6 +184,57 @@ async fn preflight_refuses_another_bucket_unless_allowed() {
     assert_eq!(emu.registrations("somewhere-else", "b.mp4"), 1);
 }
 
+/// Keys are sent while a file is still being recorded, but only after the whole file was
+/// looked over: a malformed row or another bucket on its last line, many batches after the
+/// first, still means nothing is sent (and a refused run records nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flaw_on_the_last_line_of_a_long_file_stops_the_run_before_anything_is_sent() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.path("m.csv");
+    let body: String = (0..12_000)
+        .map(|i| format!("{BUCKET},day{}/clip-{i:05}.mp4,{}\n", i % 7, 1000 + i))
+        .collect();
+
+    std::fs::write(
+        &manifest,
+        format!("bucket,key,size\n{body}somewhere-else,last.mp4,10\n"),
+    )
+    .unwrap();
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`somewhere-else`"), "{stderr}");
+    assert_eq!(emu.counters().register_calls, 0, "nothing was sent");
+    assert!(ws.rows().is_empty(), "a refused run records nothing");
+
+    std::fs::write(
+        &manifest,
+        format!("bucket,key,size\n{body}{BUCKET},last.mp4,many\n"),
+    )
+    .unwrap();
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("line 12002: size `many`"), "{stderr}");
+    assert!(stderr.contains("nothing was sent"), "{stderr}");
+    assert_eq!(emu.counters().register_calls, 0, "nothing was sent");
+    assert_eq!(ws.rows().len(), 12_000, "the good rows are recorded");
+
+    // Fixed, the file is sent whole, each key once.
+    std::fs::write(&manifest, format!("bucket,key,size\n{body}")).unwrap();
+    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(emu.counters().register_calls, 12_000);
+    let rows = ws.rows();
+    assert!(
+        rows.iter()
+            .all(|r| r.1 == "registered" || r.1 == "completed"),
+        "{:?}",
+        &rows[..3]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_sends_nothing_changes_nothing_and_counts_right() {
     let ws = Workspace::new();

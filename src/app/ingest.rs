@@ -11,6 +11,7 @@
 //! into the ledger.
 
 use anyhow::{Context, Result};
+use std::collections::BTreeSet;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -167,6 +168,72 @@ fn check(job: &ImportJob, source: Source) -> Result<Source> {
 
 fn input_error(name: &str, e: ManifestError) -> anyhow::Error {
     input(anyhow::anyhow!("{name}: {e}"))
+}
+
+/// A whole file looked over before any of its rows is recorded: the buckets its rows name.
+/// With it, sending can begin while the rows are being recorded, and still nothing is sent
+/// from a file with a malformed row, nor to a bucket the account check would refuse.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LookedOver {
+    /// Every bucket a row that passes the filters names.
+    pub buckets: BTreeSet<String>,
+    /// Rows that pass the filters (some may be in the ledger already).
+    pub rows: u64,
+}
+
+/// Reads the manifest through once more, recording nothing: what it holds, or `None` if any
+/// row is malformed (and `--skip-bad-rows` is not given) or the file cannot be read through,
+/// so that it is read the careful way (every row recorded before anything is sent, every
+/// bad row named). Only a regular file or a built-in can be read twice.
+pub(crate) async fn look_over(
+    job: &ImportJob,
+    shutdown: &CancellationToken,
+) -> Result<Option<LookedOver>> {
+    let input: Input = match &job.manifest {
+        Manifest::File(path) => {
+            Box::new(std::fs::File::open(path).map_err(|e| cannot_open(path, e))?)
+        }
+        Manifest::Builtin { text, .. } => Box::new(std::io::Cursor::new(text.as_bytes())),
+        Manifest::None => return Ok(None),
+    };
+    let (format, bucket, filters) = (
+        job.manifest_format,
+        job.default_bucket.clone(),
+        job.filters.clone(),
+    );
+    let skip = job.skip_bad_rows;
+    let stop = shutdown.clone();
+    let looking = tokio::task::spawn_blocking(move || {
+        let Ok(reader) = ManifestReader::new(WholeLines::new(input, None, 0), format, bucket)
+        else {
+            return None;
+        };
+        let now = SystemTime::now();
+        let mut seen = LookedOver::default();
+        for (n, row) in reader.enumerate() {
+            if n % 65_536 == 0 && stop.is_cancelled() {
+                return None;
+            }
+            match row {
+                Ok(row) => {
+                    if filters.verdict(&row.key, row.size, None, now).is_none() {
+                        seen.rows += 1;
+                        if !seen.buckets.contains(&row.bucket) {
+                            seen.buckets.insert(row.bucket);
+                        }
+                    }
+                }
+                Err(ManifestError::Read(_)) => return None,
+                Err(_) if !skip => return None,
+                Err(_) => {}
+            }
+        }
+        Some(seen)
+    });
+    tokio::select! {
+        seen = looking => Ok(seen?),
+        _ = shutdown.cancelled() => Err(Stopped.into()),
+    }
 }
 
 /// A reader over `input` (whole lines, tallied), starting after `lines_before` lines whose
@@ -399,22 +466,38 @@ pub(crate) struct Read_ {
     pub held_back: bool,
 }
 
-/// Reads the manifest into the ledger before anything is sent, to its end, naming every
-/// malformed row: any makes it an input error (nothing is sent; the other rows are recorded
-/// and sent once the file is fixed) unless `--skip-bad-rows`. Stops early on `shutdown`
-/// (wherever the read is, a blocked pipe included): [`Stopped`].
+/// Sending that goes on while a manifest looked over beforehand ([`look_over`]) is recorded.
+pub(crate) struct Feeding {
+    /// The buckets the account check passed: a row of another one means the file changed
+    /// since it was looked over, and stops the read before that row is recorded.
+    pub buckets: BTreeSet<String>,
+    /// Called once each batch of rows is committed, with what it added.
+    pub arrived: Box<dyn Fn(&Ingested) + Send>,
+}
+
+/// Reads the manifest into the ledger, to its end, naming every malformed row: any makes it
+/// an input error (the other rows are recorded and sent once the file is fixed) unless
+/// `--skip-bad-rows`. Without `feeding`, nothing has been sent (nor will be before this
+/// ends); with it, keys are being sent as their rows are committed, and a row the look-over
+/// did not see (the file changed) stops the run. Stops early on `shutdown` (wherever the read
+/// is, a blocked pipe included): [`Stopped`].
 pub(crate) async fn ingest(
     mut opened: Opened,
     job: &ImportJob,
     writer: &LedgerWriter,
     scope: &Scope,
     shutdown: &CancellationToken,
+    feeding: Option<Feeding>,
 ) -> Result<Read_> {
     let name = job.manifest.name();
     let (filters, on_changed, skip) = (job.filters.clone(), job.on_changed, job.skip_bad_rows);
     let (writer, scope) = (writer.clone(), scope.clone());
     let handle = tokio::runtime::Handle::current();
     let stop = shutdown.clone();
+    let sent = match feeding {
+        Some(_) => "the file changed while it was read, and sending stopped",
+        None => "nothing was sent",
+    };
     let reading = tokio::task::spawn_blocking(move || {
         let mut total = Ingested::default();
         let mut bad = BadRows::default();
@@ -427,12 +510,28 @@ pub(crate) async fn ingest(
             for e in &batch.bad_rows {
                 bad.add(e);
             }
+            if let Some(feeding) = &feeding {
+                let unchecked = batch
+                    .keys
+                    .iter()
+                    .find(|k| k.skip_reason.is_none() && !feeding.buckets.contains(&k.bucket));
+                if let Some(k) = unchecked {
+                    return Err(input(anyhow::anyhow!(
+                        "{name}: a row names bucket `{}`, which was not in the file when its buckets were checked: {sent}\nhint: the rows before it are recorded; run again to check the file as it is now",
+                        crate::escape::shown(&k.bucket)
+                    )));
+                }
+            }
             let (s, keys) = (scope.clone(), batch.keys);
-            total += handle
+            let added = handle
                 .block_on(writer.write(move |t| ledger::insert_keys(t, &s, &keys, on_changed)))?;
+            if let Some(feeding) = &feeding {
+                (feeding.arrived)(&added);
+            }
+            total += added;
             if let Some(e) = batch.broken {
                 return Err(input(anyhow::anyhow!(
-                    "{name}: {e}\nhint: nothing was sent; the {} rows before it are recorded and will be imported once the file is fixed",
+                    "{name}: {e}\nhint: {sent}; the {} rows before it are recorded and will be imported once the file is fixed",
                     total.rows()
                 )));
             }
@@ -444,7 +543,7 @@ pub(crate) async fn ingest(
             return Err(bad.error(
                 &name,
                 &format!(
-                    "nothing was sent; fix {} and run again (the other {} are recorded), or run with --skip-bad-rows to import the rest",
+                    "{sent}; fix {} and run again (the other {} are recorded), or run with --skip-bad-rows to import the rest",
                     crate::runner::plural(bad.count, "it", "them"),
                     crate::app::summary::count(total.rows(), "row", "rows")
                 ),
@@ -513,7 +612,9 @@ mod tests {
         let scope = Scope::open(ledger.conn(), "http://mi.test", "w", "1").unwrap();
         let (writer, _thread) = LedgerWriter::spawn(ledger, None);
         let stop = CancellationToken::new();
-        let done = ingest(opened, &job, &writer, &scope, &stop).await.unwrap();
+        let done = ingest(opened, &job, &writer, &scope, &stop, None)
+            .await
+            .unwrap();
         let (counts, read) = (done.counts, done.record);
         assert_eq!(counts.new, 2);
         assert_eq!(read.hash, format!("{:x}", sha2::Sha256::digest(first)));
@@ -522,7 +623,7 @@ mod tests {
         // The next read sees other leading bytes: the whole new file is read.
         let reopened = open(&job, Some(read), source(&path)).unwrap();
         assert!(reopened.continues.is_none());
-        let counts = ingest(reopened, &job, &writer, &scope, &stop)
+        let counts = ingest(reopened, &job, &writer, &scope, &stop, None)
             .await
             .unwrap()
             .counts;
@@ -551,6 +652,7 @@ mod tests {
             &writer,
             &scope,
             &stop,
+            None,
         )
         .await
         .unwrap()
@@ -558,7 +660,7 @@ mod tests {
         std::fs::write(&path, "bucket,key\nmedia,a.mp4\nmedia,b.mp4\nmedia,\n").unwrap();
         let opened = open(&job, Some(read), source(&path)).unwrap();
         assert!(opened.continues.is_some());
-        let err = ingest(opened, &job, &writer, &scope, &stop)
+        let err = ingest(opened, &job, &writer, &scope, &stop, None)
             .await
             .err()
             .unwrap();

@@ -208,33 +208,56 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         Err(stop) => return refused(session, &runner, stop, &job).await,
     };
 
-    // ---- the source into the ledger before anything is sent
-    let (ingested, read, bad_rows) = match read_manifest(&job, &session, source, &shutdown).await {
-        Err(e) if e.is::<ingest::Stopped>() => {
-            return session.finish(&runner, Ending::Interrupted, &job).await;
-        }
-        other => other?,
-    };
-    session.bad_rows = (bad_rows.count > 0).then(|| record::BadRowsRecord {
-        named: bad_rows.named.clone(),
-        count: bad_rows.count,
-    });
-    let mut options = job.options.clone();
+    // ---- the source: a whole file is looked over first, then recorded while its keys are
+    // sent; a pipe, a file read on from where it was last read, or a file with a bad row is
+    // recorded before anything is sent
     let listings = listings_to_run(&job, &session).await?;
+    let opened = match source {
+        Some(source) => Some(open_manifest(&job, &session, source).await?),
+        None => None,
+    };
+    let looked = match &opened {
+        Some(o) if o.continues.is_none() && o.rereadable && listings.is_empty() => {
+            match ingest::look_over(&job, &shutdown).await {
+                Err(e) if e.is::<ingest::Stopped>() => {
+                    return session.finish(&runner, Ending::Interrupted, &job).await;
+                }
+                other => other?,
+            }
+        }
+        _ => None,
+    };
+    let mut ingested = Ingested::default();
+    let mut streamed = None;
+    // What to remember of a read done before sending, once the run is not refused.
+    let mut record = None;
+    match (opened, looked) {
+        (Some(opened), Some(looked)) => streamed = Some((opened, looked)),
+        (Some(opened), None) => {
+            let read = match read_manifest(&job, &session, opened, &shutdown, None).await {
+                Err(e) if e.is::<ingest::Stopped>() => {
+                    return session.finish(&runner, Ending::Interrupted, &job).await;
+                }
+                other => other?,
+            };
+            session.bad_rows = read.bad_rows();
+            ingested = read.counts;
+            record = read.record;
+        }
+        (None, _) => {}
+    }
+    let mut options = job.options.clone();
     options
         .buckets
         .extend(listings.iter().map(|l| l.bucket.clone()));
+    if let Some((_, looked)) = &streamed {
+        options.buckets.extend(looked.buckets.iter().cloned());
+    }
     if let Some(stop) = runner.check_buckets(linked.as_deref(), &options).await? {
         session.undo_rows().await?;
         return refused(session, &runner, Ending::Refused(stop), &job).await;
     }
-    if let (Some(read), Some(path)) = (read, ingest::path_key(&job.manifest)) {
-        let (s, settings) = (session.scope.clone(), ingest::settings(&job));
-        session
-            .writer
-            .write(move |t| ledger::runs::remember_manifest(t, &s, &path, &settings, &read))
-            .await?;
-    }
+    remember_read(&job, &session, record).await?;
     requeue(&job, &session).await?;
 
     // ---- dispatch, with the bucket listings (if any) feeding it
@@ -287,10 +310,66 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         }
         Ok::<_, anyhow::Error>(summary)
     };
-    let (ending, listed) = with_progress(&runner, job.display, async {
-        tokio::join!(runner.run(&options), listing_pass)
+    // A file looked over is recorded while its keys are sent: dispatch waits for its rows
+    // until the read ends, and begins once the first of them are in (so that it knows from
+    // the start whether it has keys to send).
+    let first_rows = std::sync::Arc::new(tokio::sync::Notify::new());
+    if streamed.is_some() {
+        runner.feed.open();
+    } else {
+        first_rows.notify_one();
+    }
+    let reading = async {
+        let Some((opened, looked)) = streamed else {
+            return Ok(None);
+        };
+        let _closer = runner.feed.closer();
+        let _begun = NotifyOnDrop(first_rows.clone());
+        let (stats, feed, first) = (
+            runner.stats.clone(),
+            runner.feed.clone(),
+            first_rows.clone(),
+        );
+        let feeding = ingest::Feeding {
+            buckets: looked.buckets,
+            arrived: Box::new(move |added: &Ingested| {
+                stats.queued.fetch_add(
+                    added.new + added.requeued,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+                feed.arrived();
+                if added.new + added.requeued > 0 {
+                    first.notify_one();
+                }
+            }),
+        };
+        let read = read_manifest(&job, &session, opened, &shutdown, Some(feeding)).await;
+        match &read {
+            Ok(read) => remember_read(&job, &session, read.record.clone()).await?,
+            Err(e) if e.is::<ingest::Stopped>() => {}
+            Err(e) => runner.stop_for(FatalStop {
+                message: format!("{e:#}"),
+                hint: None,
+            }),
+        }
+        read.map(Some)
+    };
+    let sending = async {
+        first_rows.notified().await;
+        runner.run(&options).await
+    };
+    let (ending, listed, read) = with_progress(&runner, job.display, async {
+        tokio::join!(sending, listing_pass, reading)
     })
     .await;
+    let read = match read {
+        Err(e) if e.is::<ingest::Stopped>() => None,
+        other => other?,
+    };
+    if let Some(read) = read {
+        session.bad_rows = read.bad_rows();
+        ingested = read.counts;
+    }
     let (ending, listed) = (ending?, listed?);
     if let (Ending::Finished, Some(ListSummary { complete: true, .. })) = (&ending, listed) {
         for (_, _, state) in &opened {
@@ -311,6 +390,16 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     result.ingested = ingested;
     result.listed = listed;
     Ok(result)
+}
+
+/// Wakes the task waiting on a `Notify` when dropped: however a reading ends, what waits for
+/// its first rows goes on.
+struct NotifyOnDrop(std::sync::Arc<tokio::sync::Notify>);
+
+impl Drop for NotifyOnDrop {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
 }
 
 /// Ends a run that was refused before anything was sent.
@@ -338,25 +427,74 @@ async fn refused(
     Ok(result)
 }
 
-/// Reads the manifest (only what is new of it) into the ledger; what to remember of the
-/// read once the run is not refused (nothing, for a pipe: the next run reads it whole).
-async fn read_manifest(
+/// The manifest opened for its rows: from its start, or right after what an earlier read of
+/// the same bytes recorded.
+async fn open_manifest(
     job: &ImportJob,
     session: &Session,
-    source: Option<ingest::Source>,
-    shutdown: &CancellationToken,
-) -> Result<(Ingested, Option<ManifestRead>, ingest::BadRows)> {
-    let (Some(path), Some(source)) = (ingest::path_key(&job.manifest), source) else {
-        return Ok((Ingested::default(), None, ingest::BadRows::default()));
-    };
+    source: ingest::Source,
+) -> Result<ingest::Opened> {
+    let path = ingest::path_key(&job.manifest).expect("a manifest was given");
     let (s, settings) = (session.scope.clone(), ingest::settings(job));
     let earlier = session
         .writer
         .write(move |t| ledger::runs::manifest_read(t, &s, &path, &settings))
         .await?;
-    let opened = ingest::open(job, earlier, source)?;
+    ingest::open(job, earlier, source)
+}
+
+/// What reading a manifest into the ledger brought.
+struct ManifestDone {
+    counts: Ingested,
+    /// What to remember of the read (nothing, for a pipe: the next run reads it whole).
+    record: Option<ManifestRead>,
+    bad: ingest::BadRows,
+}
+
+impl ManifestDone {
+    fn bad_rows(&self) -> Option<record::BadRowsRecord> {
+        (self.bad.count > 0).then(|| record::BadRowsRecord {
+            named: self.bad.named.clone(),
+            count: self.bad.count,
+        })
+    }
+}
+
+/// Remembers a manifest's read (by path and settings), so the next run reads only what is new.
+async fn remember_read(
+    job: &ImportJob,
+    session: &Session,
+    read: Option<ManifestRead>,
+) -> Result<()> {
+    if let (Some(read), Some(path)) = (read, ingest::path_key(&job.manifest)) {
+        let (s, settings) = (session.scope.clone(), ingest::settings(job));
+        session
+            .writer
+            .write(move |t| ledger::runs::remember_manifest(t, &s, &path, &settings, &read))
+            .await?;
+    }
+    Ok(())
+}
+
+/// Reads the manifest (only what is new of it) into the ledger, while keys are sent if
+/// `feeding`; says what it found.
+async fn read_manifest(
+    job: &ImportJob,
+    session: &Session,
+    opened: ingest::Opened,
+    shutdown: &CancellationToken,
+    feeding: Option<ingest::Feeding>,
+) -> Result<ManifestDone> {
     let continued = opened.continues.clone();
-    let result = ingest::ingest(opened, job, &session.writer, &session.scope, shutdown).await;
+    let result = ingest::ingest(
+        opened,
+        job,
+        &session.writer,
+        &session.scope,
+        shutdown,
+        feeding,
+    )
+    .await;
     let read = match result {
         Ok(read) => read,
         Err(error) => {
@@ -409,9 +547,17 @@ async fn read_manifest(
         tracing::info!(
             "{name} is a pipe or device: it was read once, and the next run reads it whole"
         );
-        return Ok((ingested, None, read.bad_rows));
+        return Ok(ManifestDone {
+            counts: ingested,
+            record: None,
+            bad: read.bad_rows,
+        });
     }
-    Ok((ingested, Some(read.record), read.bad_rows))
+    Ok(ManifestDone {
+        counts: ingested,
+        record: Some(read.record),
+        bad: read.bad_rows,
+    })
 }
 
 /// The listings this run goes through: the one asked for, or, with no source at all, those

@@ -41,6 +41,11 @@ const MAX_CLAIM: usize = 256;
 /// while `in_flight` on disk, so a kill leaves at most `--concurrency` plus this many keys
 /// to look up in MI's asset list.
 const MAX_CLAIM_AHEAD: usize = 32;
+/// Places that free up before they are claimed for, at most: small enough that a claim
+/// follows each few answers.
+const CLAIM_STEP: usize = 8;
+/// Claims on their way to the ledger at once, at most.
+const CLAIMS_ON_THE_WAY: usize = 4;
 /// Longest nap of a follow-up loop (confirmation, analyses) while nothing is due, so the end
 /// of dispatch and new completions are noticed promptly.
 const IDLE_NAP: Duration = Duration::from_millis(500);
@@ -651,72 +656,106 @@ impl Runner {
     }
 
     /// Claims keys only as places to send them free up: at most `--concurrency` plus a small
-    /// batch are `in_flight` at any moment.
+    /// batch are `in_flight` at any moment. Claims are small and several may be on their way
+    /// at once (the writer commits those that meet in one transaction, with the results
+    /// waiting there), so a commit never leaves the sending places idle: a place is spoken
+    /// for as soon as it frees up, not once half of them have.
     async fn send_pending(&self) -> Result<()> {
         let slots = self.limiter.concurrency();
         let capacity = slots + slots.min(MAX_CLAIM_AHEAD);
         let admission = Arc::new(Semaphore::new(capacity));
-        // Wait for half the places before claiming, so claims come in batches.
-        let batch = (capacity / 2).max(1) as u32;
+        let step = (capacity / 8).clamp(1, CLAIM_STEP) as u32;
+        // One handle for every key's task, not a copy of the runner each.
+        let this = Arc::new(self.clone());
         let mut tasks = JoinSet::new();
-        while !self.stop.is_cancelled() && !self.stop_early_if_due() {
-            let first = tokio::select! {
-                p = admission.clone().acquire_many_owned(batch) => p.expect("never closed"),
+        let mut claims: JoinSet<Result<(Vec<Claimed>, OwnedSemaphorePermit)>> = JoinSet::new();
+        // Keys asked for by the claims on their way (so `--max-keys` is not overshot).
+        let mut asking = 0usize;
+        // The last claim found nothing pending: wait for the feed before asking again.
+        let mut dry = false;
+        loop {
+            if self.stop.is_cancelled() || self.stop_early_if_due() {
+                break;
+            }
+            if dry && claims.is_empty() && !self.feed.is_open() {
+                break;
+            }
+            let left = self.stop_when.max_keys.map(|max| {
+                (max.saturating_sub(self.claimed.load(Relaxed)) as usize).saturating_sub(asking)
+            });
+            let may_ask = !dry && claims.len() < CLAIMS_ON_THE_WAY && left != Some(0);
+            let until_stop = self
+                .stop_when
+                .at
+                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok());
+            tokio::select! {
+                biased;
                 _ = self.stop.cancelled() => break,
-            };
-            let mut permits = first;
-            while permits.num_permits() < capacity.min(MAX_CLAIM) {
-                match admission.clone().try_acquire_owned() {
-                    Ok(p) => permits.merge(p),
-                    Err(_) => break,
-                }
-            }
-            let mut want = permits.num_permits();
-            if let Some(max) = self.stop_when.max_keys {
-                let left = max.saturating_sub(self.claimed.load(Relaxed)) as usize;
-                want = want.min(left.max(1));
-            }
-            let (scope, run) = (self.scope.clone(), self.run_id);
-            let asks = self.asks_analysis;
-            let claimed = self
-                .writer
-                .write(move |t| {
-                    let claimed = ledger::claim(t, &scope, want, run, ledger::now_ms())?;
-                    if asks {
-                        ledger::analyses::note_asked(t, claimed.iter().map(|c| c.id))?;
+                Some(claimed) = claims.join_next(), if !claims.is_empty() => {
+                    let (claimed, mut permits) = claimed??;
+                    asking -= permits.num_permits();
+                    self.claimed.fetch_add(claimed.len() as u64, Relaxed);
+                    if claimed.len() < permits.num_permits() {
+                        dry = true;
                     }
-                    Ok(claimed)
-                })
-                .await?;
+                    if claimed.is_empty() {
+                        continue;
+                    }
+                    if self.baseline_due() {
+                        self.start_baseline();
+                        let runner = this.clone();
+                        tasks.spawn(async move { runner.baseline().await });
+                    }
+                    for key in claimed {
+                        let place = permits.split(1).expect("one place per claimed key");
+                        let runner = this.clone();
+                        tasks.spawn(async move { runner.import_one(key, place).await });
+                    }
+                }
+                p = admission.clone().acquire_many_owned(step), if may_ask => {
+                    let mut permits = p.expect("never closed");
+                    while permits.num_permits() < MAX_CLAIM {
+                        match admission.clone().try_acquire_owned() {
+                            Ok(p) => permits.merge(p),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(left) = left
+                        && permits.num_permits() > left
+                    {
+                        drop(permits.split(permits.num_permits() - left));
+                    }
+                    asking += permits.num_permits();
+                    let want = permits.num_permits();
+                    let (writer, scope, run) = (self.writer.clone(), self.scope.clone(), self.run_id);
+                    let asks = self.asks_analysis;
+                    claims.spawn(async move {
+                        let claimed = writer
+                            .write(move |t| {
+                                let claimed = ledger::claim(t, &scope, want, run, ledger::now_ms())?;
+                                if asks {
+                                    ledger::analyses::note_asked(t, claimed.iter().map(|c| c.id))?;
+                                }
+                                Ok(claimed)
+                            })
+                            .await?;
+                        Ok((claimed, permits))
+                    });
+                }
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => done??,
+                _ = self.feed.arrived.notified(), if dry => dry = false,
+                _ = tokio::time::sleep(until_stop.unwrap_or(Duration::MAX)), if dry && until_stop.is_some() => {}
+            }
+        }
+        // Keys claimed on the way are handed to their tasks, which see the stop and put them
+        // back as they were: none is left `in_flight` unsent.
+        while let Some(claimed) = claims.join_next().await {
+            let (claimed, mut permits) = claimed??;
             self.claimed.fetch_add(claimed.len() as u64, Relaxed);
-            if claimed.is_empty() {
-                drop(permits);
-                if !self.feed.is_open() {
-                    break;
-                }
-                let until_stop = self
-                    .stop_when
-                    .at
-                    .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok());
-                tokio::select! {
-                    _ = self.feed.arrived.notified() => continue,
-                    _ = self.stop.cancelled() => break,
-                    _ = tokio::time::sleep(until_stop.unwrap_or(Duration::MAX)), if until_stop.is_some() => continue,
-                    Some(done) = tasks.join_next(), if !tasks.is_empty() => { done??; continue }
-                }
-            }
-            if self.baseline_due() {
-                self.start_baseline();
-                let runner = self.clone();
-                tasks.spawn(async move { runner.baseline().await });
-            }
             for key in claimed {
                 let place = permits.split(1).expect("one place per claimed key");
-                let runner = self.clone();
+                let runner = this.clone();
                 tasks.spawn(async move { runner.import_one(key, place).await });
-            }
-            while let Some(done) = tasks.try_join_next() {
-                done??;
             }
         }
         self.drain(tasks).await
