@@ -54,6 +54,8 @@ pub(crate) struct Opened {
     tally: Arc<Mutex<Tally>>,
     /// The earlier read this one continues, if the leading bytes were unchanged.
     pub continues: Option<ManifestRead>,
+    /// An earlier read of this path is remembered: most rows are likely known already.
+    pub read_before: bool,
     chunker: Chunker,
     /// A file that can be read again: what was read is remembered (a pipe's is not: the next
     /// run reads it whole).
@@ -274,6 +276,7 @@ fn start(
         reader,
         tally,
         continues: None,
+        read_before: false,
         chunker: Chunker::new(&[]),
         rereadable,
         held_back,
@@ -293,6 +296,7 @@ pub(crate) fn open(
     };
     let name = job.manifest.name();
     let chunker = Chunker::new(earlier.as_ref().map_or(&[][..], |e| &e.chunks));
+    let read_before = earlier.is_some();
     if let Some(earlier) = earlier {
         let prefix = tally::hash_prefix(&mut file, earlier.bytes)
             .with_context(|| format!("reading {name}"))?;
@@ -317,6 +321,7 @@ pub(crate) fn open(
     }
     let mut opened = start(job, Box::new(file), watched, None, 0)?;
     opened.chunker = chunker;
+    opened.read_before = read_before;
     Ok(opened)
 }
 

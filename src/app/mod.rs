@@ -208,16 +208,18 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         Err(stop) => return refused(session, &runner, stop, &job).await,
     };
 
-    // ---- the source: a whole file is looked over first, then recorded while its keys are
-    // sent; a pipe, a file read on from where it was last read, or a file with a bad row is
-    // recorded before anything is sent
+    // ---- the source: a file not read before is looked over first, then recorded while its
+    // keys are sent; a pipe, a file read before (appended or changed), or a file with a bad
+    // row is recorded before anything is sent
     let listings = listings_to_run(&job, &session).await?;
     let opened = match source {
         Some(source) => Some(open_manifest(&job, &session, source).await?),
         None => None,
     };
     let looked = match &opened {
-        Some(o) if o.continues.is_none() && o.rereadable && listings.is_empty() => {
+        // Worth a second read only where many rows may be new: a path not read before (one
+        // read before costs its changed chunks, not a million look-ups).
+        Some(o) if !o.read_before && o.rereadable && listings.is_empty() => {
             match ingest::look_over(&job, &shutdown).await {
                 Err(e) if e.is::<ingest::Stopped>() => {
                     return session.finish(&runner, Ending::Interrupted, &job).await;

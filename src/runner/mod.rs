@@ -664,7 +664,12 @@ impl Runner {
         let slots = self.limiter.concurrency();
         let capacity = slots + slots.min(MAX_CLAIM_AHEAD);
         let admission = Arc::new(Semaphore::new(capacity));
-        let step = (capacity / 8).clamp(1, CLAIM_STEP) as u32;
+        // Paced by a rate, the keys claimed ahead cover many commits: claim in larger
+        // batches, for fewer of them.
+        let step = match self.limiter.is_paced() {
+            true => (capacity / 2).max(1),
+            false => (capacity / 8).clamp(1, CLAIM_STEP),
+        } as u32;
         // One handle for every key's task, not a copy of the runner each.
         let this = Arc::new(self.clone());
         let mut tasks = JoinSet::new();
