@@ -235,6 +235,65 @@ async fn a_flaw_on_the_last_line_of_a_long_file_stops_the_run_before_anything_is
     );
 }
 
+/// A new file that mostly holds keys an earlier file brought: sending catches up with the
+/// reading again and again, and still every new key is sent before the run ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_read_while_its_keys_are_sent_has_every_key_sent_by_the_end() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let day1 = ws.path("day1.csv");
+    let day2 = ws.path("day2.csv");
+    let mut first = String::from("bucket,key\n");
+    let mut second = first.clone();
+    for i in 0..15_000 {
+        let row = format!("{BUCKET},d/{i}.mp4\n");
+        first.push_str(&row);
+        second.push_str(&row);
+        if i % 100 == 0 {
+            second.push_str(&format!("{BUCKET},n/{i}.mp4\n"));
+        }
+    }
+    std::fs::write(&day1, first).unwrap();
+    std::fs::write(&day2, second).unwrap();
+    for (file, sent) in [(&day1, 15_000), (&day2, 15_150)] {
+        let mut args = run_args(&ws, &emu, file);
+        args.extend(["--concurrency".into(), "32".into()]);
+        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(emu.counters().register_calls, sent);
+        let rows = ws.rows();
+        let unsent: Vec<_> = rows.iter().filter(|r| r.1 == "pending").collect();
+        assert!(
+            unsent.is_empty(),
+            "{} left pending: {:?}",
+            unsent.len(),
+            &unsent[..3.min(unsent.len())]
+        );
+    }
+    assert!(emu.duplicates().is_empty());
+}
+
+/// A key twice in one file, with another size the second time: once sent, its second row
+/// is a duplicate, not a changed object, even with `--on-changed reimport`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_twice_in_a_file_read_while_sent_is_registered_once() {
+    let ws = Workspace::new();
+    let emu = emulator(healthy()).await;
+    let manifest = ws.path("dup.csv");
+    let mut text_ = format!("bucket,key,size\n{BUCKET},dup.mp4,100\n");
+    for i in 0..12_000 {
+        text_.push_str(&format!("{BUCKET},other/{i}.mp4,{}\n", 1000 + i));
+    }
+    text_.push_str(&format!("{BUCKET},dup.mp4,200\n"));
+    std::fs::write(&manifest, text_).unwrap();
+    let mut args = run_args(&ws, &emu, &manifest);
+    args.extend(["--on-changed".into(), "reimport".into()]);
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(emu.registrations(BUCKET, "dup.mp4"), 1);
+    assert_eq!(emu.counters().register_calls, 12_001);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_sends_nothing_changes_nothing_and_counts_right() {
     let ws = Workspace::new();

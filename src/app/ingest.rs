@@ -218,7 +218,10 @@ pub(crate) async fn look_over(
             }
             match row {
                 Ok(row) => {
-                    if filters.verdict(&row.key, row.size, None, now).is_none() {
+                    // Only keys that would be sent name a bucket to check.
+                    if filters.verdict(&row.key, row.size, None, now).is_none()
+                        && crate::source::eligibility::refusal(&row.key, row.size).is_none()
+                    {
                         seen.rows += 1;
                         if !seen.buckets.contains(&row.bucket) {
                             seen.buckets.insert(row.bucket);
@@ -313,6 +316,7 @@ pub(crate) fn open(
                 )?;
                 opened.continues = Some(earlier);
                 opened.chunker = chunker;
+                opened.read_before = true;
                 return Ok(opened);
             }
         }
@@ -476,8 +480,10 @@ pub(crate) struct Feeding {
     /// The buckets the account check passed: a row of another one means the file changed
     /// since it was looked over, and stops the read before that row is recorded.
     pub buckets: BTreeSet<String>,
-    /// Called once each batch of rows is committed, with what it added.
-    pub arrived: Box<dyn Fn(&Ingested) + Send>,
+    /// Dispatch, told of each batch of rows once it is committed.
+    pub feed: Arc<crate::runner::Feed>,
+    /// Called with what each batch added that dispatch had not counted already.
+    pub added: Box<dyn Fn(&Ingested) + Send>,
 }
 
 /// Reads the manifest into the ledger, to its end, naming every malformed row: any makes it
@@ -503,6 +509,9 @@ pub(crate) async fn ingest(
         Some(_) => "the file changed while it was read, and sending stopped",
         None => "nothing was sent",
     };
+    // A key this read recorded, seen again in it (a duplicate row), is never sent again for
+    // it: it may have been registered since its first row.
+    let since = ledger::now_ms();
     let reading = tokio::task::spawn_blocking(move || {
         let mut total = Ingested::default();
         let mut bad = BadRows::default();
@@ -515,25 +524,38 @@ pub(crate) async fn ingest(
             for e in &batch.bad_rows {
                 bad.add(e);
             }
+            let mut keys = batch.keys;
+            // A key of a bucket the look-over did not see: the rows before it are recorded,
+            // then the read stops.
+            let unchecked = feeding.as_ref().and_then(|feeding| {
+                keys.iter()
+                    .position(|k| k.skip_reason.is_none() && !feeding.buckets.contains(&k.bucket))
+            });
+            let unchecked = unchecked.map(|at| keys.split_off(at).swap_remove(0).bucket);
+            let (s, feed) = (scope.clone(), feeding.as_ref().map(|f| f.feed.clone()));
+            let (added, counted) = handle.block_on(writer.write(move |t| {
+                // Read in the transaction: whether dispatch's count of its pending keys came
+                // before these rows (then they are new to it) or after (it has them).
+                let counted = feed.is_some_and(|f| f.counted());
+                Ok((
+                    ledger::insert_keys_since(t, &s, &keys, on_changed, since)?,
+                    counted,
+                ))
+            }))?;
             if let Some(feeding) = &feeding {
-                let unchecked = batch
-                    .keys
-                    .iter()
-                    .find(|k| k.skip_reason.is_none() && !feeding.buckets.contains(&k.bucket));
-                if let Some(k) = unchecked {
-                    return Err(input(anyhow::anyhow!(
-                        "{name}: a row names bucket `{}`, which was not in the file when its buckets were checked: {sent}\nhint: the rows before it are recorded; run again to check the file as it is now",
-                        crate::escape::shown(&k.bucket)
-                    )));
+                if counted {
+                    (feeding.added)(&added);
                 }
-            }
-            let (s, keys) = (scope.clone(), batch.keys);
-            let added = handle
-                .block_on(writer.write(move |t| ledger::insert_keys(t, &s, &keys, on_changed)))?;
-            if let Some(feeding) = &feeding {
-                (feeding.arrived)(&added);
+                feeding.feed.arrived();
             }
             total += added;
+            if let Some(bucket) = unchecked {
+                return Err(input(anyhow::anyhow!(
+                    "{name}: a row names bucket `{}`, which was not in the file when its buckets were checked: {sent}\nhint: the {} rows before it are recorded; run again to check the file as it is now",
+                    crate::escape::shown(&bucket),
+                    total.rows()
+                )));
+            }
             if let Some(e) = batch.broken {
                 return Err(input(anyhow::anyhow!(
                     "{name}: {e}\nhint: {sent}; the {} rows before it are recorded and will be imported once the file is fixed",

@@ -283,8 +283,9 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         runner.feed.open();
     }
     let listing_pass = async {
-        // However the listing ends (an error too), dispatch stops waiting for more keys.
-        let _closer = runner.feed.closer();
+        // However the listing ends (an error too), dispatch stops waiting for more keys; a
+        // run without listings leaves the feed to its other source.
+        let _closer = (!opened.is_empty()).then(|| runner.feed.closer());
         let mut summary: Option<ListSummary> = None;
         for (lister, bucket, state) in &opened {
             let one = runner
@@ -313,36 +314,27 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         Ok::<_, anyhow::Error>(summary)
     };
     // A file looked over is recorded while its keys are sent: dispatch waits for its rows
-    // until the read ends, and begins once the first of them are in (so that it knows from
-    // the start whether it has keys to send).
-    let first_rows = std::sync::Arc::new(tokio::sync::Notify::new());
-    if streamed.is_some() {
+    // until the read ends.
+    if let Some((_, looked)) = &streamed {
         runner.feed.open();
-    } else {
-        first_rows.notify_one();
+        if looked.rows > 0 {
+            runner.feed.brings_keys();
+        }
     }
     let reading = async {
         let Some((opened, looked)) = streamed else {
             return Ok(None);
         };
         let _closer = runner.feed.closer();
-        let _begun = NotifyOnDrop(first_rows.clone());
-        let (stats, feed, first) = (
-            runner.stats.clone(),
-            runner.feed.clone(),
-            first_rows.clone(),
-        );
+        let stats = runner.stats.clone();
         let feeding = ingest::Feeding {
             buckets: looked.buckets,
-            arrived: Box::new(move |added: &Ingested| {
+            feed: runner.feed.clone(),
+            added: Box::new(move |added: &Ingested| {
                 stats.queued.fetch_add(
                     added.new + added.requeued,
                     std::sync::atomic::Ordering::Relaxed,
                 );
-                feed.arrived();
-                if added.new + added.requeued > 0 {
-                    first.notify_one();
-                }
             }),
         };
         let read = read_manifest(&job, &session, opened, &shutdown, Some(feeding)).await;
@@ -356,12 +348,8 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         }
         read.map(Some)
     };
-    let sending = async {
-        first_rows.notified().await;
-        runner.run(&options).await
-    };
     let (ending, listed, read) = with_progress(&runner, job.display, async {
-        tokio::join!(sending, listing_pass, reading)
+        tokio::join!(runner.run(&options), listing_pass, reading)
     })
     .await;
     let read = match read {
@@ -392,16 +380,6 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     result.ingested = ingested;
     result.listed = listed;
     Ok(result)
-}
-
-/// Wakes the task waiting on a `Notify` when dropped: however a reading ends, what waits for
-/// its first rows goes on.
-struct NotifyOnDrop(std::sync::Arc<tokio::sync::Notify>);
-
-impl Drop for NotifyOnDrop {
-    fn drop(&mut self) {
-        self.0.notify_one();
-    }
 }
 
 /// Ends a run that was refused before anything was sent.

@@ -147,9 +147,25 @@ fn summary_count(n: u64, one: &'static str, many: &'static str) -> String {
 pub struct Feed {
     open: std::sync::atomic::AtomicBool,
     arrived: tokio::sync::Notify,
+    /// The source knows it brings keys to send (before the first of them is in).
+    brings_keys: std::sync::atomic::AtomicBool,
+    /// Dispatch has counted the pending keys it starts with: a source counts what it adds
+    /// after that, and only that, into the progress's total.
+    counted: std::sync::atomic::AtomicBool,
 }
 
 impl Feed {
+    /// The source will bring keys to send, though none may be in the ledger yet.
+    pub fn brings_keys(&self) {
+        self.brings_keys.store(true, Relaxed);
+    }
+
+    /// Whether dispatch has counted its pending keys (read inside a ledger transaction, it
+    /// says whether that count came before the transaction).
+    pub fn counted(&self) -> bool {
+        self.counted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn open(&self) {
         self.open.store(true, Relaxed);
     }
@@ -454,17 +470,23 @@ impl Runner {
                 if recovered == 1 { "it" } else { "them" }
             );
         }
-        let scope = self.scope.clone();
+        let (scope, feed) = (self.scope.clone(), self.feed.clone());
         let counts = self
             .writer
-            .write(move |t| ledger::counts(t, Some(&scope)))
+            .write(move |t| {
+                let counts = ledger::counts(t, Some(&scope));
+                feed.counted
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+                counts
+            })
             .await?;
         let pending = ledger::count_in(&counts, State::Pending);
         self.stats.queued.fetch_add(pending, Relaxed);
         self.recall_lag().await?;
         // Where nothing but the ledger's own observations orders the list's assets, a look at
         // the list before sending lets a lost answer's asset be told from an older one.
-        if pending > 0 && self.list_may_be_unordered().await? {
+        let keys_coming = pending > 0 || self.feed.brings_keys.load(Relaxed);
+        if keys_coming && self.list_may_be_unordered().await? {
             self.unordered.store(true, Relaxed);
             self.start_baseline();
             self.baseline().await?;
@@ -673,17 +695,26 @@ impl Runner {
         // One handle for every key's task, not a copy of the runner each.
         let this = Arc::new(self.clone());
         let mut tasks = JoinSet::new();
-        let mut claims: JoinSet<Result<(Vec<Claimed>, OwnedSemaphorePermit)>> = JoinSet::new();
+        // Each claim's keys, its places, and whether the source had ended when it was asked.
+        let mut claims: JoinSet<Result<(Vec<Claimed>, OwnedSemaphorePermit, bool)>> =
+            JoinSet::new();
         // Keys asked for by the claims on their way (so `--max-keys` is not overshot).
         let mut asking = 0usize;
         // The last claim found nothing pending: wait for the feed before asking again.
         let mut dry = false;
+        // ... and it was asked after the source ended: nothing more can come.
+        let mut dry_for_good = false;
         loop {
             if self.stop.is_cancelled() || self.stop_early_if_due() {
                 break;
             }
             if dry && claims.is_empty() && !self.feed.is_open() {
-                break;
+                if dry_for_good {
+                    break;
+                }
+                // The source ended after that claim was asked: its last rows may have come
+                // in between, so one more look.
+                dry = false;
             }
             let left = self.stop_when.max_keys.map(|max| {
                 (max.saturating_sub(self.claimed.load(Relaxed)) as usize).saturating_sub(asking)
@@ -697,11 +728,15 @@ impl Runner {
                 biased;
                 _ = self.stop.cancelled() => break,
                 Some(claimed) = claims.join_next(), if !claims.is_empty() => {
-                    let (claimed, mut permits) = claimed??;
+                    let (claimed, mut permits, ended) = claimed??;
                     asking -= permits.num_permits();
                     self.claimed.fetch_add(claimed.len() as u64, Relaxed);
                     if claimed.len() < permits.num_permits() {
                         dry = true;
+                        dry_for_good = ended;
+                    } else {
+                        // Rows came in after the short one: there may be more.
+                        dry = false;
                     }
                     if claimed.is_empty() {
                         continue;
@@ -734,6 +769,7 @@ impl Runner {
                     let want = permits.num_permits();
                     let (writer, scope, run) = (self.writer.clone(), self.scope.clone(), self.run_id);
                     let asks = self.asks_analysis;
+                    let ended = !self.feed.is_open();
                     claims.spawn(async move {
                         let claimed = writer
                             .write(move |t| {
@@ -744,7 +780,7 @@ impl Runner {
                                 Ok(claimed)
                             })
                             .await?;
-                        Ok((claimed, permits))
+                        Ok((claimed, permits, ended))
                     });
                 }
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => done??,
@@ -755,7 +791,7 @@ impl Runner {
         // Keys claimed on the way are handed to their tasks, which see the stop and put them
         // back as they were: none is left `in_flight` unsent.
         while let Some(claimed) = claims.join_next().await {
-            let (claimed, mut permits) = claimed??;
+            let (claimed, mut permits, _) = claimed??;
             self.claimed.fetch_add(claimed.len() as u64, Relaxed);
             for key in claimed {
                 let place = permits.split(1).expect("one place per claimed key");
