@@ -177,9 +177,9 @@ fn input_error(name: &str, e: ManifestError) -> anyhow::Error {
 /// from a file with a malformed row, nor to a bucket the account check would refuse.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct LookedOver {
-    /// Every bucket a row that passes the filters names.
+    /// Every bucket a key to send names (its row passes the filters, its key is eligible).
     pub buckets: BTreeSet<String>,
-    /// Rows that pass the filters (some may be in the ledger already).
+    /// Such rows (some may be in the ledger already).
     pub rows: u64,
 }
 
@@ -223,9 +223,7 @@ pub(crate) async fn look_over(
                         && crate::source::eligibility::refusal(&row.key, row.size).is_none()
                     {
                         seen.rows += 1;
-                        if !seen.buckets.contains(&row.bucket) {
-                            seen.buckets.insert(row.bucket);
-                        }
+                        seen.buckets.insert(row.bucket);
                     }
                 }
                 Err(ManifestError::Read(_)) => return None,
@@ -484,6 +482,10 @@ pub(crate) struct Feeding {
     pub feed: Arc<crate::runner::Feed>,
     /// Called with what each batch added that dispatch had not counted already.
     pub added: Box<dyn Fn(&Ingested) + Send>,
+    /// The highest key row before this command: the rows above it are this read's, and a
+    /// key among them seen again is a duplicate row, never sent again for it (it may have
+    /// been registered since its first row).
+    pub rows_before: i64,
 }
 
 /// Reads the manifest into the ledger, to its end, naming every malformed row: any makes it
@@ -509,9 +511,6 @@ pub(crate) async fn ingest(
         Some(_) => "the file changed while it was read, and sending stopped",
         None => "nothing was sent",
     };
-    // A key this read recorded, seen again in it (a duplicate row), is never sent again for
-    // it: it may have been registered since its first row.
-    let since = ledger::now_ms();
     let reading = tokio::task::spawn_blocking(move || {
         let mut total = Ingested::default();
         let mut bad = BadRows::default();
@@ -533,12 +532,13 @@ pub(crate) async fn ingest(
             });
             let unchecked = unchecked.map(|at| keys.split_off(at).swap_remove(0).bucket);
             let (s, feed) = (scope.clone(), feeding.as_ref().map(|f| f.feed.clone()));
+            let rows_before = feeding.as_ref().map_or(i64::MAX, |f| f.rows_before);
             let (added, counted) = handle.block_on(writer.write(move |t| {
                 // Read in the transaction: whether dispatch's count of its pending keys came
                 // before these rows (then they are new to it) or after (it has them).
                 let counted = feed.is_some_and(|f| f.counted());
                 Ok((
-                    ledger::insert_keys_since(t, &s, &keys, on_changed, since)?,
+                    ledger::insert_keys_after(t, &s, &keys, on_changed, rows_before)?,
                     counted,
                 ))
             }))?;

@@ -336,6 +336,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }),
+            rows_before: session.rows_before,
         };
         let read = read_manifest(&job, &session, opened, &shutdown, Some(feeding)).await;
         match &read {

@@ -376,18 +376,18 @@ pub fn insert_keys(
     keys: &[NewKey],
     on_changed: OnChanged,
 ) -> rusqlite::Result<Ingested> {
-    insert_keys_since(conn, scope, keys, on_changed, i64::MAX)
+    insert_keys_after(conn, scope, keys, on_changed, i64::MAX)
 }
 
-/// [`insert_keys`] for a source being read since `since` (Unix ms): a key first seen at or
-/// after it was recorded by this same read, so a second row of it is a duplicate, not a
-/// change of its object, and never queues a key that was sent to be sent again.
-pub fn insert_keys_since(
+/// [`insert_keys`] for a source whose own rows are those above row `rows_before`: a key
+/// among them seen again is a duplicate row of the source, not a change of its object, and
+/// never queues a key that was sent to be sent again.
+pub fn insert_keys_after(
     conn: &Connection,
     scope: &Scope,
     keys: &[NewKey],
     on_changed: OnChanged,
-    since: i64,
+    rows_before: i64,
 ) -> rusqlite::Result<Ingested> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO keys (scope, bucket, key, state, size, etag, modified, message,
@@ -420,7 +420,7 @@ pub fn insert_keys_since(
             (0, _) => {
                 counts.known += 1;
                 if k.size.is_some() || k.etag.is_some() {
-                    match note_change(conn, scope, bucket, k, on_changed, now, since)? {
+                    match note_change(conn, scope, bucket, k, on_changed, now, rows_before)? {
                         Change::None => {}
                         Change::Noted => counts.changed += 1,
                         Change::Requeued => {
@@ -460,13 +460,13 @@ pub fn note_change(
     seen: &NewKey,
     on_changed: OnChanged,
     now: i64,
-    since: i64,
+    rows_before: i64,
 ) -> rusqlite::Result<Change> {
     let mut find = conn.prepare_cached(
-        "SELECT id, state, size, etag, asset_id, first_seen_at FROM keys
+        "SELECT id, state, size, etag, asset_id FROM keys
          WHERE scope = ?1 AND bucket = ?2 AND key = ?3",
     )?;
-    let Some((id, state, size, etag, asset_id, first_seen)) = find
+    let Some((id, state, size, etag, asset_id)) = find
         .query_row(params![scope.id, bucket, seen.key], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -474,17 +474,16 @@ pub fn note_change(
                 r.get::<_, Option<i64>>(2)?,
                 r.get::<_, Option<String>>(3)?,
                 r.get::<_, Option<i64>>(4)?,
-                r.get::<_, Option<i64>>(5)?,
             ))
         })
         .optional()?
     else {
         return Ok(Change::None);
     };
-    // A duplicate row of the read that recorded the key, after the key was sent: the first
-    // row stands (as it would have, read whole before sending).
+    // A duplicate row of the source that recorded the key, after the key was sent: the
+    // first row stands (as it would have, read whole before sending).
     let sent = !matches!(state, State::Pending | State::Skipped);
-    if sent && first_seen.is_some_and(|at| at >= since) {
+    if sent && id > rows_before {
         return Ok(Change::None);
     }
     // A key whose request may be out keeps what it was sent with: reconciliation compares

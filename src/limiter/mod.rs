@@ -335,11 +335,6 @@ impl Limiter {
         self.concurrency
     }
 
-    /// Whether a rate paces the requests (`--rate` above 0, or a schedule).
-    pub fn is_paced(&self) -> bool {
-        self.rate.is_some()
-    }
-
     /// The configured ceiling, if any.
     pub fn rate(&self) -> Option<f64> {
         self.rate.as_ref().map(RateGate::rate)

@@ -688,9 +688,9 @@ impl Runner {
         let admission = Arc::new(Semaphore::new(capacity));
         // Paced by a rate, the keys claimed ahead cover many commits: claim in larger
         // batches, for fewer of them.
-        let step = match self.limiter.is_paced() {
-            true => (capacity / 2).max(1),
-            false => (capacity / 8).clamp(1, CLAIM_STEP),
+        let step = match self.limiter.rate() {
+            Some(_) => (capacity / 2).max(1),
+            None => (capacity / 8).clamp(1, CLAIM_STEP),
         } as u32;
         // One handle for every key's task, not a copy of the runner each.
         let this = Arc::new(self.clone());
@@ -728,7 +728,7 @@ impl Runner {
                 biased;
                 _ = self.stop.cancelled() => break,
                 Some(claimed) = claims.join_next(), if !claims.is_empty() => {
-                    let (claimed, mut permits, ended) = claimed??;
+                    let (claimed, permits, ended) = claimed??;
                     asking -= permits.num_permits();
                     self.claimed.fetch_add(claimed.len() as u64, Relaxed);
                     if claimed.len() < permits.num_permits() {
@@ -746,11 +746,7 @@ impl Runner {
                         let runner = this.clone();
                         tasks.spawn(async move { runner.baseline().await });
                     }
-                    for key in claimed {
-                        let place = permits.split(1).expect("one place per claimed key");
-                        let runner = this.clone();
-                        tasks.spawn(async move { runner.import_one(key, place).await });
-                    }
+                    send_each(&this, &mut tasks, claimed, permits);
                 }
                 p = admission.clone().acquire_many_owned(step), if may_ask => {
                     let mut permits = p.expect("never closed");
@@ -791,13 +787,9 @@ impl Runner {
         // Keys claimed on the way are handed to their tasks, which see the stop and put them
         // back as they were: none is left `in_flight` unsent.
         while let Some(claimed) = claims.join_next().await {
-            let (claimed, mut permits, _) = claimed??;
+            let (claimed, permits, _) = claimed??;
             self.claimed.fetch_add(claimed.len() as u64, Relaxed);
-            for key in claimed {
-                let place = permits.split(1).expect("one place per claimed key");
-                let runner = this.clone();
-                tasks.spawn(async move { runner.import_one(key, place).await });
-            }
+            send_each(&this, &mut tasks, claimed, permits);
         }
         self.drain(tasks).await
     }
@@ -930,6 +922,20 @@ impl Runner {
 }
 
 /// `n` with the singular or plural words that follow it.
+/// Each claimed key to a task of its own, with one of the claim's places.
+fn send_each(
+    runner: &Arc<Runner>,
+    tasks: &mut JoinSet<Result<()>>,
+    claimed: Vec<Claimed>,
+    mut places: OwnedSemaphorePermit,
+) {
+    for key in claimed {
+        let place = places.split(1).expect("one place per claimed key");
+        let runner = runner.clone();
+        tasks.spawn(async move { runner.import_one(key, place).await });
+    }
+}
+
 pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
     if n == 1 { one } else { many }
 }
