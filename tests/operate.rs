@@ -195,36 +195,32 @@ async fn a_flaw_on_the_last_line_of_a_long_file_stops_the_run_before_anything_is
     let body: String = (0..12_000)
         .map(|i| format!("{BUCKET},day{}/clip-{i:05}.mp4,{}\n", i % 7, 1000 + i))
         .collect();
+    // The file with `last` after the 12,000 good rows, run: the exit code and stderr.
+    let run_with = |last: &str| {
+        std::fs::write(&manifest, format!("bucket,key,size\n{body}{last}")).unwrap();
+        let (args, cwd) = (run_args(&ws, &emu, &manifest), ws.dir.path().to_path_buf());
+        async move {
+            let out = run_binary(args, SECRET, cwd).await;
+            (out.status.code(), text(&out.stderr))
+        }
+    };
 
-    std::fs::write(
-        &manifest,
-        format!("bucket,key,size\n{body}somewhere-else,last.mp4,10\n"),
-    )
-    .unwrap();
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_with("somewhere-else,last.mp4,10\n").await;
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("`somewhere-else`"), "{stderr}");
     assert_eq!(emu.counters().register_calls, 0, "nothing was sent");
     assert!(ws.rows().is_empty(), "a refused run records nothing");
 
-    std::fs::write(
-        &manifest,
-        format!("bucket,key,size\n{body}{BUCKET},last.mp4,many\n"),
-    )
-    .unwrap();
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_with(&format!("{BUCKET},last.mp4,many\n")).await;
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("line 12002: size `many`"), "{stderr}");
     assert!(stderr.contains("nothing was sent"), "{stderr}");
     assert_eq!(emu.counters().register_calls, 0, "nothing was sent");
     assert_eq!(ws.rows().len(), 12_000, "the good rows are recorded");
 
     // Fixed, the file is sent whole, each key once.
-    std::fs::write(&manifest, format!("bucket,key,size\n{body}")).unwrap();
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let (code, stderr) = run_with("").await;
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(emu.counters().register_calls, 12_000);
     let rows = ws.rows();
     assert!(
