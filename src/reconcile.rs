@@ -24,6 +24,11 @@
 //!   whose answers were lost before any baseline stay ambiguous for want of evidence. (A
 //!   console upload of the same name between the baseline and the send could be taken for
 //!   the key's own; the reach keeps that window short.)
+//! - **Sharers apart.** Two keys of one file name in flight at once, both answers lost, leave
+//!   two assets within both windows, which nothing in a list without sizes can tell apart.
+//!   So the runner sends them apart (`crate::runner`'s `apart`): never two in flight at once,
+//!   and after a lost answer not before [`sharers_apart_ms`], so that the windows do not
+//!   overlap and a creation time (or a baseline pass between) places each asset in one.
 //! - **Registered** when exactly one candidate is within the key's send window by that same
 //!   evidence, and it is within no other unsure key's window.
 //! - **Not registered** when no asset is a candidate under MI's naming (under both forms while
@@ -245,6 +250,23 @@ pub fn learn_clock(witnesses: &[Witness], listed: &HashMap<i64, Listed>) -> Opti
         tolerance: spread + CLOCK_SLACK_MS,
     })
 }
+
+/// How long after a key's outcome became unsure a key that may share its listed name is held
+/// back, where MI names assets by the last segment: two clock tolerances (the lost key's
+/// window reaches one past its unsure moment, the sharer's one before its send) and a little
+/// more, so their windows do not overlap and the creation time tells whose asset is whose.
+/// Also while the naming is not learned (it may be last segments). Capped: a clock so loose
+/// would hold sharers for minutes for little.
+pub fn sharers_apart_ms(naming: Option<Naming>, clock: Option<Clock>) -> i64 {
+    if matches!(naming, Some(Naming::FullKey | Naming::Other)) {
+        return 0;
+    }
+    let tolerance = clock.map_or(CLOCK_SLACK_MS, |c| c.tolerance);
+    (2 * tolerance + SHARERS_MARGIN_MS).min(SHARERS_APART_MAX_MS)
+}
+
+const SHARERS_MARGIN_MS: i64 = 500;
+const SHARERS_APART_MAX_MS: i64 = 30_000;
 
 /// What one pass shows of how long the list takes to show a new asset, from the ledger's
 /// own assets. An asset is made after its request left (`sent_at`) and before its answer came
@@ -712,6 +734,30 @@ mod tests {
         let got = judge_seen(&twins, &both, &baseline(95 * S));
         assert_eq!(got[0].1, Verdict::Ambiguous(vec![8, 9]));
         assert_eq!(got[0].2, [(8, Why::Shared), (9, Why::Shared)]);
+    }
+
+    #[test]
+    fn sharers_are_kept_apart_by_two_tolerances_only_where_names_may_be_last_segments() {
+        assert_eq!(sharers_apart_ms(Some(Naming::FullKey), None), 0);
+        assert_eq!(sharers_apart_ms(Some(Naming::Other), None), 0);
+        assert_eq!(
+            sharers_apart_ms(None, None),
+            2 * CLOCK_SLACK_MS + SHARERS_MARGIN_MS
+        );
+        let clock = |tolerance| {
+            Some(Clock {
+                offset: 0,
+                tolerance,
+            })
+        };
+        assert_eq!(
+            sharers_apart_ms(Some(Naming::LastSegment), clock(1_500)),
+            3_500
+        );
+        assert_eq!(
+            sharers_apart_ms(Some(Naming::LastSegment), clock(40_000)),
+            SHARERS_APART_MAX_MS
+        );
     }
 
     #[test]

@@ -420,3 +420,56 @@ async fn foreign_assets_are_told_apart_by_ordered_ids() {
 async fn without_times_or_ordered_ids_foreign_twins_seen_before_the_run_are_told_apart() {
     foreign_assets_are_never_taken(false, true).await;
 }
+
+/// Keys whose file names are shared by four folders, against a list that names assets by
+/// the file name and carries no size, only creation times: kept apart while they are sent,
+/// every key whose answer was lost (three kills among them) is told from its sharers by
+/// when its asset was made, and none is left uncertain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharers_kept_apart_are_told_apart_by_creation_time() {
+    let keys: Vec<String> = (0..60)
+        .flat_map(|i| (1..=4).map(move |c| format!("cam{c}/day{:02}/take-{i:03}.mp4", i / 20)))
+        .collect();
+    let ws = Workspace::new();
+    let emu = emulator(EmulatorConfig {
+        file_name: FileNameMode::LastSegment,
+        list_size: false,
+        latency: (Duration::from_millis(2), Duration::from_millis(4)),
+        drop_after: 0.04,
+        fail_after_create: 0.03,
+        drop_before: 0.01,
+        seed: 41,
+        ..healthy()
+    })
+    .await;
+    let manifest = ws.manifest("m.csv", &keys);
+    let args = with(run_args(&ws, &emu, &manifest), "--rate", "200");
+    let args = with(args, "--concurrency", "8");
+    let args = with(args, "--list-settle", "1500ms");
+    kill_repeatedly(&ws, &emu, &args, 41).await;
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(emu.duplicates(), vec![], "registered twice\n{stderr}");
+    let assets: HashMap<i64, String> = emu
+        .assets()
+        .into_iter()
+        .map(|a| (a.asset_id, a.key))
+        .collect();
+    let report = report_rows(&ws);
+    assert_eq!(report.len(), keys.len());
+    for row in &report {
+        let key = row["key"].as_str().unwrap();
+        assert!(
+            matches!(row["state"].as_str(), Some("registered" | "completed")),
+            "{row}\n{stderr}"
+        );
+        let asset = row["asset_id"].as_i64().unwrap();
+        assert_eq!(assets.get(&asset).map(String::as_str), Some(key), "{row}");
+    }
+    let c = emu.counters();
+    assert!(
+        c.dropped_after + c.failed_after_create >= 5,
+        "answers were lost after MI made the asset: {c:?}"
+    );
+}

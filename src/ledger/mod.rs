@@ -611,6 +611,81 @@ pub fn claim(
     Ok(claimed)
 }
 
+/// Which pending keys a claim may take now: `take(row, key, false)` says whether a key may
+/// go (and if so counts it as going), `take(row, key, true)` counts it as going anyway.
+pub trait Admit {
+    fn take(&mut self, id: i64, key: &str, anyway: bool) -> bool;
+    /// How many names are held back now: the claim looks further for each.
+    fn held(&self) -> usize;
+}
+
+/// [`claim`], passing over the keys `admit` holds back, within a window of the oldest
+/// pending keys ([`CLAIM_WINDOW`] for each key asked for and each name held). Where that whole window holds fewer keys that may go than `limit`, the
+/// pending keys are too alike to keep apart and the claim is filled with held ones, oldest
+/// first, as [`claim`] would; a window that reaches the last pending key is not filled (the
+/// held keys wait: they go once their hold ends). Returns the keys, in order, and whether
+/// any pending key was passed over.
+pub fn claim_admitted(
+    conn: &Connection,
+    scope: &Scope,
+    limit: usize,
+    run: i64,
+    now: i64,
+    admit: &mut dyn Admit,
+) -> rusqlite::Result<(Vec<Claimed>, bool)> {
+    let scan = (limit + admit.held()).saturating_mul(CLAIM_WINDOW).max(1);
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, key FROM keys INDEXED BY keys_by_state
+         WHERE scope = ?1 AND state = 0 ORDER BY id LIMIT ?2",
+    )?;
+    let mut rows = stmt.query(params![scope.id, scan as i64])?;
+    let (mut chosen, mut passed) = (Vec::new(), Vec::new());
+    let mut seen = 0;
+    // Rows are read only as far as the claim needs them.
+    while chosen.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        seen += 1;
+        let (id, key): (i64, String) = (row.get(0)?, row.get(1)?);
+        if admit.take(id, &key, false) {
+            chosen.push((id, key));
+        } else {
+            passed.push((id, key));
+        }
+    }
+    drop(rows);
+    let held = !passed.is_empty();
+    if !held {
+        // The oldest pending keys, as a plain claim takes them, in one statement.
+        return Ok((claim(conn, scope, chosen.len(), run, now)?, false));
+    }
+    if chosen.len() < limit && seen == scan {
+        for (id, key) in passed.drain(..).take(limit - chosen.len()) {
+            admit.take(id, &key, true);
+            chosen.push((id, key));
+        }
+        chosen.sort_unstable_by_key(|(id, _)| *id);
+    }
+    let mut update = conn.prepare_cached(
+        "UPDATE keys SET state = 1, sent_at = ?2, updated_at = ?2, run = ?3
+         WHERE id = ?1 AND state = 0 RETURNING bucket",
+    )?;
+    let names = bucket_names(conn)?;
+    let mut claimed = Vec::with_capacity(chosen.len());
+    for (id, key) in chosen {
+        let bucket: i64 = update.query_row(params![id, now, run], |r| r.get(0))?;
+        claimed.push(Claimed {
+            id,
+            bucket: names.get(&bucket).cloned().unwrap_or_default(),
+            key,
+        });
+    }
+    Ok((claimed, held))
+}
+
+/// How many pending keys, per key asked for and per name held back, a claim looks at to find
+/// keys that may go.
+const CLAIM_WINDOW: usize = 8;
+
 /// Writes what became of claimed keys, as settled by `run`. Only `in_flight` rows change, so
 /// a late answer can never overwrite a row something else already settled. Returns how many
 /// rows changed.

@@ -111,6 +111,22 @@ pub fn witnesses(
     rows.collect()
 }
 
+/// Keys whose outcome became unknown after `since` (ms), with that moment.
+pub fn unsure_since(
+    conn: &Connection,
+    scope: &Scope,
+    since: i64,
+) -> rusqlite::Result<Vec<(String, i64)>> {
+    conn.prepare_cached(
+        "SELECT key, unsure_at FROM keys INDEXED BY keys_by_state
+         WHERE scope = ?1 AND state = ?2 AND unsure_at > ?3",
+    )?
+    .query_map(params![scope.id, State::Uncertain as i64, since], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?
+    .collect()
+}
+
 /// A fact learned about the scope's MI project, if any.
 pub fn fact(conn: &Connection, scope: &Scope, name: &str) -> rusqlite::Result<Option<String>> {
     conn.prepare_cached("SELECT value FROM facts WHERE scope = ?1 AND name = ?2")?

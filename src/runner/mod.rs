@@ -22,6 +22,7 @@ use crate::progress::Stats;
 use crate::retry::{Backoff, Disposition, Finished, Retryable, with_retries};
 
 mod analysis;
+mod apart;
 mod asset_list;
 mod confirm;
 mod listing;
@@ -35,6 +36,9 @@ pub use listing::ListSummary;
 pub use preflight::linked_bucket;
 pub use reconciling::DEFAULT_SETTLE;
 
+/// How soon a claim that passed over keys kept apart from a sharer is asked again, if no
+/// answer came first.
+const HELD_LOOK_AGAIN: Duration = Duration::from_millis(100);
 /// Most keys taken from the ledger per claim: one fsync covers them all.
 const MAX_CLAIM: usize = 256;
 /// Keys claimed ahead of the requests in flight, at most: they wait for the rate limiter
@@ -255,6 +259,8 @@ pub struct Runner {
     list_lag: Arc<Mutex<Option<i64>>>,
     /// How long (ms) the last pass found the oldest of the ledger's own assets missing.
     last_missing_ms: Arc<std::sync::atomic::AtomicU64>,
+    /// Keys that may share a listed name, kept apart while they are sent.
+    apart: Arc<apart::Apart>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -316,6 +322,7 @@ impl Runner {
             unordered: Arc::default(),
             list_lag: Arc::default(),
             last_missing_ms: Arc::default(),
+            apart: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -483,6 +490,7 @@ impl Runner {
         let pending = ledger::count_in(&counts, State::Pending);
         self.stats.queued.fetch_add(pending, Relaxed);
         self.recall_lag().await?;
+        self.recall_naming().await?;
         // Where nothing but the ledger's own observations orders the list's assets, a look at
         // the list before sending lets a lost answer's asset be told from an older one.
         let keys_coming = pending > 0 || self.feed.brings_keys.load(Relaxed);
@@ -667,11 +675,17 @@ impl Runner {
     // ---- dispatch ---------------------------------------------------------------------------
 
     async fn dispatch(&self) -> Result<()> {
-        let run = self.run_id;
+        let (run, apart) = (self.run_id, self.apart.clone());
         self.outcomes
             .flushing_during(
                 &self.writer,
-                move |t, outcomes| ledger::record(t, outcomes, run),
+                move |t, outcomes| {
+                    let changed = ledger::record(t, outcomes, run)?;
+                    // A name is free once the ledger holds its key's outcome: a kill before
+                    // that leaves the key unknown, as if still in flight.
+                    apart.written(outcomes, ledger::now_ms());
+                    Ok(changed)
+                },
                 self.send_pending(),
             )
             .await
@@ -695,15 +709,16 @@ impl Runner {
         // One handle for every key's task, not a copy of the runner each.
         let this = Arc::new(self.clone());
         let mut tasks = JoinSet::new();
-        // Each claim's keys, its places, and whether the source had ended when it was asked.
-        let mut claims: JoinSet<Result<(Vec<Claimed>, OwnedSemaphorePermit, bool)>> =
-            JoinSet::new();
+        let mut claims: JoinSet<Result<ClaimAnswer>> = JoinSet::new();
         // Keys asked for by the claims on their way (so `--max-keys` is not overshot).
         let mut asking = 0usize;
         // The last claim found nothing pending: wait for the feed before asking again.
         let mut dry = false;
         // ... and it was asked after the source ended: nothing more can come.
         let mut dry_for_good = false;
+        // The last claim passed over keys kept apart from a sharer: ask again once a key's
+        // answer came or a moment passed, not at once.
+        let mut held = false;
         loop {
             if self.stop.is_cancelled() || self.stop_early_if_due() {
                 break;
@@ -719,7 +734,7 @@ impl Runner {
             let left = self.stop_when.max_keys.map(|max| {
                 (max.saturating_sub(self.claimed.load(Relaxed)) as usize).saturating_sub(asking)
             });
-            let may_ask = !dry && claims.len() < CLAIMS_ON_THE_WAY && left != Some(0);
+            let may_ask = !dry && !held && claims.len() < CLAIMS_ON_THE_WAY && left != Some(0);
             let until_stop = self
                 .stop_when
                 .at
@@ -728,10 +743,14 @@ impl Runner {
                 biased;
                 _ = self.stop.cancelled() => break,
                 Some(claimed) = claims.join_next(), if !claims.is_empty() => {
-                    let (claimed, permits, ended) = claimed??;
+                    let (claimed, passed_over, permits, ended) = claimed??;
                     asking -= permits.num_permits();
                     self.claimed.fetch_add(claimed.len() as u64, Relaxed);
-                    if claimed.len() < permits.num_permits() {
+                    if passed_over && claimed.len() < permits.num_permits() {
+                        // Pending keys wait for a sharer: not dry, nor for good.
+                        held = true;
+                        dry = false;
+                    } else if claimed.len() < permits.num_permits() {
                         dry = true;
                         dry_for_good = ended;
                     } else {
@@ -765,21 +784,28 @@ impl Runner {
                     let want = permits.num_permits();
                     let (writer, scope, run) = (self.writer.clone(), self.scope.clone(), self.run_id);
                     let asks = self.asks_analysis;
+                    let apart = self.apart.clone();
                     let ended = !self.feed.is_open();
                     claims.spawn(async move {
-                        let claimed = writer
+                        let (claimed, passed_over) = writer
                             .write(move |t| {
-                                let claimed = ledger::claim(t, &scope, want, run, ledger::now_ms())?;
+                                let now = ledger::now_ms();
+                                let (claimed, passed_over) =
+                                    apart.claim(t, &scope, want, run, now)?;
                                 if asks {
                                     ledger::analyses::note_asked(t, claimed.iter().map(|c| c.id))?;
                                 }
-                                Ok(claimed)
+                                Ok((claimed, passed_over))
                             })
                             .await?;
-                        Ok((claimed, permits, ended))
+                        Ok((claimed, passed_over, permits, ended))
                     });
                 }
-                Some(done) = tasks.join_next(), if !tasks.is_empty() => done??,
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    done??;
+                    held = false;
+                }
+                _ = tokio::time::sleep(HELD_LOOK_AGAIN), if held => held = false,
                 _ = self.feed.arrived.notified(), if dry => dry = false,
                 _ = tokio::time::sleep(until_stop.unwrap_or(Duration::MAX)), if dry && until_stop.is_some() => {}
             }
@@ -787,7 +813,7 @@ impl Runner {
         // Keys claimed on the way are handed to their tasks, which see the stop and put them
         // back as they were: none is left `in_flight` unsent.
         while let Some(claimed) = claims.join_next().await {
-            let (claimed, permits, _) = claimed??;
+            let (claimed, _, permits, _) = claimed??;
             self.claimed.fetch_add(claimed.len() as u64, Relaxed);
             send_each(&this, &mut tasks, claimed, permits);
         }
@@ -922,6 +948,10 @@ impl Runner {
 }
 
 /// `n` with the singular or plural words that follow it.
+/// A claim's keys, whether it passed over keys kept apart, its places, and whether the
+/// source had ended when it was asked.
+type ClaimAnswer = (Vec<Claimed>, bool, OwnedSemaphorePermit, bool);
+
 /// Each claimed key to a task of its own, with one of the claim's places.
 fn send_each(
     runner: &Arc<Runner>,

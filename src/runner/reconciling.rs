@@ -266,6 +266,8 @@ impl Runner {
             clock: reconcile::learn_clock(witnesses, &collected.witnesses),
             ids_ordered: reconcile::learn_id_order(witnesses),
         };
+        self.apart
+            .set_ms(reconcile::sharers_apart_ms(evidence.naming, evidence.clock));
         // What orders the list's assets, for a later run to know at once whether it needs a
         // baseline pass before it sends.
         if !collected.witnesses.is_empty() {
@@ -363,6 +365,31 @@ impl Runner {
             .await?;
         *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) =
             kept.and_then(|v| v.parse::<i64>().ok()).filter(|l| *l >= 0);
+        Ok(())
+    }
+
+    /// Reads the naming the ledger learned for this scope, to keep keys that may share a
+    /// listed name apart from the first claim (the clock is learned again by each pass).
+    pub(super) async fn recall_naming(&self) -> Result<()> {
+        let scope = self.scope.clone();
+        let kept = self
+            .writer
+            .write(move |t| unsure::fact(t, &scope, NAMING_FACT))
+            .await?;
+        let naming = kept.as_deref().and_then(Naming::parse);
+        let ms = reconcile::sharers_apart_ms(naming, None);
+        self.apart.set_ms(ms);
+        if ms > 0 {
+            // Keys a run before this one left unknown hold their names' others back too.
+            let (scope, since) = (self.scope.clone(), ledger::now_ms() - ms);
+            let recent = self
+                .writer
+                .write(move |t| unsure::unsure_since(t, &scope, since))
+                .await?;
+            for (key, unsure_at) in recent {
+                self.apart.hold(&key, unsure_at);
+            }
+        }
         Ok(())
     }
 
