@@ -11,7 +11,8 @@
 //!    it is the truth about what was sent and what came back. One writer thread
 //!    ([`ledger::writer`]) group-commits; a listing's position is committed with its page.
 //! 3. [`runner`] checks the account first (preflight), claims pending keys only as places
-//!    to send them free up (durably `in_flight` before any request leaves), passes each
+//!    to send them free up (durably `in_flight` before any request leaves; keys of one file
+//!    name kept apart where MI may list assets by file name, `runner/apart.rs`), passes each
 //!    through the [`limiter`] (rate and concurrency, shared by every MI call; it tells a
 //!    gateway's random 429s from a limit, [`limiter::aimd`]), calls MI through [`api`],
 //!    retries by [`retry`]'s rules, and records the outcome.
