@@ -620,9 +620,9 @@ pub trait Admit {
 }
 
 /// [`claim`], passing over the keys `admit` holds back, within a window of the oldest
-/// pending keys ([`CLAIM_WINDOW`] for each key asked for and each name held). Where that whole window holds fewer keys that may go than `limit`, the
-/// pending keys are too alike to keep apart and the claim is filled with held ones, oldest
-/// first, as [`claim`] would; a window that reaches the last pending key is not filled (the
+/// pending keys (`CLAIM_WINDOW` for each key asked for and each name held). Where that
+/// whole window holds fewer keys that may go than `limit`, the pending keys are too alike to
+/// keep apart and the claim is filled with held ones, oldest first, as [`claim`] would; a window that reaches the last pending key is not filled (the
 /// held keys wait: they go once their hold ends). Returns the keys, in order, and whether
 /// any pending key was passed over.
 pub fn claim_admitted(
