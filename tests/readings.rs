@@ -131,11 +131,7 @@ async fn exactly_once_under(reading: Reading, seed: u64) {
     );
 
     assert_eq!(emu.duplicates(), vec![], "registered twice\n{stderr}");
-    let assets: HashMap<i64, String> = emu
-        .assets()
-        .into_iter()
-        .map(|a| (a.asset_id, a.key))
-        .collect();
+    let assets = asset_keys(&emu);
     let report = report_rows(&ws);
     let mut uncertain = 0;
     for row in &report {
@@ -206,6 +202,14 @@ async fn kill_repeatedly(ws: &Workspace, emu: &Emulator, args: &[String], seed: 
         child.kill().unwrap();
         child.wait().unwrap();
     }
+}
+
+/// Each asset the emulator made, with the key it was made for.
+fn asset_keys(emu: &Emulator) -> HashMap<i64, String> {
+    emu.assets()
+        .into_iter()
+        .map(|a| (a.asset_id, a.key))
+        .collect()
 }
 
 fn report_rows(ws: &Workspace) -> Vec<serde_json::Value> {
@@ -451,11 +455,7 @@ async fn sharers_kept_apart_are_told_apart_by_creation_time() {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(emu.duplicates(), vec![], "registered twice\n{stderr}");
-    let assets: HashMap<i64, String> = emu
-        .assets()
-        .into_iter()
-        .map(|a| (a.asset_id, a.key))
-        .collect();
+    let assets = asset_keys(&emu);
     let report = report_rows(&ws);
     assert_eq!(report.len(), keys.len());
     for row in &report {

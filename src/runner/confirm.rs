@@ -115,11 +115,7 @@ impl Runner {
     ) -> Result<()> {
         // Taken before anything is awaited: every key this run registers is after it.
         let since = ledger::now_ms();
-        let scope = self.scope.clone();
-        let stored = self
-            .writer
-            .write(move |t| ledger::unsure::fact(t, &scope, fact))
-            .await?;
+        let stored = self.fact(fact).await?;
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
@@ -334,11 +330,7 @@ impl Runner {
     /// Whether the asset list's entries carry each import's status (learned from one entry
     /// of the list the first time, kept as a fact), and how many pages it has.
     async fn list_mode(&self) -> Result<ListMode> {
-        let scope = self.scope.clone();
-        let known = self
-            .writer
-            .write(move |t| ledger::unsure::fact(t, &scope, LIST_STATUS_FACT))
-            .await?;
+        let known = self.fact(LIST_STATUS_FACT).await?;
         if known.as_deref() == Some("no") {
             return Ok(ListMode::default());
         }

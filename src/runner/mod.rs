@@ -328,6 +328,14 @@ impl Runner {
         }
     }
 
+    /// A fact the ledger learned about this scope's MI project, if any.
+    async fn fact(&self, name: &'static str) -> Result<Option<String>> {
+        let scope = self.scope.clone();
+        self.writer
+            .write(move |t| ledger::unsure::fact(t, &scope, name))
+            .await
+    }
+
     /// Keeps the limit MI was seen to keep, for the dry run's estimate of the next: learned
     /// when a wave of 429s fell silent below it, forgotten when a run went faster unrefused.
     async fn remember_limit(&self) -> Result<()> {
@@ -947,7 +955,6 @@ impl Runner {
     }
 }
 
-/// `n` with the singular or plural words that follow it.
 /// A claim's keys, whether it passed over keys kept apart, its places, and whether the
 /// source had ended when it was asked.
 type ClaimAnswer = (Vec<Claimed>, bool, OwnedSemaphorePermit, bool);

@@ -358,11 +358,7 @@ impl Runner {
 
     /// Reads the lag the ledger learned for this scope in earlier runs.
     pub(super) async fn recall_lag(&self) -> Result<()> {
-        let scope = self.scope.clone();
-        let kept = self
-            .writer
-            .write(move |t| unsure::fact(t, &scope, LAG_FACT))
-            .await?;
+        let kept = self.fact(LAG_FACT).await?;
         *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) =
             kept.and_then(|v| v.parse::<i64>().ok()).filter(|l| *l >= 0);
         Ok(())
@@ -371,11 +367,7 @@ impl Runner {
     /// Reads the naming the ledger learned for this scope, to keep keys that may share a
     /// listed name apart from the first claim (the clock is learned again by each pass).
     pub(super) async fn recall_naming(&self) -> Result<()> {
-        let scope = self.scope.clone();
-        let kept = self
-            .writer
-            .write(move |t| unsure::fact(t, &scope, NAMING_FACT))
-            .await?;
+        let kept = self.fact(NAMING_FACT).await?;
         let naming = kept.as_deref().and_then(Naming::parse);
         let ms = reconcile::sharers_apart_ms(naming, None);
         self.apart.set_ms(ms);
@@ -607,12 +599,7 @@ impl Runner {
         let Some(collected) = self.collect(&HashSet::new(), &witness_ids).await else {
             return Ok(());
         };
-        let stored = {
-            let scope = self.scope.clone();
-            self.writer
-                .write(move |t| unsure::fact(t, &scope, NAMING_FACT))
-                .await?
-        };
+        let stored = self.fact(NAMING_FACT).await?;
         self.learn(
             &witnesses,
             &collected,
@@ -635,11 +622,7 @@ impl Runner {
     /// first entry carries no creation time (one request; a baseline of a large project costs
     /// a walk of its list before every run that sends, which times make needless).
     pub(super) async fn list_may_be_unordered(&self) -> Result<bool> {
-        let scope = self.scope.clone();
-        let fact = self
-            .writer
-            .write(move |t| unsure::fact(t, &scope, ORDER_FACT))
-            .await?;
+        let fact = self.fact(ORDER_FACT).await?;
         match fact.as_deref() {
             Some("none") => Ok(true),
             Some(_) => Ok(false),
