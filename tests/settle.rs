@@ -418,3 +418,39 @@ async fn a_list_that_grew_slower_since_its_lag_was_learned_sends_nothing_twice()
         "learned {slow} ms for a list 4 s late\n{said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_lost_among_the_last_requests_is_witnessed_by_a_key_kept_back() {
+    let ws = Workspace::new();
+    // The first key's first call and one among the last are dropped before MI makes an
+    // asset: only the list, current past each loss, can prove them absent. The ceiling is
+    // out of reach, so each must be proven by an own asset sent after it; sent as fast as
+    // MI answers, every other key of the tail is claimed before the late one's answer.
+    let mut keys = common::keys(60, "run");
+    keys[0] = "run/lost-first.mp4".into();
+    keys[50] = "run/lost-late.mp4".into();
+    let emu = emulator(EmulatorConfig {
+        lose_first_before_containing: Some("lost-".into()),
+        list_lag: std::time::Duration::from_millis(500),
+        ..healthy()
+    })
+    .await;
+    let args = run_args(&ws, &emu, &ws.manifest("m.csv", &keys));
+    let args = with(with(args, "--list-settle", "1h"), "--stop-after", "1m");
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(emu.counters().dropped_before, 2, "{said}");
+    assert_each_key_has_its_own_asset(&ws, &emu, &keys, &said);
+    // Each lost key was sent again, so its absence was proven: by a key sent after it.
+    for lost in ["run/lost-first.mp4", "run/lost-late.mp4"] {
+        let attempts: i64 = ws
+            .ledger()
+            .conn()
+            .query_row("SELECT attempts FROM keys WHERE key = ?1", [lost], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(attempts >= 2, "{lost}: {attempts}\n{said}");
+    }
+}

@@ -118,6 +118,9 @@ pub struct EmulatorConfig {
     pub answer_asset_id: Option<(String, serde_json::Value)>,
     /// Register calls for keys containing this text lose their answer after the asset is made.
     pub lose_containing: Option<String>,
+    /// The first register call for each key containing this text is dropped before the asset
+    /// is made (the key's later calls go through).
+    pub lose_first_before_containing: Option<String>,
     /// Objects' sizes by (bucket, key).
     pub sizes: std::collections::HashMap<(String, String), u64>,
     /// Assets in the project before anything is registered (console uploads, another ledger).
@@ -177,6 +180,7 @@ impl EmulatorConfig {
             answer_asset_id: None,
             throttle_then_lose: None,
             lose_containing: None,
+            lose_first_before_containing: None,
             sizes: Default::default(),
             preload: Vec::new(),
             analysis_polls: 2,

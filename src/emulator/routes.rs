@@ -286,7 +286,7 @@ async fn register(
     {
         faults.drop_after = true;
     }
-    if faults.drop_before {
+    if faults.drop_before || shared.drop_first_before(&key) {
         shared.count(|c| c.dropped_before += 1);
         hangup.now().await;
     }

@@ -113,6 +113,8 @@ struct Inner {
     churned: u32,
     /// Keys throttled once already by `throttle_then_lose`.
     throttled_once: HashSet<String>,
+    /// Keys dropped once already by `lose_first_before_containing`.
+    dropped_once: HashSet<String>,
 }
 
 pub(super) struct Shared {
@@ -442,6 +444,16 @@ impl Shared {
             return Err(slow.retry_after);
         }
         Ok(Some(slow.made_after))
+    }
+
+    /// Whether this register call is dropped before its asset is made, by
+    /// `lose_first_before_containing`: the key's first call only.
+    pub fn drop_first_before(&self, key: &str) -> bool {
+        self.config
+            .lose_first_before_containing
+            .as_deref()
+            .is_some_and(|text| key.contains(text))
+            && self.inner().dropped_once.insert(key.to_owned())
     }
 
     /// The redirect this call meets, if any.

@@ -306,6 +306,8 @@ pub struct Claimed {
     pub id: i64,
     pub bucket: String,
     pub key: String,
+    /// When it was claimed: the `sent_at` its row now holds (no request left before).
+    pub sent_at: i64,
 }
 
 /// What became of a claimed key.
@@ -605,10 +607,21 @@ pub fn claim(
             id,
             bucket: names.get(&bucket).cloned().unwrap_or_default(),
             key,
+            sent_at: now,
         })
         .collect();
     claimed.sort_by_key(|c| c.id);
     Ok(claimed)
+}
+
+/// How many keys of the scope are pending, counted up to `most` (so it costs no more).
+pub fn pending_upto(conn: &Connection, scope: &Scope, most: usize) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "SELECT count(*) FROM (SELECT 1 FROM keys INDEXED BY keys_by_state
+         WHERE scope = ?1 AND state = 0 LIMIT ?2)",
+    )?
+    .query_row(params![scope.id, most as i64], |r| r.get::<_, i64>(0))
+    .map(|n| n as usize)
 }
 
 /// Which pending keys a claim may take now: `take(row, key, false)` says whether a key may
@@ -677,6 +690,7 @@ pub fn claim_admitted(
             id,
             bucket: names.get(&bucket).cloned().unwrap_or_default(),
             key,
+            sent_at: now,
         });
     }
     Ok((claimed, held))

@@ -48,6 +48,13 @@ const MAX_CLAIM_AHEAD: usize = 32;
 /// Places that free up before they are claimed for, at most: small enough that a claim
 /// follows each few answers.
 const CLAIM_STEP: usize = 8;
+/// Pending keys kept back, once an answer was lost, to be sent after the last lost ones: an
+/// unknown outcome is proven absent only by an asset of the ledger's own sent after it (a
+/// witness that the list is current past that moment), and a run whose last requests lost
+/// their answers would have none, and wait `--list-settle`. One goes whenever the latest lost
+/// answer has no own asset sent after it; the rest one by one at the end, each the witness of
+/// the one before.
+const KEEP_BACK: usize = 16;
 /// Claims on their way to the ledger at once, at most.
 const CLAIMS_ON_THE_WAY: usize = 4;
 /// Longest nap of a follow-up loop (confirmation, analyses) while nothing is due, so the end
@@ -261,6 +268,12 @@ pub struct Runner {
     last_missing_ms: Arc<std::sync::atomic::AtomicU64>,
     /// Keys that may share a listed name, kept apart while they are sent.
     apart: Arc<apart::Apart>,
+    /// An answer was lost (in this run, or a run before left keys unknown): the last
+    /// [`KEEP_BACK`] pending keys are kept back to witness the lost ones.
+    keep_back: Arc<std::sync::atomic::AtomicBool>,
+    /// When the latest key that MI's own answer registered in this run was claimed (its
+    /// `sent_at`): the list is proven current only up to a witness sent after a lost answer.
+    witnessed: Arc<std::sync::atomic::AtomicI64>,
     stop: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
@@ -323,6 +336,8 @@ impl Runner {
             list_lag: Arc::default(),
             last_missing_ms: Arc::default(),
             apart: Arc::default(),
+            keep_back: Arc::default(),
+            witnessed: Arc::default(),
             stop,
             fatal: Arc::new(Mutex::new(None)),
         }
@@ -497,6 +512,9 @@ impl Runner {
             .await?;
         let pending = ledger::count_in(&counts, State::Pending);
         self.stats.queued.fetch_add(pending, Relaxed);
+        if ledger::count_in(&counts, State::Uncertain) > 0 {
+            self.keep_back.store(true, Relaxed);
+        }
         self.recall_lag().await?;
         self.recall_naming().await?;
         // Where nothing but the ledger's own observations orders the list's assets, a look at
@@ -517,7 +535,7 @@ impl Runner {
             if let Some(ending) = self.ending() {
                 return Ok(ending);
             }
-            self.dispatch().await?;
+            self.dispatch(Sending::All).await?;
             // The list must show this run's own last registrations too before a pass can
             // prove anything: a pass during which assets appear is not steady.
             let sent_until = ledger::now_ms();
@@ -548,10 +566,21 @@ impl Runner {
             let ours_ambiguous = unsure
                 .iter()
                 .any(|u| u.candidates.is_some() && u.run == Some(self.run_id));
+            // A key kept back goes when the latest lost answer has no witness yet (sent now,
+            // after every unknown outcome so far), or when nothing waits any more.
+            let latest = waiting.iter().max().copied();
+            let unwitnessed = latest.is_none_or(|at| at >= self.witnessed.load(Relaxed));
+            if self.keep_back.load(Relaxed) && unwitnessed && self.any_pending().await? {
+                self.dispatch(Sending::Witness).await?;
+                continue;
+            }
             if (waiting.is_empty() && !(ours_ambiguous && new_witnesses)) || passes == MAX_PASSES {
+                if self.release_kept().await? {
+                    continue;
+                }
                 return Ok(Ending::Finished);
             }
-            let latest = waiting.iter().max().copied().unwrap_or(0);
+            let latest = latest.unwrap_or(0);
             // While the list's lag is not known, passes soon after sending teach it from this
             // run's own assets (and find the lost answers whose assets they already show).
             let ready = if passes < LAG_PROBES && !self.lag_learned() && registered > 0 {
@@ -575,6 +604,9 @@ impl Runner {
             // Nothing to send again (so no new witnesses), and nothing a later pass could
             // prove sooner: done for this run.
             if pass.settled.resend == 0 && (pass.proven || pass.settled.waiting == 0) {
+                if self.ending().is_none() && self.release_kept().await? {
+                    continue;
+                }
                 return Ok(self.ending().unwrap_or(Ending::Finished));
             }
             // Idle only if it came a whole settle window after the latest unknown outcome
@@ -682,7 +714,27 @@ impl Runner {
 
     // ---- dispatch ---------------------------------------------------------------------------
 
-    async fn dispatch(&self) -> Result<()> {
+    /// Whether any key of the scope is pending.
+    async fn any_pending(&self) -> Result<bool> {
+        let scope = self.scope.clone();
+        let n = self
+            .writer
+            .write(move |t| ledger::pending_upto(t, &scope, 1))
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Sends the keys kept back, all at once, if any: the run is about to end without
+    /// another pass that they could witness for.
+    async fn release_kept(&self) -> Result<bool> {
+        if !self.keep_back.swap(false, Relaxed) || !self.any_pending().await? {
+            return Ok(false);
+        }
+        self.dispatch(Sending::All).await?;
+        Ok(true)
+    }
+
+    async fn dispatch(&self, sending: Sending) -> Result<()> {
         let (run, apart) = (self.run_id, self.apart.clone());
         self.outcomes
             .flushing_during(
@@ -694,7 +746,7 @@ impl Runner {
                     apart.written(outcomes, ledger::now_ms());
                     Ok(changed)
                 },
-                self.send_pending(),
+                self.send_pending(sending),
             )
             .await
     }
@@ -704,7 +756,7 @@ impl Runner {
     /// at once (the writer commits those that meet in one transaction, with the results
     /// waiting there), so a commit never leaves the sending places idle: a place is spoken
     /// for as soon as it frees up, not once half of them have.
-    async fn send_pending(&self) -> Result<()> {
+    async fn send_pending(&self, sending: Sending) -> Result<()> {
         let slots = self.limiter.concurrency();
         let capacity = slots + slots.min(MAX_CLAIM_AHEAD);
         let admission = Arc::new(Semaphore::new(capacity));
@@ -727,8 +779,13 @@ impl Runner {
         // The last claim passed over keys kept apart from a sharer: ask again once a key's
         // answer came or a moment passed, not at once.
         let mut held = false;
+        // A witness is one key: claimed, sent, answered.
+        let mut budget = (sending == Sending::Witness).then_some(1usize);
         loop {
             if self.stop.is_cancelled() || self.stop_early_if_due() {
+                break;
+            }
+            if budget == Some(0) && claims.is_empty() {
                 break;
             }
             if dry && claims.is_empty() && !self.feed.is_open() {
@@ -742,6 +799,10 @@ impl Runner {
             let left = self.stop_when.max_keys.map(|max| {
                 (max.saturating_sub(self.claimed.load(Relaxed)) as usize).saturating_sub(asking)
             });
+            let left = match (left, budget) {
+                (Some(a), Some(b)) => Some(a.min(b.saturating_sub(asking))),
+                (a, b) => a.or(b.map(|b| b.saturating_sub(asking))),
+            };
             let may_ask = !dry && !held && claims.len() < CLAIMS_ON_THE_WAY && left != Some(0);
             let until_stop = self
                 .stop_when
@@ -754,6 +815,9 @@ impl Runner {
                     let (claimed, passed_over, permits, ended) = claimed??;
                     asking -= permits.num_permits();
                     self.claimed.fetch_add(claimed.len() as u64, Relaxed);
+                    if let Some(b) = &mut budget {
+                        *b = b.saturating_sub(claimed.len());
+                    }
                     if passed_over && claimed.len() < permits.num_permits() {
                         // Pending keys wait for a sharer: not dry, nor for good.
                         held = true;
@@ -794,9 +858,24 @@ impl Runner {
                     let asks = self.asks_analysis;
                     let apart = self.apart.clone();
                     let ended = !self.feed.is_open();
+                    // Once the source has ended, the last keys wait to witness lost answers.
+                    let keep = match sending {
+                        Sending::All if ended && self.keep_back.load(Relaxed) => KEEP_BACK,
+                        _ => 0,
+                    };
                     claims.spawn(async move {
                         let (claimed, passed_over) = writer
                             .write(move |t| {
+                                let want = match keep {
+                                    0 => want,
+                                    keep => want.min(
+                                        ledger::pending_upto(t, &scope, want + keep)?
+                                            .saturating_sub(keep),
+                                    ),
+                                };
+                                if want == 0 {
+                                    return Ok((Vec::new(), false));
+                                }
                                 let now = ledger::now_ms();
                                 let (claimed, passed_over) =
                                     apart.claim(t, &scope, want, run, now)?;
@@ -882,6 +961,18 @@ impl Runner {
         )
         .await;
         let (outcome, fatal) = outcome_of(&key, finished, self.pace.max_attempts);
+        match outcome.state {
+            Some(State::Registered) => {
+                self.witnessed.fetch_max(key.sent_at, Relaxed);
+            }
+            Some(State::Uncertain) => tracing::debug!(
+                "{}/{}: outcome unknown ({})",
+                crate::escape::shown(&key.bucket),
+                crate::escape::shown(&key.key),
+                outcome.message.as_deref().unwrap_or("no answer")
+            ),
+            _ => {}
+        }
         self.count(&outcome);
         if let Some(error) = fatal {
             self.stop_for(FatalStop {
@@ -932,6 +1023,7 @@ impl Runner {
     fn count(&self, outcome: &Outcome) {
         if outcome.state == Some(State::Uncertain) {
             self.baseline_wanted.store(true, Relaxed);
+            self.keep_back.store(true, Relaxed);
         }
         let counter = match outcome.state {
             Some(State::Registered) => &self.stats.registered,
@@ -953,6 +1045,15 @@ impl Runner {
             });
         }
     }
+}
+
+/// What a dispatch sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// Every pending key, but those kept back ([`KEEP_BACK`]) once an answer was lost.
+    All,
+    /// One key, kept back or not: a witness for the answers lost so far.
+    Witness,
 }
 
 /// A claim's keys, whether it passed over keys kept apart, its places, and whether the
@@ -1047,6 +1148,7 @@ mod tests {
             id: 9,
             bucket: "b".into(),
             key: "k.mp4".into(),
+            sent_at: 0,
         }
     }
 
