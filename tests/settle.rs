@@ -454,3 +454,27 @@ async fn an_answer_lost_among_the_last_requests_is_witnessed_by_a_key_kept_back(
         assert!(attempts >= 2, "{lost}: {attempts}\n{said}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_answer_nothing_can_witness_waits_for_the_ceiling_without_paging_meanwhile() {
+    let ws = Workspace::new();
+    // The last key's first call is dropped before MI makes an asset; nothing is sent after it.
+    let mut keys = common::keys(10, "end");
+    keys[9] = "end/lost-last.mp4".into();
+    let emu = emulator(EmulatorConfig {
+        lose_first_before_containing: Some("lost-".into()),
+        ..healthy()
+    })
+    .await;
+    let args = run_args(&ws, &emu, &ws.manifest("m.csv", &keys));
+    let args = with(with(args, "--list-settle", "20s"), "--concurrency", "1");
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let said = text(&out.stderr);
+    // One run settles it, by `--list-settle`: it is not left uncertain for want of passes.
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_each_key_has_its_own_asset(&ws, &emu, &keys, &said);
+    // A pass to learn the lag, one a settle window after the loss (which could find its
+    // asset), then none until `--list-settle` is up: the one that proves it absent, read twice.
+    let pages = emu.counters().list_calls;
+    assert!(pages <= 6, "{pages} list pages\n{said}");
+}

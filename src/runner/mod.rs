@@ -570,7 +570,16 @@ impl Runner {
             // after every unknown outcome so far), or when nothing waits any more.
             let latest = waiting.iter().max().copied();
             let unwitnessed = latest.is_none_or(|at| at >= self.witnessed.load(Relaxed));
-            if self.keep_back.load(Relaxed) && unwitnessed && self.any_pending().await? {
+            let pending = unwitnessed && self.any_pending().await?;
+            if self.keep_back.load(Relaxed) && pending {
+                // A stopped run's unknown moment may be still to come: a key sent before it
+                // would witness nothing.
+                if let Some(at) = latest
+                    && at >= ledger::now_ms()
+                {
+                    self.wait_until(at + 1, unsure.len()).await;
+                    continue;
+                }
                 self.dispatch(Sending::Witness).await?;
                 continue;
             }
@@ -589,7 +598,16 @@ impl Runner {
                 let settle = self.settle_window().as_millis() as i64;
                 let ceiling = latest + self.pace.settle.as_millis() as i64;
                 let backoff = last_pass + settle.saturating_mul(1 << idle_passes.min(16));
-                (latest.max(sent_until).max(last_pass) + settle).max(backoff.min(ceiling))
+                let ready =
+                    (latest.max(sent_until).max(last_pass) + settle).max(backoff.min(ceiling));
+                // Nothing is left to send after the latest lost answer: once a pass has looked
+                // for its asset, only `--list-settle` can prove it absent, and passes before
+                // then would page the list for nothing (and use up the run's passes).
+                if unwitnessed && !pending && last_pass >= latest + settle {
+                    ready.max(ceiling)
+                } else {
+                    ready
+                }
             };
             self.wait_until(ready, unsure.len()).await;
             if let Some(ending) = self.ending() {
@@ -599,6 +617,10 @@ impl Runner {
             registered_before_pass = Some(registered);
             let last_pass_began = ledger::now_ms();
             let Some(pass) = self.reconcile().await? else {
+                // The list could not be read: the keys kept back go all the same.
+                if self.ending().is_none() && self.release_kept().await? {
+                    continue;
+                }
                 return Ok(self.ending().unwrap_or(Ending::Finished));
             };
             // Nothing to send again (so no new witnesses), and nothing a later pass could
