@@ -419,6 +419,29 @@ async fn a_list_that_grew_slower_since_its_lag_was_learned_sends_nothing_twice()
     );
 }
 
+/// One run of `keys` against an emulator that drops the first call of each key containing
+/// `lost-` before making its asset, with the list `lag` behind: the emulator, the exit code
+/// and what the run said.
+async fn run_losing_first_calls(
+    ws: &Workspace,
+    keys: &[String],
+    lag: std::time::Duration,
+    flags: &[(&str, &str)],
+) -> (Emulator, Option<i32>, String) {
+    let emu = emulator(EmulatorConfig {
+        lose_first_before_containing: Some("lost-".into()),
+        list_lag: lag,
+        ..healthy()
+    })
+    .await;
+    let args = flags.iter().fold(
+        run_args(ws, &emu, &ws.manifest("m.csv", keys)),
+        |args, (flag, value)| with(args, flag, value),
+    );
+    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    (emu, out.status.code(), text(&out.stderr))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_lost_among_the_last_requests_is_witnessed_by_a_key_kept_back() {
     let ws = Workspace::new();
@@ -429,17 +452,10 @@ async fn an_answer_lost_among_the_last_requests_is_witnessed_by_a_key_kept_back(
     let mut keys = common::keys(60, "run");
     keys[0] = "run/lost-first.mp4".into();
     keys[50] = "run/lost-late.mp4".into();
-    let emu = emulator(EmulatorConfig {
-        lose_first_before_containing: Some("lost-".into()),
-        list_lag: std::time::Duration::from_millis(500),
-        ..healthy()
-    })
-    .await;
-    let args = run_args(&ws, &emu, &ws.manifest("m.csv", &keys));
-    let args = with(with(args, "--list-settle", "1h"), "--stop-after", "1m");
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
-    let said = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    let lag = std::time::Duration::from_millis(500);
+    let limits = [("--list-settle", "1h"), ("--stop-after", "1m")];
+    let (emu, code, said) = run_losing_first_calls(&ws, &keys, lag, &limits).await;
+    assert_eq!(code, Some(0), "{said}");
     assert_eq!(emu.counters().dropped_before, 2, "{said}");
     assert_each_key_has_its_own_asset(&ws, &emu, &keys, &said);
     // Each lost key was sent again, so its absence was proven: by a key sent after it.
@@ -461,17 +477,10 @@ async fn a_lost_answer_nothing_can_witness_waits_for_the_ceiling_without_paging_
     // The last key's first call is dropped before MI makes an asset; nothing is sent after it.
     let mut keys = common::keys(10, "end");
     keys[9] = "end/lost-last.mp4".into();
-    let emu = emulator(EmulatorConfig {
-        lose_first_before_containing: Some("lost-".into()),
-        ..healthy()
-    })
-    .await;
-    let args = run_args(&ws, &emu, &ws.manifest("m.csv", &keys));
-    let args = with(with(args, "--list-settle", "20s"), "--concurrency", "1");
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
-    let said = text(&out.stderr);
+    let flags = [("--list-settle", "20s"), ("--concurrency", "1")];
+    let (emu, code, said) = run_losing_first_calls(&ws, &keys, Default::default(), &flags).await;
     // One run settles it, by `--list-settle`: it is not left uncertain for want of passes.
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(code, Some(0), "{said}");
     assert_each_key_has_its_own_asset(&ws, &emu, &keys, &said);
     // A pass to learn the lag, one a settle window after the loss (which could find its
     // asset), then none until `--list-settle` is up: the one that proves it absent, read twice.

@@ -570,8 +570,9 @@ impl Runner {
             // after every unknown outcome so far), or when nothing waits any more.
             let latest = waiting.iter().max().copied();
             let unwitnessed = latest.is_none_or(|at| at >= self.witnessed.load(Relaxed));
-            let pending = unwitnessed && self.any_pending().await?;
-            if self.keep_back.load(Relaxed) && pending {
+            // A pending key, sent now, would witness it.
+            let can_witness = unwitnessed && self.any_pending().await?;
+            if self.keep_back.load(Relaxed) && can_witness {
                 // A stopped run's unknown moment may be still to come: a key sent before it
                 // would witness nothing.
                 if let Some(at) = latest
@@ -603,7 +604,7 @@ impl Runner {
                 // Nothing is left to send after the latest lost answer: once a pass has looked
                 // for its asset, only `--list-settle` can prove it absent, and passes before
                 // then would page the list for nothing (and use up the run's passes).
-                if unwitnessed && !pending && last_pass >= latest + settle {
+                if unwitnessed && !can_witness && last_pass >= latest + settle {
                     ready.max(ceiling)
                 } else {
                     ready
@@ -818,13 +819,16 @@ impl Runner {
                 // in between, so one more look.
                 dry = false;
             }
-            let left = self.stop_when.max_keys.map(|max| {
-                (max.saturating_sub(self.claimed.load(Relaxed)) as usize).saturating_sub(asking)
-            });
-            let left = match (left, budget) {
-                (Some(a), Some(b)) => Some(a.min(b.saturating_sub(asking))),
-                (a, b) => a.or(b.map(|b| b.saturating_sub(asking))),
-            };
+            let left = [
+                self.stop_when
+                    .max_keys
+                    .map(|max| max.saturating_sub(self.claimed.load(Relaxed)) as usize),
+                budget,
+            ]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|left| left.saturating_sub(asking));
             let may_ask = !dry && !held && claims.len() < CLAIMS_ON_THE_WAY && left != Some(0);
             let until_stop = self
                 .stop_when
@@ -991,7 +995,7 @@ impl Runner {
                 "{}/{}: outcome unknown ({})",
                 crate::escape::shown(&key.bucket),
                 crate::escape::shown(&key.key),
-                outcome.message.as_deref().unwrap_or("no answer")
+                crate::escape::shown(outcome.message.as_deref().unwrap_or("no answer"))
             ),
             _ => {}
         }
