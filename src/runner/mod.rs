@@ -43,11 +43,9 @@ const HELD_LOOK_AGAIN: Duration = Duration::from_millis(100);
 const MAX_CLAIM: usize = 256;
 /// Keys claimed ahead of the requests in flight, at most: they wait for the rate limiter
 /// while `in_flight` on disk, so a kill leaves at most `--concurrency` plus this many keys
-/// to look up in MI's asset list.
-const MAX_CLAIM_AHEAD: usize = 32;
-/// Places that free up before they are claimed for, at most: small enough that a claim
-/// follows each few answers.
-const CLAIM_STEP: usize = 8;
+/// to look up in MI's asset list. Enough that the keys claimed ahead keep every place busy
+/// while the next claim is committed: half the places are claimed for at once.
+const MAX_CLAIM_AHEAD: usize = 64;
 /// Pending keys kept back, once an answer was lost, to be sent after the last lost ones: an
 /// unknown outcome is proven absent only by an asset of the ledger's own sent after it (a
 /// witness that the list is current past that moment), and a run whose last requests lost
@@ -769,26 +767,35 @@ impl Runner {
                     apart.written(outcomes, ledger::now_ms());
                     Ok(changed)
                 },
-                self.send_pending(sending),
+                self.send_pending_on_a_worker(sending),
             )
             .await
     }
 
+    /// [`Self::send_pending`] as a task of the runtime: it is woken by every key's answer,
+    /// and a wake-up from a worker to the thread outside the runtime costs a system call each.
+    async fn send_pending_on_a_worker(&self, sending: Sending) -> Result<()> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.send_pending(sending).await }).await {
+            Ok(sent) => sent,
+            Err(failed) => match failed.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(cancelled) => Err(cancelled.into()),
+            },
+        }
+    }
+
     /// Claims keys only as places to send them free up: at most `--concurrency` plus a small
-    /// batch are `in_flight` at any moment. Claims are small and several may be on their way
-    /// at once (the writer commits those that meet in one transaction, with the results
-    /// waiting there), so a commit never leaves the sending places idle: a place is spoken
-    /// for as soon as it frees up, not once half of them have.
+    /// batch are `in_flight` at any moment. A claim is asked once half the places are free,
+    /// while the keys claimed ahead keep the sending places busy, and several may be on their
+    /// way at once (the writer commits those that meet in one transaction, with the results
+    /// waiting there): every commit is an fsync and a run of pages written, and claims of a
+    /// few keys each made the ledger, not MI, bound an unlimited run.
     async fn send_pending(&self, sending: Sending) -> Result<()> {
         let slots = self.limiter.concurrency();
         let capacity = slots + slots.min(MAX_CLAIM_AHEAD);
         let admission = Arc::new(Semaphore::new(capacity));
-        // Paced by a rate, the keys claimed ahead cover many commits: claim in larger
-        // batches, for fewer of them.
-        let step = match self.limiter.rate() {
-            Some(_) => (capacity / 2).max(1),
-            None => (capacity / 8).clamp(1, CLAIM_STEP),
-        } as u32;
+        let step = (capacity / 2).max(1) as u32;
         // One handle for every key's task, not a copy of the runner each.
         let this = Arc::new(self.clone());
         let mut tasks = JoinSet::new();
