@@ -775,14 +775,7 @@ impl Runner {
     /// [`Self::send_pending`] as a task of the runtime: it is woken by every key's answer,
     /// and a wake-up from a worker to the thread outside the runtime costs a system call each.
     async fn send_pending_on_a_worker(&self, sending: Sending) -> Result<()> {
-        let this = self.clone();
-        match tokio::spawn(async move { this.send_pending(sending).await }).await {
-            Ok(sent) => sent,
-            Err(failed) => match failed.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(cancelled) => Err(cancelled.into()),
-            },
-        }
+        tokio::spawn(Arc::new(self.clone()).send_pending(sending)).await?
     }
 
     /// Claims keys only as places to send them free up: at most `--concurrency` plus a small
@@ -791,13 +784,13 @@ impl Runner {
     /// way at once (the writer commits those that meet in one transaction, with the results
     /// waiting there): every commit is an fsync and a run of pages written, and claims of a
     /// few keys each made the ledger, not MI, bound an unlimited run.
-    async fn send_pending(&self, sending: Sending) -> Result<()> {
+    async fn send_pending(self: Arc<Self>, sending: Sending) -> Result<()> {
         let slots = self.limiter.concurrency();
         let capacity = slots + slots.min(MAX_CLAIM_AHEAD);
         let admission = Arc::new(Semaphore::new(capacity));
         let step = (capacity / 2).max(1) as u32;
         // One handle for every key's task, not a copy of the runner each.
-        let this = Arc::new(self.clone());
+        let this = self.clone();
         let mut tasks = JoinSet::new();
         let mut claims: JoinSet<Result<ClaimAnswer>> = JoinSet::new();
         // Keys asked for by the claims on their way (so `--max-keys` is not overshot).
