@@ -259,8 +259,19 @@ async fn a_rate_by_time_of_day_is_followed() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let times: Vec<tokio::time::Instant> = emu.request_log().into_iter().map(|(t, _)| t).collect();
+    // Starts a third of a second apart take (n - 1) / 3 s; what the emulator sees are arrivals,
+    // which a stall on a busy machine can bunch by a few milliseconds, so that four of them
+    // fall just inside one second. The exact bound on starts is proven on a paused clock in
+    // the limiter's own tests; here the whole run's span shows the schedule's rate was used.
+    let span = times[times.len() - 1].duration_since(times[0]);
+    let least = Duration::from_secs_f64((times.len() - 1) as f64 / 3.0 - 0.2);
+    assert!(
+        span >= least,
+        "{} requests in {span:?}: faster than 3 a second",
+        times.len()
+    );
     let busiest = mi_import::emulator::busiest_second(&times);
-    assert!(busiest <= 3, "{busiest} requests in one second");
+    assert!(busiest <= 4, "{busiest} requests in one second");
     let out = binary(
         &argv(&with(
             run_args(&ws, &emu, &manifest),
