@@ -116,9 +116,10 @@ pub struct LedgerArgs {
 
 #[derive(Debug, Args)]
 pub struct MiArgs {
-    /// MI's API endpoint
-    #[arg(long, env = "MI_ENDPOINT", default_value = config::DEFAULT_ENDPOINT)]
-    pub endpoint: String,
+    /// MI's API endpoint [default: where the ledger holds the project, for `confirm`,
+    /// `analyze` and a run with no source; else https://mi.apigw.ntruss.com]
+    #[arg(long, env = "MI_ENDPOINT")]
+    pub endpoint: Option<String>,
     /// The MI workspace name
     #[arg(long, env = "MI_WORKSPACE")]
     pub workspace: Option<String>,

@@ -143,7 +143,12 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         }
         Command::Confirm(args) => {
             let display = Display::choose(quiet, args.limits.progress_interval);
-            let (target, limits) = settings(args.mi, &args.limits, &global)?;
+            let (target, limits) = settings(
+                args.mi,
+                EndpointUnsaid::AsTheLedgerHolds(&args.ledger.db),
+                &args.limits,
+                &global,
+            )?;
             let job = ImportJob {
                 display,
                 settle: args.limits.list_settle,
@@ -154,7 +159,12 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         }
         Command::Analyze(args) => {
             let display = Display::choose(quiet, args.limits.progress_interval);
-            let (target, limits) = settings(args.mi, &args.limits, &global)?;
+            let (target, limits) = settings(
+                args.mi,
+                EndpointUnsaid::AsTheLedgerHolds(&args.ledger.db),
+                &args.limits,
+                &global,
+            )?;
             let plan = app::analysis_plan(&args.analysis, true)?.expect("required");
             let job = ImportJob {
                 display,
@@ -221,7 +231,8 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         }
         Command::Check(args) => {
             let args = *args;
-            let (target, limits) = settings(args.mi, &args.limits, &global)?;
+            let (target, limits) =
+                settings(args.mi, EndpointUnsaid::Default, &args.limits, &global)?;
             let credentials = credentials()?;
             let endpoint =
                 bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
@@ -294,10 +305,28 @@ fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
     Ok(exit)
 }
 
-fn settings(mi: MiArgs, limits: &LimitArgs, global: &Global) -> Result<(Target, Limits)> {
-    mi_import::config::check_transport(&mi.endpoint, "--endpoint", global.allow_insecure_http)
+/// Where a command on what the ledger holds finds its endpoint when none is given.
+enum EndpointUnsaid<'a> {
+    Default,
+    AsTheLedgerHolds(&'a std::path::Path),
+}
+
+fn settings(
+    mi: MiArgs,
+    unsaid: EndpointUnsaid,
+    limits: &LimitArgs,
+    global: &Global,
+) -> Result<(Target, Limits)> {
+    let endpoint = match (mi.endpoint, unsaid, &mi.workspace, &mi.project) {
+        (Some(given), ..) => given,
+        (None, EndpointUnsaid::AsTheLedgerHolds(db), Some(workspace), Some(project)) => {
+            app::remembered_endpoint(db, workspace, project)?
+        }
+        (None, ..) => mi_import::config::DEFAULT_ENDPOINT.to_owned(),
+    };
+    mi_import::config::check_transport(&endpoint, "--endpoint", global.allow_insecure_http)
         .map_err(input)?;
-    let target = Target::new(&mi.endpoint, mi.workspace, mi.project).map_err(input)?;
+    let target = Target::new(&endpoint, mi.workspace, mi.project).map_err(input)?;
     let limits = Limits::with_setting(
         limits.rate.clone(),
         limits.concurrency,
@@ -311,7 +340,12 @@ fn settings(mi: MiArgs, limits: &LimitArgs, global: &Global) -> Result<(Target, 
 fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
     let display = Display::choose(global.quiet, args.limits.progress_interval);
     let analyze = app::analysis_plan(&args.analysis, false)?;
-    let (target, limits) = settings(args.mi, &args.limits, global)?;
+    // With no source, the run works on what the ledger holds, where it holds it.
+    let unsaid = match (&args.manifest, &args.bucket) {
+        (None, None) => EndpointUnsaid::AsTheLedgerHolds(&args.ledger.db),
+        _ => EndpointUnsaid::Default,
+    };
+    let (target, limits) = settings(args.mi, unsaid, &args.limits, global)?;
     let credentials = Credentials::discover(global.profile.as_deref()).map_err(input)?;
     let endpoint = bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
     mi_import::config::check_transport(&endpoint, "--s3-endpoint", global.allow_insecure_http)

@@ -105,10 +105,17 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
     );
     std::fs::remove_file(&manifest).unwrap();
 
-    // Only the project: the ledger knows the rest.
+    // Only the project, as the hint says: the ledger knows the rest, the emulator's endpoint
+    // too (MI's default is not reachable from here).
     let resume = without(run_args(&ws, &emu, &manifest), "--manifest");
+    let resume = without(resume, "--endpoint");
     let out = run_binary(resume, SECRET, ws.dir.path().into()).await;
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(&format!("at {}: where the ledger holds it", emu.endpoint())),
+        "{stderr}"
+    );
     assert_registered_once(&ws, &emu, &keys);
 }
 

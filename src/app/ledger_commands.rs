@@ -135,6 +135,50 @@ pub(super) fn named_scope(
     }
 }
 
+/// The endpoint for a command that works on what the ledger holds (a run with no source,
+/// `confirm`, `analyze`) when none is given: the one endpoint the ledger holds workspace and
+/// project at, so that a resume needs only the project. MI's default endpoint where the
+/// ledger holds the project there, holds it nowhere, or is not there yet; an input error
+/// naming the endpoints where it holds the project at several others.
+pub fn remembered_endpoint(db: &Path, workspace: &str, project: &str) -> Result<String> {
+    let default = crate::config::DEFAULT_ENDPOINT;
+    // A ledger of an older schema is brought up to date by the command, under its lock.
+    match ledger::open::recognise(db)? {
+        ledger::open::Found::Ledger { version } if version == ledger::open::schema_version() => {}
+        _ => return Ok(default.to_owned()),
+    }
+    let ledger = Ledger::open_read_only(db)?;
+    let project = crate::config::project_id(project);
+    let found = Scope::named(ledger.conn(), workspace, &project)?;
+    // A scope kept before endpoints were is adopted by the first endpoint that uses it.
+    if found
+        .iter()
+        .any(|s| s.endpoint.is_empty() || s.endpoint == default)
+    {
+        return Ok(default.to_owned());
+    }
+    match found.as_slice() {
+        [] => Ok(default.to_owned()),
+        [one] => {
+            tracing::info!(
+                "workspace `{workspace}`, project `{project}` at {}: where the ledger holds it (--endpoint names another)",
+                one.endpoint
+            );
+            Ok(one.endpoint.clone())
+        }
+        several => Err(input(anyhow::anyhow!(
+            "the ledger {} holds workspace `{workspace}`, project `{project}` at {} endpoints ({}), none of them MI's default\nhint: pass --endpoint to say which",
+            db.display(),
+            several.len(),
+            several
+                .iter()
+                .map(|s| s.endpoint.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
 /// The one bucket of the scope holding `key`, or an input error asking for `--bucket`.
 pub(super) fn only_bucket_of(
     conn: &rusqlite::Connection,
@@ -160,5 +204,65 @@ pub(super) fn only_bucket_of(
             buckets.len(),
             buckets.join(", ")
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DEFAULT_ENDPOINT;
+
+    /// A ledger file holding workspace `ws`, project `7` at each of `endpoints`.
+    fn ledger_at(endpoints: &[&str]) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("l.db");
+        let ledger = Ledger::open(&db).unwrap();
+        for endpoint in endpoints {
+            Scope::open(ledger.conn(), endpoint, "ws", "7").unwrap();
+        }
+        Scope::open(ledger.conn(), "http://elsewhere", "other-ws", "7").unwrap();
+        (dir, db)
+    }
+
+    #[test]
+    fn a_command_on_the_ledger_goes_where_the_ledger_holds_the_project() {
+        let (_dir, db) = ledger_at(&["http://127.0.0.1:9000"]);
+        assert_eq!(
+            remembered_endpoint(&db, "ws", "7").unwrap(),
+            "http://127.0.0.1:9000"
+        );
+        // Nothing for the project, or no ledger yet: MI's default.
+        assert_eq!(
+            remembered_endpoint(&db, "ws", "8").unwrap(),
+            DEFAULT_ENDPOINT
+        );
+        let none = db.with_file_name("none.db");
+        assert_eq!(
+            remembered_endpoint(&none, "ws", "7").unwrap(),
+            DEFAULT_ENDPOINT
+        );
+        assert!(!none.exists(), "looking created no ledger");
+    }
+
+    #[test]
+    fn several_endpoints_are_the_default_if_it_is_one_of_them_else_a_question() {
+        let (_dir, db) = ledger_at(&["http://127.0.0.1:9000", DEFAULT_ENDPOINT]);
+        assert_eq!(
+            remembered_endpoint(&db, "ws", "7").unwrap(),
+            DEFAULT_ENDPOINT
+        );
+        let (_dir, db) = ledger_at(&["http://127.0.0.1:9000", "http://127.0.0.1:9001"]);
+        let err = format!("{:#}", remembered_endpoint(&db, "ws", "7").unwrap_err());
+        for said in [
+            "http://127.0.0.1:9000",
+            "http://127.0.0.1:9001",
+            "pass --endpoint",
+        ] {
+            assert!(err.contains(said), "{said}: {err}");
+        }
+        assert_eq!(
+            crate::exit::for_error(&remembered_endpoint(&db, "ws", "7").unwrap_err()),
+            crate::exit::Exit::Usage
+        );
     }
 }
