@@ -148,7 +148,7 @@ pub fn remembered_endpoint(db: &Path, workspace: &str, project: &str) -> Result<
         _ => return Ok(default.to_owned()),
     }
     let ledger = Ledger::open_read_only(db)?;
-    let project = crate::config::project_id(project);
+    let (workspace, project) = (workspace.trim(), crate::config::project_id(project));
     let found = Scope::named(ledger.conn(), workspace, &project)?;
     // A scope kept before endpoints were is adopted by the first endpoint that uses it.
     if found
@@ -227,8 +227,9 @@ mod tests {
     #[test]
     fn a_command_on_the_ledger_goes_where_the_ledger_holds_the_project() {
         let (_dir, db) = ledger_at(&["http://127.0.0.1:9000"]);
+        // Named as a run names them: blanks around, leading zeros.
         assert_eq!(
-            remembered_endpoint(&db, "ws", "7").unwrap(),
+            remembered_endpoint(&db, " ws ", "007").unwrap(),
             "http://127.0.0.1:9000"
         );
         // Nothing for the project, or no ledger yet: MI's default.
