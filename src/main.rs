@@ -145,7 +145,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let display = Display::choose(quiet, args.limits.progress_interval);
             let (target, limits) = settings(
                 args.mi,
-                EndpointUnsaid::AsTheLedgerHolds(&args.ledger.db),
+                EndpointFrom::TheLedger(&args.ledger.db),
                 &args.limits,
                 &global,
             )?;
@@ -161,7 +161,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let display = Display::choose(quiet, args.limits.progress_interval);
             let (target, limits) = settings(
                 args.mi,
-                EndpointUnsaid::AsTheLedgerHolds(&args.ledger.db),
+                EndpointFrom::TheLedger(&args.ledger.db),
                 &args.limits,
                 &global,
             )?;
@@ -232,7 +232,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
         Command::Check(args) => {
             let args = *args;
             let (target, limits) =
-                settings(args.mi, EndpointUnsaid::Default, &args.limits, &global)?;
+                settings(args.mi, EndpointFrom::GivenOrDefault, &args.limits, &global)?;
             let credentials = credentials()?;
             let endpoint =
                 bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
@@ -305,23 +305,24 @@ fn finish(result: app::ImportResult, quiet: bool) -> Result<Exit> {
     Ok(exit)
 }
 
-/// Where a command on what the ledger holds finds its endpoint when none is given.
-enum EndpointUnsaid<'a> {
-    Default,
-    AsTheLedgerHolds(&'a std::path::Path),
+/// Where a command finds its MI endpoint: as given or MI's default, or (a command on what the
+/// ledger holds) where the ledger holds the project.
+enum EndpointFrom<'a> {
+    GivenOrDefault,
+    TheLedger(&'a std::path::Path),
 }
 
 fn settings(
     mi: MiArgs,
-    unsaid: EndpointUnsaid,
+    endpoint_from: EndpointFrom,
     limits: &LimitArgs,
     global: &Global,
 ) -> Result<(Target, Limits)> {
-    let endpoint = match (mi.endpoint, unsaid, &mi.workspace, &mi.project) {
-        (Some(given), ..) => given,
-        (None, EndpointUnsaid::AsTheLedgerHolds(db), Some(workspace), Some(project)) => {
-            app::remembered_endpoint(db, workspace, project)?
+    let endpoint = match (mi.endpoint, endpoint_from, &mi.workspace, &mi.project) {
+        (given, EndpointFrom::TheLedger(db), Some(workspace), Some(project)) => {
+            app::ledger_endpoint(db, given.as_deref(), workspace, project)?
         }
+        (Some(given), ..) => given,
         (None, ..) => mi_import::config::DEFAULT_ENDPOINT.to_owned(),
     };
     mi_import::config::check_transport(&endpoint, "--endpoint", global.allow_insecure_http)
@@ -341,11 +342,11 @@ fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
     let display = Display::choose(global.quiet, args.limits.progress_interval);
     let analyze = app::analysis_plan(&args.analysis, false)?;
     // With no source, the run works on what the ledger holds, where it holds it.
-    let unsaid = match (&args.manifest, &args.bucket) {
-        (None, None) => EndpointUnsaid::AsTheLedgerHolds(&args.ledger.db),
-        _ => EndpointUnsaid::Default,
+    let endpoint_from = match (&args.manifest, &args.bucket) {
+        (None, None) => EndpointFrom::TheLedger(&args.ledger.db),
+        _ => EndpointFrom::GivenOrDefault,
     };
-    let (target, limits) = settings(args.mi, unsaid, &args.limits, global)?;
+    let (target, limits) = settings(args.mi, endpoint_from, &args.limits, global)?;
     let credentials = Credentials::discover(global.profile.as_deref()).map_err(input)?;
     let endpoint = bucket::endpoint_for(&args.s3_region, args.s3_endpoint).map_err(input)?;
     mi_import::config::check_transport(&endpoint, "--s3-endpoint", global.allow_insecure_http)

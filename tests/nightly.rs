@@ -105,9 +105,23 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
     );
     std::fs::remove_file(&manifest).unwrap();
 
+    // Named at an endpoint where the ledger holds nothing of the project, the resume is
+    // refused with where it does hold it, rather than finding an empty ledger there.
+    let resume = without(run_args(&ws, &emu, &manifest), "--manifest");
+    let elsewhere = with(resume.clone(), "--endpoint", "http://127.0.0.1:9");
+    let out = run_binary(elsewhere, SECRET, ws.dir.path().into()).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "only at {}, not at http://127.0.0.1:9",
+            emu.endpoint()
+        )),
+        "{stderr}"
+    );
+
     // Only the project, as the hint says: the ledger knows the rest, the emulator's endpoint
     // too (MI's default is not reachable from here).
-    let resume = without(run_args(&ws, &emu, &manifest), "--manifest");
     let resume = without(resume, "--endpoint");
     let out = run_binary(resume, SECRET, ws.dir.path().into()).await;
     let stderr = text(&out.stderr);

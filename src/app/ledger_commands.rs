@@ -136,45 +136,65 @@ pub(super) fn named_scope(
 }
 
 /// The endpoint for a command that works on what the ledger holds (a run with no source,
-/// `confirm`, `analyze`) when none is given: the one endpoint the ledger holds workspace and
-/// project at, so that a resume needs only the project. MI's default endpoint where the
-/// ledger holds the project there, holds it nowhere, or is not there yet; an input error
-/// naming the endpoints where it holds the project at several others.
-pub fn remembered_endpoint(db: &Path, workspace: &str, project: &str) -> Result<String> {
+/// `confirm`, `analyze`). Not given: the one endpoint the ledger holds workspace and project
+/// at, so that a resume needs only the project; MI's default where the ledger holds the
+/// project there, holds it nowhere, or is not there yet; an input error naming the endpoints
+/// where it holds the project at several others. Given where the ledger holds the project only
+/// elsewhere: an input error, as the command would have nothing to work on.
+pub fn ledger_endpoint(
+    db: &Path,
+    given: Option<&str>,
+    workspace: &str,
+    project: &str,
+) -> Result<String> {
     let default = crate::config::DEFAULT_ENDPOINT;
+    let fallback = given.unwrap_or(default).to_owned();
     // A ledger of an older schema is brought up to date by the command, under its lock.
     match ledger::open::recognise(db)? {
         ledger::open::Found::Ledger { version } if version == ledger::open::schema_version() => {}
-        _ => return Ok(default.to_owned()),
+        _ => return Ok(fallback),
     }
     let ledger = Ledger::open_read_only(db)?;
     let (workspace, project) = (workspace.trim(), crate::config::project_id(project));
     let found = Scope::named(ledger.conn(), workspace, &project)?;
     // A scope kept before endpoints were is adopted by the first endpoint that uses it.
-    if found
-        .iter()
-        .any(|s| s.endpoint.is_empty() || s.endpoint == default)
-    {
-        return Ok(default.to_owned());
+    if found.is_empty() || found.iter().any(|s| s.endpoint.is_empty()) {
+        return Ok(fallback);
     }
-    match found.as_slice() {
-        [] => Ok(default.to_owned()),
-        [one] => {
-            tracing::info!(
-                "workspace `{workspace}`, project `{project}` at {}: where the ledger holds it (--endpoint names another)",
-                one.endpoint
-            );
-            Ok(one.endpoint.clone())
+    let held: Vec<&str> = found.iter().map(|s| s.endpoint.as_str()).collect();
+    let at = |n: usize| match n {
+        1 => "at".to_owned(),
+        n => format!("at {n} endpoints:"),
+    };
+    match (given, held.as_slice()) {
+        (Some(given), _) => {
+            let named = crate::config::endpoint_name(given);
+            if held.contains(&named.as_str()) {
+                return Ok(given.to_owned());
+            }
+            let instead = match held.as_slice() {
+                [one] => format!("leave --endpoint out (or pass {one})"),
+                _ => "pass one of them as --endpoint".to_owned(),
+            };
+            Err(input(anyhow::anyhow!(
+                "the ledger {} holds workspace `{workspace}`, project `{project}` only {} {}, not at {named}: there is nothing of it to work on there\nhint: {instead}; to send new keys to {named}, name them (--manifest or --bucket)",
+                db.display(),
+                at(held.len()),
+                held.join(", "),
+            )))
         }
-        several => Err(input(anyhow::anyhow!(
-            "the ledger {} holds workspace `{workspace}`, project `{project}` at {} endpoints ({}), none of them MI's default\nhint: pass --endpoint to say which",
+        (None, held) if held.contains(&default) => Ok(default.to_owned()),
+        (None, [one]) => {
+            tracing::info!(
+                "workspace `{workspace}`, project `{project}` at {one}: where the ledger holds it (--endpoint names another)"
+            );
+            Ok((*one).to_owned())
+        }
+        (None, several) => Err(input(anyhow::anyhow!(
+            "the ledger {} holds workspace `{workspace}`, project `{project}` {} {}, none of them MI's default\nhint: pass --endpoint to say which",
             db.display(),
-            several.len(),
-            several
-                .iter()
-                .map(|s| s.endpoint.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            at(several.len()),
+            several.join(", ")
         ))),
     }
 }
@@ -229,31 +249,56 @@ mod tests {
         let (_dir, db) = ledger_at(&["http://127.0.0.1:9000"]);
         // Named as a run names them: blanks around, leading zeros.
         assert_eq!(
-            remembered_endpoint(&db, " ws ", "007").unwrap(),
+            ledger_endpoint(&db, None, " ws ", "007").unwrap(),
             "http://127.0.0.1:9000"
         );
         // Nothing for the project, or no ledger yet: MI's default.
         assert_eq!(
-            remembered_endpoint(&db, "ws", "8").unwrap(),
+            ledger_endpoint(&db, None, "ws", "8").unwrap(),
             DEFAULT_ENDPOINT
         );
         let none = db.with_file_name("none.db");
         assert_eq!(
-            remembered_endpoint(&none, "ws", "7").unwrap(),
+            ledger_endpoint(&none, None, "ws", "7").unwrap(),
             DEFAULT_ENDPOINT
         );
         assert!(!none.exists(), "looking created no ledger");
     }
 
     #[test]
+    fn an_endpoint_given_where_the_ledger_holds_the_project_only_elsewhere_is_refused() {
+        let (_dir, db) = ledger_at(&["http://127.0.0.1:9000"]);
+        assert_eq!(
+            ledger_endpoint(&db, Some("http://127.0.0.1:9000/"), "ws", "7").unwrap(),
+            "http://127.0.0.1:9000/"
+        );
+        let err = ledger_endpoint(&db, Some(DEFAULT_ENDPOINT), "ws", "7").unwrap_err();
+        let said = format!("{err:#}");
+        assert!(
+            said.contains("only at http://127.0.0.1:9000, not at https://mi.apigw.ntruss.com"),
+            "{said}"
+        );
+        assert!(
+            said.contains("hint: leave --endpoint out (or pass http://127.0.0.1:9000)"),
+            "{said}"
+        );
+        assert_eq!(crate::exit::for_error(&err), crate::exit::Exit::Usage);
+        // A project the ledger does not hold yet goes where it is told.
+        assert_eq!(
+            ledger_endpoint(&db, Some(DEFAULT_ENDPOINT), "ws", "8").unwrap(),
+            DEFAULT_ENDPOINT
+        );
+    }
+
+    #[test]
     fn several_endpoints_are_the_default_if_it_is_one_of_them_else_a_question() {
         let (_dir, db) = ledger_at(&["http://127.0.0.1:9000", DEFAULT_ENDPOINT]);
         assert_eq!(
-            remembered_endpoint(&db, "ws", "7").unwrap(),
+            ledger_endpoint(&db, None, "ws", "7").unwrap(),
             DEFAULT_ENDPOINT
         );
         let (_dir, db) = ledger_at(&["http://127.0.0.1:9000", "http://127.0.0.1:9001"]);
-        let err = format!("{:#}", remembered_endpoint(&db, "ws", "7").unwrap_err());
+        let err = format!("{:#}", ledger_endpoint(&db, None, "ws", "7").unwrap_err());
         for said in [
             "http://127.0.0.1:9000",
             "http://127.0.0.1:9001",
@@ -262,7 +307,7 @@ mod tests {
             assert!(err.contains(said), "{said}: {err}");
         }
         assert_eq!(
-            crate::exit::for_error(&remembered_endpoint(&db, "ws", "7").unwrap_err()),
+            crate::exit::for_error(&ledger_endpoint(&db, None, "ws", "7").unwrap_err()),
             crate::exit::Exit::Usage
         );
     }

@@ -32,7 +32,7 @@ mod summary;
 
 pub use check::{CheckJob, check};
 pub use dry_run::{analyze_dry_run, dry_run};
-pub use ledger_commands::{backup, forget, remembered_endpoint, report, status};
+pub use ledger_commands::{backup, forget, ledger_endpoint, report, status};
 pub use resolve::resolve;
 pub use settings::{analysis_plan, emulator_config};
 
