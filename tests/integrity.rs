@@ -134,18 +134,36 @@ async fn confirm_against_a_service_without_the_workspace_stops_and_marks_nothing
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(ws.count(State::Registered), 60);
 
-    // The same ledger pointed at a service that has no such workspace.
+    // The same ledger pointed at another endpoint: it holds nothing of the project there, and
+    // says where it does, before any request.
     let other = emulator(EmulatorConfig {
         workspace: "someone-else".into(),
         ..healthy()
     })
     .await;
-    let out = run_binary(
-        confirm_args(&ws, &other.endpoint(), "demo-workspace"),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let confirm_there = || {
+        run_binary(
+            confirm_args(&ws, &other.endpoint(), "demo-workspace"),
+            SECRET,
+            ws.dir.path().into(),
+        )
+    };
+    let out = confirm_there().await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("only at {}", registered_there.endpoint())),
+        "{stderr}"
+    );
+    assert_eq!(other.counters().requests, 0);
+
+    // The service at the ledger's endpoint no longer has the workspace (here: the ledger's
+    // endpoint is that service's).
+    ws.ledger()
+        .conn()
+        .execute("UPDATE scopes SET endpoint = ?1", [other.endpoint()])
+        .unwrap();
+    let out = confirm_there().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("workspace `demo-workspace`"), "{stderr}");
