@@ -318,16 +318,24 @@ fn settings(
     limits: &LimitArgs,
     global: &Global,
 ) -> Result<(Target, Limits)> {
-    let endpoint = match (mi.endpoint, endpoint_from, &mi.workspace, &mi.project) {
-        (given, EndpointFrom::TheLedger(db), Some(workspace), Some(project)) => {
-            app::ledger_endpoint(db, given.as_deref(), workspace, project)?
-        }
-        (Some(given), ..) => given,
-        (None, ..) => mi_import::config::DEFAULT_ENDPOINT.to_owned(),
-    };
-    mi_import::config::check_transport(&endpoint, "--endpoint", global.allow_insecure_http)
+    let given = mi.endpoint.as_deref();
+    let endpoint = given.unwrap_or(mi_import::config::DEFAULT_ENDPOINT);
+    mi_import::config::check_transport(endpoint, "--endpoint", global.allow_insecure_http)
         .map_err(input)?;
-    let target = Target::new(&endpoint, mi.workspace, mi.project).map_err(input)?;
+    let mut target = Target::new(endpoint, mi.workspace, mi.project).map_err(input)?;
+    if let EndpointFrom::TheLedger(db) = endpoint_from {
+        let held = app::ledger_endpoint(db, given, &target.workspace, &target.project)?;
+        if held != endpoint {
+            mi_import::config::check_transport(
+                &held,
+                "the ledger's endpoint",
+                global.allow_insecure_http,
+            )
+            .map_err(input)?;
+            target =
+                Target::new(&held, Some(target.workspace), Some(target.project)).map_err(input)?;
+        }
+    }
     let limits = Limits::with_setting(
         limits.rate.clone(),
         limits.concurrency,

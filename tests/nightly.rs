@@ -127,7 +127,10 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains(&format!("at {}: where the ledger holds it", emu.endpoint())),
+        stderr.contains(&format!(
+            "MI endpoint {}, where the ledger holds",
+            emu.endpoint()
+        )),
         "{stderr}"
     );
     assert_registered_once(&ws, &emu, &keys);

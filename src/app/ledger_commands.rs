@@ -109,8 +109,7 @@ pub(super) fn named_scope(
     workspace: &str,
     project: &str,
 ) -> Result<Scope> {
-    let project = crate::config::project_id(project);
-    let mut found = Scope::named(conn, workspace, &project)?;
+    let (workspace, project, mut found) = scopes_named(conn, workspace, project)?;
     if let Some(endpoint) = endpoint {
         let endpoint = crate::config::endpoint_name(endpoint);
         found.retain(|s| s.endpoint == endpoint || s.endpoint.is_empty());
@@ -122,25 +121,52 @@ pub(super) fn named_scope(
             db.display(),
             endpoint.map(|e| format!(" at {e}")).unwrap_or_default()
         ))),
-        _ => Err(input(anyhow::anyhow!(
-            "the ledger {} holds workspace `{workspace}`, project `{project}` at {} endpoints ({})\nhint: pass --endpoint to say which",
-            db.display(),
-            found.len(),
-            found
-                .iter()
-                .map(|s| s.endpoint.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))),
+        _ => Err(several_endpoints(db, &found)),
     }
 }
+
+/// The scopes of workspace and project as a command names them: blanks trimmed, a numeric
+/// project without leading zeros, as a run records them.
+fn scopes_named(
+    conn: &rusqlite::Connection,
+    workspace: &str,
+    project: &str,
+) -> Result<(String, String, Vec<Scope>)> {
+    let (workspace, project) = (workspace.trim(), crate::config::project_id(project));
+    let found = Scope::named(conn, workspace, &project)?;
+    Ok((workspace.to_owned(), project, found))
+}
+
+/// The endpoints a project is held at, as a command lacking `--endpoint` is told them.
+fn several_endpoints(db: &Path, found: &[Scope]) -> anyhow::Error {
+    input(anyhow::anyhow!(
+        "the ledger {} holds workspace `{}`, project `{}` at {} endpoints ({})\nhint: pass --endpoint to say which",
+        db.display(),
+        found[0].workspace,
+        found[0].project,
+        found.len(),
+        endpoints_of(found)
+    ))
+}
+
+fn endpoints_of(found: &[Scope]) -> String {
+    found
+        .iter()
+        .map(|s| s.endpoint.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Schema 7 on keeps each project's endpoint (migrations/0007).
+const ENDPOINTS_KEPT: usize = 7;
 
 /// The endpoint for a command that works on what the ledger holds (a run with no source,
 /// `confirm`, `analyze`). Not given: the one endpoint the ledger holds workspace and project
 /// at, so that a resume needs only the project; MI's default where the ledger holds the
-/// project there, holds it nowhere, or is not there yet; an input error naming the endpoints
-/// where it holds the project at several others. Given where the ledger holds the project only
-/// elsewhere: an input error, as the command would have nothing to work on.
+/// project nowhere, or is not there yet; an input error naming the endpoints where it holds the
+/// project at several, as `forget` and `resolve` ask. Given (`given` already validated) where
+/// the ledger holds the project only elsewhere: an input error, as the command would have
+/// nothing to work on there.
 pub fn ledger_endpoint(
     db: &Path,
     given: Option<&str>,
@@ -149,54 +175,44 @@ pub fn ledger_endpoint(
 ) -> Result<String> {
     let default = crate::config::DEFAULT_ENDPOINT;
     let fallback = given.unwrap_or(default).to_owned();
-    // A ledger of an older schema is brought up to date by the command, under its lock.
-    match ledger::open::recognise(db)? {
-        ledger::open::Found::Ledger { version } if version == ledger::open::schema_version() => {}
-        _ => return Ok(fallback),
-    }
-    let ledger = Ledger::open_read_only(db)?;
-    let (workspace, project) = (workspace.trim(), crate::config::project_id(project));
-    let found = Scope::named(ledger.conn(), workspace, &project)?;
-    // A scope kept before endpoints were is adopted by the first endpoint that uses it.
-    if found.is_empty() || found.iter().any(|s| s.endpoint.is_empty()) {
+    // Looked at as it is: the command brings an older ledger up to date under its lock.
+    let Some(conn) = ledger::open::look_at(db, ENDPOINTS_KEPT)? else {
+        return Ok(fallback);
+    };
+    let (workspace, project, found) = scopes_named(&conn, workspace, project)?;
+    if found.is_empty() {
         return Ok(fallback);
     }
-    let held: Vec<&str> = found.iter().map(|s| s.endpoint.as_str()).collect();
-    let at = |n: usize| match n {
-        1 => "at".to_owned(),
-        n => format!("at {n} endpoints:"),
+    let Some(given) = given else {
+        let held = named_scope(&conn, db, None, &workspace, &project)?.endpoint;
+        // A scope kept before endpoints were is adopted by the first endpoint that uses it.
+        if held.is_empty() || held == default {
+            return Ok(default.to_owned());
+        }
+        tracing::info!(
+            "MI endpoint {held}, where the ledger holds workspace `{workspace}`, project `{project}` (pass --endpoint for another)"
+        );
+        return Ok(held);
     };
-    match (given, held.as_slice()) {
-        (Some(given), _) => {
-            let named = crate::config::endpoint_name(given);
-            if held.contains(&named.as_str()) {
-                return Ok(given.to_owned());
-            }
-            let instead = match held.as_slice() {
-                [one] => format!("leave --endpoint out (or pass {one})"),
-                _ => "pass one of them as --endpoint".to_owned(),
-            };
-            Err(input(anyhow::anyhow!(
-                "the ledger {} holds workspace `{workspace}`, project `{project}` only {} {}, not at {named}: there is nothing of it to work on there\nhint: {instead}; to send new keys to {named}, name them (--manifest or --bucket)",
-                db.display(),
-                at(held.len()),
-                held.join(", "),
-            )))
-        }
-        (None, held) if held.contains(&default) => Ok(default.to_owned()),
-        (None, [one]) => {
-            tracing::info!(
-                "workspace `{workspace}`, project `{project}` at {one}: where the ledger holds it (--endpoint names another)"
-            );
-            Ok((*one).to_owned())
-        }
-        (None, several) => Err(input(anyhow::anyhow!(
-            "the ledger {} holds workspace `{workspace}`, project `{project}` {} {}, none of them MI's default\nhint: pass --endpoint to say which",
-            db.display(),
-            at(several.len()),
-            several.join(", ")
-        ))),
+    let named = crate::config::endpoint_name(given);
+    if found
+        .iter()
+        .any(|s| s.endpoint == named || s.endpoint.is_empty())
+    {
+        return Ok(given.to_owned());
     }
+    let instead = match found.as_slice() {
+        [one] => format!(
+            "leave --endpoint and MI_ENDPOINT out (or pass {})",
+            one.endpoint
+        ),
+        _ => "pass one of them as --endpoint".to_owned(),
+    };
+    Err(input(anyhow::anyhow!(
+        "the ledger {} holds workspace `{workspace}`, project `{project}` only at {}, not at {named}: there is nothing of it to work on there\nhint: {instead}; `mi-import run` with --manifest or --bucket sends new keys to {named}",
+        db.display(),
+        endpoints_of(&found),
+    )))
 }
 
 /// The one bucket of the scope holding `key`, or an input error asking for `--bucket`.
@@ -279,7 +295,9 @@ mod tests {
             "{said}"
         );
         assert!(
-            said.contains("hint: leave --endpoint out (or pass http://127.0.0.1:9000)"),
+            said.contains(
+                "hint: leave --endpoint and MI_ENDPOINT out (or pass http://127.0.0.1:9000)"
+            ),
             "{said}"
         );
         assert_eq!(crate::exit::for_error(&err), crate::exit::Exit::Usage);
@@ -291,24 +309,43 @@ mod tests {
     }
 
     #[test]
-    fn several_endpoints_are_the_default_if_it_is_one_of_them_else_a_question() {
-        let (_dir, db) = ledger_at(&["http://127.0.0.1:9000", DEFAULT_ENDPOINT]);
+    fn several_endpoints_are_a_question_as_for_forget() {
+        for endpoints in [
+            ["http://127.0.0.1:9000", "http://127.0.0.1:9001"],
+            ["http://127.0.0.1:9000", DEFAULT_ENDPOINT],
+        ] {
+            let (_dir, db) = ledger_at(&endpoints);
+            let err = ledger_endpoint(&db, None, "ws", "7").unwrap_err();
+            let said = format!("{err:#}");
+            for part in [
+                endpoints[0],
+                endpoints[1],
+                "hint: pass --endpoint to say which",
+            ] {
+                assert!(said.contains(part), "{part}: {said}");
+            }
+            assert_eq!(crate::exit::for_error(&err), crate::exit::Exit::Usage);
+            let forget = named_scope(Ledger::open(&db).unwrap().conn(), &db, None, "ws", "7");
+            assert_eq!(format!("{:#}", forget.unwrap_err()), said);
+        }
+    }
+
+    #[test]
+    fn a_ledger_of_an_older_schema_that_keeps_endpoints_is_read_as_it_is() {
+        let (_dir, db) = ledger_at(&["http://127.0.0.1:9000"]);
+        Ledger::open(&db)
+            .unwrap()
+            .conn()
+            .pragma_update(None, "user_version", ENDPOINTS_KEPT)
+            .unwrap();
         assert_eq!(
             ledger_endpoint(&db, None, "ws", "7").unwrap(),
-            DEFAULT_ENDPOINT
+            "http://127.0.0.1:9000"
         );
-        let (_dir, db) = ledger_at(&["http://127.0.0.1:9000", "http://127.0.0.1:9001"]);
-        let err = format!("{:#}", ledger_endpoint(&db, None, "ws", "7").unwrap_err());
-        for said in [
-            "http://127.0.0.1:9000",
-            "http://127.0.0.1:9001",
-            "pass --endpoint",
-        ] {
-            assert!(err.contains(said), "{said}: {err}");
-        }
-        assert_eq!(
-            crate::exit::for_error(&ledger_endpoint(&db, None, "ws", "7").unwrap_err()),
-            crate::exit::Exit::Usage
-        );
+        let version: usize = rusqlite::Connection::open(&db)
+            .unwrap()
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, ENDPOINTS_KEPT, "left for the command to migrate");
     }
 }

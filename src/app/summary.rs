@@ -185,7 +185,7 @@ pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats
                 "fix what the error above names, then run the same command again: the pending keys are sent then\n"
             }
             Ending::Interrupted => {
-                "run the same command again to resume (or `mi-import run` with only --workspace and --project, and --s3-endpoint if it was given: the ledger remembers the rest)\n"
+                "run the same command again to resume (or `mi-import run` with only --workspace and --project, and --db, --s3-endpoint or --s3-region if they were given: the ledger remembers the rest)\n"
             }
             Ending::Finished => "pending keys will be sent by the next run\n",
             Ending::StoppedOnTime(_) => {

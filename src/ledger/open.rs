@@ -119,6 +119,25 @@ pub struct Ledger {
     conn: Connection,
 }
 
+/// A read-only connection to the ledger at `path` as it is, not brought up to date, if it is
+/// a ledger of schema `since` or later; `None` if there is none there yet, or an older one.
+/// For a look before the command takes the ledger's lock (and migrates it).
+pub fn look_at(path: &Path, since: usize) -> Result<Option<Connection>> {
+    match recognise(path)? {
+        Found::Ledger { version } if version >= since => {
+            let conn = Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(|e| explain(e, path))?;
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            Ok(Some(conn))
+        }
+        _ => Ok(None),
+    }
+}
+
 impl Ledger {
     /// Opens (creating, owner-only) and migrates the ledger at `path`. A path that cannot hold
     /// a ledger is an input error (exit 2) naming the path, with a hint.
