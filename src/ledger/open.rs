@@ -124,18 +124,20 @@ pub struct Ledger {
 /// For a look before the command takes the ledger's lock (and migrates it).
 pub fn look_at(path: &Path, since: usize) -> Result<Option<Connection>> {
     match recognise(path)? {
-        Found::Ledger { version } if version >= since => {
-            let conn = Connection::open_with_flags(
-                path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(|e| explain(e, path))?;
-            conn.busy_timeout(BUSY_TIMEOUT)?;
-            Ok(Some(conn))
-        }
+        Found::Ledger { version } if version >= since => read_only(path).map(Some),
         _ => Ok(None),
     }
+}
+
+/// A read-only connection to the ledger file at `path`, waiting out a writer's lock.
+fn read_only(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| explain(e, path))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(conn)
 }
 
 impl Ledger {
@@ -175,16 +177,9 @@ impl Ledger {
                 path.display()
             ))),
             Found::Ledger { version } if version < MIGRATIONS.len() => Self::open_existing(path),
-            Found::Ledger { .. } => {
-                let conn = Connection::open_with_flags(
-                    path,
-                    rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY
-                        | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                )
-                .map_err(|e| explain(e, path))?;
-                conn.busy_timeout(BUSY_TIMEOUT)?;
-                Ok(Self { conn })
-            }
+            Found::Ledger { .. } => Ok(Self {
+                conn: read_only(path)?,
+            }),
         }
     }
 
