@@ -184,15 +184,18 @@ pub fn ledger_endpoint(
         return Ok(fallback);
     }
     let Some(given) = given else {
-        let held = named_scope(&conn, db, None, &workspace, &project)?.endpoint;
+        let [held] = found.as_slice() else {
+            return Err(several_endpoints(db, &found));
+        };
         // A scope kept before endpoints were is adopted by the first endpoint that uses it.
-        if held.is_empty() || held == default {
+        if held.endpoint.is_empty() || held.endpoint == default {
             return Ok(default.to_owned());
         }
         tracing::info!(
-            "MI endpoint {held}, where the ledger holds workspace `{workspace}`, project `{project}` (pass --endpoint for another)"
+            "MI endpoint {}, where the ledger holds workspace `{workspace}`, project `{project}` (pass --endpoint for another)",
+            held.endpoint
         );
-        return Ok(held);
+        return Ok(held.endpoint.clone());
     };
     let named = crate::config::endpoint_name(given);
     if found
