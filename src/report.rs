@@ -7,7 +7,9 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::io::Write;
 
+use crate::ledger::state::sql::*;
 use crate::ledger::{self, Scope, State, ms_text};
+use const_format::formatcp;
 
 /// How a report is written: CSV for people and spreadsheets, JSON Lines for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -402,11 +404,11 @@ fn state_map(counts: &[(State, u64)]) -> std::collections::BTreeMap<String, u64>
 }
 
 pub fn status_view(conn: &Connection) -> Result<StatusView> {
-    let counts = ledger::counts(conn, None).context("counting keys")?;
+    let counts = ledger::keys::counts(conn, None).context("counting keys")?;
     let total = counts.iter().map(|(_, n)| n).sum();
     let mut scopes = Vec::new();
     for scope in Scope::all(conn)? {
-        let counts = ledger::counts(conn, Some(&scope))?;
+        let counts = ledger::keys::counts(conn, Some(&scope))?;
         scopes.push(ScopeView {
             total: counts.iter().map(|(_, n)| n).sum(),
             states: state_map(&counts),
@@ -415,12 +417,14 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
         });
     }
     let awaiting_resolve: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM keys WHERE state = 2 AND candidates IS NOT NULL",
+        formatcp!("SELECT COUNT(*) FROM keys WHERE state = {UNCERTAIN} AND candidates IS NOT NULL"),
         [],
         |r| r.get(0),
     )?;
     let mut uncertain_candidates = CandidateCounts::default();
-    let mut stmt = conn.prepare("SELECT candidates FROM keys WHERE state = 2")?;
+    let mut stmt = conn.prepare(formatcp!(
+        "SELECT candidates FROM keys WHERE state = {UNCERTAIN}"
+    ))?;
     let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let candidates: Option<String> = row.get(0)?;
@@ -443,7 +447,7 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
     Ok(StatusView {
         analyses: ledger::analyses::analysis_counts(conn, None)?,
         total,
-        awaiting_confirmation: ledger::count_in(&counts, State::Registered),
+        awaiting_confirmation: ledger::keys::count_in(&counts, State::Registered),
         awaiting_resolve: awaiting_resolve as u64,
         uncertain_candidates,
         states: state_map(&counts),
@@ -545,7 +549,8 @@ pub fn render_status(view: &StatusView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, NewKey, OnChanged, insert_keys};
+    use crate::ledger::keys::insert_keys;
+    use crate::ledger::{Ledger, NewKey, OnChanged};
 
     fn ledger_with_keys() -> Ledger {
         let l = Ledger::open_in_memory().unwrap();

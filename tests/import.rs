@@ -265,7 +265,7 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
             .iter()
             .map(|k| mi_import::source::judged(BUCKET.into(), k.clone(), None))
             .collect();
-        mi_import::ledger::insert_keys(
+        mi_import::ledger::keys::insert_keys(
             ledger.conn(),
             &scope,
             &rows,
@@ -273,9 +273,15 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
         )
         .unwrap();
         assert_eq!(
-            mi_import::ledger::claim(ledger.conn(), &scope, 10, 1, mi_import::ledger::now_ms())
-                .unwrap()
-                .len(),
+            mi_import::ledger::keys::claim(
+                ledger.conn(),
+                &scope,
+                10,
+                1,
+                mi_import::ledger::now_ms()
+            )
+            .unwrap()
+            .len(),
             10
         );
     }

@@ -155,7 +155,7 @@ async fn ambiguous_pair() -> (Workspace, Emulator, Vec<String>) {
             "1001",
         )
         .unwrap();
-        mi_import::ledger::insert_keys(
+        mi_import::ledger::keys::insert_keys(
             ledger.conn(),
             &scope,
             &[mi_import::ledger::NewKey::new(BUCKET, "c/alone.mp4")],

@@ -8,9 +8,11 @@ use tokio_util::sync::CancellationToken;
 use super::ingest;
 use super::{ImportJob, summary};
 use crate::api::MiClient;
+use crate::ledger::state::sql::*;
 use crate::ledger::{self, Ingested, Ledger, Scope, State, listings};
 use crate::runner::ListSummary;
 use crate::source::bucket::Lister;
+use const_format::formatcp;
 
 /// Import-status checks per key when the ledger has no history of its own to tell.
 const ASSUMED_CHECKS_PER_KEY: f64 = 1.5;
@@ -63,7 +65,7 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
                     job.manifest.name()
                 )));
             }
-            read += ledger::insert_keys(&tx, &scope, &batch.keys, job.on_changed)?;
+            read += ledger::keys::insert_keys(&tx, &scope, &batch.keys, job.on_changed)?;
             if batch.last {
                 break;
             }
@@ -79,8 +81,8 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     if let (Some(spec), Some(lister)) = (&job.listing, lister) {
         listed = Some(list_into(&tx, &scope, spec, lister, job, &shutdown, &mut read).await?);
     }
-    let counts = ledger::counts(&tx, Some(&scope))?;
-    let reasons = ledger::skip_reasons(&tx, &scope)?;
+    let counts = ledger::keys::counts(&tx, Some(&scope))?;
+    let reasons = ledger::keys::skip_reasons(&tx, &scope)?;
     let checks_per_key = checks_per_key(&tx, &scope)?;
     let kept_limit = ledger::unsure::fact(&tx, &scope, crate::runner::LIMIT_FACT)?
         .and_then(|v| v.parse::<f64>().ok())
@@ -98,7 +100,7 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         None => None,
     };
     tx.rollback()?;
-    let get = |s: State| ledger::count_in(&counts, s);
+    let get = |s: State| ledger::keys::count_in(&counts, s);
     let retried = |wanted: bool, s: State| if wanted { get(s) } else { 0 };
     let to_send = get(State::Pending)
         + get(State::Uncertain)
@@ -363,7 +365,7 @@ async fn check_account(job: &ImportJob) -> Result<String> {
 /// Import-status checks per confirmed key so far in this project, or an assumption.
 fn checks_per_key(conn: &rusqlite::Connection, scope: &Scope) -> rusqlite::Result<f64> {
     let (checks, keys): (i64, i64) = conn.query_row(
-        "SELECT COALESCE(SUM(checks), 0), COUNT(*) FROM keys WHERE scope = ?1 AND state IN (4, 5)",
+        formatcp!("SELECT COALESCE(SUM(checks), 0), COUNT(*) FROM keys WHERE scope = ?1 AND state IN ({COMPLETED}, {IMPORT_FAILED})"),
         [scope.id],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;

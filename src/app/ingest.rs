@@ -538,7 +538,7 @@ pub(crate) async fn ingest(
                 // before these rows (then they are new to it) or after (it has them).
                 let counted = feed.is_some_and(|f| f.counted());
                 Ok((
-                    ledger::insert_keys_after(t, &s, &keys, on_changed, rows_before)?,
+                    ledger::keys::insert_keys_after(t, &s, &keys, on_changed, rows_before)?,
                     counted,
                 ))
             }))?;
@@ -657,10 +657,10 @@ mod tests {
         assert_eq!((counts.new, counts.known), (2, 1));
         let s = scope.clone();
         let n = writer
-            .write(move |t| crate::ledger::counts(t, Some(&s)))
+            .write(move |t| crate::ledger::keys::counts(t, Some(&s)))
             .await
             .unwrap();
-        assert_eq!(crate::ledger::count_in(&n, State::Pending), 4);
+        assert_eq!(crate::ledger::keys::count_in(&n, State::Pending), 4);
     }
 
     #[tokio::test]

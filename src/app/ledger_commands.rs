@@ -82,7 +82,7 @@ pub fn forget(
     let _lock = crate::lock::acquire(db, "forget")?;
     let ledger = Ledger::open_existing(db)?;
     let scope = named_scope(ledger.conn(), db, endpoint, workspace, project)?;
-    let counts = ledger::counts(ledger.conn(), Some(&scope))?;
+    let counts = ledger::keys::counts(ledger.conn(), Some(&scope))?;
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
     if !yes {
         return Ok(format!(
@@ -91,7 +91,7 @@ pub fn forget(
         ));
     }
     let tx = ledger.conn().unchecked_transaction()?;
-    let removed = ledger::forget_scope(&tx, &scope)?;
+    let removed = ledger::scopes::forget_scope(&tx, &scope)?;
     tx.commit()?;
     ledger.checkpoint()?;
     Ok(format!(

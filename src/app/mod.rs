@@ -393,7 +393,7 @@ async fn refused(
     let s = session.scope.clone();
     session
         .writer
-        .write(move |t| ledger::forget_scope_if_empty(t, &s))
+        .write(move |t| ledger::scopes::forget_scope_if_empty(t, &s))
         .await?;
     let created = session.created;
     let result = session.finish(runner, ending, job).await?;
@@ -575,7 +575,7 @@ async fn requeue(job: &ImportJob, session: &Session) -> Result<()> {
             let s = session.scope.clone();
             let n = session
                 .writer
-                .write(move |t| ledger::requeue(t, &s, state))
+                .write(move |t| ledger::keys::requeue(t, &s, state))
                 .await?;
             tracing::info!(
                 "{n} {what} {} will be sent again",

@@ -93,7 +93,7 @@ pub struct ThisRun {
 
 impl ThisRun {
     pub fn of(stats: &Stats, this_run: &[(State, u64)], skipped: u64, elapsed: f64) -> Self {
-        let left = |s: State| crate::ledger::count_in(this_run, s);
+        let left = |s: State| crate::ledger::keys::count_in(this_run, s);
         Self {
             registered: stats.registered.load(Relaxed) + stats.reconciled.load(Relaxed),
             failed: left(State::Failed),

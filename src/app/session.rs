@@ -108,7 +108,7 @@ impl Session {
                     "DELETE FROM keys WHERE scope = ?1 AND id > ?2",
                     rusqlite::params![scope.id, above],
                 )?;
-                ledger::forget_scope_if_empty(t, &scope)
+                ledger::scopes::forget_scope_if_empty(t, &scope)
             })
             .await
     }
@@ -139,12 +139,12 @@ impl Session {
                     None => 0,
                 };
                 Ok((
-                    ledger::counts(t, Some(&s))?,
-                    ledger::trouble_of_run(t, &s, run)?,
+                    ledger::keys::counts(t, Some(&s))?,
+                    ledger::keys::trouble_of_run(t, &s, run)?,
                     ledger::analyses::failed_in_run(t, &s, run)?,
                     unasked,
-                    ledger::failures_of_run(t, &s, run, record::FAILURES_NAMED)?,
-                    ledger::skipped_since(t, &s, since)?,
+                    ledger::keys::failures_of_run(t, &s, run, record::FAILURES_NAMED)?,
+                    ledger::keys::skipped_since(t, &s, since)?,
                 ))
             })
             .await?;

@@ -66,11 +66,11 @@ pub(crate) fn summarize(
     elapsed: std::time::Duration,
     db: &Path,
 ) -> String {
-    let get = |s: State| ledger::count_in(counts, s);
+    let get = |s: State| ledger::keys::count_in(counts, s);
     let reconciled = stats.reconciled.load(Relaxed);
     let found = stats.found_in_list.load(Relaxed);
     // Keys this run left uncertain make its exit code 1: the first line says so.
-    let unsure = ledger::count_in(this_run, State::Uncertain);
+    let unsure = ledger::keys::count_in(this_run, State::Uncertain);
     let unsure = if unsure > 0 {
         format!(", {unsure} uncertain")
     } else {
@@ -134,7 +134,7 @@ pub(crate) fn summarize(
     let earlier: Vec<(State, u64)> = [State::Failed, State::ImportFailed, State::Uncertain]
         .iter()
         .filter_map(|s| {
-            let left = get(*s).saturating_sub(ledger::count_in(this_run, *s));
+            let left = get(*s).saturating_sub(ledger::keys::count_in(this_run, *s));
             (left > 0).then_some((*s, left))
         })
         .collect();
@@ -152,7 +152,7 @@ pub(crate) fn summarize(
 
 /// What the operator can do next, given how the run ended and where the ledger stands.
 pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats) -> String {
-    let get = |s: State| ledger::count_in(counts, s);
+    let get = |s: State| ledger::keys::count_in(counts, s);
     let polls = stats.polls.load(Relaxed) + stats.list_checks.load(Relaxed);
     let mut text = String::new();
     if get(State::ImportFailed) > 0 {

@@ -6,10 +6,12 @@
 //! registration: never sent twice blindly. A lost answer leaves the row `UNSURE` until the
 //! index status settles it (anything but `BEFORE_ANALYZE` means it was accepted).
 
+use const_format::formatcp;
 use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use super::state::sql::*;
 use super::{Scope, now_ms};
 
 /// Our words in `analyses.status`, besides MI's own.
@@ -41,9 +43,11 @@ pub struct Pick {
 /// analysis of that asset yet (or a failed one, when asked again), and the key asked for it
 /// if only those are picked. Parameters: ?2 again_failed, ?3 the failed statuses (JSON),
 /// ?4 asked_only.
-const TO_ANALYZE: &str = "k.state = 4 AND k.asset_id IS NOT NULL AND (NOT ?4 OR k.analyze = 1)
+const TO_ANALYZE: &str = formatcp!(
+    "k.state = {COMPLETED} AND k.asset_id IS NOT NULL AND (NOT ?4 OR k.analyze = 1)
     AND NOT EXISTS (SELECT 1 FROM analyses a WHERE a.key_id = k.id AND a.asset_id = k.asset_id
-                    AND NOT (?2 AND a.status IN (SELECT value FROM json_each(?3))))";
+                    AND NOT (?2 AND a.status IN (SELECT value FROM json_each(?3))))"
+);
 
 /// Journals up to `limit` completed keys of the scope (after row `after`) as `REQUESTING`:
 /// each key's current asset once, or again if its analysis failed and `again_failed`. A
@@ -57,7 +61,7 @@ pub fn claim_for_analysis(
     run: i64,
 ) -> rusqlite::Result<Vec<ToAnalyze>> {
     let failed = serde_json::to_string(&FAILED_STATUSES).unwrap_or_default();
-    let mut select = conn.prepare_cached(&format!(
+    let mut select = conn.prepare_cached(formatcp!(
         "SELECT k.id, k.key, k.asset_id FROM keys k INDEXED BY keys_by_state
          WHERE k.scope = ?1 AND {TO_ANALYZE} AND k.id > ?5
          ORDER BY k.id LIMIT ?6"
@@ -395,7 +399,7 @@ pub fn failed_in_run(conn: &Connection, scope: &Scope, run: i64) -> rusqlite::Re
 /// Completed keys of the scope that `pick` would send for analysis now.
 pub fn count_to_analyze(conn: &Connection, scope: &Scope, pick: Pick) -> rusqlite::Result<u64> {
     let failed = serde_json::to_string(&FAILED_STATUSES).unwrap_or_default();
-    conn.prepare_cached(&format!(
+    conn.prepare_cached(formatcp!(
         "SELECT COUNT(*) FROM keys k INDEXED BY keys_by_state WHERE k.scope = ?1 AND {TO_ANALYZE}"
     ))?
     .query_row(
@@ -420,7 +424,9 @@ mod tests {
 
     fn completed(n: usize) -> (Ledger, Scope) {
         let (l, scope) = crate::ledger::tests::registered_ledger(n);
-        l.conn().execute("UPDATE keys SET state = 4", []).unwrap();
+        l.conn()
+            .execute(formatcp!("UPDATE keys SET state = {COMPLETED}"), [])
+            .unwrap();
         (l, scope)
     }
 

@@ -5,8 +5,10 @@
 //! written until a check answers, so a killed process leaves its checks due, for the next run
 //! to make at once.
 
+use const_format::formatcp;
 use rusqlite::{Connection, params};
 
+use super::state::sql::*;
 use super::{Scope, State, now_ms};
 
 /// A registered asset whose import-status is due.
@@ -47,15 +49,15 @@ pub fn claim_due(
     busy: &[i64],
 ) -> rusqlite::Result<Vec<DueCheck>> {
     pass_table(conn)?;
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(formatcp!(
         "SELECT id, key, asset_id, checks, size, COALESCE(registered_at, updated_at),
                 CASE WHEN checks > 0 THEN updated_at END
          FROM keys
-         WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2
+         WHERE scope = ?1 AND state = {REGISTERED} AND next_check_at <= ?2
            AND id NOT IN (SELECT value FROM json_each(?3))
            AND id NOT IN (SELECT id FROM temp.list_pass)
-         ORDER BY next_check_at LIMIT ?4",
-    )?;
+         ORDER BY next_check_at LIMIT ?4"
+    ))?;
     let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
     let rows = stmt.query_map(params![scope.id, now_ms(), busy, limit as i64], |r| {
         Ok(DueCheck {
@@ -81,14 +83,14 @@ pub fn record_checks(
     run: i64,
     asks_analysis: bool,
 ) -> rusqlite::Result<usize> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(formatcp!(
         "UPDATE keys SET state = COALESCE(?3, state), upload_status = COALESCE(?4, upload_status),
              upload_result = COALESCE(?5, upload_result), next_check_at = ?6,
              checks = checks + ?9, updated_at = CASE WHEN ?9 THEN ?7 ELSE updated_at END,
              run = CASE WHEN ?3 IS NULL THEN run ELSE ?8 END,
-             analyze = CASE WHEN ?10 AND ?3 = 4 THEN 1 ELSE analyze END
-         WHERE id = ?1 AND asset_id = ?2 AND state = 3",
-    )?;
+             analyze = CASE WHEN ?10 AND ?3 = {COMPLETED} THEN 1 ELSE analyze END
+         WHERE id = ?1 AND asset_id = ?2 AND state = {REGISTERED}"
+    ))?;
     let now = now_ms();
     let mut changed = 0;
     for r in results {
@@ -110,9 +112,9 @@ pub fn record_checks(
 
 /// Makes every registered asset not looked at yet due now, to be planned again.
 pub fn replan_unlooked(conn: &Connection, scope: &Scope) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "UPDATE keys SET next_check_at = 0 WHERE scope = ?1 AND state = 3 AND checks = 0",
-    )?
+    conn.prepare_cached(formatcp!(
+        "UPDATE keys SET next_check_at = 0 WHERE scope = ?1 AND state = {REGISTERED} AND checks = 0"
+    ))?
     .execute(params![scope.id])
 }
 
@@ -121,7 +123,7 @@ pub fn replan_unlooked(conn: &Connection, scope: &Scope) -> rusqlite::Result<usi
 /// The count reads the whole index range, so call it for display, not in a loop.
 pub fn awaiting(conn: &Connection, scope: &Scope) -> rusqlite::Result<(u64, Option<i64>)> {
     let count: i64 = conn.query_row(
-        "SELECT COUNT(*) FROM keys WHERE scope = ?1 AND state = 3",
+        formatcp!("SELECT COUNT(*) FROM keys WHERE scope = ?1 AND state = {REGISTERED}"),
         params![scope.id],
         |r| r.get(0),
     )?;
@@ -131,7 +133,7 @@ pub fn awaiting(conn: &Connection, scope: &Scope) -> rusqlite::Result<(u64, Opti
 /// When the soonest registered asset is due (Unix ms); `None` when none waits. One index seek.
 pub fn soonest_due(conn: &Connection, scope: &Scope) -> rusqlite::Result<Option<i64>> {
     conn.query_row(
-        "SELECT MIN(next_check_at) FROM keys WHERE scope = ?1 AND state = 3",
+        formatcp!("SELECT MIN(next_check_at) FROM keys WHERE scope = ?1 AND state = {REGISTERED}"),
         params![scope.id],
         |r| r.get(0),
     )
@@ -158,10 +160,10 @@ pub fn begin_list_pass(conn: &Connection, scope: &Scope, busy: &[i64]) -> rusqli
     let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
     let n = conn
         .prepare_cached(
-            "INSERT OR IGNORE INTO temp.list_pass (id, asset_id)
+            formatcp!("INSERT OR IGNORE INTO temp.list_pass (id, asset_id)
              SELECT id, asset_id FROM keys
-             WHERE scope = ?1 AND state = 3 AND next_check_at <= ?2 AND asset_id IS NOT NULL
-               AND id NOT IN (SELECT value FROM json_each(?3))",
+             WHERE scope = ?1 AND state = {REGISTERED} AND next_check_at <= ?2 AND asset_id IS NOT NULL
+               AND id NOT IN (SELECT value FROM json_each(?3))"),
         )?
         .execute(params![scope.id, now_ms(), busy])?;
     Ok(n as u64)
@@ -176,7 +178,7 @@ fn due_rows(
         "SELECT k.id, k.key, k.asset_id, k.checks, k.size, COALESCE(k.registered_at, k.updated_at),
                 CASE WHEN k.checks > 0 THEN k.updated_at END
          FROM temp.list_pass p JOIN keys k ON k.id = p.id
-         WHERE p.seen = 0 AND k.state = 3 AND k.asset_id = p.asset_id AND {filter}"
+         WHERE p.seen = 0 AND k.state = {REGISTERED} AND k.asset_id = p.asset_id AND {filter}"
     ))?;
     let rows = stmt.query_map([param], |r| {
         Ok(DueCheck {

@@ -14,7 +14,9 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Ingested, NewKey, OnChanged, Scope, bucket_id, insert_keys, now_ms};
+use super::keys::insert_keys;
+use super::scopes::bucket_id;
+use super::{Ingested, NewKey, OnChanged, Scope, now_ms};
 
 /// A listing to continue or start.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -200,7 +202,8 @@ pub fn unfinished(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<(Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{Ledger, Outcome, State, claim, record};
+    use crate::ledger::keys::{claim, record};
+    use crate::ledger::{Ledger, Outcome, State};
 
     fn object(key: &str, etag: &str, size: u64) -> NewKey {
         NewKey {

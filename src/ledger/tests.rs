@@ -1,3 +1,5 @@
+use super::keys::*;
+use super::scopes::*;
 use super::*;
 use crate::ledger::unsure::{Decision, Refused, apply_verdicts, decide, owned_among};
 use crate::reconcile::Verdict;
@@ -550,15 +552,6 @@ fn a_scope_is_forgotten_whole_and_an_empty_one_quietly() {
             .sum::<u64>(),
         0
     );
-}
-
-#[test]
-fn state_names_and_codes_round_trip() {
-    for s in State::ALL {
-        assert_eq!(s.as_str().parse::<State>().unwrap(), s);
-        assert_eq!(State::from_code(s.code()), Some(s));
-    }
-    assert!("done".parse::<State>().unwrap_err().contains("one of"));
 }
 
 #[test]

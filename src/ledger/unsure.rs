@@ -2,10 +2,13 @@
 //! ledger's own assets as witnesses, what it learned before), what it decides, and what the
 //! user settles by hand with `resolve`.
 
+use const_format::formatcp;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 
-use super::{FIRST_CHECK, Scope, State, ms_text, now_ms};
+use super::keys::FIRST_CHECK;
+use super::state::sql::*;
+use super::{Scope, State, ms_text, now_ms};
 use crate::reconcile::{UnsureKey, Verdict, Witness};
 
 /// An uncertain key, and the candidates an earlier pass found for it (if any).
@@ -19,12 +22,12 @@ pub struct Uncertain {
 
 /// Every uncertain key of the scope.
 pub fn uncertain_keys(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<Uncertain>> {
-    let mut stmt = conn.prepare_cached(
+    let mut stmt = conn.prepare_cached(formatcp!(
         "SELECT keys.id, buckets.name, keys.key, keys.size, keys.sent_at, keys.unsure_at,
                 keys.candidates, keys.updated_at, keys.run
          FROM keys JOIN buckets ON buckets.id = keys.bucket
-         WHERE keys.scope = ?1 AND keys.state = 2 ORDER BY keys.id",
-    )?;
+         WHERE keys.scope = ?1 AND keys.state = {UNCERTAIN} ORDER BY keys.id"
+    ))?;
     let rows = stmt.query_map(params![scope.id], |r| {
         let updated: i64 = r.get(7)?;
         let unsure_at: Option<i64> = r.get(5)?;
@@ -91,14 +94,14 @@ pub fn witnesses(
     limit: usize,
 ) -> rusqlite::Result<Vec<Witness>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT asset_id, key, sent_at, registered_at FROM keys
-         WHERE scope = ?1 AND state IN (3, 4, 5) AND asset_id IS NOT NULL AND found_by IS NULL
+        formatcp!("SELECT asset_id, key, sent_at, registered_at FROM keys
+         WHERE scope = ?1 AND state IN ({REGISTERED}, {COMPLETED}, {IMPORT_FAILED}) AND asset_id IS NOT NULL AND found_by IS NULL
            AND sent_at IS NOT NULL AND registered_at >= ?2
          UNION ALL
          SELECT h.asset_id, k.key, h.sent_at, h.registered_at
          FROM asset_history h JOIN keys k ON k.id = h.key_id
          WHERE k.scope = ?1 AND h.sent_at IS NOT NULL AND h.registered_at >= ?2
-         ORDER BY 4 DESC LIMIT ?3",
+         ORDER BY 4 DESC LIMIT ?3"),
     )?;
     let rows = stmt.query_map(params![scope.id, since, limit as i64], |r| {
         Ok(Witness {
@@ -172,21 +175,21 @@ pub fn apply_verdicts(
 ) -> rusqlite::Result<Settled> {
     let now = now_ms();
     let mut found = conn.prepare_cached(
-        "UPDATE keys SET state = 3, asset_id = ?2, found_by = 'list', registered_at = ?3,
+        formatcp!("UPDATE keys SET state = {REGISTERED}, asset_id = ?2, found_by = 'list', registered_at = ?3,
              next_check_at = 0, candidates = NULL, updated_at = ?3, run = ?4,
              message = 'its answer was lost; found in the project''s asset list'
-         WHERE id = ?1 AND state = 2",
+         WHERE id = ?1 AND state = {UNCERTAIN}"),
     )?;
-    let mut absent = conn.prepare_cached(
-        "UPDATE keys SET state = 0, candidates = NULL, unsure_at = NULL, updated_at = ?2,
+    let mut absent = conn.prepare_cached(formatcp!(
+        "UPDATE keys SET state = {PENDING}, candidates = NULL, unsure_at = NULL, updated_at = ?2,
              message = ?3
-         WHERE id = ?1 AND state = 2",
-    )?;
-    let mut unsure = conn.prepare_cached(
+         WHERE id = ?1 AND state = {UNCERTAIN}"
+    ))?;
+    let mut unsure = conn.prepare_cached(formatcp!(
         "UPDATE keys SET candidates = ?2, message = ?3, evidence = ?5,
              run = CASE WHEN candidates IS ?2 THEN run ELSE ?4 END
-         WHERE id = ?1 AND state = 2",
-    )?;
+         WHERE id = ?1 AND state = {UNCERTAIN}"
+    ))?;
     let mut settled = Settled::default();
     for (id, verdict) in verdicts {
         match verdict {
@@ -352,18 +355,18 @@ pub fn decide(
             }));
         }
         conn.execute(
-            "UPDATE keys SET state = 3, asset_id = ?2, found_by = 'user', registered_at = ?3,
+            formatcp!("UPDATE keys SET state = {REGISTERED}, asset_id = ?2, found_by = 'user', registered_at = ?3,
                  next_check_at = ?4, updated_at = ?3, run = ?5,
                  message = 'asset given by hand with `mi-import resolve`'
-             WHERE id = ?1",
+             WHERE id = ?1"),
             params![id, asset, now, now + FIRST_CHECK.as_millis() as i64, run],
         )?;
     } else {
         conn.execute(
-            "UPDATE keys SET state = 0, candidates = NULL, unsure_at = NULL, asset_id = NULL,
+            formatcp!("UPDATE keys SET state = {PENDING}, candidates = NULL, unsure_at = NULL, asset_id = NULL,
                  found_by = NULL, next_check_at = NULL, updated_at = ?2, run = ?3,
                  message = 'declared not registered with `mi-import resolve`; sent by the next run'
-             WHERE id = ?1",
+             WHERE id = ?1"),
             params![id, now, run],
         )?;
     }

@@ -135,7 +135,8 @@ fn same_error(e: &rusqlite::Error) -> rusqlite::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{NewKey, OnChanged, Scope, State, claim, counts, insert_keys, now_ms};
+    use crate::ledger::keys::{claim, counts, insert_keys};
+    use crate::ledger::{NewKey, OnChanged, Scope, State, now_ms};
 
     #[tokio::test]
     async fn concurrent_writes_all_commit_and_answer() {

@@ -20,7 +20,7 @@ use super::{FatalStop, Runner};
 use crate::api::analysis::AnalysisRequest;
 use crate::api::{AnalysisStatus, ApiError, Call};
 use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAnalyze, UNSURE};
-use crate::ledger::{self, FIRST_CHECK};
+use crate::ledger::{self, keys::FIRST_CHECK};
 use crate::retry::{Disposition, Retryable, with_retries};
 
 /// The fact under which the learned analysis times are kept.

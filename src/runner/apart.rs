@@ -5,13 +5,13 @@
 //! back for [`crate::reconcile::sharers_apart_ms`], so that their send windows do not
 //! overlap. Only evidence rests on it, never exactly-once: a name it fails to match is
 //! merely sent alongside its sharers, and a manifest of mostly one name is sent as before
-//! ([`crate::ledger::claim_admitted`] fills a claim with held keys when too few others wait).
+//! ([`crate::ledger::keys::claim_admitted`] fills a claim with held keys when too few others wait).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
 
-use crate::ledger::{self, Admit};
+use crate::ledger::{self, keys::Admit};
 
 #[derive(Debug, Default)]
 pub struct Apart {
@@ -86,11 +86,11 @@ impl Apart {
         now: i64,
     ) -> rusqlite::Result<(Vec<ledger::Claimed>, bool)> {
         if self.ms() <= 0 {
-            return Ok((ledger::claim(conn, scope, limit, run, now)?, false));
+            return Ok((ledger::keys::claim(conn, scope, limit, run, now)?, false));
         }
         let mut guard = self.names.lock().unwrap_or_else(|p| p.into_inner());
         guard.names.retain(|_, h| h.in_flight > 0 || h.until > now);
-        ledger::claim_admitted(conn, scope, limit, run, now, &mut Admitted(&mut guard, now))
+        ledger::keys::claim_admitted(conn, scope, limit, run, now, &mut Admitted(&mut guard, now))
     }
 }
 
@@ -122,7 +122,7 @@ mod tests {
         let l = Ledger::open_in_memory().unwrap();
         let scope = Scope::open(l.conn(), "http://mi.test", "w", "p").unwrap();
         let keys: Vec<NewKey> = keys.iter().map(|k| NewKey::new("b", *k)).collect();
-        ledger::insert_keys(l.conn(), &scope, &keys, OnChanged::Report).unwrap();
+        ledger::keys::insert_keys(l.conn(), &scope, &keys, OnChanged::Report).unwrap();
         (l, scope)
     }
 
@@ -164,7 +164,7 @@ mod tests {
         assert!(claim(&apart, &l, &s, 4, 1_100).is_empty());
         let x = outcome(&l, "cam1/x.mp4", State::Registered);
         let y = outcome(&l, "cam1/y.mp4", State::Uncertain);
-        ledger::record(l.conn(), &[x.clone(), y.clone()], 1).unwrap();
+        ledger::keys::record(l.conn(), &[x.clone(), y.clone()], 1).unwrap();
         apart.written(&[x, y], 1_200);
         assert_eq!(claim(&apart, &l, &s, 4, 1_300), ["cam2/x.mp4"]);
         // A lost answer holds its name's others back for the whole time.

@@ -21,7 +21,7 @@ use super::schedule::{self, FirstLook, ImportModel};
 use super::{FatalStop, Runner};
 use crate::api::{ApiError, Call};
 use crate::ledger::checks::{self, CheckResult, DueCheck};
-use crate::ledger::{self, FIRST_CHECK, State};
+use crate::ledger::{self, State, keys::FIRST_CHECK};
 use crate::retry::Disposition;
 
 /// The longest gap between two checks of one asset: long videos take a while, and a poll a

@@ -471,7 +471,7 @@ impl Runner {
         let scope = self.scope.clone();
         let mut buckets = self
             .writer
-            .write(move |t| ledger::buckets_to_send(t, &scope))
+            .write(move |t| ledger::keys::buckets_to_send(t, &scope))
             .await?;
         buckets.extend(options.buckets.iter().cloned());
         buckets.sort();
@@ -489,7 +489,9 @@ impl Runner {
         let (scope, run) = (self.scope.clone(), self.run_id);
         let recovered = self
             .writer
-            .write(move |t| ledger::mark_in_flight_uncertain(t, &scope, run, ledger::now_ms()))
+            .write(move |t| {
+                ledger::keys::mark_in_flight_uncertain(t, &scope, run, ledger::now_ms())
+            })
             .await?;
         if recovered > 0 {
             tracing::warn!(
@@ -502,15 +504,15 @@ impl Runner {
         let counts = self
             .writer
             .write(move |t| {
-                let counts = ledger::counts(t, Some(&scope));
+                let counts = ledger::keys::counts(t, Some(&scope));
                 feed.counted
                     .store(true, std::sync::atomic::Ordering::SeqCst);
                 counts
             })
             .await?;
-        let pending = ledger::count_in(&counts, State::Pending);
+        let pending = ledger::keys::count_in(&counts, State::Pending);
         self.stats.queued.fetch_add(pending, Relaxed);
-        if ledger::count_in(&counts, State::Uncertain) > 0 {
+        if ledger::keys::count_in(&counts, State::Uncertain) > 0 {
             self.keep_back.store(true, Relaxed);
         }
         self.recall_lag().await?;
@@ -740,7 +742,7 @@ impl Runner {
         let scope = self.scope.clone();
         let n = self
             .writer
-            .write(move |t| ledger::pending_upto(t, &scope, 1))
+            .write(move |t| ledger::keys::pending_upto(t, &scope, 1))
             .await?;
         Ok(n > 0)
     }
@@ -761,7 +763,7 @@ impl Runner {
             .flushing_during(
                 &self.writer,
                 move |t, outcomes| {
-                    let changed = ledger::record(t, outcomes, run)?;
+                    let changed = ledger::keys::record(t, outcomes, run)?;
                     // A name is free once the ledger holds its key's outcome: a kill before
                     // that leaves the key unknown, as if still in flight.
                     apart.written(outcomes, ledger::now_ms());
@@ -895,7 +897,7 @@ impl Runner {
                                 let want = match keep {
                                     0 => want,
                                     keep => want.min(
-                                        ledger::pending_upto(t, &scope, want + keep)?
+                                        ledger::keys::pending_upto(t, &scope, want + keep)?
                                             .saturating_sub(keep),
                                     ),
                                 };
@@ -971,7 +973,10 @@ impl Runner {
                     };
                     // A killed run's unknown moments are dated from its heartbeat: a key that
                     // waited long (limiter, backoff) leaves only once it is recent.
-                    let beat = self.writer.beat_within(ledger::HEARTBEAT_MAX_AGE).await;
+                    let beat = self
+                        .writer
+                        .beat_within(ledger::keys::HEARTBEAT_MAX_AGE)
+                        .await;
                     if self.stop.is_cancelled() || beat.is_err() || self.out_of_time() {
                         return Attempt::NotSent;
                     }

@@ -110,10 +110,8 @@ impl<T: Send + 'static> Outbox<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::{
-        Ledger, NewKey, OnChanged, Outcome, Scope, State, claim, counts, insert_keys, now_ms,
-        record,
-    };
+    use crate::ledger::keys::{claim, counts, insert_keys, record};
+    use crate::ledger::{Ledger, NewKey, OnChanged, Outcome, Scope, State, now_ms};
 
     #[tokio::test]
     async fn everything_pushed_is_written_by_the_time_the_flusher_ends() {
