@@ -7,9 +7,9 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::io::Write;
 
-use crate::ledger::state::sql::*;
+pub use crate::ledger::keys::CandidateCounts;
+use crate::ledger::keys::KeyRecord;
 use crate::ledger::{self, Scope, State, ms_text};
-use const_format::formatcp;
 
 /// How a report is written: CSV for people and spreadsheets, JSON Lines for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -178,17 +178,11 @@ pub struct Selection {
 /// The run `report --run` names: `last` (the latest `run`) or its number.
 pub fn run_named(conn: &Connection, text: &str) -> Result<i64> {
     if text == "last" {
-        return conn
-            .query_row(
-                "SELECT id FROM runs WHERE command = 'run' ORDER BY id DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|_| {
-                crate::exit::input(anyhow::anyhow!(
-                    "the ledger records no run yet\nhint: `mi-import run` first"
-                ))
-            });
+        return ledger::runs::last_run_id(conn)?.ok_or_else(|| {
+            crate::exit::input(anyhow::anyhow!(
+                "the ledger records no run yet\nhint: `mi-import run` first"
+            ))
+        });
     }
     let id: i64 = text.parse().map_err(|_| {
         crate::exit::input(anyhow::anyhow!(
@@ -196,10 +190,7 @@ pub fn run_named(conn: &Connection, text: &str) -> Result<i64> {
             crate::escape::shown(text)
         ))
     })?;
-    let found: i64 = conn.query_row("SELECT COUNT(*) FROM runs WHERE id = ?1", [id], |r| {
-        r.get(0)
-    })?;
-    if found == 0 {
+    if !ledger::runs::run_exists(conn, id)? {
         return Err(crate::exit::input(anyhow::anyhow!(
             "the ledger records no run {id}\nhint: --run last, or the number `status --json` shows"
         )));
@@ -216,57 +207,39 @@ pub fn write_report(
     audience: Audience,
     out: impl Write,
 ) -> Result<u64> {
-    let states = &selection.states;
-    let codes: Vec<i64> = states.iter().map(|s| s.code()).collect();
-    let mut stmt = conn.prepare(
-        "SELECT b.name, k.key, k.state, k.asset_id, k.candidates, k.evidence, k.upload_status,
-                k.upload_result, a.status, a.index_id, a.message, k.attempts, k.http_status,
-                k.error_code, k.message, k.trace_id, k.size, k.changed_at, k.first_seen_at,
-                k.updated_at, k.registered_at, s.workspace, s.project
-         FROM keys k
-         JOIN buckets b ON b.id = k.bucket
-         JOIN scopes s ON s.id = k.scope
-         LEFT JOIN analyses a ON a.key_id = k.id AND a.asset_id = k.asset_id
-         WHERE (?1 = '[]' OR k.state IN (SELECT value FROM json_each(?1)))
-           AND (?2 IS NULL OR k.run = ?2)
-         ORDER BY k.id",
-    )?;
-    let filter = serde_json::to_string(&codes)?;
     let malformed = match selection.run {
         Some(run) => malformed_rows(conn, run)?,
         None => Vec::new(),
     };
     let time = |v: Option<i64>| v.map(ms_text);
-    let rows = stmt.query_map(rusqlite::params![filter, selection.run], |r| {
-        Ok(ReportRow {
-            bucket: r.get(0)?,
-            key: r.get(1)?,
-            state: r.get::<_, State>(2)?.as_str().to_owned(),
-            asset_id: r.get(3)?,
-            candidates: r.get(4)?,
-            evidence: r
-                .get::<_, Option<String>>(5)?
-                .and_then(|e| serde_json::from_str(&e).ok())
-                .map(EvidenceCell::Objects),
-            upload_status: r.get(6)?,
-            upload_result: r.get(7)?,
-            analysis_status: r.get(8)?,
-            index_id: r.get(9)?,
-            analysis_message: r.get(10)?,
-            attempts: r.get(11)?,
-            http_status: r.get(12)?,
-            error_code: r.get(13)?,
-            message: r.get(14)?,
-            trace_id: r.get(15)?,
-            size: r.get(16)?,
-            changed_at: time(r.get(17)?),
-            first_seen_at: ms_text(r.get(18)?),
-            updated_at: ms_text(r.get(19)?),
-            registered_at: time(r.get(20)?),
-            workspace: r.get(21)?,
-            project: r.get(22)?,
-        })
-    })?;
+    let report_row = |k: KeyRecord| ReportRow {
+        bucket: k.bucket,
+        key: k.key,
+        state: k.state.as_str().to_owned(),
+        asset_id: k.asset_id,
+        candidates: k.candidates,
+        evidence: k
+            .evidence
+            .and_then(|e| serde_json::from_str(&e).ok())
+            .map(EvidenceCell::Objects),
+        upload_status: k.upload_status,
+        upload_result: k.upload_result,
+        analysis_status: k.analysis_status,
+        index_id: k.index_id,
+        analysis_message: k.analysis_message,
+        attempts: k.attempts,
+        http_status: k.http_status,
+        error_code: k.error_code,
+        message: k.message,
+        trace_id: k.trace_id,
+        size: k.size,
+        changed_at: time(k.changed_at),
+        first_seen_at: ms_text(k.first_seen_at),
+        updated_at: ms_text(k.updated_at),
+        registered_at: time(k.registered_at),
+        workspace: k.workspace,
+        project: k.project,
+    };
     let for_terminal = |row: ReportRow| match audience {
         Audience::Terminal => {
             let mut row = row;
@@ -284,22 +257,31 @@ pub fn write_report(
                 .has_headers(false)
                 .from_writer(out);
             csv.write_record(COLUMNS)?;
-            for row in rows.chain(malformed.into_iter().map(Ok)) {
-                let mut row = row?;
+            let mut write = |mut row: ReportRow| -> Result<()> {
                 row.evidence = row.evidence.map(|e| EvidenceCell::Text(e.compact()));
                 let row = for_terminal(row).map_text(|t| crate::escape::csv_cell(t).into_owned());
                 csv.serialize(row)?;
                 written += 1;
-            }
+                Ok(())
+            };
+            ledger::keys::each_reported(conn, &selection.states, selection.run, |k| {
+                write(report_row(k))
+            })?;
+            malformed.into_iter().try_for_each(&mut write)?;
             csv.flush()?;
         }
         ReportFormat::Jsonl => {
             let mut out = std::io::BufWriter::new(out);
-            for row in rows.chain(malformed.into_iter().map(Ok)) {
-                serde_json::to_writer(&mut out, &for_terminal(row?))?;
+            let mut write = |row: ReportRow| -> Result<()> {
+                serde_json::to_writer(&mut out, &for_terminal(row))?;
                 out.write_all(b"\n")?;
                 written += 1;
-            }
+                Ok(())
+            };
+            ledger::keys::each_reported(conn, &selection.states, selection.run, |k| {
+                write(report_row(k))
+            })?;
+            malformed.into_iter().try_for_each(&mut write)?;
             out.flush()?;
         }
     }
@@ -308,11 +290,7 @@ pub fn write_report(
 
 /// The manifest rows `run` found malformed (kept in its record), as report rows.
 fn malformed_rows(conn: &Connection, run: i64) -> Result<Vec<ReportRow>> {
-    let (summary, started): (Option<String>, String) = conn.query_row(
-        "SELECT summary, started_at FROM runs WHERE id = ?1",
-        [run],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (summary, started) = ledger::runs::summary_of(conn, run)?;
     let record: serde_json::Value = summary
         .and_then(|s| serde_json::from_str(&s).ok())
         .unwrap_or_default();
@@ -370,15 +348,6 @@ pub struct StatusView {
     pub last_run: Option<LastRun>,
 }
 
-/// Uncertain keys with one candidate (`resolve --sole-candidates` settles them on your word),
-/// with several, and with none (the next run looks again).
-#[derive(Debug, Default, Serialize)]
-pub struct CandidateCounts {
-    pub one: u64,
-    pub several: u64,
-    pub none: u64,
-}
-
 #[derive(Debug, Serialize)]
 pub struct ScopeView {
     pub workspace: String,
@@ -416,24 +385,8 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
             project: scope.project,
         });
     }
-    let awaiting_resolve: i64 = conn.query_row(
-        formatcp!("SELECT COUNT(*) FROM keys WHERE state = {UNCERTAIN} AND candidates IS NOT NULL"),
-        [],
-        |r| r.get(0),
-    )?;
-    let mut uncertain_candidates = CandidateCounts::default();
-    let mut stmt = conn.prepare(formatcp!(
-        "SELECT candidates FROM keys WHERE state = {UNCERTAIN}"
-    ))?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let candidates: Option<String> = row.get(0)?;
-        match candidates.map(|c| c.split(' ').filter(|s| !s.is_empty()).count()) {
-            None | Some(0) => uncertain_candidates.none += 1,
-            Some(1) => uncertain_candidates.one += 1,
-            Some(_) => uncertain_candidates.several += 1,
-        }
-    }
+    let uncertain_candidates = ledger::keys::uncertain_by_candidates(conn)?;
+    let awaiting_resolve = ledger::keys::awaiting_resolve(conn)?;
     let last_run =
         ledger::last_run(conn)?.map(|(command, started_at, finished_at, exit_code, summary)| {
             LastRun {
@@ -448,7 +401,7 @@ pub fn status_view(conn: &Connection) -> Result<StatusView> {
         analyses: ledger::analyses::analysis_counts(conn, None)?,
         total,
         awaiting_confirmation: ledger::keys::count_in(&counts, State::Registered),
-        awaiting_resolve: awaiting_resolve as u64,
+        awaiting_resolve,
         uncertain_candidates,
         states: state_map(&counts),
         scopes,

@@ -8,11 +8,9 @@ use tokio_util::sync::CancellationToken;
 use super::ingest;
 use super::{ImportJob, summary};
 use crate::api::MiClient;
-use crate::ledger::state::sql::*;
 use crate::ledger::{self, Ingested, Ledger, Scope, State, listings};
 use crate::runner::ListSummary;
 use crate::source::bucket::Lister;
-use const_format::formatcp;
 
 /// Import-status checks per key when the ledger has no history of its own to tell.
 const ASSUMED_CHECKS_PER_KEY: f64 = 1.5;
@@ -364,11 +362,7 @@ async fn check_account(job: &ImportJob) -> Result<String> {
 
 /// Import-status checks per confirmed key so far in this project, or an assumption.
 fn checks_per_key(conn: &rusqlite::Connection, scope: &Scope) -> rusqlite::Result<f64> {
-    let (checks, keys): (i64, i64) = conn.query_row(
-        formatcp!("SELECT COALESCE(SUM(checks), 0), COUNT(*) FROM keys WHERE scope = ?1 AND state IN ({COMPLETED}, {IMPORT_FAILED})"),
-        [scope.id],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (checks, keys) = ledger::checks::checks_of_settled(conn, scope)?;
     Ok(if keys >= 20 {
         checks as f64 / keys as f64
     } else {

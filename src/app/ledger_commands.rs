@@ -3,7 +3,6 @@
 //! ledger's lock, like a run. (`resolve`, which may ask MI, is in [`super::resolve`].)
 
 use anyhow::{Context, Result};
-use rusqlite::params;
 use std::path::Path;
 
 use crate::cli::ReportArgs;
@@ -224,13 +223,7 @@ pub(super) fn only_bucket_of(
     scope: &Scope,
     key: &str,
 ) -> Result<String> {
-    let mut stmt = conn.prepare(
-        "SELECT buckets.name FROM keys JOIN buckets ON buckets.id = keys.bucket
-         WHERE keys.scope = ?1 AND keys.key = ?2",
-    )?;
-    let buckets: Vec<String> = stmt
-        .query_map(params![scope.id, key], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+    let buckets = ledger::keys::buckets_holding(conn, scope, key)?;
     match buckets.as_slice() {
         [one] => Ok(one.clone()),
         [] => Err(input(anyhow::anyhow!(

@@ -48,8 +48,7 @@ impl Session {
             &job.target.project,
         )?;
         let run_id = ledger::start_run(conn, command, Some(&scope), job.limits.timeout)?;
-        let rows_before: i64 =
-            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM keys", [], |r| r.get(0))?;
+        let rows_before = ledger::keys::last_row(conn)?;
         // The thread ends by itself once every writer handle (the runner's too) is dropped;
         // every write is awaited, so nothing is left unwritten when the command returns.
         let (writer, _thread) = LedgerWriter::spawn(ledger, Some(run_id));
@@ -104,10 +103,7 @@ impl Session {
         let (scope, above) = (self.scope.clone(), self.rows_before);
         self.writer
             .write(move |t| {
-                t.execute(
-                    "DELETE FROM keys WHERE scope = ?1 AND id > ?2",
-                    rusqlite::params![scope.id, above],
-                )?;
+                ledger::keys::forget_rows_after(t, &scope, above)?;
                 ledger::scopes::forget_scope_if_empty(t, &scope)
             })
             .await

@@ -221,6 +221,19 @@ pub fn end_list_pass(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Import-status checks the scope's settled keys (completed or import_failed) took, and how
+/// many keys that is.
+pub fn checks_of_settled(conn: &Connection, scope: &Scope) -> rusqlite::Result<(i64, i64)> {
+    conn.query_row(
+        formatcp!(
+            "SELECT COALESCE(SUM(checks), 0), COUNT(*) FROM keys
+             WHERE scope = ?1 AND state IN ({COMPLETED}, {IMPORT_FAILED})"
+        ),
+        [scope.id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -675,3 +675,153 @@ pub fn skipped_since(conn: &Connection, scope: &Scope, since: i64) -> rusqlite::
         r.get::<_, i64>(0).map(|n| n as u64)
     })
 }
+
+/// One key as `report` shows it, straight from its row (times in Unix ms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub bucket: String,
+    pub key: String,
+    pub state: State,
+    pub asset_id: Option<i64>,
+    pub candidates: Option<String>,
+    /// The candidates' evidence, as JSON text.
+    pub evidence: Option<String>,
+    pub upload_status: Option<String>,
+    pub upload_result: Option<String>,
+    pub analysis_status: Option<String>,
+    pub index_id: Option<String>,
+    pub analysis_message: Option<String>,
+    pub attempts: u32,
+    pub http_status: Option<u16>,
+    pub error_code: Option<String>,
+    pub message: Option<String>,
+    pub trace_id: Option<String>,
+    pub size: Option<i64>,
+    pub changed_at: Option<i64>,
+    pub first_seen_at: i64,
+    pub updated_at: i64,
+    pub registered_at: Option<i64>,
+    pub workspace: String,
+    pub project: String,
+}
+
+/// Hands every key in `states` (all when empty), and of them only those `run` touched last
+/// if given, to `each`, in row order, one at a time (a report of a million keys holds one).
+pub fn each_reported<E: From<rusqlite::Error>>(
+    conn: &Connection,
+    states: &[State],
+    run: Option<i64>,
+    mut each: impl FnMut(KeyRecord) -> Result<(), E>,
+) -> Result<(), E> {
+    let codes: Vec<i64> = states.iter().map(|s| s.code()).collect();
+    let filter = serde_json::to_string(&codes).unwrap_or_else(|_| "[]".into());
+    let mut stmt = conn.prepare(
+        "SELECT b.name, k.key, k.state, k.asset_id, k.candidates, k.evidence, k.upload_status,
+                k.upload_result, a.status, a.index_id, a.message, k.attempts, k.http_status,
+                k.error_code, k.message, k.trace_id, k.size, k.changed_at, k.first_seen_at,
+                k.updated_at, k.registered_at, s.workspace, s.project
+         FROM keys k
+         JOIN buckets b ON b.id = k.bucket
+         JOIN scopes s ON s.id = k.scope
+         LEFT JOIN analyses a ON a.key_id = k.id AND a.asset_id = k.asset_id
+         WHERE (?1 = '[]' OR k.state IN (SELECT value FROM json_each(?1)))
+           AND (?2 IS NULL OR k.run = ?2)
+         ORDER BY k.id",
+    )?;
+    let rows = stmt.query_map(params![filter, run], |r| {
+        Ok(KeyRecord {
+            bucket: r.get(0)?,
+            key: r.get(1)?,
+            state: r.get(2)?,
+            asset_id: r.get(3)?,
+            candidates: r.get(4)?,
+            evidence: r.get(5)?,
+            upload_status: r.get(6)?,
+            upload_result: r.get(7)?,
+            analysis_status: r.get(8)?,
+            index_id: r.get(9)?,
+            analysis_message: r.get(10)?,
+            attempts: r.get(11)?,
+            http_status: r.get(12)?,
+            error_code: r.get(13)?,
+            message: r.get(14)?,
+            trace_id: r.get(15)?,
+            size: r.get(16)?,
+            changed_at: r.get(17)?,
+            first_seen_at: r.get(18)?,
+            updated_at: r.get(19)?,
+            registered_at: r.get(20)?,
+            workspace: r.get(21)?,
+            project: r.get(22)?,
+        })
+    })?;
+    for row in rows {
+        each(row?)?;
+    }
+    Ok(())
+}
+
+/// Uncertain keys (of every scope) MI's list could not settle: they have candidates and wait
+/// for `mi-import resolve`.
+pub fn awaiting_resolve(conn: &Connection) -> rusqlite::Result<u64> {
+    conn.query_row(
+        formatcp!("SELECT COUNT(*) FROM keys WHERE state = {UNCERTAIN} AND candidates IS NOT NULL"),
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n as u64),
+    )
+}
+
+/// Uncertain keys (of every scope) by how many candidate assets they have.
+pub fn uncertain_by_candidates(conn: &Connection) -> rusqlite::Result<CandidateCounts> {
+    let mut stmt = conn.prepare(formatcp!(
+        "SELECT candidates FROM keys WHERE state = {UNCERTAIN}"
+    ))?;
+    let mut rows = stmt.query([])?;
+    let mut counts = CandidateCounts::default();
+    while let Some(row) = rows.next()? {
+        let candidates: Option<String> = row.get(0)?;
+        match candidates.map(|c| c.split(' ').filter(|s| !s.is_empty()).count()) {
+            None | Some(0) => counts.none += 1,
+            Some(1) => counts.one += 1,
+            Some(_) => counts.several += 1,
+        }
+    }
+    Ok(counts)
+}
+
+/// Uncertain keys with one candidate (`resolve --sole-candidates` settles them on your word),
+/// with several, and with none (the next run looks again).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct CandidateCounts {
+    pub one: u64,
+    pub several: u64,
+    pub none: u64,
+}
+
+/// The buckets of the scope that hold `key` (one, as a rule).
+pub fn buckets_holding(
+    conn: &Connection,
+    scope: &Scope,
+    key: &str,
+) -> rusqlite::Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT buckets.name FROM keys JOIN buckets ON buckets.id = keys.bucket
+         WHERE keys.scope = ?1 AND keys.key = ?2",
+    )?;
+    let rows = stmt.query_map(params![scope.id, key], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// The number of the last key row written (of any scope; 0 in an empty ledger).
+pub fn last_row(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT COALESCE(MAX(id), 0) FROM keys", [], |r| r.get(0))
+}
+
+/// Removes the scope's rows written after row `above`: what a command refused before
+/// anything was sent had added.
+pub fn forget_rows_after(conn: &Connection, scope: &Scope, above: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM keys WHERE scope = ?1 AND id > ?2",
+        params![scope.id, above],
+    )
+}

@@ -71,6 +71,33 @@ pub fn last_run(conn: &Connection) -> rusqlite::Result<Option<RunRow>> {
     .optional()
 }
 
+/// The latest `run` command's number, if any.
+pub fn last_run_id(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT id FROM runs WHERE command = 'run' ORDER BY id DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+/// Whether the ledger records run `id`.
+pub fn run_exists(conn: &Connection, id: i64) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT COUNT(*) FROM runs WHERE id = ?1", [id], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map(|n| n > 0)
+}
+
+/// A run's JSON summary, if it finished, and when it started (as `runs` keeps it).
+pub fn summary_of(conn: &Connection, id: i64) -> rusqlite::Result<(Option<String>, String)> {
+    conn.query_row(
+        "SELECT summary, started_at FROM runs WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
 /// How much of a manifest was read into a scope before: its leading `bytes` (ending at a
 /// record's end), their SHA-256, the lines they held and the data rows among them.
 #[derive(Debug, Clone, PartialEq, Eq)]
