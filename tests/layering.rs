@@ -197,3 +197,22 @@ fn exit_codes_stay_a_leaf() {
     let named: Vec<String> = graph[&exit].iter().map(show).collect();
     assert!(named.is_empty(), "exit.rs names {named:?}");
 }
+
+/// Every SQL statement is the ledger's: a module above it asks for what it needs by name.
+#[test]
+fn sql_lives_only_in_the_ledger() {
+    let calls = [
+        ".prepare(",
+        ".prepare_cached(",
+        ".query_row(",
+        ".execute(",
+        ".execute_batch(",
+    ];
+    let outside: Vec<String> = modules()
+        .iter()
+        .filter(|(module, _)| module.first().is_some_and(|m| m != "ledger"))
+        .filter(|(_, text)| calls.iter().any(|call| text.contains(call)))
+        .map(|(module, _)| show(module))
+        .collect();
+    assert!(outside.is_empty(), "SQL outside src/ledger/: {outside:?}");
+}
