@@ -369,10 +369,10 @@ fn remember(job: &CheckJob, carries_status: Option<bool>) -> Result<()> {
         &job.target.workspace,
         &job.target.project,
     )?;
-    ledger::unsure::learn(
+    ledger::facts::set(
         ledger.conn(),
         &scope,
-        "list_upload_status",
+        ledger::facts::Fact::ListUploadStatus,
         if carries { "yes" } else { "no" },
     )?;
     ledger.checkpoint()

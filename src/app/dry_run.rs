@@ -82,7 +82,7 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let counts = ledger::keys::counts(&tx, Some(&scope))?;
     let reasons = ledger::keys::skip_reasons(&tx, &scope)?;
     let checks_per_key = checks_per_key(&tx, &scope)?;
-    let kept_limit = ledger::unsure::fact(&tx, &scope, crate::runner::LIMIT_FACT)?
+    let kept_limit = ledger::facts::get(&tx, &scope, ledger::facts::Fact::RateLimit)?
         .and_then(|v| v.parse::<f64>().ok())
         .filter(|l| *l > 0.0);
     let to_analyze = match &job.options.analyze {

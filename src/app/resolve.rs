@@ -113,7 +113,7 @@ pub async fn resolve(
     } else {
         look_up(&scope, args, global, &lookups, &shutdown).await?
     };
-    let naming = unsure::fact(conn, &scope, "list_naming")?
+    let naming = ledger::facts::get(conn, &scope, ledger::facts::Fact::ListNaming)?
         .as_deref()
         .and_then(Naming::parse);
     for c in &checked {

@@ -24,6 +24,7 @@
 
 pub mod analyses;
 pub mod checks;
+pub mod facts;
 pub mod keys;
 pub mod listings;
 pub mod observed;

@@ -130,30 +130,6 @@ pub fn unsure_since(
     .collect()
 }
 
-/// A fact learned about the scope's MI project, if any.
-pub fn fact(conn: &Connection, scope: &Scope, name: &str) -> rusqlite::Result<Option<String>> {
-    conn.prepare_cached("SELECT value FROM facts WHERE scope = ?1 AND name = ?2")?
-        .query_row(params![scope.id, name], |r| r.get(0))
-        .optional()
-}
-
-/// Remembers a fact about the scope's MI project.
-pub fn learn(conn: &Connection, scope: &Scope, name: &str, value: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached(
-        "INSERT INTO facts (scope, name, value, at) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (scope, name) DO UPDATE SET value = excluded.value, at = excluded.at",
-    )?
-    .execute(params![scope.id, name, value, now_ms()])?;
-    Ok(())
-}
-
-/// Forgets a fact that no longer holds.
-pub fn unlearn(conn: &Connection, scope: &Scope, name: &str) -> rusqlite::Result<()> {
-    conn.prepare_cached("DELETE FROM facts WHERE scope = ?1 AND name = ?2")?
-        .execute(params![scope.id, name])?;
-    Ok(())
-}
-
 /// What applying one pass's verdicts did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Settled {

@@ -20,11 +20,10 @@ use super::{FatalStop, Runner};
 use crate::api::analysis::AnalysisRequest;
 use crate::api::{AnalysisStatus, ApiError, Call};
 use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAnalyze, UNSURE};
+use crate::ledger::facts::Fact;
 use crate::ledger::{self, keys::FIRST_CHECK};
 use crate::retry::{Disposition, Retryable, with_retries};
 
-/// The fact under which the learned analysis times are kept.
-const ANALYSIS_MODEL_FACT: &str = "analysis_times";
 /// The first analysis of a size is looked at again each time this share of its age has
 /// passed: analyses take minutes, and every other look of its size is placed by what it
 /// found.
@@ -125,7 +124,7 @@ impl Runner {
             );
         }
         self.load_times(
-            ANALYSIS_MODEL_FACT,
+            Fact::AnalysisTimes,
             &self.analysis_model,
             Some(ANALYSIS_PROBE_SHARE),
         )
@@ -139,7 +138,7 @@ impl Runner {
                 self.follow_analyses(plan, upstream, patience),
             )
             .await;
-        self.save_times(ANALYSIS_MODEL_FACT, &self.analysis_model)
+        self.save_times(Fact::AnalysisTimes, &self.analysis_model)
             .await?;
         followed
     }

@@ -21,6 +21,7 @@ use super::schedule::{self, FirstLook, ImportModel};
 use super::{FatalStop, Runner};
 use crate::api::{ApiError, Call};
 use crate::ledger::checks::{self, CheckResult, DueCheck};
+use crate::ledger::facts::{self, Fact};
 use crate::ledger::{self, State, keys::FIRST_CHECK};
 use crate::retry::Disposition;
 
@@ -30,10 +31,6 @@ pub const MAX_CHECK_GAP: Duration = Duration::from_secs(300);
 /// How often the count of assets still waiting (for progress) is refreshed: it reads the
 /// whole index range, unlike the loop's own queries.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
-/// The fact under which the learned import times are kept.
-const MODEL_FACT: &str = "import_times";
-/// The fact that says whether the asset list's entries carry each import's status.
-const LIST_STATUS_FACT: &str = "list_upload_status";
 /// A pass over the whole asset list is worth it only if it settles at least this many assets
 /// per page it reads.
 const LIST_KEYS_PER_PAGE: u64 = 4;
@@ -99,17 +96,17 @@ impl Runner {
 
     /// The import times earlier runs learned for this project.
     async fn load_model(&self) -> Result<()> {
-        self.load_times(MODEL_FACT, &self.model, None).await
+        self.load_times(Fact::ImportTimes, &self.model, None).await
     }
 
     async fn save_model(&self) -> Result<()> {
-        self.save_times(MODEL_FACT, &self.model).await
+        self.save_times(Fact::ImportTimes, &self.model).await
     }
 
     /// Seeds `model` with the times earlier runs kept under `fact`, watching from now.
     pub(super) async fn load_times(
         &self,
-        fact: &'static str,
+        fact: Fact,
         model: &std::sync::Mutex<ImportModel>,
         probe_share: Option<f64>,
     ) -> Result<()> {
@@ -130,7 +127,7 @@ impl Runner {
     /// Keeps what `model` learned under `fact`, for the next run.
     pub(super) async fn save_times(
         &self,
-        fact: &'static str,
+        fact: Fact,
         model: &std::sync::Mutex<ImportModel>,
     ) -> Result<()> {
         let bins = model.lock().unwrap_or_else(|p| p.into_inner()).bins();
@@ -139,7 +136,7 @@ impl Runner {
         }
         let (scope, text) = (self.scope.clone(), serde_json::to_string(&bins)?);
         self.writer
-            .write(move |t| ledger::unsure::learn(t, &scope, fact, &text))
+            .write(move |t| facts::set(t, &scope, fact, &text))
             .await
     }
 
@@ -330,7 +327,7 @@ impl Runner {
     /// Whether the asset list's entries carry each import's status (learned from one entry
     /// of the list the first time, kept as a fact), and how many pages it has.
     async fn list_mode(&self) -> Result<ListMode> {
-        let known = self.fact(LIST_STATUS_FACT).await?;
+        let known = self.fact(Fact::ListUploadStatus).await?;
         if known.as_deref() == Some("no") {
             return Ok(ListMode::default());
         }
@@ -350,7 +347,7 @@ impl Runner {
                 if carries_status { "yes" } else { "no" },
             );
             self.writer
-                .write(move |t| ledger::unsure::learn(t, &scope, LIST_STATUS_FACT, value))
+                .write(move |t| facts::set(t, &scope, Fact::ListUploadStatus, value))
                 .await?;
             if carries_status {
                 tracing::info!(

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{Answer, ApiError, Call, MiClient, Registered};
+use crate::ledger::facts::{self, Fact};
 use crate::ledger::writer::LedgerWriter;
 use crate::ledger::{self, Claimed, Outcome, Scope, State};
 use crate::limiter::Limiter;
@@ -65,8 +66,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// for the next run: each pass pages the whole project.
 const MAX_PASSES: u32 = 10;
 /// Of those, passes made to learn how late the list shows a new asset, while nothing tells.
-/// The ledger's fact: the requests per second MI was last seen to keep as a limit.
-pub const LIMIT_FACT: &str = "rate_limit";
 const LAG_PROBES: u32 = 3;
 /// The breaker looks only after this many finished keys.
 const BREAKER_MIN_FINISHED: u64 = 100;
@@ -342,10 +341,10 @@ impl Runner {
     }
 
     /// A fact the ledger learned about this scope's MI project, if any.
-    async fn fact(&self, name: &'static str) -> Result<Option<String>> {
+    async fn fact(&self, fact: Fact) -> Result<Option<String>> {
         let scope = self.scope.clone();
         self.writer
-            .write(move |t| ledger::unsure::fact(t, &scope, name))
+            .write(move |t| facts::get(t, &scope, fact))
             .await
     }
 
@@ -364,11 +363,11 @@ impl Runner {
         let scope = self.scope.clone();
         self.writer
             .write(move |t| match known {
-                Some(limit) => ledger::unsure::learn(t, &scope, LIMIT_FACT, &format!("{limit:.1}")),
-                None => match ledger::unsure::fact(t, &scope, LIMIT_FACT)?
+                Some(limit) => facts::set(t, &scope, Fact::RateLimit, &format!("{limit:.1}")),
+                None => match facts::get(t, &scope, Fact::RateLimit)?
                     .and_then(|v| v.parse::<f64>().ok())
                 {
-                    Some(kept) if kept < rate => ledger::unsure::unlearn(t, &scope, LIMIT_FACT),
+                    Some(kept) if kept < rate => facts::forget(t, &scope, Fact::RateLimit),
                     _ => Ok(()),
                 },
             })

@@ -13,6 +13,7 @@ use std::time::Duration;
 use super::asset_list::{Flow, WalkError, Walked};
 use super::{FatalStop, Runner, plural};
 use crate::api::{ApiError, Call};
+use crate::ledger::facts::{self, Fact};
 use crate::ledger::{self, observed, unsure};
 use crate::reconcile::{
     self, Evidence, Listed, Naming, Observation, Observed, Pass, UnsureKey, Verdict, Witness,
@@ -34,13 +35,6 @@ const FRESHNESS_WINDOW: Duration = Duration::from_secs(600);
 /// Missing witnesses looked up one by one (a deleted asset is no sign of lag); more missing
 /// than this and the list is taken as not current.
 const MAX_PROBES: usize = 20;
-/// The fact under which the learned naming is kept.
-const NAMING_FACT: &str = "list_naming";
-/// The fact that says what orders the list's assets in time: `times` (entries carry a
-/// creation time), `ids` (IDs grow with creation), or `none`.
-const ORDER_FACT: &str = "list_order";
-/// The fact under which the learned lag of the list is kept, in ms.
-const LAG_FACT: &str = "list_lag_ms";
 /// The settle window is the learned lag times this, plus [`LAG_SLACK`]: a lag measured on a
 /// few witnesses may be a little short of the next one's.
 const LAG_MARGIN: f64 = 1.5;
@@ -119,7 +113,7 @@ impl Runner {
             .write(move |t| {
                 Ok((
                     unsure::witnesses(t, &scope, since, MAX_WITNESSES)?,
-                    unsure::fact(t, &scope, NAMING_FACT)?,
+                    facts::get(t, &scope, Fact::ListNaming)?,
                 ))
             })
             .await?;
@@ -258,7 +252,7 @@ impl Runner {
             }
             let scope = self.scope.clone();
             self.writer
-                .write(move |t| unsure::learn(t, &scope, NAMING_FACT, naming.as_str()))
+                .write(move |t| facts::set(t, &scope, Fact::ListNaming, naming.as_str()))
                 .await?;
         }
         let evidence = Evidence {
@@ -278,7 +272,7 @@ impl Runner {
             };
             let scope = self.scope.clone();
             self.writer
-                .write(move |t| unsure::learn(t, &scope, ORDER_FACT, orders))
+                .write(move |t| facts::set(t, &scope, Fact::ListOrder, orders))
                 .await?;
         }
         Ok(evidence)
@@ -358,7 +352,7 @@ impl Runner {
 
     /// Reads the lag the ledger learned for this scope in earlier runs.
     pub(super) async fn recall_lag(&self) -> Result<()> {
-        let kept = self.fact(LAG_FACT).await?;
+        let kept = self.fact(Fact::ListLagMs).await?;
         *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) =
             kept.and_then(|v| v.parse::<i64>().ok()).filter(|l| *l >= 0);
         Ok(())
@@ -367,7 +361,7 @@ impl Runner {
     /// Reads the naming the ledger learned for this scope, to keep keys that may share a
     /// listed name apart from the first claim (the clock is learned again by each pass).
     pub(super) async fn recall_naming(&self) -> Result<()> {
-        let kept = self.fact(NAMING_FACT).await?;
+        let kept = self.fact(Fact::ListNaming).await?;
         let naming = kept.as_deref().and_then(Naming::parse);
         let ms = reconcile::sharers_apart_ms(naming, None);
         self.apart.set_ms(ms);
@@ -431,8 +425,8 @@ impl Runner {
         let scope = self.scope.clone();
         self.writer
             .write(move |t| match next {
-                Some(lag) => unsure::learn(t, &scope, LAG_FACT, &lag.to_string()),
-                None => unsure::unlearn(t, &scope, LAG_FACT),
+                Some(lag) => facts::set(t, &scope, Fact::ListLagMs, &lag.to_string()),
+                None => facts::forget(t, &scope, Fact::ListLagMs),
             })
             .await?;
         Ok(())
@@ -599,7 +593,7 @@ impl Runner {
         let Some(collected) = self.collect(&HashSet::new(), &witness_ids).await else {
             return Ok(());
         };
-        let stored = self.fact(NAMING_FACT).await?;
+        let stored = self.fact(Fact::ListNaming).await?;
         self.learn(
             &witnesses,
             &collected,
@@ -622,7 +616,7 @@ impl Runner {
     /// first entry carries no creation time (one request; a baseline of a large project costs
     /// a walk of its list before every run that sends, which times make needless).
     pub(super) async fn list_may_be_unordered(&self) -> Result<bool> {
-        let fact = self.fact(ORDER_FACT).await?;
+        let fact = self.fact(Fact::ListOrder).await?;
         match fact.as_deref() {
             Some("none") => Ok(true),
             Some(_) => Ok(false),
