@@ -463,11 +463,11 @@ pub struct EmulatorArgs {
     #[arg(long)]
     pub rate_limit: Option<u32>,
     /// How long imports stay IN_PROGRESS
-    #[arg(long, value_parser = config::parse_duration, default_value = "2s")]
-    pub settle: Duration,
+    #[arg(long, alias = "settle", value_parser = config::parse_duration, default_value = "2s")]
+    pub import_time: Duration,
     /// Extra import time per GB of the object (from --sizes), e.g. 30s
-    #[arg(long, value_parser = config::parse_duration, default_value = "0s")]
-    pub settle_per_gb: Duration,
+    #[arg(long, alias = "settle-per-gb", value_parser = config::parse_duration, default_value = "0s")]
+    pub import_time_per_gb: Duration,
     /// What the asset list's fileName holds
     #[arg(long, value_enum, default_value_t = FileNameMode::FullKey)]
     pub file_name: FileNameMode,

@@ -25,7 +25,7 @@ pub fn emulator_config(credentials: Credentials) -> EmulatorConfig {
         rate_429: 0.01,
         rate_503: 0.01,
         drop_after: 0.01,
-        settle: Duration::from_secs(2),
+        import_time: Duration::from_secs(2),
         seed: rand::random(),
         ..EmulatorConfig::new(credentials)
     }
@@ -33,7 +33,7 @@ pub fn emulator_config(credentials: Credentials) -> EmulatorConfig {
 
 /// MI's list in the demo's emulator shows a new asset at once; a short settle window keeps
 /// the demo's lost answers from making it wait a minute.
-const DEMO_SETTLE: Duration = Duration::from_secs(3);
+const DEMO_LIST_SETTLE: Duration = Duration::from_secs(3);
 
 pub async fn run(
     rate: f64,
@@ -79,7 +79,7 @@ pub async fn run(
             text: DEMO_MANIFEST,
         },
         display,
-        settle: DEMO_SETTLE,
+        list_settle: DEMO_LIST_SETTLE,
         ..ImportJob::new(db.clone(), target, credentials, limits)
     };
     job.options.confirm = Some(Duration::from_secs(60));

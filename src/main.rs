@@ -13,7 +13,7 @@ use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::Emulator;
 use mi_import::exit::{self, Exit, input};
 use mi_import::progress::{self, Display};
-use mi_import::runner::{RunOptions, StopWhen};
+use mi_import::runner::{Cutoff, RunOptions};
 use mi_import::source::bucket::{self, BucketSpec, S3Place};
 use mi_import::source::filter::Filters;
 
@@ -151,7 +151,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             )?;
             let job = ImportJob {
                 display,
-                settle: args.limits.list_settle,
+                list_settle: args.limits.list_settle,
                 ..ImportJob::new(args.ledger.db, target, credentials()?, limits)
             };
             let result = app::confirm(job, args.patience, shutdown).await?;
@@ -168,7 +168,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let plan = app::analysis_plan(&args.analysis, true)?.expect("required");
             let job = ImportJob {
                 display,
-                settle: args.limits.list_settle,
+                list_settle: args.limits.list_settle,
                 ..ImportJob::new(args.ledger.db, target, credentials()?, limits)
             };
             if args.dry_run {
@@ -409,10 +409,10 @@ fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
         retry_failed: args.retry_failed,
         retry_import_failed: args.retry_import_failed,
         skip_bad_rows: args.skip_bad_rows,
-        settle: args.limits.list_settle,
+        list_settle: args.limits.list_settle,
         list_concurrency: args.list_concurrency,
         options: RunOptions {
-            stop: StopWhen {
+            cutoff: Cutoff {
                 max_keys: args.max_keys,
                 at: match (&args.stop_at, args.stop_after) {
                     (Some(at), _) => Some(mi_import::config::next_time_of_day(at).map_err(input)?),

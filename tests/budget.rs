@@ -28,8 +28,8 @@ async fn confirm_with(status_in_list: bool) -> (mi_import::emulator::Counters, u
         .map(|(i, k)| ((BUCKET.to_string(), k.clone()), size(i)))
         .collect();
     let emu = emulator(EmulatorConfig {
-        settle: Duration::from_secs(2),
-        settle_per_gb: Duration::from_millis(930),
+        import_time: Duration::from_secs(2),
+        import_time_per_gb: Duration::from_millis(930),
         sizes,
         list_upload_status: status_in_list,
         ..healthy()

@@ -204,7 +204,7 @@ async fn an_asset_deleted_in_mi_is_reported_gone_while_the_rest_complete() {
 async fn a_late_status_of_a_keys_old_asset_does_not_settle_its_new_one() {
     let ws = Workspace::new();
     let emu = emulator(EmulatorConfig {
-        settle: Duration::from_secs(3),
+        import_time: Duration::from_secs(3),
         status_latency: Duration::from_millis(1500),
         ..healthy()
     })

@@ -269,7 +269,7 @@ async fn a_backup_during_a_run_is_consistent_and_the_ledger_file_alone_is_comple
 async fn confirm_returns_after_about_its_patience() {
     let ws = Workspace::new();
     let emu = emulator(EmulatorConfig {
-        settle: Duration::from_secs(600),
+        import_time: Duration::from_secs(600),
         ..healthy()
     })
     .await;

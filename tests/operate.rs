@@ -17,7 +17,7 @@ fn text(bytes: &[u8]) -> String {
 async fn confirmation_records_every_final_status() {
     let ws = Workspace::new();
     let emu = emulator(EmulatorConfig {
-        settle: Duration::from_millis(300),
+        import_time: Duration::from_millis(300),
         ..healthy()
     })
     .await;

@@ -28,7 +28,7 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     if let Some(lister) = &lister {
         lister.check_bucket().await?;
     }
-    let account = check_account(job).await?;
+    let account = describe_account(job).await?;
     // A dry run creates nothing: with no ledger yet, it reads the source into one in memory.
     let (_lock, mut ledger) = if job.db.exists() {
         let lock = crate::lock::acquire(&job.db, "run --dry-run")?;
@@ -300,7 +300,7 @@ async fn list_into(
 }
 
 /// The two look-ups a run starts with: a wrong key pair, workspace or project shows here.
-async fn check_account(job: &ImportJob) -> Result<String> {
+async fn describe_account(job: &ImportJob) -> Result<String> {
     let client = MiClient::new(
         job.target.clone(),
         job.credentials.clone(),
@@ -362,7 +362,7 @@ async fn check_account(job: &ImportJob) -> Result<String> {
 
 /// Import-status checks per confirmed key so far in this project, or an assumption.
 fn checks_per_key(conn: &rusqlite::Connection, scope: &Scope) -> rusqlite::Result<f64> {
-    let (checks, keys) = ledger::checks::checks_of_settled(conn, scope)?;
+    let (checks, keys) = ledger::import_status::checks_of_settled(conn, scope)?;
     Ok(if keys >= 20 {
         checks as f64 / keys as f64
     } else {

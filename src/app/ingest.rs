@@ -122,7 +122,7 @@ pub(crate) async fn prepare(job: &ImportJob, shutdown: &CancellationToken) -> Re
                 input: Box::new(std::io::Cursor::new(text.as_bytes())),
                 file: None,
             };
-            return check(job, source);
+            return read_header(job, source);
         }
         Manifest::None => anyhow::bail!("no manifest to read"),
     };
@@ -136,7 +136,7 @@ pub(crate) async fn prepare(job: &ImportJob, shutdown: &CancellationToken) -> Re
             input: Box::new(file),
             file: watched,
         };
-        return check(job, source);
+        return read_header(job, source);
     }
     let job = job.clone();
     let opening = tokio::task::spawn_blocking(move || {
@@ -150,8 +150,8 @@ pub(crate) async fn prepare(job: &ImportJob, shutdown: &CancellationToken) -> Re
     }
 }
 
-/// A seekable manifest's header, checked and rewound.
-fn check(job: &ImportJob, source: Source) -> Result<Source> {
+/// A seekable manifest's header, read (a bad one is an input error) and rewound.
+fn read_header(job: &ImportJob, source: Source) -> Result<Source> {
     let Source::Seekable { mut input, file } = source else {
         return Ok(source);
     };

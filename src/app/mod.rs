@@ -15,7 +15,7 @@ use crate::exit::Exit;
 use crate::ledger::runs::ManifestRead;
 use crate::ledger::{self, Ingested, OnChanged, State, listings};
 use crate::progress::{self, Display};
-use crate::runner::{DEFAULT_SETTLE, Ending, FatalStop, ListSummary, RunOptions, Runner};
+use crate::runner::{DEFAULT_LIST_SETTLE, Ending, FatalStop, ListSummary, RunOptions, Runner};
 use crate::source::bucket::{BucketSpec, Lister};
 use crate::source::filter::Filters;
 use crate::source::manifest::ManifestFormat;
@@ -84,7 +84,7 @@ pub struct ImportJob {
     /// Import the manifest's good rows though some are malformed (they are listed).
     pub skip_bad_rows: bool,
     /// How long MI's asset list may take to show a new asset.
-    pub settle: Duration,
+    pub list_settle: Duration,
     /// Listing requests to Object Storage at once.
     pub list_concurrency: usize,
     pub options: RunOptions,
@@ -110,14 +110,14 @@ impl ImportJob {
             retry_failed: false,
             retry_import_failed: false,
             skip_bad_rows: false,
-            settle: DEFAULT_SETTLE,
+            list_settle: DEFAULT_LIST_SETTLE,
             list_concurrency: crate::source::bucket::DEFAULT_LIST_CONCURRENCY,
             options: RunOptions {
                 allow_other_bucket: false,
                 buckets: Vec::new(),
                 confirm: None,
                 analyze: None,
-                stop: Default::default(),
+                cutoff: Default::default(),
             },
             display: Display::Quiet,
         }
@@ -203,7 +203,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     let runner = session.runner(&job, shutdown.clone())?;
 
     // ---- the account first: a wrong workspace or project stops here, with nothing recorded
-    let linked = match runner.check_account().await? {
+    let linked = match runner.preflight().await? {
         Ok(linked) => linked,
         Err(stop) => return refused(session, &runner, stop, &job).await,
     };
@@ -255,7 +255,10 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
     if let Some((_, looked)) = &streamed {
         options.buckets.extend(looked.buckets.iter().cloned());
     }
-    if let Some(stop) = runner.check_buckets(linked.as_deref(), &options).await? {
+    if let Some(stop) = runner
+        .refuse_other_buckets(linked.as_deref(), &options)
+        .await?
+    {
         session.undo_rows().await?;
         return refused(session, &runner, Ending::Refused(stop), &job).await;
     }
@@ -302,7 +305,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
                 Ok(one) => one,
                 Err(error) => {
                     // Dispatch must not go on without the ledger: stop it, then report.
-                    runner.stop_for(FatalStop {
+                    runner.halt_for(FatalStop {
                         message: format!("the listing stopped: {error:#}"),
                         hint: None,
                     });
@@ -342,7 +345,7 @@ pub async fn import(job: ImportJob, shutdown: CancellationToken) -> Result<Impor
         match &read {
             Ok(read) => remember_read(&job, &session, read.record.clone()).await?,
             Err(e) if e.is::<ingest::Stopped>() => {}
-            Err(e) => runner.stop_for(FatalStop {
+            Err(e) => runner.halt_for(FatalStop {
                 message: format!("{e:#}"),
                 hint: None,
             }),

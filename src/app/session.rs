@@ -81,7 +81,7 @@ impl Session {
         });
         let pace = Pace {
             max_attempts: job.limits.max_attempts,
-            settle: job.settle,
+            list_settle: job.list_settle,
         };
         let mut runner = Runner::new(
             client,
@@ -93,7 +93,7 @@ impl Session {
             shutdown,
         );
         runner.asks_analysis = job.options.analyze.is_some();
-        runner.stop_when = job.options.stop;
+        runner.cutoff = job.options.cutoff;
         Ok(runner)
     }
 

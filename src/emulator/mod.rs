@@ -75,9 +75,9 @@ pub struct EmulatorConfig {
     /// Requests per second answered before the gateway says 429; `None` for no limit.
     pub rate_limit: Option<u32>,
     /// How long an import stays `IN_PROGRESS`.
-    pub settle: Duration,
+    pub import_time: Duration,
     /// And how much longer per GB of the object (its size from `sizes`).
-    pub settle_per_gb: Duration,
+    pub import_time_per_gb: Duration,
     /// Keys containing this text are refused with HTTP 400 (a permanent error).
     pub reject_containing: Option<String>,
     /// The message of that refusal (MI's words may hold anything), and its status.
@@ -160,8 +160,8 @@ impl EmulatorConfig {
             drop_before: 0.0,
             drop_after: 0.0,
             rate_limit: None,
-            settle: Duration::ZERO,
-            settle_per_gb: Duration::ZERO,
+            import_time: Duration::ZERO,
+            import_time_per_gb: Duration::ZERO,
             reject_containing: None,
             reject_message: None,
             reject_status: 400,

@@ -325,7 +325,7 @@ impl Shared {
     /// How long the import of `asset` takes: the base, plus the time per GB of its size.
     pub fn import_time(&self, asset: &AssetRecord) -> Duration {
         let gb = asset.size.unwrap_or(0) as f64 / 1e9;
-        self.config.settle + self.config.settle_per_gb.mul_f64(gb)
+        self.config.import_time + self.config.import_time_per_gb.mul_f64(gb)
     }
 
     /// The upload status of `asset` now.

@@ -3,7 +3,7 @@
 //! This module owns the schema (applied from `migrations/` at open, tracked by
 //! `PRAGMA user_version`, append-only; see [`open`]), the state vocabulary ([`state`]), and
 //! every SQL statement of the program: each table's in its own file ([`keys`], [`scopes`],
-//! [`runs`], [`listings`], [`checks`], [`analyses`], [`observed`], [`facts`]...). It does no
+//! [`runs`], [`listings`], [`import_status`], [`analyses`], [`observed`], [`facts`]...). It does no
 //! networking. During a run a single writer owns the connection (see [`writer`]); `status`
 //! and `report` read it directly.
 //!
@@ -23,8 +23,8 @@
 //! - The file is created readable by its owner only: it names every key of the user's bucket.
 
 pub mod analyses;
-pub mod checks;
 pub mod facts;
+pub mod import_status;
 pub mod keys;
 pub mod listings;
 pub mod observed;

@@ -113,7 +113,7 @@ impl Runner {
         upstream: &CancellationToken,
         patience: Duration,
     ) -> Result<()> {
-        let (scope, settle) = (self.scope.clone(), self.pace.settle);
+        let (scope, settle) = (self.scope.clone(), self.pace.list_settle);
         let left = self
             .writer
             .write(move |t| analyses::mark_requesting_unsure(t, &scope, settle))
@@ -125,7 +125,7 @@ impl Runner {
         }
         self.load_times(
             Fact::AnalysisTimes,
-            &self.analysis_model,
+            &self.analysis_times,
             Some(ANALYSIS_PROBE_SHARE),
         )
         .await?;
@@ -138,7 +138,7 @@ impl Runner {
                 self.follow_analyses(plan, upstream, patience),
             )
             .await;
-        self.save_times(Fact::AnalysisTimes, &self.analysis_model)
+        self.save_times(Fact::AnalysisTimes, &self.analysis_times)
             .await?;
         followed
     }
@@ -152,7 +152,7 @@ impl Runner {
         let sent = due.sent_at?;
         let now = ledger::now_ms();
         let mut model = self
-            .analysis_model
+            .analysis_times
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if !model.watched(sent) {
@@ -178,7 +178,7 @@ impl Runner {
     /// on the growing gaps and teaches nothing.
     fn analysis_gap(&self, due: &DueAnalysis, status: &str, now: i64) -> Duration {
         let mut model = self
-            .analysis_model
+            .analysis_times
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let Some(sent) = due
@@ -218,7 +218,7 @@ impl Runner {
         // completions confirmation had reported when it did.
         let mut scan: Option<i64> = Some(0);
         let mut completed_at_end = 0;
-        while !self.stop.is_cancelled() {
+        while !self.halt.is_cancelled() {
             if deadline.is_none() && upstream.is_cancelled() {
                 deadline = Some(Instant::now() + patience);
                 // Confirmation has written all it found: one last scan sees every completion.
@@ -306,7 +306,7 @@ impl Runner {
             }
             tokio::select! {
                 _ = tokio::time::sleep(super::nap(soonest, deadline)) => {}
-                _ = self.stop.cancelled() => {}
+                _ = self.halt.cancelled() => {}
             }
         }
         // Patience is over (or the run is stopping): looks not answered yet are given up
@@ -321,13 +321,13 @@ impl Runner {
         let finished = with_retries(
             self.pace.max_attempts,
             self.backoff,
-            &self.stop,
+            &self.halt,
             |_| async {
                 let _slot = tokio::select! {
                     slot = self.limiter.admit() => slot,
-                    _ = self.stop.cancelled() => return Try::NotSent,
+                    _ = self.halt.cancelled() => return Try::NotSent,
                 };
-                if self.stop.is_cancelled() {
+                if self.halt.is_cancelled() {
                     return Try::NotSent;
                 }
                 self.stats.requests.fetch_add(1, Relaxed);
@@ -352,7 +352,7 @@ impl Runner {
                     message: e.detail(),
                 },
                 Disposition::Fatal => {
-                    self.stop_for(FatalStop {
+                    self.halt_for(FatalStop {
                         message: format!(
                             "{e} (while requesting the analysis of {})",
                             crate::escape::shown(&one.key)
@@ -372,7 +372,7 @@ impl Runner {
             Requested::Refused { .. } => self.stats.analyses_failed.fetch_add(1, Relaxed),
             _ => 0,
         };
-        let (run, settle) = (self.run_id, self.pace.settle);
+        let (run, settle) = (self.run_id, self.pace.list_settle);
         self.writer
             .write(move |t| {
                 analyses::record_requests(t, &[(one, requested, sent)], FIRST_CHECK, settle, run)
@@ -396,7 +396,7 @@ impl Runner {
             }
             Err(error) => {
                 if error.disposition_for(Call::AnalysisStatus) == Disposition::Fatal {
-                    self.stop_for(FatalStop {
+                    self.halt_for(FatalStop {
                         message: format!(
                             "{error} (while checking the analysis of {})",
                             crate::escape::shown(&due.key)

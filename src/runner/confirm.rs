@@ -17,11 +17,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::asset_list::Flow;
-use super::schedule::{self, FirstLook, ImportModel};
+use super::schedule::{self, FirstLook, WorkTimes};
 use super::{FatalStop, Runner};
 use crate::api::{ApiError, Call};
-use crate::ledger::checks::{self, CheckResult, DueCheck};
 use crate::ledger::facts::{self, Fact};
+use crate::ledger::import_status::{self, CheckResult, DueCheck};
 use crate::ledger::{self, State, keys::FIRST_CHECK};
 use crate::retry::Disposition;
 
@@ -86,7 +86,7 @@ impl Runner {
             .checks
             .flushing_during(
                 &self.writer,
-                move |t, results| checks::record_checks(t, results, run, asks),
+                move |t, results| import_status::record_checks(t, results, run, asks),
                 self.check_registered(dispatch_done, patience),
             )
             .await;
@@ -96,18 +96,19 @@ impl Runner {
 
     /// The import times earlier runs learned for this project.
     async fn load_model(&self) -> Result<()> {
-        self.load_times(Fact::ImportTimes, &self.model, None).await
+        self.load_times(Fact::ImportTimes, &self.import_times, None)
+            .await
     }
 
     async fn save_model(&self) -> Result<()> {
-        self.save_times(Fact::ImportTimes, &self.model).await
+        self.save_times(Fact::ImportTimes, &self.import_times).await
     }
 
     /// Seeds `model` with the times earlier runs kept under `fact`, watching from now.
     pub(super) async fn load_times(
         &self,
         fact: Fact,
-        model: &std::sync::Mutex<ImportModel>,
+        model: &std::sync::Mutex<WorkTimes>,
         probe_share: Option<f64>,
     ) -> Result<()> {
         // Taken before anything is awaited: every key this run registers is after it.
@@ -116,7 +117,7 @@ impl Runner {
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        let mut fresh = ImportModel::with_bins(bins, since);
+        let mut fresh = WorkTimes::with_bins(bins, since);
         if let Some(share) = probe_share {
             fresh = fresh.with_probe_share(share);
         }
@@ -128,7 +129,7 @@ impl Runner {
     pub(super) async fn save_times(
         &self,
         fact: Fact,
-        model: &std::sync::Mutex<ImportModel>,
+        model: &std::sync::Mutex<WorkTimes>,
     ) -> Result<()> {
         let bins = model.lock().unwrap_or_else(|p| p.into_inner()).bins();
         if bins.is_empty() {
@@ -146,7 +147,7 @@ impl Runner {
             return None;
         }
         let now = ledger::now_ms();
-        let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+        let mut model = self.import_times.lock().unwrap_or_else(|p| p.into_inner());
         if !model.watched(due.registered_at) {
             // Registered before this run looked (an earlier run's, or settled by `resolve`):
             // overdue, whatever imports take.
@@ -183,7 +184,7 @@ impl Runner {
         let mut gathered_since = Instant::now();
         // The task of the pass over the list under way, if one is: one at a time.
         let mut passing: Option<tokio::task::Id> = None;
-        while !self.stop.is_cancelled() {
+        while !self.halt.is_cancelled() {
             if deadline.is_none() && dispatch_done.is_cancelled() {
                 deadline = Some(Instant::now() + patience);
             }
@@ -212,7 +213,7 @@ impl Runner {
                     free
                 };
                 self.writer
-                    .write(move |t| checks::claim_due(t, &scope, want, &busy))
+                    .write(move |t| import_status::claim_due(t, &scope, want, &busy))
                     .await?
             } else {
                 Vec::new()
@@ -231,7 +232,7 @@ impl Runner {
                 // timing teaches the model.
                 // An overdue asset (registered before this run looked) is no probe either.
                 let known = {
-                    let model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+                    let model = self.import_times.lock().unwrap_or_else(|p| p.into_inner());
                     model.knows(check.size) || !model.watched(check.registered_at)
                 };
                 if known && listing.is_some_and(|l| l.carries_status) {
@@ -264,7 +265,7 @@ impl Runner {
                     let scope = self.scope.clone();
                     let left = self
                         .writer
-                        .write(move |t| checks::begin_list_pass(t, &scope, &busy))
+                        .write(move |t| import_status::begin_list_pass(t, &scope, &busy))
                         .await?;
                     let runner = self.clone();
                     let handle = tasks.spawn(async move { runner.check_by_list(left).await });
@@ -286,7 +287,7 @@ impl Runner {
             let scope = self.scope.clone();
             let soonest = self
                 .writer
-                .write(move |t| checks::soonest_due(t, &scope))
+                .write(move |t| import_status::soonest_due(t, &scope))
                 .await?;
             if counted.is_none_or(|at| at.elapsed() >= COUNT_EVERY) {
                 self.count_awaiting().await?;
@@ -298,7 +299,7 @@ impl Runner {
             }
             tokio::select! {
                 _ = tokio::time::sleep(super::nap(soonest, deadline)) => {}
-                _ = self.stop.cancelled() => {}
+                _ = self.halt.cancelled() => {}
                 Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
                     let (id, result) = done.map_err(|e| anyhow::anyhow!(e))?;
                     out.retain(|(task, _)| *task != id);
@@ -318,7 +319,7 @@ impl Runner {
         let scope = self.scope.clone();
         let (waiting, _) = self
             .writer
-            .write(move |t| checks::awaiting(t, &scope))
+            .write(move |t| import_status::awaiting(t, &scope))
             .await?;
         self.stats.set_awaiting(waiting);
         Ok(())
@@ -366,12 +367,14 @@ impl Runner {
     }
 
     /// Confirms, in one pass over the asset list (whose entries carry the status), the `left`
-    /// registered assets the pass was begun with ([`checks::begin_list_pass`]): each page's
+    /// registered assets the pass was begun with ([`import_status::begin_list_pass`]): each page's
     /// entries are looked up by asset ID among them in the ledger, so a backlog of any size
     /// costs one pass.
     async fn check_by_list(&self, left: u64) -> Result<()> {
         if left == 0 {
-            self.writer.write(|t| checks::end_list_pass(t)).await?;
+            self.writer
+                .write(|t| import_status::end_list_pass(t))
+                .await?;
             return Ok(());
         }
         let left = AtomicU64::new(left);
@@ -391,7 +394,7 @@ impl Runner {
                         let ids: Vec<i64> = shown.keys().copied().collect();
                         let found = self
                             .writer
-                            .write(move |t| checks::seen_in_pass(t, &ids))
+                            .write(move |t| import_status::seen_in_pass(t, &ids))
                             .await;
                         match found {
                             Ok(found) => {
@@ -430,7 +433,7 @@ impl Runner {
         loop {
             let rest = self
                 .writer
-                .write(|t| checks::unseen_in_pass(t, 1_000))
+                .write(|t| import_status::unseen_in_pass(t, 1_000))
                 .await?;
             if rest.is_empty() {
                 break;
@@ -440,7 +443,9 @@ impl Runner {
                 self.push_result(&due, now, None, None, None);
             }
         }
-        self.writer.write(|t| checks::end_list_pass(t)).await?;
+        self.writer
+            .write(|t| import_status::end_list_pass(t))
+            .await?;
         Ok(())
     }
 
@@ -455,7 +460,7 @@ impl Runner {
         upload_result: Option<String>,
     ) -> bool {
         let (next, learned) = {
-            let mut model = self.model.lock().unwrap_or_else(|p| p.into_inner());
+            let mut model = self.import_times.lock().unwrap_or_else(|p| p.into_inner());
             let knew = model.knows(due.size);
             let next = if state == Some(State::ImportFailed) {
                 model.failed(due.id, due.size);
@@ -528,7 +533,7 @@ impl Runner {
         };
         let why = match error.disposition_for(Call::ImportStatus) {
             Disposition::Fatal => {
-                self.stop_for(FatalStop {
+                self.halt_for(FatalStop {
                     message: format!(
                         "{error} (while checking the import of {})",
                         crate::escape::shown(&due.key)
@@ -575,8 +580,8 @@ impl Runner {
             let asks = self.asks_analysis;
             self.writer
                 .write(move |t| {
-                    checks::record_checks(t, &pending, run, asks)?;
-                    checks::replan_unlooked(t, &scope)
+                    import_status::record_checks(t, &pending, run, asks)?;
+                    import_status::replan_unlooked(t, &scope)
                 })
                 .await?;
         }
@@ -611,7 +616,7 @@ impl Runner {
                     Some(Err(e)) => format!("and the project no longer answers: {e}"),
                     _ => "in the API Gateway's words, not MI's: the path itself is unknown".into(),
                 };
-                self.stop_for(FatalStop {
+                self.halt_for(FatalStop {
                     message: format!(
                         "{error} (checking asset {} of {}), {why}",
                         due.asset_id,

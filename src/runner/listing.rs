@@ -135,7 +135,7 @@ impl Runner {
         let mut busy: Vec<i64> = Vec::new();
         loop {
             // Stopped where the user said: the listing resumes from here next run.
-            let going = !self.stop.is_cancelled() && !self.has_stopped_early();
+            let going = !self.halt.is_cancelled() && !self.is_cut_off();
             if going && tasks.len() < concurrency.max(1) {
                 let (id, want, taken) = (state.id, concurrency.max(1) - tasks.len(), busy.clone());
                 let parts = self
@@ -158,7 +158,7 @@ impl Runner {
                 Ok(page) => page,
                 Err(_) if interrupted => continue,
                 Err(error) => {
-                    self.stop_for(FatalStop {
+                    self.halt_for(FatalStop {
                         message: error.to_string(),
                         hint: Some(error.hint().into()),
                     });
@@ -190,7 +190,7 @@ impl Runner {
                 part.flat,
                 self.pace.max_attempts,
                 self.backoff,
-                &self.stop,
+                &self.halt,
             )
             .await;
         (part, page, interrupted)

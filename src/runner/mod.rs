@@ -27,15 +27,15 @@ mod apart;
 mod asset_list;
 mod confirm;
 mod listing;
+mod lookup;
 mod outbox;
 mod preflight;
-mod reconciling;
 pub mod schedule;
 
 pub use analysis::AnalysisPlan;
 pub use listing::ListSummary;
+pub use lookup::DEFAULT_LIST_SETTLE;
 pub use preflight::linked_bucket;
-pub use reconciling::DEFAULT_SETTLE;
 
 /// How soon a claim that passed over keys kept apart from a sharer is asked again, if no
 /// answer came first.
@@ -106,7 +106,7 @@ pub struct RunOptions {
     /// Request analysis of keys that complete (and of keys completed before), and follow it.
     pub analyze: Option<AnalysisPlan>,
     /// Where sending stops before the work is done, if the user said.
-    pub stop: StopWhen,
+    pub cutoff: Cutoff,
 }
 
 /// Where a run stops sending, if before the end of its work: after so many keys
@@ -114,12 +114,12 @@ pub struct RunOptions {
 /// is in flight then is finished and recorded, what was registered is confirmed within
 /// `--patience`, the rest waits for the next run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StopWhen {
+pub struct Cutoff {
     pub max_keys: Option<u64>,
     pub at: Option<std::time::SystemTime>,
 }
 
-impl StopWhen {
+impl Cutoff {
     /// Why sending stops now, having sent `sent` keys; `None` to go on.
     fn reached(&self, sent: u64) -> Option<String> {
         if let Some(max) = self.max_keys
@@ -212,8 +212,9 @@ impl Drop for FeedCloser {
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     pub max_attempts: u32,
-    /// How long MI's asset list may take to show a new asset: absence proves nothing sooner.
-    pub settle: Duration,
+    /// How long MI's asset list may take to show a new asset: absence proves nothing sooner
+    /// (`--list-settle`).
+    pub list_settle: Duration,
 }
 
 /// Everything one run needs.
@@ -237,19 +238,19 @@ pub struct Runner {
     pub asks_analysis: bool,
     /// Results of sent keys, written a moment later in batches.
     outcomes: Arc<outbox::Outbox<Outcome>>,
-    checks: Arc<outbox::Outbox<crate::ledger::checks::CheckResult>>,
+    checks: Arc<outbox::Outbox<crate::ledger::import_status::CheckResult>>,
     analysis_looks: Arc<outbox::Outbox<crate::ledger::analyses::AnalysisCheck>>,
     /// What this project's imports have taken, to look at each when it is likely done.
-    model: Arc<Mutex<schedule::ImportModel>>,
+    import_times: Arc<Mutex<schedule::WorkTimes>>,
     /// What this project's analyses took, as imports' times are kept.
-    analysis_model: Arc<Mutex<schedule::ImportModel>>,
+    analysis_times: Arc<Mutex<schedule::WorkTimes>>,
     /// The last pass's walk over the asset list (its pages' digests), for the next pass to
     /// agree with: absence is proven only from a list that held still between two walks.
     last_walk: Arc<Mutex<Option<asset_list::Walked>>>,
     /// Where sending stops early (`--max-keys`, `--stop-after`, `--stop-at`), and why it did.
-    pub stop_when: StopWhen,
+    pub cutoff: Cutoff,
     claimed: Arc<std::sync::atomic::AtomicU64>,
-    stopped_early: Arc<Mutex<Option<String>>>,
+    cut_off_why: Arc<Mutex<Option<String>>>,
     /// An answer was lost in this run: a baseline pass over the list is wanted, so that what
     /// is sent after it can be told from what was there before.
     baseline_wanted: Arc<std::sync::atomic::AtomicBool>,
@@ -271,7 +272,9 @@ pub struct Runner {
     /// When the latest key that MI's own answer registered in this run was claimed (its
     /// `sent_at`): the list is proven current only up to a witness sent after a lost answer.
     witnessed: Arc<std::sync::atomic::AtomicI64>,
-    stop: CancellationToken,
+    /// Cancelled when dispatch must end for good: a fatal answer, the breaker, a refused
+    /// bucket, or shutdown (whose child it is).
+    halt: CancellationToken,
     fatal: Arc<Mutex<Option<FatalStop>>>,
 }
 
@@ -301,7 +304,7 @@ impl Runner {
         pace: Pace,
         shutdown: CancellationToken,
     ) -> Self {
-        let stop = shutdown.child_token();
+        let halt = shutdown.child_token();
         let gauge = limiter.gauge();
         Self {
             client,
@@ -321,12 +324,12 @@ impl Runner {
             outcomes: Arc::default(),
             checks: Arc::default(),
             analysis_looks: Arc::default(),
-            model: Arc::default(),
-            analysis_model: Arc::default(),
+            import_times: Arc::default(),
+            analysis_times: Arc::default(),
             last_walk: Arc::default(),
-            stop_when: StopWhen::default(),
+            cutoff: Cutoff::default(),
             claimed: Arc::default(),
-            stopped_early: Arc::default(),
+            cut_off_why: Arc::default(),
             baseline_wanted: Arc::default(),
             last_baseline: Arc::default(),
             unordered: Arc::default(),
@@ -335,7 +338,7 @@ impl Runner {
             apart: Arc::default(),
             keep_back: Arc::default(),
             witnessed: Arc::default(),
-            stop,
+            halt,
             fatal: Arc::new(Mutex::new(None)),
         }
     }
@@ -376,7 +379,7 @@ impl Runner {
     }
 
     /// Sends every pending key of the scope while confirming registered ones, and settles
-    /// keys whose outcome is unknown. The account was checked first ([`Runner::check_account`]).
+    /// keys whose outcome is unknown. The account was checked first ([`Runner::preflight`]).
     pub async fn run(&self, options: &RunOptions) -> Result<Ending> {
         let (dispatch_done, confirm_done) = (CancellationToken::new(), CancellationToken::new());
         let importing = async {
@@ -410,7 +413,7 @@ impl Runner {
         confirmed?;
         analysed?;
         let early = self
-            .stopped_early
+            .cut_off_why
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
@@ -423,7 +426,7 @@ impl Runner {
 
     /// Only requests and follows analyses (the `analyze` command), after checking the account.
     pub async fn analyze_only(&self, plan: &AnalysisPlan, patience: Duration) -> Result<Ending> {
-        if let Err(ending) = self.check_account().await? {
+        if let Err(ending) = self.preflight().await? {
             return Ok(ending);
         }
         let done = CancellationToken::new();
@@ -434,7 +437,7 @@ impl Runner {
 
     /// Only confirms registered assets (the `confirm` command), after checking the account.
     pub async fn confirm_only(&self, patience: Duration) -> Result<Ending> {
-        if let Err(ending) = self.check_account().await? {
+        if let Err(ending) = self.preflight().await? {
             return Ok(ending);
         }
         let done = CancellationToken::new();
@@ -446,11 +449,11 @@ impl Runner {
     /// Preflight, before any other MI call: a wrong key pair, workspace or project stops
     /// here; and only once they are known to exist may a later 404 be read as being about
     /// one asset. The bucket the workspace is linked to, if its details name one.
-    pub async fn check_account(&self) -> Result<Result<Option<String>, Ending>> {
-        Ok(match self.preflight().await {
+    pub async fn preflight(&self) -> Result<Result<Option<String>, Ending>> {
+        Ok(match self.look_at_account().await {
             Ok(linked) => Ok(linked),
             Err(stop) => {
-                self.stop_for(stop.clone());
+                self.halt_for(stop.clone());
                 Err(Ending::Fatal(stop))
             }
         })
@@ -458,7 +461,7 @@ impl Runner {
 
     /// Refuses keys in buckets other than the one the workspace is linked to, unless allowed
     /// (a settings error: nothing is sent).
-    pub async fn check_buckets(
+    pub async fn refuse_other_buckets(
         &self,
         linked: Option<&str>,
         options: &RunOptions,
@@ -477,7 +480,7 @@ impl Runner {
         buckets.dedup();
         let refusal = preflight::bucket_refusal(linked, &buckets, options.allow_other_bucket);
         if refusal.is_some() {
-            self.stop.cancel();
+            self.halt.cancel();
         }
         Ok(refusal)
     }
@@ -543,7 +546,7 @@ impl Runner {
             }
             // Stopped where the user said: keys still unsure wait for the next run, which
             // looks them up before anything is sent again.
-            if self.has_stopped_early() {
+            if self.is_cut_off() {
                 return Ok(Ending::Finished);
             }
             let scope = self.scope.clone();
@@ -596,7 +599,7 @@ impl Runner {
                 sent_until.max(last_pass) + self.lag_probe_gap(passes).as_millis() as i64
             } else {
                 let settle = self.settle_window().as_millis() as i64;
-                let ceiling = latest + self.pace.settle.as_millis() as i64;
+                let ceiling = latest + self.pace.list_settle.as_millis() as i64;
                 let backoff = last_pass + settle.saturating_mul(1 << idle_passes.min(16));
                 let ready =
                     (latest.max(sent_until).max(last_pass) + settle).max(backoff.min(ceiling));
@@ -616,7 +619,7 @@ impl Runner {
             passes += 1;
             registered_before_pass = Some(registered);
             let last_pass_began = ledger::now_ms();
-            let Some(pass) = self.reconcile().await? else {
+            let Some(pass) = self.look_up_unsure().await? else {
                 // The list could not be read: the keys kept back go all the same.
                 if self.ending().is_none() && self.release_kept().await? {
                     continue;
@@ -664,37 +667,37 @@ impl Runner {
     }
 
     /// Whether sending stopped where the user said.
-    pub(super) fn has_stopped_early(&self) -> bool {
-        self.stopped_early
+    pub(super) fn is_cut_off(&self) -> bool {
+        self.cut_off_why
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
     }
 
     /// Stops sending if `--max-keys` or the stop time has come: whether it has.
-    fn stop_early_if_due(&self) -> bool {
-        let why = self.stop_when.reached(self.claimed.load(Relaxed));
-        self.stop_early(why)
+    fn cut_off_if_due(&self) -> bool {
+        let why = self.cutoff.reached(self.claimed.load(Relaxed));
+        self.cut_off(why)
     }
 
     /// Stops sending if the stop time has come (a key claimed before it, waiting on the
     /// limiter or a backoff, is not sent after it): whether it has.
     fn out_of_time(&self) -> bool {
-        match self.stop_when.time_is_up() {
-            Some(why) => self.stop_early(Some(why)),
+        match self.cutoff.time_is_up() {
+            Some(why) => self.cut_off(Some(why)),
             None => false,
         }
     }
 
-    fn stop_early(&self, why: Option<String>) -> bool {
-        if self.has_stopped_early() {
+    fn cut_off(&self, why: Option<String>) -> bool {
+        if self.is_cut_off() {
             return true;
         }
         let Some(why) = why else {
             return false;
         };
         tracing::info!("{why}: no more keys are sent this run");
-        *self.stopped_early.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        *self.cut_off_why.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
         true
     }
 
@@ -713,7 +716,7 @@ impl Runner {
         );
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = self.stop.cancelled() => {}
+            _ = self.halt.cancelled() => {}
         }
     }
 
@@ -725,13 +728,13 @@ impl Runner {
     }
 
     /// Stops dispatch for good: nothing more is sent; the reason becomes the run's ending.
-    pub fn stop_for(&self, fatal: FatalStop) {
+    pub fn halt_for(&self, fatal: FatalStop) {
         let mut slot = self.fatal.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
             tracing::debug!("stopping: {}", fatal.message);
             *slot = Some(fatal);
         }
-        self.stop.cancel();
+        self.halt.cancel();
     }
 
     // ---- dispatch ---------------------------------------------------------------------------
@@ -806,7 +809,7 @@ impl Runner {
         // A witness is one key: claimed, sent, answered.
         let mut budget = (sending == Sending::Witness).then_some(1usize);
         loop {
-            if self.stop.is_cancelled() || self.stop_early_if_due() {
+            if self.halt.is_cancelled() || self.cut_off_if_due() {
                 break;
             }
             if budget == Some(0) && claims.is_empty() {
@@ -821,7 +824,7 @@ impl Runner {
                 dry = false;
             }
             let left = [
-                self.stop_when
+                self.cutoff
                     .max_keys
                     .map(|max| max.saturating_sub(self.claimed.load(Relaxed)) as usize),
                 budget,
@@ -832,12 +835,12 @@ impl Runner {
             .map(|left| left.saturating_sub(asking));
             let may_ask = !dry && !held && claims.len() < CLAIMS_ON_THE_WAY && left != Some(0);
             let until_stop = self
-                .stop_when
+                .cutoff
                 .at
                 .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok());
             tokio::select! {
                 biased;
-                _ = self.stop.cancelled() => break,
+                _ = self.halt.cancelled() => break,
                 Some(claimed) = claims.join_next(), if !claims.is_empty() => {
                     let (claimed, passed_over, permits, ended) = claimed??;
                     asking -= permits.num_permits();
@@ -962,13 +965,13 @@ impl Runner {
         let finished = with_retries(
             self.pace.max_attempts,
             self.backoff,
-            &self.stop,
+            &self.halt,
             |attempt| {
                 let key = &key;
                 async move {
                     let _slot = tokio::select! {
                         slot = self.limiter.admit() => slot,
-                        _ = self.stop.cancelled() => return Attempt::NotSent,
+                        _ = self.halt.cancelled() => return Attempt::NotSent,
                     };
                     // A killed run's unknown moments are dated from its heartbeat: a key that
                     // waited long (limiter, backoff) leaves only once it is recent.
@@ -976,7 +979,7 @@ impl Runner {
                         .writer
                         .beat_within(ledger::keys::HEARTBEAT_MAX_AGE)
                         .await;
-                    if self.stop.is_cancelled() || beat.is_err() || self.out_of_time() {
+                    if self.halt.is_cancelled() || beat.is_err() || self.out_of_time() {
                         return Attempt::NotSent;
                     }
                     if attempt > 1 {
@@ -1005,7 +1008,7 @@ impl Runner {
         }
         self.count(&outcome);
         if let Some(error) = fatal {
-            self.stop_for(FatalStop {
+            self.halt_for(FatalStop {
                 message: format!(
                     "{error} (while registering {}/{})",
                     crate::escape::shown(&key.bucket),
@@ -1027,7 +1030,7 @@ impl Runner {
         with_retries(
             self.pace.max_attempts,
             self.backoff,
-            &self.stop,
+            &self.halt,
             |_| async {
                 let _slot = self.limiter.admit().await;
                 self.stats.requests.fetch_add(1, Relaxed);
@@ -1065,7 +1068,7 @@ impl Runner {
         let failed = self.stats.failed.load(Relaxed);
         let finished = self.stats.finished();
         if finished >= BREAKER_MIN_FINISHED && failed * 2 > finished {
-            self.stop_for(FatalStop {
+            self.halt_for(FatalStop {
                 message: format!("{failed} of the {finished} keys finished so far failed permanently"),
                 hint: Some(
                     "something is wrong with the input or the account, not with single keys; \

@@ -43,7 +43,7 @@ pub fn bucket_refusal(linked: &str, buckets: &[String], allow_other: bool) -> Op
 impl Runner {
     /// Reads the workspace and the project; the bucket the workspace is linked to, if its
     /// details name one, or why the run cannot start.
-    pub(super) async fn preflight(&self) -> Result<Option<String>, FatalStop> {
+    pub(super) async fn look_at_account(&self) -> Result<Option<String>, FatalStop> {
         let workspace = self.look(true).await?;
         self.look(false).await?;
         Ok(linked_bucket(&workspace).map(str::to_owned))

@@ -60,9 +60,10 @@ pub enum FirstLook {
     Wait,
 }
 
-/// The learned import times of one project.
+/// What one kind of work (imports, or analyses) has taken in this project, by size: when to
+/// look at each piece of it.
 #[derive(Debug, Clone, Default)]
-pub struct ImportModel {
+pub struct WorkTimes {
     bins: HashMap<i32, Bracket>,
     /// Bins with a probe out (a key being looked at on the doubling schedule).
     probing: HashMap<i32, i64>,
@@ -85,7 +86,7 @@ pub fn probe_gap(age: i64) -> Duration {
     ms(age).mul_f64(PROBE_SHARE).max(FIRST_LOOK).min(MAX_GAP)
 }
 
-impl ImportModel {
+impl WorkTimes {
     /// A model seeded with what earlier runs learned, watching from `since` (Unix ms).
     pub fn with_bins(bins: HashMap<i32, (i64, Option<i64>)>, since: i64) -> Self {
         Self {
@@ -223,7 +224,7 @@ mod tests {
     const GB: u64 = 1 << 30;
 
     /// Imports that take `took` ms each, looked at as the model says: how many looks each.
-    fn looks_per_key(model: &mut ImportModel, keys: i64, took: i64, size: Option<u64>) -> f64 {
+    fn looks_per_key(model: &mut WorkTimes, keys: i64, took: i64, size: Option<u64>) -> f64 {
         let mut total = 0;
         for key in 0..keys {
             let mut at = match model.first_look(key, size) {
@@ -247,7 +248,7 @@ mod tests {
 
     #[test]
     fn a_bin_with_nothing_learned_sends_one_probe_and_holds_the_rest() {
-        let mut model = ImportModel::default();
+        let mut model = WorkTimes::default();
         assert_eq!(model.first_look(1, Some(GB)), FirstLook::After(FIRST_LOOK));
         assert_eq!(model.first_look(2, Some(GB)), FirstLook::Wait);
         assert_eq!(
@@ -273,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_minute_long_import_settles_near_one_look_per_key() {
-        let mut model = ImportModel::default();
+        let mut model = WorkTimes::default();
         // The probe: looked at 3, 6, 9, 12, 15, 18.8 … 57.2 s (in progress), 71.5 s (done):
         // twelve looks, once for the whole bin.
         let first = looks_per_key(&mut model, 1, 60_000, Some(GB));
@@ -289,7 +290,7 @@ mod tests {
 
     #[test]
     fn slower_imports_than_learned_raise_the_bracket() {
-        let mut model = ImportModel::with_bins(
+        let mut model = WorkTimes::with_bins(
             HashMap::from([(bin_of(Some(GB)), (50_000, Some(60_000)))]),
             0,
         );
@@ -301,7 +302,7 @@ mod tests {
 
     #[test]
     fn an_import_stuck_in_mi_does_not_make_the_others_wait() {
-        let mut model = ImportModel::default();
+        let mut model = WorkTimes::default();
         looks_per_key(&mut model, 20, 10_000, Some(GB));
         // One import of the bin stays in progress for an hour, looked at on its gaps.
         let mut age = 3_000;
@@ -321,7 +322,7 @@ mod tests {
 
     #[test]
     fn only_assets_registered_while_it_watched_are_planned() {
-        let model = ImportModel::with_bins(HashMap::new(), 1_000);
+        let model = WorkTimes::with_bins(HashMap::new(), 1_000);
         assert!(!model.watched(999));
         assert!(model.watched(1_000));
         // An overdue asset still in progress after an hour is looked at again on the longest gap.

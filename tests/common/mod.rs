@@ -21,7 +21,7 @@ pub const SECRET: &str = "test-secret-9f1c2e";
 pub const BUCKET: &str = "media-archive";
 /// The settle window the tests give MI's asset list: the emulator shows a new asset at once
 /// unless a test gives it a lag, so a short window proves absence as surely as a long one.
-pub const SETTLE: Duration = Duration::from_secs(2);
+pub const LIST_SETTLE: Duration = Duration::from_secs(2);
 
 pub fn credentials() -> Credentials {
     Credentials::new(ACCESS.into(), SECRET.into())
@@ -114,7 +114,7 @@ pub fn base_job(ws: &Workspace, emulator: &Emulator) -> ImportJob {
     .unwrap();
     let limits = Limits::new(0.0, 16, 6, Duration::from_secs(5)).unwrap();
     ImportJob {
-        settle: SETTLE,
+        list_settle: LIST_SETTLE,
         ..ImportJob::new(ws.db(), target, credentials(), limits)
     }
 }

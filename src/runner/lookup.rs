@@ -24,7 +24,7 @@ use crate::retry::Disposition;
 /// otherwise: a key missing from the list proves nothing until this long after its outcome
 /// became unknown. A search index typically shows a new entry within seconds; a minute is a
 /// wide margin, and costs only a wait at the end of a run that lost answers.
-pub const DEFAULT_SETTLE: Duration = Duration::from_secs(60);
+pub const DEFAULT_LIST_SETTLE: Duration = Duration::from_secs(60);
 /// Witnesses are taken from this long before the earliest unsure key's send on.
 const WITNESS_LOOKBACK: Duration = Duration::from_secs(600);
 /// Most witnesses held for one pass (their keys are in memory).
@@ -95,7 +95,7 @@ struct Collected {
 impl Runner {
     /// Looks up every uncertain key in one pass over the project's asset list. `None` when
     /// there was nothing to look up, or the list could not be read (the keys stay uncertain).
-    pub(super) async fn reconcile(&self) -> Result<Option<PassResult>> {
+    pub(super) async fn look_up_unsure(&self) -> Result<Option<PassResult>> {
         let scope = self.scope.clone();
         let unsure = self
             .writer
@@ -293,7 +293,7 @@ impl Runner {
         if !collected.walked.whole {
             return None;
         }
-        let ceiling = self.pace.settle;
+        let ceiling = self.pace.list_settle;
         let by_ceiling = started - ceiling.as_millis() as i64;
         let learned = self.settle_window();
         if learned < ceiling {
@@ -323,7 +323,7 @@ impl Runner {
     /// How long to wait after an unknown outcome before the list can prove it: the learned
     /// lag with a margin, at most `--list-settle`, which serves while nothing is learned.
     pub(super) fn settle_window(&self) -> Duration {
-        let ceiling = self.pace.settle;
+        let ceiling = self.pace.list_settle;
         match *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) {
             Some(lag) => ceiling
                 .min(Duration::from_millis((lag.max(0) as f64 * LAG_MARGIN) as u64) + LAG_SLACK),
@@ -339,7 +339,7 @@ impl Runner {
             return Duration::ZERO;
         }
         let missing = Duration::from_millis(self.last_missing_ms.load(Relaxed));
-        (missing * 2).max(LAG_SLACK).min(self.pace.settle)
+        (missing * 2).max(LAG_SLACK).min(self.pace.list_settle)
     }
 
     /// Whether a lag of the list is learned for this scope.
@@ -386,7 +386,7 @@ impl Runner {
         collected: &Collected,
         started: i64,
     ) -> Result<()> {
-        let ceiling = self.pace.settle.as_millis() as i64;
+        let ceiling = self.pace.list_settle.as_millis() as i64;
         let reading = reconcile::read_lag(witnesses, &collected.seen_at, started, ceiling);
         self.last_missing_ms
             .store(reading.missing_at.max(0) as u64, Relaxed);
@@ -409,7 +409,7 @@ impl Runner {
                 humantime::format_duration(Duration::from_secs(
                     self.settle_window().as_secs().max(1)
                 )),
-                humantime::format_duration(self.pace.settle)
+                humantime::format_duration(self.pace.list_settle)
             ),
             (Some(before), Some(lag)) if lag > before => tracing::info!(
                 "MI's asset list now takes up to {} to show a new asset (it took up to {})",
@@ -418,7 +418,7 @@ impl Runner {
             ),
             (Some(_), None) => tracing::info!(
                 "MI's asset list takes longer than it did to show new assets; lost answers are looked up --list-settle ({}) after them until it is learned again",
-                humantime::format_duration(self.pace.settle)
+                humantime::format_duration(self.pace.list_settle)
             ),
             _ => tracing::debug!("MI's asset list shows new assets within {next:?} ms"),
         }
@@ -634,7 +634,7 @@ impl Runner {
 
     fn list_failed(&self, error: &ApiError, interrupted: bool) {
         if error.disposition_for(Call::ListAssets) == Disposition::Fatal {
-            self.stop_for(FatalStop {
+            self.halt_for(FatalStop {
                 message: format!("{error} (while listing the project's assets)"),
                 hint: error.hint().map(str::to_owned),
             });
