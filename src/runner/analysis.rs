@@ -8,6 +8,7 @@
 //! was not accepted, anything else that it was; a 409 means one is already waiting or running.
 
 use anyhow::Result;
+use std::sync::Mutex;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 use tokio::task::JoinSet;
@@ -15,8 +16,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::confirm::next_gap;
-use super::schedule::{self, FirstLook};
-use super::{FatalStop, Runner};
+use super::schedule::{self, FirstLook, WorkTimes};
+use super::{FatalStop, Runner, outbox};
 use crate::api::analysis::AnalysisRequest;
 use crate::api::{AnalysisStatus, ApiError, Call};
 use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAnalyze, UNSURE};
@@ -104,6 +105,15 @@ pub fn after_look(
     check
 }
 
+/// What following analyses keeps for the whole run.
+#[derive(Default)]
+pub(super) struct Analysing {
+    /// Results of analysis-status looks, written a moment later in batches.
+    looks: outbox::Outbox<AnalysisCheck>,
+    /// What this project's analyses took, as imports' times are kept.
+    times: Mutex<WorkTimes>,
+}
+
 impl Runner {
     /// Requests analysis of completed keys and follows what was requested, until `upstream`
     /// (confirmation) is done and nothing is left, or `patience` after it.
@@ -125,20 +135,21 @@ impl Runner {
         }
         self.load_times(
             Fact::AnalysisTimes,
-            &self.analysis_times,
+            &self.analysing.times,
             Some(ANALYSIS_PROBE_SHARE),
         )
         .await?;
         let run = self.run_id;
         let followed = self
-            .analysis_looks
+            .analysing
+            .looks
             .flushing_during(
                 &self.writer,
                 move |t, checks| analyses::record_analysis_checks(t, checks, run),
                 self.follow_analyses(plan, upstream, patience),
             )
             .await;
-        self.save_times(Fact::AnalysisTimes, &self.analysis_times)
+        self.save_times(Fact::AnalysisTimes, &self.analysing.times)
             .await?;
         followed
     }
@@ -152,7 +163,8 @@ impl Runner {
         let sent = due.sent_at?;
         let now = ledger::now_ms();
         let mut model = self
-            .analysis_times
+            .analysing
+            .times
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if !model.watched(sent) {
@@ -178,7 +190,8 @@ impl Runner {
     /// on the growing gaps and teaches nothing.
     fn analysis_gap(&self, due: &DueAnalysis, status: &str, now: i64) -> Duration {
         let mut model = self
-            .analysis_times
+            .analysing
+            .times
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let Some(sent) = due
@@ -265,7 +278,7 @@ impl Runner {
             let due = if free > 0 {
                 let scope = self.scope.clone();
                 let mut busy: Vec<i64> = leased.iter().map(|(_, id)| *id).collect();
-                busy.extend(self.analysis_looks.pending(|c| c.key_id));
+                busy.extend(self.analysing.looks.pending(|c| c.key_id));
                 self.writer
                     .write(move |t| analyses::claim_due_analyses(t, &scope, free, &busy))
                     .await?
@@ -280,7 +293,7 @@ impl Runner {
                 for look in due {
                     // Not likely done yet: put the look off, at no cost.
                     if let Some(later) = self.analysis_not_yet(&look) {
-                        self.analysis_looks.push(later);
+                        self.analysing.looks.push(later);
                         continue;
                     }
                     let (runner, key_id) = (self.clone(), look.key_id);
@@ -439,7 +452,7 @@ impl Runner {
             }
             _ => 0,
         };
-        self.analysis_looks.push(check);
+        self.analysing.looks.push(check);
         Ok(())
     }
 }

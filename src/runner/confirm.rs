@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::asset_list::Flow;
 use super::schedule::{self, FirstLook, WorkTimes};
-use super::{FatalStop, Runner};
+use super::{FatalStop, Runner, outbox};
 use crate::api::{ApiError, Call};
 use crate::ledger::facts::{self, Fact};
 use crate::ledger::import_status::{self, CheckResult, DueCheck};
@@ -50,6 +50,15 @@ struct ListMode {
 }
 /// A look due this close to its planned moment is made now.
 pub(super) const NOT_YET_SLACK_MS: i64 = 250;
+
+/// What following imports keeps for the whole run.
+#[derive(Default)]
+pub(super) struct Confirming {
+    /// Results of import-status looks, written a moment later in batches.
+    checks: outbox::Outbox<CheckResult>,
+    /// What this project's imports have taken, to look at each when it is likely done.
+    import_times: Mutex<WorkTimes>,
+}
 
 /// The rows whose checks are out now.
 fn busy_ids(out: &[(tokio::task::Id, i64)]) -> Vec<i64> {
@@ -83,6 +92,7 @@ impl Runner {
         self.load_model().await?;
         let (run, asks) = (self.run_id, self.asks_analysis);
         let checked = self
+            .confirming
             .checks
             .flushing_during(
                 &self.writer,
@@ -96,12 +106,13 @@ impl Runner {
 
     /// The import times earlier runs learned for this project.
     async fn load_model(&self) -> Result<()> {
-        self.load_times(Fact::ImportTimes, &self.import_times, None)
+        self.load_times(Fact::ImportTimes, &self.confirming.import_times, None)
             .await
     }
 
     async fn save_model(&self) -> Result<()> {
-        self.save_times(Fact::ImportTimes, &self.import_times).await
+        self.save_times(Fact::ImportTimes, &self.confirming.import_times)
+            .await
     }
 
     /// Seeds `model` with the times earlier runs kept under `fact`, watching from now.
@@ -147,7 +158,11 @@ impl Runner {
             return None;
         }
         let now = ledger::now_ms();
-        let mut model = self.import_times.lock().unwrap_or_else(|p| p.into_inner());
+        let mut model = self
+            .confirming
+            .import_times
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         if !model.watched(due.registered_at) {
             // Registered before this run looked (an earlier run's, or settled by `resolve`):
             // overdue, whatever imports take.
@@ -205,7 +220,7 @@ impl Runner {
                 // Checks out, gathered for a pass, and answered but not written yet.
                 let mut busy = busy_ids(&out);
                 busy.extend(gathered.iter().map(|d| d.id));
-                busy.extend(self.checks.pending(|r| r.id));
+                busy.extend(self.confirming.checks.pending(|r| r.id));
                 let scope = self.scope.clone();
                 let want = if listing.is_some_and(|l| l.carries_status) {
                     LIST_GATHER_MAX
@@ -222,7 +237,7 @@ impl Runner {
             for check in due {
                 // Not likely done yet: put the look off, at no cost.
                 if let Some(later) = self.not_yet(&check) {
-                    self.checks.push(later);
+                    self.confirming.checks.push(later);
                     continue;
                 }
                 if listing.is_none() {
@@ -232,7 +247,11 @@ impl Runner {
                 // timing teaches the model.
                 // An overdue asset (registered before this run looked) is no probe either.
                 let known = {
-                    let model = self.import_times.lock().unwrap_or_else(|p| p.into_inner());
+                    let model = self
+                        .confirming
+                        .import_times
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
                     model.knows(check.size) || !model.watched(check.registered_at)
                 };
                 if known && listing.is_some_and(|l| l.carries_status) {
@@ -261,7 +280,7 @@ impl Runner {
                     // Begun here, before the loop claims again, so no row is claimed twice.
                     gathered.clear();
                     let mut busy = busy_ids(&out);
-                    busy.extend(self.checks.pending(|r| r.id));
+                    busy.extend(self.confirming.checks.pending(|r| r.id));
                     let scope = self.scope.clone();
                     let left = self
                         .writer
@@ -460,7 +479,11 @@ impl Runner {
         upload_result: Option<String>,
     ) -> bool {
         let (next, learned) = {
-            let mut model = self.import_times.lock().unwrap_or_else(|p| p.into_inner());
+            let mut model = self
+                .confirming
+                .import_times
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             let knew = model.knows(due.size);
             let next = if state == Some(State::ImportFailed) {
                 model.failed(due.id, due.size);
@@ -489,7 +512,7 @@ impl Runner {
             Some(_) => self.stats.import_failed.fetch_add(1, Relaxed),
             None => 0,
         };
-        self.checks.push(CheckResult {
+        self.confirming.checks.push(CheckResult {
             id: due.id,
             looked: true,
             asset_id: due.asset_id,
@@ -556,7 +579,7 @@ impl Runner {
             _ => {
                 // No answer worth learning from: look again a little later.
                 tracing::debug!("asset {}: {error}; will check again", due.asset_id);
-                self.checks.push(CheckResult {
+                self.confirming.checks.push(CheckResult {
                     id: due.id,
                     looked: true,
                     asset_id: due.asset_id,
@@ -576,7 +599,11 @@ impl Runner {
     /// Results not written yet go first (a key put off a moment ago must not stay put off).
     async fn replan_if(&self, learned: bool) -> Result<()> {
         if learned {
-            let (scope, run, pending) = (self.scope.clone(), self.run_id, self.checks.take());
+            let (scope, run, pending) = (
+                self.scope.clone(),
+                self.run_id,
+                self.confirming.checks.take(),
+            );
             let asks = self.asks_analysis;
             self.writer
                 .write(move |t| {

@@ -176,6 +176,7 @@ impl Runner {
         let mut latest = collected.walked.clone();
         if absent {
             let before = self
+                .passes
                 .last_walk
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -194,7 +195,11 @@ impl Runner {
             }
         }
         latest.ids = Vec::new();
-        *self.last_walk.lock().unwrap_or_else(|p| p.into_inner()) = Some(latest);
+        *self
+            .passes
+            .last_walk
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(latest);
         let explained = evidence_of(&verdicts, &collected.named, &observed);
         let verdicts: Vec<(i64, Verdict)> = verdicts.into_iter().map(|(k, v, _)| (k, v)).collect();
         let run = self.run_id;
@@ -260,7 +265,8 @@ impl Runner {
             clock: reconcile::learn_clock(witnesses, &collected.witnesses),
             ids_ordered: reconcile::learn_id_order(witnesses),
         };
-        self.apart
+        self.dispatch
+            .apart
             .set_ms(reconcile::sharers_apart_ms(evidence.naming, evidence.clock));
         // What orders the list's assets, for a later run to know at once whether it needs a
         // baseline pass before it sends.
@@ -324,7 +330,12 @@ impl Runner {
     /// lag with a margin, at most `--list-settle`, which serves while nothing is learned.
     pub(super) fn settle_window(&self) -> Duration {
         let ceiling = self.pace.list_settle;
-        match *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) {
+        match *self
+            .passes
+            .list_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+        {
             Some(lag) => ceiling
                 .min(Duration::from_millis((lag.max(0) as f64 * LAG_MARGIN) as u64) + LAG_SLACK),
             None => ceiling,
@@ -338,13 +349,14 @@ impl Runner {
         if passes == 0 {
             return Duration::ZERO;
         }
-        let missing = Duration::from_millis(self.last_missing_ms.load(Relaxed));
+        let missing = Duration::from_millis(self.passes.last_missing_ms.load(Relaxed));
         (missing * 2).max(LAG_SLACK).min(self.pace.list_settle)
     }
 
     /// Whether a lag of the list is learned for this scope.
     pub(super) fn lag_learned(&self) -> bool {
-        self.list_lag
+        self.passes
+            .list_lag
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
@@ -353,7 +365,11 @@ impl Runner {
     /// Reads the lag the ledger learned for this scope in earlier runs.
     pub(super) async fn recall_lag(&self) -> Result<()> {
         let kept = self.fact(Fact::ListLagMs).await?;
-        *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) =
+        *self
+            .passes
+            .list_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) =
             kept.and_then(|v| v.parse::<i64>().ok()).filter(|l| *l >= 0);
         Ok(())
     }
@@ -364,7 +380,7 @@ impl Runner {
         let kept = self.fact(Fact::ListNaming).await?;
         let naming = kept.as_deref().and_then(Naming::parse);
         let ms = reconcile::sharers_apart_ms(naming, None);
-        self.apart.set_ms(ms);
+        self.dispatch.apart.set_ms(ms);
         if ms > 0 {
             // Keys a run before this one left unknown hold their names' others back too.
             let (scope, since) = (self.scope.clone(), ledger::now_ms() - ms);
@@ -373,7 +389,7 @@ impl Runner {
                 .write(move |t| unsure::unsure_since(t, &scope, since))
                 .await?;
             for (key, unsure_at) in recent {
-                self.apart.hold(&key, unsure_at);
+                self.dispatch.apart.hold(&key, unsure_at);
             }
         }
         Ok(())
@@ -388,14 +404,23 @@ impl Runner {
     ) -> Result<()> {
         let ceiling = self.pace.list_settle.as_millis() as i64;
         let reading = reconcile::read_lag(witnesses, &collected.seen_at, started, ceiling);
-        self.last_missing_ms
+        self.passes
+            .last_missing_ms
             .store(reading.missing_at.max(0) as u64, Relaxed);
-        let kept = *self.list_lag.lock().unwrap_or_else(|p| p.into_inner());
+        let kept = *self
+            .passes
+            .list_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         let next = reconcile::next_lag(kept, reading);
         if next == kept {
             return Ok(());
         }
-        *self.list_lag.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        *self
+            .passes
+            .list_lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = next;
         let shown = |ms: i64| match ms {
             ..1000 => "a second".to_string(),
             _ => {
