@@ -130,7 +130,7 @@ pub fn next_time_of_day(text: &str) -> Result<std::time::SystemTime> {
         0 => 1440,
         n => n,
     };
-    let now = std::time::SystemTime::now();
+    let now = crate::clock::now();
     let into_minute = now
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() % 60)

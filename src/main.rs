@@ -416,7 +416,7 @@ fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
                 max_keys: args.max_keys,
                 at: match (&args.stop_at, args.stop_after) {
                     (Some(at), _) => Some(mi_import::config::next_time_of_day(at).map_err(input)?),
-                    (None, Some(after)) => Some(std::time::SystemTime::now() + after),
+                    (None, Some(after)) => Some(mi_import::clock::now() + after),
                     (None, None) => None,
                 },
             },

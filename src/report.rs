@@ -9,7 +9,8 @@ use std::io::Write;
 
 pub use crate::ledger::keys::CandidateCounts;
 use crate::ledger::keys::KeyRecord;
-use crate::ledger::{self, Scope, State, ms_text};
+use crate::ledger::{self, Scope, State};
+use crate::clock::ms_text;
 
 /// How a report is written: CSV for people and spreadsheets, JSON Lines for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

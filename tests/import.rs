@@ -278,7 +278,7 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
                 &scope,
                 10,
                 1,
-                mi_import::ledger::now_ms()
+                mi_import::clock::now_ms()
             )
             .unwrap()
             .len(),

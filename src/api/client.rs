@@ -101,7 +101,7 @@ impl AssetSummary {
             created: text("/createdTime")
                 .or_else(|| text("/createdDate"))
                 .and_then(|t| humantime::parse_rfc3339_weak(t).ok())
-                .map(crate::ledger::epoch_ms),
+                .map(crate::clock::epoch_ms),
             upload_status: text("/uploadStatus").map(str::to_owned),
         })
     }

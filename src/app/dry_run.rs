@@ -44,7 +44,7 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
         &job.target.project,
     )?;
     let mut read = Ingested::default();
-    let now = std::time::SystemTime::now();
+    let now = crate::clock::now();
     let mut bad_rows = ingest::BadRows::default();
     let mut unchanged = None;
     if let (Some(path), Some(source)) = (ingest::path_key(&job.manifest), source) {
@@ -111,7 +111,7 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     let read_line = match unchanged {
         Some(earlier) if read.rows() == 0 => format!(
             "unchanged since it was read on {} ({})",
-            ledger::ms_text(earlier.read_at),
+            crate::clock::ms_text(earlier.read_at),
             summary::count(earlier.rows, "row", "rows")
         ),
         Some(_) => format!(

@@ -210,7 +210,7 @@ pub(crate) async fn look_over(
         else {
             return None;
         };
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let mut seen = LookedOver::default();
         for (n, row) in reader.enumerate() {
             if n % 65_536 == 0 && stop.is_cancelled() {
@@ -336,7 +336,7 @@ impl Opened {
             hash: tally.hash(),
             lines: tally.lines,
             rows: self.continues.as_ref().map_or(0, |c| c.rows) + rows_read,
-            read_at: ledger::now_ms(),
+            read_at: crate::clock::now_ms(),
             chunks: self
                 .chunker
                 .digests(self.continues.as_ref().map(|c| &c.chunks[..])),
@@ -518,7 +518,7 @@ pub(crate) async fn ingest(
             if stop.is_cancelled() {
                 return Err(Stopped.into());
             }
-            let batch = opened.next_batch(&filters, SystemTime::now());
+            let batch = opened.next_batch(&filters, crate::clock::now());
             total.known += batch.known_rows;
             for e in &batch.bad_rows {
                 bad.add(e);

@@ -499,7 +499,7 @@ async fn read_manifest(
     match &continued {
         Some(earlier) if ingested.rows() == 0 => tracing::info!(
             "{name}: unchanged since it was read on {} ({} rows); not read again",
-            ledger::ms_text(earlier.read_at),
+            crate::clock::ms_text(earlier.read_at),
             earlier.rows
         ),
         Some(_) => tracing::info!(

@@ -57,7 +57,7 @@ impl Session {
             scope,
             run_id,
             started: Instant::now(),
-            started_ms: ledger::now_ms(),
+            started_ms: crate::clock::now_ms(),
             rows_before,
             created,
             bad_rows: None,

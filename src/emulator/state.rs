@@ -174,12 +174,12 @@ impl Shared {
     /// Assets present before the run were made a while ago.
     fn made_at(&self, registered: bool) -> (Instant, SystemTime) {
         if registered {
-            return (Instant::now(), SystemTime::now());
+            return (Instant::now(), crate::clock::now());
         }
         let age = PRELOAD_AGE;
         (
             Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
-            SystemTime::now() - age,
+            crate::clock::now() - age,
         )
     }
 

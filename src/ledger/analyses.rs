@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::state::sql::*;
-use super::{Scope, now_ms};
+use super::Scope;
+use crate::clock::now_ms;
 
 /// Our words in `analyses.status`, besides MI's own.
 pub const REQUESTING: &str = "REQUESTING";

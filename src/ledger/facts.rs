@@ -5,7 +5,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Scope, now_ms};
+use super::Scope;
+use crate::clock::now_ms;
 
 /// The facts the ledger keeps, by the name stored in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

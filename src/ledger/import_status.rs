@@ -9,7 +9,8 @@ use const_format::formatcp;
 use rusqlite::{Connection, params};
 
 use super::state::sql::*;
-use super::{Scope, State, now_ms};
+use super::{Scope, State};
+use crate::clock::now_ms;
 
 /// A registered asset whose import-status is due.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use super::scopes::{BucketIds, bucket_names};
 use super::state::sql::*;
-use super::{Scope, State, now_ms};
+use super::{Scope, State};
+use crate::clock::now_ms;
 
 /// The first import-status check of a new asset waits this long: MI needs a moment.
 pub const FIRST_CHECK: Duration = Duration::from_secs(3);

@@ -16,7 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::keys::insert_keys;
 use super::scopes::bucket_id;
-use super::{Ingested, NewKey, OnChanged, Scope, now_ms};
+use super::{Ingested, NewKey, OnChanged, Scope};
+use crate::clock::now_ms;
 
 /// A listing to continue or start.
 #[derive(Debug, Clone, PartialEq, Eq)]

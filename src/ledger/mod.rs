@@ -41,24 +41,5 @@ pub use runs::{finish_run, last_run, start_run};
 pub use scopes::Scope;
 pub use state::State;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-/// Milliseconds since the Unix epoch, the ledger's unit of time.
-pub fn epoch_ms(at: SystemTime) -> i64 {
-    at.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-pub fn now_ms() -> i64 {
-    epoch_ms(SystemTime::now())
-}
-
-/// A ledger time as text for people and reports: RFC 3339, UTC, milliseconds.
-pub fn ms_text(ms: i64) -> String {
-    let at = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(at).to_string()
-}
-
 #[cfg(test)]
 mod tests;

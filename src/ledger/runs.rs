@@ -4,7 +4,8 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use std::time::Duration;
 
-use super::{Scope, now_ms};
+use super::Scope;
+use crate::clock::now_ms;
 
 /// SQLite's own clock as text, for the runs table that people read.
 const NOW_TEXT: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";

@@ -5,7 +5,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashMap;
 use std::fmt;
 
-use super::now_ms;
+use crate::clock::now_ms;
 
 /// The project a set of rows belongs to: an (endpoint, workspace, project) triple and its
 /// number in the ledger. The endpoint is part of the name because nothing says MI's asset IDs

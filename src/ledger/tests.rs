@@ -1,4 +1,6 @@
 use super::keys::*;
+use crate::clock::{ms_text, now_ms};
+use std::time::Duration;
 use super::scopes::*;
 use super::*;
 use crate::ledger::unsure::{Decision, Refused, apply_verdicts, decide, owned_among};

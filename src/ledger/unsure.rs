@@ -8,7 +8,8 @@ use std::collections::HashSet;
 
 use super::keys::FIRST_CHECK;
 use super::state::sql::*;
-use super::{Scope, State, ms_text, now_ms};
+use super::{Scope, State};
+use crate::clock::{ms_text, now_ms};
 use crate::reconcile::{UnsureKey, Verdict, Witness};
 
 /// An uncertain key, and the candidates an earlier pass found for it (if any).

@@ -1,19 +1,23 @@
-//! The ledger's single writer: one thread owns the connection; async tasks send it work.
+//! The ledger's single writer: one task owns the connection; async tasks send it work.
 //!
-//! Work that arrives together is committed together: the thread takes every job waiting in
+//! Work that arrives together is committed together: the writer takes every job waiting in
 //! its queue, runs them all in one transaction, commits (one fsync), and only then answers
 //! each caller. So a caller that gets an answer knows its change is on disk, and the number
 //! of fsyncs stays small however many keys are moving. Each commit also stamps the run's
 //! heartbeat, so a killed run's last moment of life is on disk.
+//!
+//! A batch runs as a blocking task of the runtime (`spawn_blocking`), the connection handed
+//! to it and back: SQLite never blocks a worker thread, the batch reads the runtime's clock
+//! ([`crate::clock`]), and on a paused test runtime time does not move while it runs.
 
 use anyhow::{Result, anyhow};
 use rusqlite::Transaction;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Ledger;
+use crate::clock::now_ms;
 
 /// Most jobs committed in one transaction: bounds the latency a large batch adds to the jobs
 /// queued behind it.
@@ -23,25 +27,22 @@ type Reply = Box<dyn FnOnce(Result<(), rusqlite::Error>) + Send>;
 /// Given the open transaction, or why none could be opened (then it only answers its caller).
 type Job = Box<dyn FnOnce(Result<&Transaction<'_>, &rusqlite::Error>) -> Reply + Send>;
 
-/// A handle to the writer thread. Cheap to clone; the thread ends when every handle is gone.
+/// A handle to the writer. Cheap to clone; the writer ends when every handle is gone.
 #[derive(Clone)]
 pub struct LedgerWriter {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
     /// When the last commit stamped the run's heartbeat (Unix ms; 0 before the first).
     beat: Arc<AtomicI64>,
 }
 
 impl LedgerWriter {
-    /// Moves the ledger onto its own thread; each commit stamps `run`'s heartbeat, if any.
-    pub fn spawn(ledger: Ledger, run: Option<i64>) -> (Self, std::thread::JoinHandle<()>) {
-        let (jobs, queue) = mpsc::channel::<Job>();
+    /// Moves the ledger into its writer, a task of the current runtime; each commit stamps
+    /// `run`'s heartbeat, if any. The task ends once every handle is dropped.
+    pub fn spawn(ledger: Ledger, run: Option<i64>) -> (Self, tokio::task::JoinHandle<()>) {
+        let (jobs, queue) = mpsc::unbounded_channel::<Job>();
         let beat = Arc::new(AtomicI64::new(0));
-        let stamped = beat.clone();
-        let thread = std::thread::Builder::new()
-            .name("ledger-writer".into())
-            .spawn(move || serve(ledger, queue, run, &stamped))
-            .expect("spawning the ledger thread");
-        (Self { jobs, beat }, thread)
+        let task = tokio::spawn(serve(ledger, queue, run, beat.clone()));
+        (Self { jobs, beat }, task)
     }
 
     /// Makes sure the run's heartbeat on disk is at most `age` old: commits (and so stamps
@@ -49,7 +50,7 @@ impl LedgerWriter {
     /// `age` after a heartbeat a later run can read.
     pub async fn beat_within(&self, age: std::time::Duration) -> Result<()> {
         let last = self.beat.load(Ordering::SeqCst);
-        if super::now_ms() - last <= age.as_millis() as i64 {
+        if now_ms() - last <= age.as_millis() as i64 {
             return Ok(());
         }
         self.write(|_| Ok(())).await
@@ -85,8 +86,15 @@ impl LedgerWriter {
     }
 }
 
-fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>, run: Option<i64>, beat: &AtomicI64) {
-    while let Ok(first) = queue.recv() {
+/// Takes what waits in the queue, commits it as one batch on a blocking thread, and again,
+/// until every handle is gone.
+async fn serve(
+    mut ledger: Ledger,
+    mut queue: mpsc::UnboundedReceiver<Job>,
+    run: Option<i64>,
+    beat: Arc<AtomicI64>,
+) {
+    while let Some(first) = queue.recv().await {
         let mut jobs = vec![first];
         while jobs.len() < MAX_JOBS_PER_COMMIT {
             match queue.try_recv() {
@@ -94,31 +102,46 @@ fn serve(mut ledger: Ledger, queue: mpsc::Receiver<Job>, run: Option<i64>, beat:
                 Err(_) => break,
             }
         }
-        let txn = match ledger.conn_mut().transaction() {
-            Ok(txn) => txn,
-            Err(e) => {
-                for job in jobs {
-                    job(Err(&e))(Ok(()));
-                }
-                continue;
+        let beat = beat.clone();
+        let committed = tokio::task::spawn_blocking(move || {
+            commit(&mut ledger, jobs, run, &beat);
+            ledger
+        })
+        .await;
+        match committed {
+            Ok(back) => ledger = back,
+            // A job panicked: the writer is gone, and every later write says so.
+            Err(_) => return,
+        }
+    }
+}
+
+/// Runs `jobs` in one transaction, stamps the heartbeat, commits, and answers each.
+fn commit(ledger: &mut Ledger, jobs: Vec<Job>, run: Option<i64>, beat: &AtomicI64) {
+    let txn = match ledger.conn_mut().transaction() {
+        Ok(txn) => txn,
+        Err(e) => {
+            for job in jobs {
+                job(Err(&e))(Ok(()));
             }
-        };
-        let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Ok(&txn))).collect();
-        let stamped_at = super::now_ms();
-        let stamped = match run {
-            Some(run) => super::runs::heartbeat(&txn, run, stamped_at),
-            None => Ok(()),
-        };
-        let committed = stamped.and_then(|()| txn.commit());
-        if committed.is_ok() && run.is_some() {
-            beat.store(stamped_at, Ordering::SeqCst);
+            return;
         }
-        for reply in replies {
-            reply(match &committed {
-                Ok(()) => Ok(()),
-                Err(e) => Err(same_error(e)),
-            });
-        }
+    };
+    let replies: Vec<Reply> = jobs.into_iter().map(|job| job(Ok(&txn))).collect();
+    let stamped_at = now_ms();
+    let stamped = match run {
+        Some(run) => super::runs::heartbeat(&txn, run, stamped_at),
+        None => Ok(()),
+    };
+    let committed = stamped.and_then(|()| txn.commit());
+    if committed.is_ok() && run.is_some() {
+        beat.store(stamped_at, Ordering::SeqCst);
+    }
+    for reply in replies {
+        reply(match &committed {
+            Ok(()) => Ok(()),
+            Err(e) => Err(same_error(e)),
+        });
     }
 }
 
@@ -136,7 +159,8 @@ fn same_error(e: &rusqlite::Error) -> rusqlite::Error {
 mod tests {
     use super::*;
     use crate::ledger::keys::{claim, counts, insert_keys};
-    use crate::ledger::{NewKey, OnChanged, Scope, State, now_ms};
+    use crate::ledger::{NewKey, OnChanged, Scope, State};
+    use crate::clock::now_ms;
 
     #[tokio::test]
     async fn concurrent_writes_all_commit_and_answer() {
@@ -168,7 +192,7 @@ mod tests {
             .unwrap();
         assert!(n.contains(&(State::InFlight, 50)));
         drop(writer);
-        thread.join().unwrap();
+        thread.await.unwrap();
     }
 
     #[tokio::test]

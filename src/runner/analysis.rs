@@ -22,7 +22,7 @@ use crate::api::analysis::AnalysisRequest;
 use crate::api::{AnalysisStatus, ApiError, Call};
 use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAnalyze, UNSURE};
 use crate::ledger::facts::Fact;
-use crate::ledger::{self, keys::FIRST_CHECK};
+use crate::ledger::keys::FIRST_CHECK;
 use crate::retry::{Disposition, Retryable, with_retries};
 
 /// The first analysis of a size is looked at again each time this share of its age has
@@ -161,7 +161,7 @@ impl Runner {
             return None;
         }
         let sent = due.sent_at?;
-        let now = ledger::now_ms();
+        let now = crate::clock::now_ms();
         let mut model = self
             .analysing
             .times
@@ -404,7 +404,7 @@ impl Runner {
         self.stats.analysis_looks.fetch_add(1, Relaxed);
         let check = match finished.last.result {
             Ok(seen) => {
-                let now = ledger::now_ms();
+                let now = crate::clock::now_ms();
                 after_look(&due, &seen, now, self.analysis_gap(&due, &seen.status, now))
             }
             Err(error) => {
@@ -427,7 +427,7 @@ impl Runner {
                     status: Some(due.status.clone()),
                     index_id: None,
                     message: None,
-                    next_check_at: Some(ledger::now_ms() + next_gap(due.checks).as_millis() as i64),
+                    next_check_at: Some(crate::clock::now_ms() + next_gap(due.checks).as_millis() as i64),
                     looked: true,
                 }
             }

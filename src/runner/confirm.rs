@@ -22,7 +22,7 @@ use super::{FatalStop, Runner, outbox};
 use crate::api::{ApiError, Call};
 use crate::ledger::facts::{self, Fact};
 use crate::ledger::import_status::{self, CheckResult, DueCheck};
-use crate::ledger::{self, State, keys::FIRST_CHECK};
+use crate::ledger::{State, keys::FIRST_CHECK};
 use crate::retry::Disposition;
 
 /// The longest gap between two checks of one asset: long videos take a while, and a poll a
@@ -123,7 +123,7 @@ impl Runner {
         probe_share: Option<f64>,
     ) -> Result<()> {
         // Taken before anything is awaited: every key this run registers is after it.
-        let since = ledger::now_ms();
+        let since = crate::clock::now_ms();
         let stored = self.fact(fact).await?;
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
@@ -157,7 +157,7 @@ impl Runner {
         if due.checks > 0 {
             return None;
         }
-        let now = ledger::now_ms();
+        let now = crate::clock::now_ms();
         let mut model = self
             .confirming
             .import_times
@@ -417,7 +417,7 @@ impl Runner {
                             .await;
                         match found {
                             Ok(found) => {
-                                let now = ledger::now_ms();
+                                let now = crate::clock::now_ms();
                                 left.fetch_sub(found.len() as u64, Relaxed);
                                 for due in found {
                                     let status = shown[&due.asset_id].clone();
@@ -457,7 +457,7 @@ impl Runner {
             if rest.is_empty() {
                 break;
             }
-            let now = ledger::now_ms();
+            let now = crate::clock::now_ms();
             for due in rest {
                 self.push_result(&due, now, None, None, None);
             }
@@ -531,7 +531,7 @@ impl Runner {
                 self.client.import_status(due.asset_id).await
             })
             .await;
-        let now = ledger::now_ms();
+        let now = crate::clock::now_ms();
         let error = match finished.last.result {
             Ok(status) => {
                 let state = state_for(&status.upload_status);

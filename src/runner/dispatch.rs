@@ -89,7 +89,7 @@ impl Cutoff {
     /// Why sending stops now, the stop time having come; `None` to go on.
     fn time_is_up(&self) -> Option<String> {
         match self.at {
-            Some(at) if std::time::SystemTime::now() >= at => Some(format!(
+            Some(at) if crate::clock::now() >= at => Some(format!(
                 "stopped on time ({})",
                 humantime::format_rfc3339_seconds(at)
             )),
@@ -198,7 +198,7 @@ impl Runner {
                     let changed = ledger::keys::record(t, outcomes, run)?;
                     // A name is free once the ledger holds its key's outcome: a kill before
                     // that leaves the key unknown, as if still in flight.
-                    apart.written(outcomes, ledger::now_ms());
+                    apart.written(outcomes, crate::clock::now_ms());
                     Ok(changed)
                 },
                 self.send_pending_on_a_worker(sending),
@@ -267,7 +267,7 @@ impl Runner {
             let until_stop = self
                 .cutoff
                 .at
-                .and_then(|at| at.duration_since(std::time::SystemTime::now()).ok());
+                .and_then(|at| at.duration_since(crate::clock::now()).ok());
             tokio::select! {
                 biased;
                 _ = self.halt.cancelled() => break,
@@ -336,7 +336,7 @@ impl Runner {
                                 if want == 0 {
                                     return Ok((Vec::new(), false));
                                 }
-                                let now = ledger::now_ms();
+                                let now = crate::clock::now_ms();
                                 let (claimed, passed_over) =
                                     apart.claim(t, &scope, want, run, now)?;
                                 if asks {

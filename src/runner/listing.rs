@@ -43,7 +43,7 @@ impl ListSummary {
         objects: Vec<Object>,
         filters: &Filters,
     ) -> Vec<NewKey> {
-        let now = SystemTime::now();
+        let now = crate::clock::now();
         let mut rows = Vec::with_capacity(objects.len());
         for object in objects {
             match judge(bucket, object, filters, now) {
@@ -100,7 +100,7 @@ pub fn judge(
         key: object.key,
         size: Some(object.size),
         etag: object.etag,
-        modified: object.last_modified.map(crate::ledger::epoch_ms),
+        modified: object.last_modified.map(crate::clock::epoch_ms),
         skip_reason,
     })
 }

@@ -14,7 +14,7 @@ use super::asset_list::{Flow, WalkError, Walked};
 use super::{FatalStop, Runner, plural};
 use crate::api::{ApiError, Call};
 use crate::ledger::facts::{self, Fact};
-use crate::ledger::{self, observed, unsure};
+use crate::ledger::{observed, unsure};
 use crate::reconcile::{
     self, Evidence, Listed, Naming, Observation, Observed, Pass, UnsureKey, Verdict, Witness,
 };
@@ -61,8 +61,8 @@ fn evidence_of(
                         "asset_id": asset,
                         "name": listed.map(|a| a.file_name.clone()),
                         "size": listed.and_then(|a| a.size),
-                        "created": listed.and_then(|a| a.created).map(ledger::ms_text),
-                        "first_seen": observed.first_seen.get(asset).copied().map(ledger::ms_text),
+                        "created": listed.and_then(|a| a.created).map(crate::clock::ms_text),
+                        "first_seen": observed.first_seen.get(asset).copied().map(crate::clock::ms_text),
                         "why": why.as_str(),
                     })
                 })
@@ -122,7 +122,7 @@ impl Runner {
             keys.len(),
             plural(keys.len() as u64, "key", "keys")
         );
-        let started = ledger::now_ms();
+        let started = crate::clock::now_ms();
         let wanted = reconcile::wanted_names(&keys);
         let witness_ids: HashSet<i64> = witnesses.iter().map(|w| w.asset_id).collect();
         let Some(collected) = self.collect(&wanted, &witness_ids).await else {
@@ -383,7 +383,7 @@ impl Runner {
         self.dispatch.apart.set_ms(ms);
         if ms > 0 {
             // Keys a run before this one left unknown hold their names' others back too.
-            let (scope, since) = (self.scope.clone(), ledger::now_ms() - ms);
+            let (scope, since) = (self.scope.clone(), crate::clock::now_ms() - ms);
             let recent = self
                 .writer
                 .write(move |t| unsure::unsure_since(t, &scope, since))
@@ -525,7 +525,7 @@ impl Runner {
                 self.stats
                     .asset_pages
                     .store(u64::from(page.number), Relaxed);
-                let arrived = ledger::now_ms();
+                let arrived = crate::clock::now_ms();
                 for asset in page.assets {
                     let wanted_name = wanted.contains(&asset.file_name);
                     let witness = witness_ids.contains(&asset.asset_id);
@@ -582,7 +582,7 @@ impl Runner {
         let wanted: Vec<i64> = named.iter().map(|a| a.asset_id).collect();
         self.writer
             .write(move |t| {
-                observed::record_pass(t, &scope, started, ledger::now_ms(), current_as_of, &shown)?;
+                observed::record_pass(t, &scope, started, crate::clock::now_ms(), current_as_of, &shown)?;
                 let passes = observed::passes(t, &scope)?;
                 let seen = observed::seen(t, &scope)?;
                 let ended: HashMap<i64, i64> = passes.iter().map(|p| (p.id, p.ended_at)).collect();
@@ -608,12 +608,12 @@ impl Runner {
     /// nothing else orders the list's assets, and at a run's first unknown outcome.
     pub(super) async fn baseline(&self) -> Result<()> {
         let scope = self.scope.clone();
-        let since = ledger::now_ms() - FRESHNESS_WINDOW.as_millis() as i64 * 2;
+        let since = crate::clock::now_ms() - FRESHNESS_WINDOW.as_millis() as i64 * 2;
         let witnesses = self
             .writer
             .write(move |t| unsure::witnesses(t, &scope, since, MAX_WITNESSES))
             .await?;
-        let started = ledger::now_ms();
+        let started = crate::clock::now_ms();
         let witness_ids: HashSet<i64> = witnesses.iter().map(|w| w.asset_id).collect();
         let Some(collected) = self.collect(&HashSet::new(), &witness_ids).await else {
             return Ok(());

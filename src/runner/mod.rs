@@ -433,7 +433,7 @@ pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 /// [`IDLE_NAP`], and never past its deadline.
 fn nap(soonest: Option<i64>, deadline: Option<tokio::time::Instant>) -> Duration {
     let until_due = soonest
-        .map(|at| (at - ledger::now_ms()).max(1) as u64)
+        .map(|at| (at - crate::clock::now_ms()).max(1) as u64)
         .unwrap_or(u64::MAX);
     let nap = Duration::from_millis(until_due).min(IDLE_NAP);
     match deadline {

@@ -111,7 +111,8 @@ impl<T: Send + 'static> Outbox<T> {
 mod tests {
     use super::*;
     use crate::ledger::keys::{claim, counts, insert_keys, record};
-    use crate::ledger::{Ledger, NewKey, OnChanged, Outcome, Scope, State, now_ms};
+    use crate::ledger::{Ledger, NewKey, OnChanged, Outcome, Scope, State};
+    use crate::clock::now_ms;
 
     #[tokio::test]
     async fn everything_pushed_is_written_by_the_time_the_flusher_ends() {

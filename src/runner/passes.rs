@@ -50,7 +50,7 @@ impl Runner {
         let recovered = self
             .writer
             .write(move |t| {
-                ledger::keys::mark_in_flight_uncertain(t, &scope, run, ledger::now_ms())
+                ledger::keys::mark_in_flight_uncertain(t, &scope, run, crate::clock::now_ms())
             })
             .await?;
         if recovered > 0 {
@@ -98,7 +98,7 @@ impl Runner {
             self.dispatch(Sending::All).await?;
             // The list must show this run's own last registrations too before a pass can
             // prove anything: a pass during which assets appear is not steady.
-            let sent_until = ledger::now_ms();
+            let sent_until = crate::clock::now_ms();
             if let Some(ending) = self.ending() {
                 return Ok(ending);
             }
@@ -136,7 +136,7 @@ impl Runner {
                 // A stopped run's unknown moment may be still to come: a key sent before it
                 // would witness nothing.
                 if let Some(at) = latest
-                    && at >= ledger::now_ms()
+                    && at >= crate::clock::now_ms()
                 {
                     self.wait_until(at + 1, unsure.len()).await;
                     continue;
@@ -176,7 +176,7 @@ impl Runner {
             }
             passes += 1;
             registered_before_pass = Some(registered);
-            let last_pass_began = ledger::now_ms();
+            let last_pass_began = crate::clock::now_ms();
             let Some(pass) = self.look_up_unsure().await? else {
                 // The list could not be read: the keys kept back go all the same.
                 if self.ending().is_none() && self.release_kept().await? {
@@ -200,7 +200,7 @@ impl Runner {
             } else if late_enough {
                 idle_passes += 1;
             }
-            last_pass = ledger::now_ms();
+            last_pass = crate::clock::now_ms();
         }
     }
 
@@ -230,7 +230,7 @@ impl Runner {
 
     /// Sleeps until `at` (Unix ms) unless the run is stopped, saying why.
     async fn wait_until(&self, at: i64, keys: usize) {
-        let wait = at - ledger::now_ms();
+        let wait = at - crate::clock::now_ms();
         if wait <= 0 {
             return;
         }
