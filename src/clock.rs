@@ -60,9 +60,16 @@ mod tests {
         let before = now_ms();
         tokio::time::sleep(Duration::from_secs(3600)).await;
         let after = now_ms();
-        assert!((after - before - 3_600_000).abs() < 50, "{}", after - before);
+        assert!(
+            (after - before - 3_600_000).abs() < 50,
+            "{}",
+            after - before
+        );
         let blocked = tokio::task::spawn_blocking(now_ms).await.unwrap();
-        assert!((blocked - after).abs() < 50, "a blocking task reads the same clock");
+        assert!(
+            (blocked - after).abs() < 50,
+            "a blocking task reads the same clock"
+        );
     }
 
     #[test]

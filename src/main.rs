@@ -152,6 +152,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let job = ImportJob {
                 display,
                 list_settle: args.limits.list_settle,
+                floors: app::floors()?,
                 ..ImportJob::new(args.ledger.db, target, credentials()?, limits)
             };
             let result = app::confirm(job, args.patience, shutdown).await?;
@@ -169,6 +170,7 @@ async fn execute(cli: Cli, shutdown: CancellationToken) -> Result<Exit> {
             let job = ImportJob {
                 display,
                 list_settle: args.limits.list_settle,
+                floors: app::floors()?,
                 ..ImportJob::new(args.ledger.db, target, credentials()?, limits)
             };
             if args.dry_run {
@@ -410,6 +412,7 @@ fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
         retry_import_failed: args.retry_import_failed,
         skip_bad_rows: args.skip_bad_rows,
         list_settle: args.limits.list_settle,
+        floors: app::floors()?,
         list_concurrency: args.list_concurrency,
         options: RunOptions {
             cutoff: Cutoff {

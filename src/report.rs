@@ -7,10 +7,10 @@ use rusqlite::Connection;
 use serde::Serialize;
 use std::io::Write;
 
+use crate::clock::ms_text;
 pub use crate::ledger::keys::CandidateCounts;
 use crate::ledger::keys::KeyRecord;
 use crate::ledger::{self, Scope, State};
-use crate::clock::ms_text;
 
 /// How a report is written: CSV for people and spreadsheets, JSON Lines for programs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -15,7 +15,9 @@ use crate::exit::Exit;
 use crate::ledger::runs::ManifestRead;
 use crate::ledger::{self, Ingested, OnChanged, State, listings};
 use crate::progress::{self, Display};
-use crate::runner::{DEFAULT_LIST_SETTLE, Ending, FatalStop, ListSummary, RunOptions, Runner};
+use crate::runner::{
+    DEFAULT_LIST_SETTLE, Ending, FatalStop, Floors, ListSummary, RunOptions, Runner,
+};
 use crate::source::bucket::{BucketSpec, Lister};
 use crate::source::filter::Filters;
 use crate::source::manifest::ManifestFormat;
@@ -34,7 +36,7 @@ pub use check::{CheckJob, check};
 pub use dry_run::{analyze_dry_run, dry_run};
 pub use ledger_commands::{backup, forget, ledger_endpoint, report, status};
 pub use resolve::resolve;
-pub use settings::{analysis_plan, emulator_config};
+pub use settings::{analysis_plan, emulator_config, floors};
 
 use record::RunRecord;
 use session::Session;
@@ -85,6 +87,8 @@ pub struct ImportJob {
     pub skip_bad_rows: bool,
     /// How long MI's asset list may take to show a new asset.
     pub list_settle: Duration,
+    /// The protocol's floors: today's values unless `MI_IMPORT_FLOORS` lowers them (tests).
+    pub floors: Floors,
     /// Listing requests to Object Storage at once.
     pub list_concurrency: usize,
     pub options: RunOptions,
@@ -111,6 +115,7 @@ impl ImportJob {
             retry_import_failed: false,
             skip_bad_rows: false,
             list_settle: DEFAULT_LIST_SETTLE,
+            floors: Floors::default(),
             list_concurrency: crate::source::bucket::DEFAULT_LIST_CONCURRENCY,
             options: RunOptions {
                 allow_other_bucket: false,

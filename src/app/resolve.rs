@@ -127,7 +127,13 @@ pub async fn resolve(
             named_problems(&problems)
         )));
     }
-    apply(conn, &scope, &checked, args.dry_run)
+    apply(
+        conn,
+        &scope,
+        &checked,
+        args.dry_run,
+        super::settings::floors()?,
+    )
 }
 
 /// The wishes the command line names.
@@ -391,12 +397,27 @@ fn apply(
     scope: &Scope,
     checked: &[Checked],
     dry_run: bool,
+    floors: crate::runner::Floors,
 ) -> Result<String> {
     let tx = conn.unchecked_transaction()?;
-    let run = ledger::start_run(&tx, "resolve", Some(scope), std::time::Duration::ZERO)?;
+    let run = ledger::start_run(
+        &tx,
+        "resolve",
+        Some(scope),
+        std::time::Duration::ZERO,
+        floors.heartbeat,
+    )?;
     let mut text = String::new();
     for c in checked {
-        let decided = unsure::decide(&tx, scope, &c.bucket, &c.wish.key, &c.wish.decision, run)?;
+        let decided = unsure::decide(
+            &tx,
+            scope,
+            &c.bucket,
+            &c.wish.key,
+            &c.wish.decision,
+            run,
+            floors.first_look,
+        )?;
         decided.map_err(|refused| input(anyhow::anyhow!("{}: {refused}", c.wish.place())))?;
         let said = match c.wish.decision {
             Decision::Asset(a) => format!("registered as asset {a}"),

@@ -47,9 +47,15 @@ impl Session {
             &job.target.workspace,
             &job.target.project,
         )?;
-        let run_id = ledger::start_run(conn, command, Some(&scope), job.limits.timeout)?;
+        let run_id = ledger::start_run(
+            conn,
+            command,
+            Some(&scope),
+            job.limits.timeout,
+            job.floors.heartbeat,
+        )?;
         let rows_before = ledger::keys::last_row(conn)?;
-        // The thread ends by itself once every writer handle (the runner's too) is dropped;
+        // The writer ends by itself once every handle (the runner's too) is dropped;
         // every write is awaited, so nothing is left unwritten when the command returns.
         let (writer, _thread) = LedgerWriter::spawn(ledger, Some(run_id));
         Ok(Self {
@@ -82,6 +88,7 @@ impl Session {
         let pace = Pace {
             max_attempts: job.limits.max_attempts,
             list_settle: job.list_settle,
+            floors: job.floors,
         };
         let mut runner = Runner::new(
             client,

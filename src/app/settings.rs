@@ -10,10 +10,33 @@ use crate::config::Credentials;
 use crate::emulator::EmulatorConfig;
 use crate::exit::input;
 use crate::ledger::analyses::Pick;
-use crate::runner::AnalysisPlan;
+use crate::runner::pace::FLOORS_VARIABLE;
+use crate::runner::{AnalysisPlan, Floors};
 
 /// The analysis a command asks for, validated before anything is sent; `None` without
 /// `--analyze` (unless the command is `analyze` itself, `always`).
+/// The protocol's floors: today's values, or those the hidden `MI_IMPORT_FLOORS` lowers (for
+/// the tests, against the emulator: docs/design.md, "Floors").
+pub fn floors() -> Result<Floors> {
+    let text = match std::env::var(FLOORS_VARIABLE) {
+        Err(std::env::VarError::NotPresent) => return Ok(Floors::default()),
+        Err(e) => return Err(input(anyhow::anyhow!("{FLOORS_VARIABLE}: {e}"))),
+        Ok(text) => text,
+    };
+    let floors = Floors::lowered(&text).map_err(|e| {
+        input(anyhow::anyhow!(
+            "{FLOORS_VARIABLE}: {}\nhint: unset it: it lowers safety margins for the tests, never for a real account",
+            crate::escape::shown(&e)
+        ))
+    })?;
+    if floors.are_lowered() {
+        tracing::warn!(
+            "{FLOORS_VARIABLE} lowers the protocol's waits ({floors:?}): for tests against the emulator, never for a real account"
+        );
+    }
+    Ok(floors)
+}
+
 pub fn analysis_plan(args: &AnalysisArgs, always: bool) -> Result<Option<AnalysisPlan>> {
     if !(always || args.analyze) {
         let given = args.analysis_person_count.is_some()

@@ -11,8 +11,8 @@ use rusqlite::{Connection, params};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::state::sql::*;
 use super::Scope;
+use super::state::sql::*;
 use crate::clock::now_ms;
 
 /// Our words in `analyses.status`, besides MI's own.

@@ -12,9 +12,6 @@ use super::state::sql::*;
 use super::{Scope, State};
 use crate::clock::now_ms;
 
-/// The first import-status check of a new asset waits this long: MI needs a moment.
-pub const FIRST_CHECK: Duration = Duration::from_secs(3);
-
 /// A key as a source found it, with eligibility's verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewKey {
@@ -443,9 +440,14 @@ pub fn claim_admitted(
 const CLAIM_WINDOW: usize = 8;
 
 /// Writes what became of claimed keys, as settled by `run`. Only `in_flight` rows change, so
-/// a late answer can never overwrite a row something else already settled. Returns how many
-/// rows changed.
-pub fn record(conn: &Connection, outcomes: &[Outcome], run: i64) -> rusqlite::Result<usize> {
+/// a late answer can never overwrite a row something else already settled. A registered key's
+/// first import-status look is `first_look` away. Returns how many rows changed.
+pub fn record(
+    conn: &Connection,
+    outcomes: &[Outcome],
+    run: i64,
+    first_look: Duration,
+) -> rusqlite::Result<usize> {
     let mut stmt = conn.prepare_cached(formatcp!(
         "UPDATE keys SET state = ?2, attempts = attempts + ?3,
              asset_id = COALESCE(?4, asset_id), http_status = ?5, error_code = ?6,
@@ -458,7 +460,7 @@ pub fn record(conn: &Connection, outcomes: &[Outcome], run: i64) -> rusqlite::Re
          WHERE id = ?1 AND state = {IN_FLIGHT}"
     ))?;
     let now = now_ms();
-    let first_check = now + FIRST_CHECK.as_millis() as i64;
+    let first_check = now + first_look.as_millis() as i64;
     let mut changed = 0;
     for o in outcomes {
         let state = o.state.unwrap_or(State::Pending);
@@ -484,17 +486,18 @@ pub fn record(conn: &Connection, outcomes: &[Outcome], run: i64) -> rusqlite::Re
 }
 
 /// Rows a dead run left `in_flight`: their requests may have reached MI. No request of the
-/// dead run left more than [`HEARTBEAT_MAX_AGE`] after its last commit (its heartbeat: the
-/// runner commits before sending on a staler one), and MI makes an asset about as soon after
-/// a request arrives as it answered that run's other requests: the outcome is unknown from
-/// the heartbeat plus that age plus the slowest answer the run got (plus [`LATE_SLACK`]),
-/// never later than its request timeout after that. That moment may be still to come when the
-/// next run starts at once: MI may be making the asset as it starts.
+/// dead run left more than its heartbeat floor (recorded with the run) after its last commit
+/// (its heartbeat: the runner commits before sending on a staler one), and MI makes an asset
+/// about as soon after a request arrives as it answered that run's other requests: the
+/// outcome is unknown from the heartbeat plus that floor plus the slowest answer the run got
+/// (plus `late_slack`), never later than its request timeout after that. That moment may be
+/// still to come when the next run starts at once: MI may be making the asset as it starts.
 pub fn mark_in_flight_uncertain(
     conn: &Connection,
     scope: &Scope,
     run: i64,
     now: i64,
+    late_slack: Duration,
 ) -> rusqlite::Result<usize> {
     let dead: Vec<Option<i64>> = conn
         .prepare_cached(
@@ -511,35 +514,30 @@ pub fn mark_in_flight_uncertain(
             )?
             .query_row(params![scope.id, dead_run], |r| r.get(0))?;
         changed += conn
-            .prepare_cached(
-                formatcp!("UPDATE keys SET state = {UNCERTAIN}, updated_at = ?3, run = ?4,
+            .prepare_cached(formatcp!(
+                "UPDATE keys SET state = {UNCERTAIN}, updated_at = ?3, run = ?4,
                      unsure_at = MAX(COALESCE(sent_at, 0), COALESCE(
-                         (SELECT runs.alive_at + ?6 + MIN(runs.timeout_ms, COALESCE(?5, runs.timeout_ms))
+                         (SELECT runs.alive_at + COALESCE(runs.heartbeat_ms, ?6)
+                                 + MIN(runs.timeout_ms, COALESCE(?5, runs.timeout_ms))
                           FROM runs WHERE runs.id = ?2), ?3)),
                      message = 'a run stopped while this key was being sent'
-                 WHERE scope = ?1 AND state = {IN_FLIGHT} AND run IS ?2"),
-            )?
+                 WHERE scope = ?1 AND state = {IN_FLIGHT} AND run IS ?2"
+            ))?
             .execute(params![
                 scope.id,
                 dead_run,
                 now,
                 run,
-                slowest.map(|ms| ms + LATE_SLACK.as_millis() as i64),
-                HEARTBEAT_MAX_AGE.as_millis() as i64
+                slowest.map(|ms| ms + late_slack.as_millis() as i64),
+                HEARTBEAT_BEFORE_IT_WAS_KEPT.as_millis() as i64
             ])?;
     }
     Ok(changed)
 }
 
-/// No request leaves more than this after its run's last commit: a key claimed long before
-/// (waiting on the rate limiter or a backoff) is sent only once a commit has stamped the
-/// run's heartbeat this recently, so a killed run's unknown moments stay close to its
-/// heartbeat.
-pub const HEARTBEAT_MAX_AGE: Duration = Duration::from_secs(5);
-
-/// Added to the slowest answer a dead run got, for the moment its unanswered requests are
-/// given up: MI may take a little longer on one request than on the others.
-pub const LATE_SLACK: Duration = Duration::from_secs(2);
+/// The heartbeat floor of a run recorded before runs kept theirs (schema 8 and older): the
+/// one every run kept then.
+pub const HEARTBEAT_BEFORE_IT_WAS_KEPT: Duration = Duration::from_secs(5);
 
 /// Sends keys in `state` (`failed`, or `import_failed` once their files are fixed) again on
 /// this run. An asset an `import_failed` key had is kept in `asset_history`.

@@ -393,7 +393,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect();
-            record(l.conn(), &outcomes, 1).unwrap();
+            record(l.conn(), &outcomes, 1, crate::runner::pace::FIRST_LOOK).unwrap();
             let keys = [object("a.mp4", "e2", 5), object("b.mp4", "e1", 5)];
             let (counts, _) = record_page(
                 l.conn(),

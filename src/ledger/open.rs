@@ -19,6 +19,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_compact_ledger.sql"),
     include_str!("../../migrations/0007_scopes_and_assets.sql"),
     include_str!("../../migrations/0008_observations.sql"),
+    include_str!("../../migrations/0009_heartbeat_floor.sql"),
 ];
 
 /// How long a connection waits for another process's lock before it gives up.

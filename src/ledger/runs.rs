@@ -11,17 +11,20 @@ use crate::clock::now_ms;
 const NOW_TEXT: &str = "strftime('%Y-%m-%dT%H:%M:%fZ','now')";
 
 /// Starts a row in `runs`; returns its id. `timeout` is the run's request timeout: a request
-/// it sent is given up no later than that after its last heartbeat.
+/// it sent is given up no later than that after its last heartbeat; `heartbeat` its floor: no
+/// request of it leaves longer than that after a commit.
 pub fn start_run(
     conn: &Connection,
     command: &str,
     scope: Option<&Scope>,
     timeout: Duration,
+    heartbeat: Duration,
 ) -> rusqlite::Result<i64> {
     conn.execute(
         &format!(
-            "INSERT INTO runs (command, workspace, project, pid, host, started_at, alive_at, timeout_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, {NOW_TEXT}, ?6, ?7)"
+            "INSERT INTO runs (command, workspace, project, pid, host, started_at, alive_at, timeout_ms,
+                               heartbeat_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, {NOW_TEXT}, ?6, ?7, ?8)"
         ),
         params![
             command,
@@ -30,7 +33,8 @@ pub fn start_run(
             std::process::id(),
             crate::lock::host_name(),
             now_ms(),
-            timeout.as_millis() as i64
+            timeout.as_millis() as i64,
+            heartbeat.as_millis() as i64
         ],
     )?;
     Ok(conn.last_insert_rowid())

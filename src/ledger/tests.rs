@@ -1,10 +1,10 @@
 use super::keys::*;
-use crate::clock::{ms_text, now_ms};
-use std::time::Duration;
 use super::scopes::*;
 use super::*;
+use crate::clock::{ms_text, now_ms};
 use crate::ledger::unsure::{Decision, Refused, apply_verdicts, decide, owned_among};
 use crate::reconcile::Verdict;
+use std::time::Duration;
 
 fn scope(l: &Ledger) -> Scope {
     Scope::open(l.conn(), "http://mi.test", "ws", "1").unwrap()
@@ -46,7 +46,7 @@ pub(super) fn registered_ledger(n: usize) -> (Ledger, Scope) {
             ..Default::default()
         })
         .collect();
-    record(l.conn(), &outcomes, 1).unwrap();
+    record(l.conn(), &outcomes, 1, crate::runner::pace::FIRST_LOOK).unwrap();
     (l, scope)
 }
 
@@ -68,7 +68,7 @@ fn register_all(l: &Ledger, s: &Scope) -> Vec<Claimed> {
             ..Default::default()
         })
         .collect();
-    record(l.conn(), &outcomes, 1).unwrap();
+    record(l.conn(), &outcomes, 1, crate::runner::pace::FIRST_LOOK).unwrap();
     claimed
 }
 
@@ -220,9 +220,21 @@ fn record_changes_only_in_flight_rows_and_keeps_trace_ids_of_failures() {
         trace_id: Some("t-2".into()),
         ..Default::default()
     };
-    assert_eq!(record(l.conn(), &[done.clone(), refused], 3).unwrap(), 2);
+    assert_eq!(
+        record(
+            l.conn(),
+            &[done.clone(), refused],
+            3,
+            crate::runner::pace::FIRST_LOOK
+        )
+        .unwrap(),
+        2
+    );
     // A second answer for the same row (or one for a row never claimed) changes nothing.
-    assert_eq!(record(l.conn(), &[done], 3).unwrap(), 0);
+    assert_eq!(
+        record(l.conn(), &[done], 3, crate::runner::pace::FIRST_LOOK).unwrap(),
+        0
+    );
     let row = |k: &str| -> (State, Option<i64>, u32, Option<String>, Option<i64>) {
         l.conn()
             .query_row(
@@ -251,13 +263,27 @@ fn a_dead_runs_keys_become_uncertain_from_its_heartbeat_plus_its_timeout() {
     let l = Ledger::open_in_memory().unwrap();
     let s = scope(&l);
     insert(&l, &s, &[key("a"), key("b")]);
-    let dead = start_run(l.conn(), "run", Some(&s), Duration::from_secs(30)).unwrap();
+    let dead = start_run(
+        l.conn(),
+        "run",
+        Some(&s),
+        Duration::from_secs(30),
+        crate::runner::pace::HEARTBEAT,
+    )
+    .unwrap();
     l.conn()
         .execute("UPDATE runs SET alive_at = 10000 WHERE id = ?1", [dead])
         .unwrap();
     claim(l.conn(), &s, 2, dead, 9_000).unwrap();
     assert_eq!(
-        mark_in_flight_uncertain(l.conn(), &s, dead + 1, 900_000).unwrap(),
+        mark_in_flight_uncertain(
+            l.conn(),
+            &s,
+            dead + 1,
+            900_000,
+            crate::runner::pace::LATE_SLACK
+        )
+        .unwrap(),
         2
     );
     let (state, unsure): (State, i64) = l
@@ -268,13 +294,46 @@ fn a_dead_runs_keys_become_uncertain_from_its_heartbeat_plus_its_timeout() {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .unwrap();
-    assert_eq!(
-        (state, unsure),
-        (
-            State::Uncertain,
-            10_000 + HEARTBEAT_MAX_AGE.as_millis() as i64 + 30_000
+    assert_eq!((state, unsure), (State::Uncertain, 10_000 + 5_000 + 30_000));
+}
+
+/// The moment a dead run's keys became unknown follows the heartbeat floor the run itself
+/// recorded, lowered or not; a run recorded before runs kept theirs kept 5 s.
+#[test]
+fn a_dead_runs_unknown_moment_follows_the_heartbeat_it_kept() {
+    for (kept, expected) in [(Some(200), 200), (None, 5_000)] {
+        let l = Ledger::open_in_memory().unwrap();
+        let s = scope(&l);
+        insert(&l, &s, &[key("a")]);
+        let heartbeat = Duration::from_millis(kept.unwrap_or(5_000));
+        let dead = start_run(
+            l.conn(),
+            "run",
+            Some(&s),
+            Duration::from_secs(30),
+            heartbeat,
         )
-    );
+        .unwrap();
+        l.conn()
+            .execute(
+                "UPDATE runs SET alive_at = 10000, heartbeat_ms = ?2 WHERE id = ?1",
+                rusqlite::params![dead, kept],
+            )
+            .unwrap();
+        claim(l.conn(), &s, 1, dead, 9_000).unwrap();
+        mark_in_flight_uncertain(l.conn(), &s, dead + 1, 900_000, Duration::ZERO).unwrap();
+        let unsure: i64 = l
+            .conn()
+            .query_row("SELECT unsure_at FROM keys WHERE key = 'a'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            unsure,
+            10_000 + expected + 30_000,
+            "heartbeat kept: {kept:?}"
+        );
+    }
 }
 
 #[test]
@@ -287,7 +346,7 @@ fn verdicts_settle_uncertain_keys_each_its_way() {
         .iter()
         .map(|c| c.id)
         .collect();
-    mark_in_flight_uncertain(l.conn(), &s, 2, now_ms()).unwrap();
+    mark_in_flight_uncertain(l.conn(), &s, 2, now_ms(), crate::runner::pace::LATE_SLACK).unwrap();
     let verdicts = [
         (ids[0], Verdict::Registered(5)),
         (ids[1], Verdict::NotRegistered),
@@ -327,46 +386,106 @@ fn resolve_gives_an_asset_or_sends_again_and_refuses_what_it_must() {
         )
         .unwrap();
     assert_eq!(
-        decide(l.conn(), &s, "b", "a", &Decision::Asset(taken_asset), 9).unwrap(),
+        decide(
+            l.conn(),
+            &s,
+            "b",
+            "a",
+            &Decision::Asset(taken_asset),
+            9,
+            Duration::from_secs(3)
+        )
+        .unwrap(),
         Err(Refused::Owned {
             asset: taken_asset,
             owner: "taken".into()
         })
     );
     assert!(
-        decide(l.conn(), &s, "b", "a", &Decision::Asset(55), 9)
-            .unwrap()
-            .is_ok()
+        decide(
+            l.conn(),
+            &s,
+            "b",
+            "a",
+            &Decision::Asset(55),
+            9,
+            Duration::from_secs(3)
+        )
+        .unwrap()
+        .is_ok()
     );
     assert_eq!(state_of(&l, "a"), State::Registered);
     assert!(
-        decide(l.conn(), &s, "b", "b", &Decision::NotRegistered, 9)
-            .unwrap()
-            .is_ok()
+        decide(
+            l.conn(),
+            &s,
+            "b",
+            "b",
+            &Decision::NotRegistered,
+            9,
+            Duration::from_secs(3)
+        )
+        .unwrap()
+        .is_ok()
     );
     assert_eq!(state_of(&l, "b"), State::Pending);
     assert!(
         matches!(
-            decide(l.conn(), &s, "b", "taken", &Decision::NotRegistered, 9).unwrap(),
+            decide(
+                l.conn(),
+                &s,
+                "b",
+                "taken",
+                &Decision::NotRegistered,
+                9,
+                Duration::from_secs(3)
+            )
+            .unwrap(),
             Err(Refused::NotUncertain { .. })
         ),
         "a key MI's own answer registered is not settled by hand"
     );
     // Settled by hand and not confirmed yet: the choice can be corrected by hand.
     assert!(
-        decide(l.conn(), &s, "b", "a", &Decision::Asset(56), 9)
-            .unwrap()
-            .is_ok()
+        decide(
+            l.conn(),
+            &s,
+            "b",
+            "a",
+            &Decision::Asset(56),
+            9,
+            Duration::from_secs(3)
+        )
+        .unwrap()
+        .is_ok()
     );
     l.conn()
         .execute("UPDATE keys SET state = 4 WHERE key = 'a'", [])
         .unwrap();
     assert!(matches!(
-        decide(l.conn(), &s, "b", "a", &Decision::NotRegistered, 9).unwrap(),
+        decide(
+            l.conn(),
+            &s,
+            "b",
+            "a",
+            &Decision::NotRegistered,
+            9,
+            Duration::from_secs(3)
+        )
+        .unwrap(),
         Err(Refused::NotUncertain { .. })
     ));
     assert!(matches!(
-        decide(l.conn(), &s, "b", "nope", &Decision::NotRegistered, 9).unwrap(),
+        decide(
+            l.conn(),
+            &s,
+            "b",
+            "nope",
+            &Decision::NotRegistered,
+            9,
+            Duration::from_secs(3)
+        )
+        .unwrap(),
         Err(Refused::NoSuchKey { .. })
     ));
     let events: i64 = l

@@ -6,7 +6,6 @@ use const_format::formatcp;
 use rusqlite::{Connection, OptionalExtension, params};
 use std::collections::HashSet;
 
-use super::keys::FIRST_CHECK;
 use super::state::sql::*;
 use super::{Scope, State};
 use crate::clock::{ms_text, now_ms};
@@ -309,7 +308,8 @@ pub fn owner_of(
 /// Applies a user's decision about a key `resolve` may settle, and records it in `events`
 /// (with the earlier choice, if the key was settled by hand before). Returns the key's row
 /// id. The evidence behind the decision is checked by the caller; this checks the state and
-/// that no other key of the scope owns the asset.
+/// that no other key of the scope owns the asset. A key given an asset is first looked at
+/// `first_look` later.
 pub fn decide(
     conn: &Connection,
     scope: &Scope,
@@ -317,6 +317,7 @@ pub fn decide(
     key: &str,
     decision: &Decision,
     run: i64,
+    first_look: std::time::Duration,
 ) -> rusqlite::Result<Result<i64, Refused>> {
     let settleable = match settleable(conn, scope, bucket, key)? {
         Ok(s) => s,
@@ -336,7 +337,7 @@ pub fn decide(
                  next_check_at = ?4, updated_at = ?3, run = ?5,
                  message = 'asset given by hand with `mi-import resolve`'
              WHERE id = ?1"),
-            params![id, asset, now, now + FIRST_CHECK.as_millis() as i64, run],
+            params![id, asset, now, now + first_look.as_millis() as i64, run],
         )?;
     } else {
         conn.execute(

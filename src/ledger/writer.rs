@@ -158,9 +158,9 @@ fn same_error(e: &rusqlite::Error) -> rusqlite::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now_ms;
     use crate::ledger::keys::{claim, counts, insert_keys};
     use crate::ledger::{NewKey, OnChanged, Scope, State};
-    use crate::clock::now_ms;
 
     #[tokio::test]
     async fn concurrent_writes_all_commit_and_answer() {
@@ -208,8 +208,14 @@ mod tests {
     #[tokio::test]
     async fn every_commit_stamps_the_runs_heartbeat() {
         let ledger = Ledger::open_in_memory().unwrap();
-        let run = crate::ledger::start_run(ledger.conn(), "run", None, std::time::Duration::ZERO)
-            .unwrap();
+        let run = crate::ledger::start_run(
+            ledger.conn(),
+            "run",
+            None,
+            std::time::Duration::ZERO,
+            std::time::Duration::from_secs(5),
+        )
+        .unwrap();
         ledger
             .conn()
             .execute("UPDATE runs SET alive_at = 0", [])

@@ -16,13 +16,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::confirm::next_gap;
-use super::schedule::{self, FirstLook, WorkTimes};
+use super::schedule::{FirstLook, WorkTimes};
 use super::{FatalStop, Runner, outbox};
 use crate::api::analysis::AnalysisRequest;
 use crate::api::{AnalysisStatus, ApiError, Call};
 use crate::ledger::analyses::{self, AnalysisCheck, DueAnalysis, Requested, ToAnalyze, UNSURE};
 use crate::ledger::facts::Fact;
-use crate::ledger::keys::FIRST_CHECK;
 use crate::retry::{Disposition, Retryable, with_retries};
 
 /// The first analysis of a size is looked at again each time this share of its age has
@@ -172,7 +171,7 @@ impl Runner {
         }
         let at = match model.first_look(due.key_id, due.size) {
             FirstLook::After(after) => sent + after.as_millis() as i64,
-            FirstLook::Wait => now + schedule::DEFER.as_millis() as i64,
+            FirstLook::Wait => now + self.pace.floors.defer.as_millis() as i64,
         };
         (at > now + super::confirm::NOT_YET_SLACK_MS).then(|| AnalysisCheck {
             key_id: due.key_id,
@@ -198,7 +197,7 @@ impl Runner {
             .sent_at
             .filter(|sent| model.watched(*sent) && due.status != UNSURE)
         else {
-            return next_gap(due.checks);
+            return next_gap(due.checks, self.pace.floors.first_look);
         };
         let (age, before) = (now - sent, due.last_look.map(|at| at - sent));
         match status {
@@ -211,7 +210,7 @@ impl Runner {
                 Duration::ZERO
             }
             "WAIT_ANALYZE" | "ANALYZING" => model.looked(due.key_id, due.size, age, before, false),
-            _ => next_gap(due.checks),
+            _ => next_gap(due.checks, self.pace.floors.first_look),
         }
     }
 
@@ -386,9 +385,10 @@ impl Runner {
             _ => 0,
         };
         let (run, settle) = (self.run_id, self.pace.list_settle);
+        let first_look = self.pace.floors.first_look;
         self.writer
             .write(move |t| {
-                analyses::record_requests(t, &[(one, requested, sent)], FIRST_CHECK, settle, run)
+                analyses::record_requests(t, &[(one, requested, sent)], first_look, settle, run)
             })
             .await?;
         Ok(())
@@ -427,7 +427,10 @@ impl Runner {
                     status: Some(due.status.clone()),
                     index_id: None,
                     message: None,
-                    next_check_at: Some(crate::clock::now_ms() + next_gap(due.checks).as_millis() as i64),
+                    next_check_at: Some(
+                        crate::clock::now_ms()
+                            + next_gap(due.checks, self.pace.floors.first_look).as_millis() as i64,
+                    ),
                     looked: true,
                 }
             }

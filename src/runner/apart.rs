@@ -164,7 +164,13 @@ mod tests {
         assert!(claim(&apart, &l, &s, 4, 1_100).is_empty());
         let x = outcome(&l, "cam1/x.mp4", State::Registered);
         let y = outcome(&l, "cam1/y.mp4", State::Uncertain);
-        ledger::keys::record(l.conn(), &[x.clone(), y.clone()], 1).unwrap();
+        ledger::keys::record(
+            l.conn(),
+            &[x.clone(), y.clone()],
+            1,
+            crate::runner::pace::FIRST_LOOK,
+        )
+        .unwrap();
         apart.written(&[x, y], 1_200);
         assert_eq!(claim(&apart, &l, &s, 4, 1_300), ["cam2/x.mp4"]);
         // A lost answer holds its name's others back for the whole time.

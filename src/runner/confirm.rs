@@ -20,23 +20,19 @@ use super::asset_list::Flow;
 use super::schedule::{self, FirstLook, WorkTimes};
 use super::{FatalStop, Runner, outbox};
 use crate::api::{ApiError, Call};
+use crate::ledger::State;
 use crate::ledger::facts::{self, Fact};
 use crate::ledger::import_status::{self, CheckResult, DueCheck};
-use crate::ledger::{State, keys::FIRST_CHECK};
 use crate::retry::Disposition;
 
-/// The longest gap between two checks of one asset: long videos take a while, and a poll a
-/// few minutes late costs nothing.
-pub const MAX_CHECK_GAP: Duration = Duration::from_secs(300);
 /// How often the count of assets still waiting (for progress) is refreshed: it reads the
 /// whole index range, unlike the loop's own queries.
 const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// A pass over the whole asset list is worth it only if it settles at least this many assets
 /// per page it reads.
 const LIST_KEYS_PER_PAGE: u64 = 4;
-/// Due looks are gathered this long before a pass over the list, so one pass serves many...
-const LIST_GATHER: Duration = Duration::from_secs(10);
-/// ...or until this many are gathered (in memory). A pass then looks for every look due by
+/// Due looks are gathered for the run's gather floor (`runner::pace::LIST_GATHER`) before a
+/// pass over the list, so one pass serves many, or until this many are gathered (in memory). A pass then looks for every look due by
 /// then, however many: the ledger holds them, not memory.
 const LIST_GATHER_MAX: usize = 5_000;
 /// Looks too few for a pass are made one by one after waiting this long.
@@ -65,11 +61,12 @@ fn busy_ids(out: &[(tokio::task::Id, i64)]) -> Vec<i64> {
     out.iter().map(|(_, id)| *id).collect()
 }
 
-/// The gap after the `checks`-th check found the import still in progress.
-pub fn next_gap(checks: u32) -> Duration {
-    FIRST_CHECK
+/// The gap after the `checks`-th check found the import still in progress: from the first
+/// look's floor, doubling, up to the longest gap ([`schedule::MAX_GAP`]).
+pub fn next_gap(checks: u32, first_look: Duration) -> Duration {
+    first_look
         .saturating_mul(1u32.checked_shl(checks.min(16)).unwrap_or(u32::MAX))
-        .min(MAX_CHECK_GAP)
+        .min(schedule::MAX_GAP)
 }
 
 /// What an upload status means for the key: `Some(final state)` or `None` (still going).
@@ -128,7 +125,7 @@ impl Runner {
         let bins = stored
             .and_then(|text| serde_json::from_str(&text).ok())
             .unwrap_or_default();
-        let mut fresh = WorkTimes::with_bins(bins, since);
+        let mut fresh = WorkTimes::with_bins(bins, since, self.pace.floors.first_look);
         if let Some(share) = probe_share {
             fresh = fresh.with_probe_share(share);
         }
@@ -170,7 +167,7 @@ impl Runner {
         }
         let at = match model.first_look(due.id, due.size) {
             FirstLook::After(after) => due.registered_at + after.as_millis() as i64,
-            FirstLook::Wait => now + schedule::DEFER.as_millis() as i64,
+            FirstLook::Wait => now + self.pace.floors.defer.as_millis() as i64,
         };
         (at > now + NOT_YET_SLACK_MS).then_some(CheckResult {
             id: due.id,
@@ -273,7 +270,7 @@ impl Runner {
                 let waited = gathered_since.elapsed();
                 if worth
                     && passing.is_none()
-                    && (waited >= LIST_GATHER || gathered.len() >= LIST_GATHER_MAX)
+                    && (waited >= self.pace.floors.list_gather || gathered.len() >= LIST_GATHER_MAX)
                 {
                     // The pass takes every look due now from the ledger, the gathered ones
                     // among them; those out or answered but not written yet stay out of it.
@@ -494,7 +491,7 @@ impl Runner {
                 let age = now - due.registered_at;
                 state
                     .is_none()
-                    .then(|| now + schedule::probe_gap(age).as_millis() as i64)
+                    .then(|| now + model.probe_gap(age).as_millis() as i64)
             } else {
                 let gap = model.looked(
                     due.id,
@@ -586,7 +583,9 @@ impl Runner {
                     state: None,
                     upload_status: None,
                     upload_result: None,
-                    next_check_at: Some(now + next_gap(due.checks).as_millis() as i64),
+                    next_check_at: Some(
+                        now + next_gap(due.checks, self.pace.floors.first_look).as_millis() as i64,
+                    ),
                 });
                 return Ok(());
             }
@@ -663,9 +662,14 @@ mod tests {
 
     #[test]
     fn gaps_grow_from_the_first_check_to_the_cap() {
-        let gaps: Vec<u64> = (0..9).map(|c| next_gap(c).as_secs()).collect();
+        let first = crate::runner::pace::FIRST_LOOK;
+        let gaps: Vec<u64> = (0..9).map(|c| next_gap(c, first).as_secs()).collect();
         assert_eq!(gaps, vec![3, 6, 12, 24, 48, 96, 192, 300, 300]);
-        assert_eq!(next_gap(1000), MAX_CHECK_GAP);
+        assert_eq!(next_gap(1000, first), schedule::MAX_GAP);
+        let lowered: Vec<u128> = (0..3)
+            .map(|c| next_gap(c, Duration::from_millis(100)).as_millis())
+            .collect();
+        assert_eq!(lowered, vec![100, 200, 400]);
     }
 
     #[test]

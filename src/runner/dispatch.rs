@@ -190,12 +190,13 @@ impl Runner {
 
     pub(super) async fn dispatch(&self, sending: Sending) -> Result<()> {
         let (run, apart) = (self.run_id, self.dispatch.apart.clone());
+        let first_look = self.pace.floors.first_look;
         self.dispatch
             .outcomes
             .flushing_during(
                 &self.writer,
                 move |t, outcomes| {
-                    let changed = ledger::keys::record(t, outcomes, run)?;
+                    let changed = ledger::keys::record(t, outcomes, run, first_look)?;
                     // A name is free once the ledger holds its key's outcome: a kill before
                     // that leaves the key unknown, as if still in flight.
                     apart.written(outcomes, crate::clock::now_ms());
@@ -407,10 +408,7 @@ impl Runner {
                     };
                     // A killed run's unknown moments are dated from its heartbeat: a key that
                     // waited long (limiter, backoff) leaves only once it is recent.
-                    let beat = self
-                        .writer
-                        .beat_within(ledger::keys::HEARTBEAT_MAX_AGE)
-                        .await;
+                    let beat = self.writer.beat_within(self.pace.floors.heartbeat).await;
                     if self.halt.is_cancelled() || beat.is_err() || self.out_of_time() {
                         return Attempt::NotSent;
                     }

@@ -582,7 +582,14 @@ impl Runner {
         let wanted: Vec<i64> = named.iter().map(|a| a.asset_id).collect();
         self.writer
             .write(move |t| {
-                observed::record_pass(t, &scope, started, crate::clock::now_ms(), current_as_of, &shown)?;
+                observed::record_pass(
+                    t,
+                    &scope,
+                    started,
+                    crate::clock::now_ms(),
+                    current_as_of,
+                    &shown,
+                )?;
                 let passes = observed::passes(t, &scope)?;
                 let seen = observed::seen(t, &scope)?;
                 let ended: HashMap<i64, i64> = passes.iter().map(|p| (p.id, p.ended_at)).collect();

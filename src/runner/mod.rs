@@ -39,6 +39,7 @@ mod dispatch;
 mod listing;
 mod lookup;
 mod outbox;
+pub mod pace;
 mod passes;
 mod preflight;
 pub mod schedule;
@@ -47,6 +48,7 @@ pub use analysis::AnalysisPlan;
 pub use dispatch::Cutoff;
 pub use listing::ListSummary;
 pub use lookup::DEFAULT_LIST_SETTLE;
+pub use pace::{Floors, Pace};
 pub use preflight::linked_bucket;
 
 /// Longest nap of a follow-up loop (confirmation, analyses) while nothing is due, so the end
@@ -154,15 +156,6 @@ impl Drop for FeedCloser {
     fn drop(&mut self) {
         self.0.close();
     }
-}
-
-/// How a run paces itself, beyond the limiter.
-#[derive(Debug, Clone, Copy)]
-pub struct Pace {
-    pub max_attempts: u32,
-    /// How long MI's asset list may take to show a new asset: absence proves nothing sooner
-    /// (`--list-settle`).
-    pub list_settle: Duration,
 }
 
 /// Everything one run needs.

@@ -110,9 +110,9 @@ impl<T: Send + 'static> Outbox<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::now_ms;
     use crate::ledger::keys::{claim, counts, insert_keys, record};
     use crate::ledger::{Ledger, NewKey, OnChanged, Outcome, Scope, State};
-    use crate::clock::now_ms;
 
     #[tokio::test]
     async fn everything_pushed_is_written_by_the_time_the_flusher_ends() {
@@ -133,10 +133,12 @@ mod tests {
         let outbox = std::sync::Arc::new(Outbox::default());
         let done = CancellationToken::new();
         let (o, w, d) = (outbox.clone(), writer.clone(), done.clone());
-        let flusher =
-            tokio::spawn(
-                async move { o.flush_until(&w, &d, |t, items| record(t, items, 1)).await },
-            );
+        let flusher = tokio::spawn(async move {
+            o.flush_until(&w, &d, |t, items| {
+                record(t, items, 1, crate::runner::pace::FIRST_LOOK)
+            })
+            .await
+        });
         for c in claimed {
             outbox.push(Outcome {
                 id: c.id,

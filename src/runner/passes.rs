@@ -46,11 +46,12 @@ impl Runner {
     /// Sends what is pending; then, while keys are unsure, waits until MI's list can prove
     /// their fate, looks them up, and sends again those proven absent.
     pub(super) async fn import(&self) -> Result<Ending> {
-        let (scope, run) = (self.scope.clone(), self.run_id);
+        let (scope, run, slack) = (self.scope.clone(), self.run_id, self.pace.floors.late_slack);
         let recovered = self
             .writer
             .write(move |t| {
-                ledger::keys::mark_in_flight_uncertain(t, &scope, run, crate::clock::now_ms())
+                let now = crate::clock::now_ms();
+                ledger::keys::mark_in_flight_uncertain(t, &scope, run, now, slack)
             })
             .await?;
         if recovered > 0 {

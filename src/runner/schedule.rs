@@ -20,8 +20,6 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// A probe's first look.
-pub const FIRST_LOOK: Duration = Duration::from_secs(3);
 /// A probe is looked at again when this share of its age has passed.
 const PROBE_SHARE: f64 = 0.25;
 /// The longest gap between two looks at one asset.
@@ -34,8 +32,6 @@ const MARGIN: Duration = Duration::from_millis(500);
 const TIGHT_SHARE: f64 = 0.10;
 /// Every this many keys of a bin with a wide bracket, one is a probe.
 const PROBE_EVERY: u64 = 16;
-/// A key whose bin has nothing learned yet waits this long before it is considered again.
-pub const DEFER: Duration = Duration::from_secs(15);
 /// An import seen in progress raises its bin's `lo` only while its age is within this many
 /// times the bin's `hi`: beyond, it is an outlier, not a measure of its size's imports.
 const OUTLIER: i64 = 4;
@@ -56,13 +52,14 @@ pub struct Bracket {
 pub enum FirstLook {
     /// This long after registration.
     After(Duration),
-    /// Nothing is known of its bin: ask again after [`DEFER`].
+    /// Nothing is known of its bin: ask again after the run's defer floor
+    /// (`runner::pace::DEFER` unless lowered).
     Wait,
 }
 
 /// What one kind of work (imports, or analyses) has taken in this project, by size: when to
 /// look at each piece of it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct WorkTimes {
     bins: HashMap<i32, Bracket>,
     /// Bins with a probe out (a key being looked at on the doubling schedule).
@@ -71,6 +68,9 @@ pub struct WorkTimes {
     since: i64,
     /// A probe is looked at again when this share of its age has passed (0: [`PROBE_SHARE`]).
     probe_share: f64,
+    /// The first look at anything, and the shortest gap between two looks (the run's floor,
+    /// `runner::pace::FIRST_LOOK` unless lowered).
+    first_look: Duration,
 }
 
 /// The bin of an object's size: its power of two (`-1` when unknown).
@@ -81,14 +81,21 @@ pub fn bin_of(size: Option<u64>) -> i32 {
     }
 }
 
-/// The gap after a look found a probe still in progress, `age` after its registration.
-pub fn probe_gap(age: i64) -> Duration {
-    ms(age).mul_f64(PROBE_SHARE).max(FIRST_LOOK).min(MAX_GAP)
+impl Default for WorkTimes {
+    /// Nothing learned, watching from the epoch, first looks at the default floor.
+    fn default() -> Self {
+        Self::with_bins(HashMap::new(), 0, super::pace::FIRST_LOOK)
+    }
 }
 
 impl WorkTimes {
-    /// A model seeded with what earlier runs learned, watching from `since` (Unix ms).
-    pub fn with_bins(bins: HashMap<i32, (i64, Option<i64>)>, since: i64) -> Self {
+    /// A model seeded with what earlier runs learned, watching from `since` (Unix ms), its
+    /// first looks `first_look` after registration.
+    pub fn with_bins(
+        bins: HashMap<i32, (i64, Option<i64>)>,
+        since: i64,
+        first_look: Duration,
+    ) -> Self {
         Self {
             bins: bins
                 .into_iter()
@@ -97,7 +104,17 @@ impl WorkTimes {
             probing: HashMap::new(),
             since,
             probe_share: PROBE_SHARE,
+            first_look,
         }
+    }
+
+    /// The gap after a look found an asset registered before it watched still in progress,
+    /// `age` after its registration.
+    pub fn probe_gap(&self, age: i64) -> Duration {
+        ms(age)
+            .mul_f64(PROBE_SHARE)
+            .max(self.first_look)
+            .min(MAX_GAP)
     }
 
     /// The same, its probes looked at again each time `share` of their age has passed: a
@@ -110,7 +127,7 @@ impl WorkTimes {
 
     /// Whether an asset registered at `registered_at` (Unix ms) was registered while this
     /// model watched. One registered before is overdue: it is looked at now, then on
-    /// [`probe_gap`]s while in progress, and teaches nothing.
+    /// [`Self::probe_gap`]s while in progress, and teaches nothing.
     pub fn watched(&self, registered_at: i64) -> bool {
         registered_at >= self.since
     }
@@ -142,7 +159,7 @@ impl WorkTimes {
                 Some(probe) if *probe != key => FirstLook::Wait,
                 _ => {
                     self.probing.insert(bin, key);
-                    FirstLook::After(FIRST_LOOK)
+                    FirstLook::After(self.first_look)
                 }
             },
         }
@@ -190,7 +207,9 @@ impl WorkTimes {
             // Past what the bin's imports took: a little more should do.
             Some(hi) if !probing => {
                 let guess = (hi.max(bracket.lo) - age).max(0);
-                ms(guess).max(ms(hi).mul_f64(TIGHT_SHARE)).max(FIRST_LOOK)
+                ms(guess)
+                    .max(ms(hi).mul_f64(TIGHT_SHARE))
+                    .max(self.first_look)
             }
             _ => {
                 let share = if self.probe_share > 0.0 {
@@ -198,7 +217,7 @@ impl WorkTimes {
                 } else {
                     PROBE_SHARE
                 };
-                ms(age).mul_f64(share).max(FIRST_LOOK).min(MAX_GAP)
+                ms(age).mul_f64(share).max(self.first_look).min(MAX_GAP)
             }
         }
     }
@@ -220,6 +239,7 @@ fn ms(ms: i64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runner::pace::FIRST_LOOK;
 
     const GB: u64 = 1 << 30;
 
@@ -293,6 +313,7 @@ mod tests {
         let mut model = WorkTimes::with_bins(
             HashMap::from([(bin_of(Some(GB)), (50_000, Some(60_000)))]),
             0,
+            FIRST_LOOK,
         );
         let looks = looks_per_key(&mut model, 200, 90_000, Some(GB));
         assert!(looks < 2.2, "{looks}");
@@ -322,11 +343,14 @@ mod tests {
 
     #[test]
     fn only_assets_registered_while_it_watched_are_planned() {
-        let model = WorkTimes::with_bins(HashMap::new(), 1_000);
+        let model = WorkTimes::with_bins(HashMap::new(), 1_000, FIRST_LOOK);
         assert!(!model.watched(999));
         assert!(model.watched(1_000));
         // An overdue asset still in progress after an hour is looked at again on the longest gap.
-        assert_eq!(probe_gap(3_600_000), MAX_GAP);
+        assert_eq!(model.probe_gap(3_600_000), MAX_GAP);
+        // A lowered floor is the shortest gap.
+        let quick = WorkTimes::with_bins(HashMap::new(), 0, Duration::from_millis(100));
+        assert_eq!(quick.probe_gap(200), Duration::from_millis(100));
     }
 
     #[test]
