@@ -413,6 +413,7 @@ fn import_job(args: RunArgs, global: &Global) -> Result<ImportJob> {
         skip_bad_rows: args.skip_bad_rows,
         list_settle: args.limits.list_settle,
         floors: app::floors()?,
+        local_mi: None,
         list_concurrency: args.list_concurrency,
         options: RunOptions {
             cutoff: Cutoff {

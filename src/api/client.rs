@@ -117,10 +117,25 @@ pub struct AssetPage {
     pub page_no: Option<u32>,
 }
 
+/// How a signed request reaches MI.
+#[derive(Clone)]
+enum Transport {
+    Network(reqwest::Client),
+    /// An MI served in this process (tests on paused time): the client's timeout is applied
+    /// here, as reqwest applies it on the network.
+    Local(super::local::Local, Duration),
+}
+
+/// An answer's body, still to be read (up to [`MAX_ANSWER_BYTES`]).
+enum Unread {
+    Network(reqwest::Response),
+    Local(axum::body::Body),
+}
+
 /// A signed-request client for one MI project.
 #[derive(Clone)]
 pub struct MiClient {
-    http: reqwest::Client,
+    transport: Transport,
     credentials: Credentials,
     target: Target,
     base: Url,
@@ -152,6 +167,25 @@ impl MiClient {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mi-import/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        Self::over(Transport::Network(http), target, credentials)
+    }
+
+    /// A client of an MI served in this process, as [`MiClient::new`]'s is of one on the
+    /// network; `target`'s endpoint only names it.
+    pub fn local(
+        mi: super::local::Local,
+        target: Target,
+        credentials: Credentials,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        Self::over(Transport::Local(mi, timeout), target, credentials)
+    }
+
+    fn over(
+        transport: Transport,
+        target: Target,
+        credentials: Credentials,
+    ) -> anyhow::Result<Self> {
         let base = Url::parse(&target.endpoint)
             .map_err(|e| anyhow::anyhow!("endpoint `{}` is not a URL: {e}", target.endpoint))?;
         let project = format!(
@@ -162,7 +196,7 @@ impl MiClient {
         let mut register_url = base.clone();
         register_url.set_path(&format!("{project}/assets/import/object-storage"));
         Ok(Self {
-            http,
+            transport,
             credentials,
             target,
             base,
@@ -380,30 +414,19 @@ impl MiClient {
             signer::now_millis(),
             &self.credentials,
         );
-        let mut request = self
-            .http
-            .request(method, url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(HEADER_TIMESTAMP, signed.timestamp)
-            .header(HEADER_ACCESS_KEY, signed.access_key)
-            .header(HEADER_SIGNATURE, signed.signature);
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
-        let status = response.status().as_u16();
-        let trace_id = header_text(response.headers(), HEADER_TRACE_ID);
-        let retry_after = retry_after(response.headers());
-        let date = header_text(response.headers(), reqwest::header::DATE.as_str())
-            .and_then(|d| httpdate_parse(&d));
+        let (status, headers, unread) = self.send_signed(method, url, &signed, body).await?;
+        let trace_id = header_text(&headers, HEADER_TRACE_ID);
+        let retry_after = retry_after(&headers);
+        let date =
+            header_text(&headers, reqwest::header::DATE.as_str()).and_then(|d| httpdate_parse(&d));
         if (300..400).contains(&status) {
             return Err(ApiError::Redirect {
                 status,
-                location: header_text(response.headers(), reqwest::header::LOCATION.as_str()),
+                location: header_text(&headers, reqwest::header::LOCATION.as_str()),
                 trace_id,
             });
         }
-        let bytes = self.body(response, trace_id.as_deref()).await?;
+        let bytes = self.body(status, unread, trace_id.as_deref()).await?;
         if !(200..300).contains(&status) {
             return Err(ApiError::from_answer(status, &bytes, trace_id, retry_after));
         }
@@ -433,33 +456,107 @@ impl MiClient {
         }
     }
 
+    /// Sends one signed request: the answer's status and headers, its body unread.
+    async fn send_signed<B: Serialize>(
+        &self,
+        method: Method,
+        url: Url,
+        signed: &signer::Signature,
+        body: Option<&B>,
+    ) -> Result<(u16, HeaderMap, Unread), ApiError> {
+        match &self.transport {
+            Transport::Network(http) => {
+                let mut request = http
+                    .request(method, url)
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(HEADER_TIMESTAMP, &signed.timestamp)
+                    .header(HEADER_ACCESS_KEY, &signed.access_key)
+                    .header(HEADER_SIGNATURE, &signed.signature);
+                if let Some(body) = body {
+                    request = request.json(body);
+                }
+                let response = request.send().await.map_err(|e| self.transport_error(e))?;
+                let (status, headers) = (response.status().as_u16(), response.headers().clone());
+                Ok((status, headers, Unread::Network(response)))
+            }
+            Transport::Local(mi, timeout) => {
+                let target = match url.query() {
+                    Some(q) => format!("{}?{q}", url.path()),
+                    None => url.path().to_owned(),
+                };
+                let bytes = match body {
+                    Some(body) => serde_json::to_vec(body).map_err(|e| ApiError::NoAnswer {
+                        message: format!("the request could not be written: {e}"),
+                        timed_out: false,
+                    })?,
+                    None => Vec::new(),
+                };
+                let request = axum::http::Request::builder()
+                    .method(method)
+                    .uri(target)
+                    .header(CONTENT_TYPE, "application/json")
+                    .header(HEADER_TIMESTAMP, &signed.timestamp)
+                    .header(HEADER_ACCESS_KEY, &signed.access_key)
+                    .header(HEADER_SIGNATURE, &signed.signature)
+                    .body(axum::body::Body::from(bytes))
+                    .map_err(|e| ApiError::NoAnswer {
+                        message: format!("the request could not be written: {e}"),
+                        timed_out: false,
+                    })?;
+                match tokio::time::timeout(*timeout, mi.0.serve(request)).await {
+                    Ok(Some(response)) => {
+                        let (parts, body) = response.into_parts();
+                        Ok((parts.status.as_u16(), parts.headers, Unread::Local(body)))
+                    }
+                    Ok(None) => Err(ApiError::NoAnswer {
+                        message: "connection closed before message completed".into(),
+                        timed_out: false,
+                    }),
+                    Err(_) => Err(ApiError::NoAnswer {
+                        message: "operation timed out".into(),
+                        timed_out: true,
+                    }),
+                }
+            }
+        }
+    }
+
     /// An answer's body, read up to [`MAX_ANSWER_BYTES`]: past it the answer is taken as
     /// unreadable (an unknown outcome for the register call, retried for the others).
     async fn body(
         &self,
-        mut response: reqwest::Response,
+        status: u16,
+        unread: Unread,
         trace_id: Option<&str>,
     ) -> Result<Vec<u8>, ApiError> {
-        let status = response.status().as_u16();
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| self.transport_error(e))?
-        {
-            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(ApiError::BadBody {
-                    status,
-                    message: format!(
-                        "the answer is longer than {} MiB, far more than any answer of MI; it was not read further",
-                        MAX_ANSWER_BYTES >> 20
-                    ),
-                    trace_id: trace_id.map(str::to_owned),
-                });
+        let too_long = || ApiError::BadBody {
+            status,
+            message: format!(
+                "the answer is longer than {} MiB, far more than any answer of MI; it was not read further",
+                MAX_ANSWER_BYTES >> 20
+            ),
+            trace_id: trace_id.map(str::to_owned),
+        };
+        match unread {
+            Unread::Network(mut response) => {
+                let mut body = Vec::new();
+                while let Some(chunk) = response
+                    .chunk()
+                    .await
+                    .map_err(|e| self.transport_error(e))?
+                {
+                    if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                        return Err(too_long());
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(body)
             }
-            body.extend_from_slice(&chunk);
+            Unread::Local(body) => axum::body::to_bytes(body, MAX_ANSWER_BYTES)
+                .await
+                .map(|bytes| bytes.to_vec())
+                .map_err(|_| too_long()),
         }
-        Ok(body)
     }
 
     fn transport_error(&self, error: reqwest::Error) -> ApiError {

@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod error;
+pub mod local;
 pub mod signer;
 
 pub use client::{AnalysisStatus, AssetPage, AssetSummary, ImportStatus, MiClient, Registered};

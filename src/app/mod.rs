@@ -89,6 +89,9 @@ pub struct ImportJob {
     pub list_settle: Duration,
     /// The protocol's floors: today's values unless `MI_IMPORT_FLOORS` lowers them (tests).
     pub floors: Floors,
+    /// An MI served in this process (a test's emulator) to talk to instead of the network at
+    /// `target`'s endpoint.
+    pub local_mi: Option<crate::api::local::Local>,
     /// Listing requests to Object Storage at once.
     pub list_concurrency: usize,
     pub options: RunOptions,
@@ -116,6 +119,7 @@ impl ImportJob {
             skip_bad_rows: false,
             list_settle: DEFAULT_LIST_SETTLE,
             floors: Floors::default(),
+            local_mi: None,
             list_concurrency: crate::source::bucket::DEFAULT_LIST_CONCURRENCY,
             options: RunOptions {
                 allow_other_bucket: false,

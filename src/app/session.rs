@@ -72,11 +72,19 @@ impl Session {
     }
 
     pub fn runner(&self, job: &ImportJob, shutdown: CancellationToken) -> Result<Runner> {
-        let client = MiClient::new(
-            job.target.clone(),
-            job.credentials.clone(),
-            job.limits.timeout,
-        )?;
+        let client = match &job.local_mi {
+            Some(mi) => MiClient::local(
+                mi.clone(),
+                job.target.clone(),
+                job.credentials.clone(),
+                job.limits.timeout,
+            )?,
+            None => MiClient::new(
+                job.target.clone(),
+                job.credentials.clone(),
+                job.limits.timeout,
+            )?,
+        };
         let limiter = Arc::new(match &job.limits.setting {
             crate::config::RateSetting::Schedule(_) => {
                 Limiter::with_rate(&job.limits.setting, job.limits.concurrency)

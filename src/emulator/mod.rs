@@ -246,6 +246,8 @@ pub struct Emulator {
     pub addr: SocketAddr,
     shared: Arc<state::Shared>,
     stop: CancellationToken,
+    /// Served in this process without a socket ([`Emulator::local`]).
+    local: Option<axum::Router>,
 }
 
 impl Emulator {
@@ -259,7 +261,32 @@ impl Emulator {
         let stop = CancellationToken::new();
         let router = routes::router(shared.clone());
         tokio::spawn(accept_loop(listener, router, stop.clone()));
-        Ok(Self { addr, shared, stop })
+        Ok(Self {
+            addr,
+            shared,
+            stop,
+            local: None,
+        })
+    }
+
+    /// An emulator served in this process, reached through [`Emulator::local_mi`] without a
+    /// socket (a test on paused time); its endpoint only names it. Its handlers run as a
+    /// server's do: on their own, whether the caller waits for them or not.
+    pub fn local(config: EmulatorConfig) -> Self {
+        let shared = Arc::new(state::Shared::new(config));
+        let router = routes::router(shared.clone());
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            shared,
+            stop: CancellationToken::new(),
+            local: Some(router),
+        }
+    }
+
+    /// What a client reaches a [`Emulator::local`] emulator through.
+    pub fn local_mi(&self) -> Option<crate::api::local::Local> {
+        let router = self.local.clone()?;
+        Some(crate::api::local::Local(Arc::new(LocalRouter(router))))
     }
 
     /// The base URL to give the client.
@@ -365,6 +392,27 @@ impl Hangup {
     pub(crate) async fn now(&self) -> ! {
         self.0.notify_one();
         std::future::pending().await
+    }
+}
+
+/// The emulator's router, served without a socket.
+struct LocalRouter(axum::Router);
+
+impl crate::api::local::LocalMi for LocalRouter {
+    fn serve(
+        &self,
+        mut request: axum::http::Request<axum::body::Body>,
+    ) -> crate::api::local::LocalAnswer {
+        let mut router = self.0.clone();
+        let hangup = Hangup::default();
+        request.extensions_mut().insert(hangup.clone());
+        let handling = tokio::spawn(async move {
+            tokio::select! {
+                answer = tower::Service::call(&mut router, request) => answer.ok(),
+                _ = hangup.0.notified() => None,
+            }
+        });
+        Box::pin(async move { handling.await.ok().flatten() })
     }
 }
 
