@@ -423,12 +423,18 @@ pub fn plural(n: u64, one: &'static str, many: &'static str) -> &'static str {
 }
 
 /// How long a follow-up loop sleeps: until its soonest due look (Unix ms), at most
-/// [`IDLE_NAP`], and never past its deadline.
+/// [`IDLE_NAP`], and never past its deadline. A soonest look already due is one the loop
+/// could not take (out, gathered for a pass, or answered and not written yet): it frees up
+/// as its task ends or the outbox flushes, so the loop sleeps a flush rather than poll the
+/// ledger every millisecond meanwhile.
 fn nap(soonest: Option<i64>, deadline: Option<tokio::time::Instant>) -> Duration {
-    let until_due = soonest
-        .map(|at| (at - crate::clock::now_ms()).max(1) as u64)
-        .unwrap_or(u64::MAX);
-    let nap = Duration::from_millis(until_due).min(IDLE_NAP);
+    let now = crate::clock::now_ms();
+    let until_due = match soonest {
+        Some(at) if at <= now => outbox::FLUSH_EVERY,
+        Some(at) => Duration::from_millis((at - now) as u64),
+        None => Duration::MAX,
+    };
+    let nap = until_due.min(IDLE_NAP);
     match deadline {
         Some(d) => nap.min(d.saturating_duration_since(tokio::time::Instant::now())),
         None => nap,
