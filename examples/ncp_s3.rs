@@ -7,7 +7,7 @@
 //! LATENCY (e.g. `50ms`) is added to every request, as a real endpoint's round trip would be.
 //! Credentials: access key `s3-access`, secret `s3-secret-31f7`.
 
-#[path = "../tests/common/s3.rs"]
+#[path = "../tests/it/common/s3.rs"]
 #[allow(dead_code)]
 mod s3;
 

@@ -3,9 +3,7 @@
 //! answers, a console upload of the same name made before the run is never taken, and what
 //! stays uncertain is shown with its evidence and settled in bulk.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::{Emulator, EmulatorConfig, FileNameMode};
 use serde_json::Value;
 
@@ -345,7 +343,7 @@ async fn lost_answers_are_settled_by_the_lag_the_list_shows_never_below_it() {
         ..healthy()
     })
     .await;
-    let keys = common::keys(120, "lag");
+    let keys = crate::common::keys(120, "lag");
     let args = with(
         with(
             run_args(&ws, &emu, &ws.manifest("m.csv", &keys)),
@@ -391,7 +389,7 @@ async fn a_list_that_grew_slower_since_its_lag_was_learned_sends_nothing_twice()
             ws.dir.path().into(),
         )
     };
-    let first = common::keys(60, "quick");
+    let first = crate::common::keys(60, "quick");
     let out = run("a.csv", &first).await;
     let said = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{said}");
@@ -407,7 +405,7 @@ async fn a_list_that_grew_slower_since_its_lag_was_learned_sends_nothing_twice()
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert_each_key_has_its_own_asset(&ws, &emu, &lonely, &said);
     // A run with assets of its own learns the new lag.
-    let second = common::keys(60, "slow");
+    let second = crate::common::keys(60, "slow");
     let out = run("c.csv", &second).await;
     let said = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{said}");
@@ -449,7 +447,7 @@ async fn an_answer_lost_among_the_last_requests_is_witnessed_by_a_key_kept_back(
     // asset: only the list, current past each loss, can prove them absent. The ceiling is
     // out of reach, so each must be proven by an own asset sent after it; sent as fast as
     // MI answers, every other key of the tail is claimed before the late one's answer.
-    let mut keys = common::keys(60, "run");
+    let mut keys = crate::common::keys(60, "run");
     keys[0] = "run/lost-first.mp4".into();
     keys[50] = "run/lost-late.mp4".into();
     let lag = std::time::Duration::from_millis(500);
@@ -475,7 +473,7 @@ async fn an_answer_lost_among_the_last_requests_is_witnessed_by_a_key_kept_back(
 async fn a_lost_answer_nothing_can_witness_waits_for_the_ceiling_without_paging_meanwhile() {
     let ws = Workspace::new();
     // The last key's first call is dropped before MI makes an asset; nothing is sent after it.
-    let mut keys = common::keys(10, "end");
+    let mut keys = crate::common::keys(10, "end");
     keys[9] = "end/lost-last.mp4".into();
     let flags = [("--list-settle", "20s"), ("--concurrency", "1")];
     let (emu, code, said) = run_losing_first_calls(&ws, &keys, Default::default(), &flags).await;

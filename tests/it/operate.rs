@@ -1,8 +1,6 @@
 //! Operating it: confirmation, preflight, dry run, credentials from the NCP CLI's file.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::{CallKind, EmulatorConfig};
 use mi_import::exit::Exit;
 use mi_import::ledger::State;

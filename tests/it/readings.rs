@@ -6,9 +6,7 @@
 //! SIGKILL several times. In every reading: no key registered twice, every asset ID in the
 //! report the key's own, and every key registered or visibly uncertain with its candidates.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::{Emulator, EmulatorConfig, FileNameMode};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
@@ -369,9 +367,9 @@ async fn foreign_assets_are_never_taken(created_time: bool, random_ids: bool) {
         .collect();
     assert_eq!(foreign.len(), preload.len());
     for (name, keys) in [
-        ("before.csv", common::keys(30, "before")),
+        ("before.csv", crate::common::keys(30, "before")),
         ("m.csv", keys.clone()),
-        ("after.csv", common::keys(30, "after")),
+        ("after.csv", crate::common::keys(30, "after")),
     ] {
         let result = import(job(&ws, &emu, ws.manifest(name, &keys))).await;
         assert_eq!(emu.duplicates(), vec![], "{}", result.summary);

@@ -3,10 +3,8 @@
 //! applied only to the asset they checked, every asset a key ever had, skipped keys judged
 //! again, a ledger that cannot be written, and one project however its ID is written.
 
-mod common;
-
-use common::s3::{S3_ACCESS, S3_SECRET, S3Server};
-use common::*;
+use crate::common::s3::{S3_ACCESS, S3_SECRET, S3Server};
+use crate::common::*;
 use mi_import::app::ImportJob;
 use mi_import::config::Credentials;
 use mi_import::emulator::EmulatorConfig;

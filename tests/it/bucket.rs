@@ -1,10 +1,8 @@
 //! The bucket source against a real S3-compatible server on loopback that, like NCP Object
 //! Storage, refuses ListObjectsV2.
 
-mod common;
-
-use common::s3::{S3_ACCESS, S3_SECRET, S3Server};
-use common::*;
+use crate::common::s3::{S3_ACCESS, S3_SECRET, S3Server};
+use crate::common::*;
 use mi_import::app::ImportJob;
 use mi_import::config::Credentials;
 use mi_import::exit::Exit;

@@ -2,9 +2,7 @@
 //! it is likely done (by what this project's imports of its size took), and where the asset
 //! list's entries carry the import status, many are confirmed per page of the list.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::EmulatorConfig;
 use mi_import::exit::Exit;
 use mi_import::ledger::State;

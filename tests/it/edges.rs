@@ -4,9 +4,7 @@
 //! `--analyze` after a backfill without it, `resolve` with an asset outside the evidence,
 //! redirects, asset IDs that cannot be ones.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::{Emulator, EmulatorConfig, RedirectFault};
 use serde_json::Value;
 use std::path::Path;

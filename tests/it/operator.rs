@@ -2,9 +2,7 @@
 //! the way down, a throttled dry run, a listing after a kill, trial and time-boxed runs, a
 //! rate by time of day, glob files, profiles, the report of one run, and `check`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::{EmulatorConfig, FileNameMode};
 use std::time::{Duration, Instant};
 
@@ -308,7 +306,7 @@ async fn globs_may_come_from_files() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let mut keys = keys(4, "keep");
-    keys.extend(common::keys(3, "drop"));
+    keys.extend(crate::common::keys(3, "drop"));
     keys.push("keep/raw/take.mp4".into());
     let manifest = ws.manifest("m.csv", &keys);
     std::fs::write(ws.path("in.txt"), "# what we import\nkeep/**\n\n").unwrap();
@@ -317,7 +315,7 @@ async fn globs_may_come_from_files() {
     args.extend(["--include-from", "in.txt", "--exclude-from", "out.txt"].map(String::from));
     let (code, _, stderr) = run(args, &ws).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert_registered_once(&ws, &emu, &common::keys(4, "keep"));
+    assert_registered_once(&ws, &emu, &crate::common::keys(4, "keep"));
     assert_eq!(emu.counters().register_calls, 4);
 }
 

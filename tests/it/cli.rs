@@ -1,8 +1,6 @@
 //! The real binary: exit codes, messages, signals, and that no secret ever shows.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::EmulatorConfig;
 use mi_import::ledger::State;
 use std::io::Read;

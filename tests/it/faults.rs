@@ -1,9 +1,7 @@
 //! Exactly-once under the faults a long run meets: the process killed outright, answers lost
 //! after MI created the asset.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::EmulatorConfig;
 use mi_import::exit::Exit;
 use mi_import::ledger::State;

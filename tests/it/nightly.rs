@@ -2,10 +2,8 @@
 //! source, ledger problems as configuration errors, a consistent backup during a run,
 //! `--patience` that bounds the command, a closed pipe, and JSON-only stderr.
 
-mod common;
-
-use common::s3::{S3_ACCESS, S3_SECRET, S3Server};
-use common::*;
+use crate::common::s3::{S3_ACCESS, S3_SECRET, S3Server};
+use crate::common::*;
 use mi_import::emulator::EmulatorConfig;
 use mi_import::ledger::State;
 use std::io::{BufRead, BufReader};

@@ -3,10 +3,8 @@
 //! built to take over a terminal or a spreadsheet, a company CA and proxy, files that are not
 //! ledgers, credentials others may change.
 
-mod common;
-
-use common::hostile_s3::{HostileS3, Script};
-use common::*;
+use crate::common::hostile_s3::{HostileS3, Script};
+use crate::common::*;
 use mi_import::emulator::EmulatorConfig;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;

@@ -1,9 +1,7 @@
 //! Register, then index: every completed asset is sent for MI's analysis exactly once, under
 //! lost answers and kill -9, with its status and index ID in the report.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::api::analysis::AnalysisRequest;
 use mi_import::emulator::EmulatorConfig;
 use mi_import::exit::Exit;

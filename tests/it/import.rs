@@ -1,8 +1,6 @@
 //! End-to-end imports against the emulator over loopback HTTP.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use mi_import::emulator::{CallKind, EmulatorConfig, FileNameMode};
 use mi_import::exit::Exit;
 use mi_import::ledger::State;
