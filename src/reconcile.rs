@@ -582,7 +582,7 @@ pub fn judge_explained(keys: &[UnsureKey], pass: &Pass<'_>) -> Vec<Explained> {
                     // Unknown naming: no asset bears the name under either form, which is
                     // proof enough; names that follow neither form prove nothing.
                     let named = pass.evidence.naming != Some(Naming::Other);
-                    if named && pass.fresh_as_of.is_some_and(|t| t >= key.unsure_at) {
+                    if named && pass.fresh_as_of.is_some_and(|t| t > key.unsure_at) {
                         Verdict::NotRegistered
                     } else {
                         Verdict::Wait
@@ -888,8 +888,14 @@ mod tests {
             judge_with(&keys, &[], &full, &[], Some(100)),
             [Verdict::Wait]
         );
+        // Current as of the very moment the outcome became unknown shows what was made
+        // before it, not an asset made in that moment.
         assert_eq!(
             judge_with(&keys, &[], &full, &[], Some(101)),
+            [Verdict::Wait]
+        );
+        assert_eq!(
+            judge_with(&keys, &[], &full, &[], Some(102)),
             [Verdict::NotRegistered]
         );
         let unknown = Evidence {

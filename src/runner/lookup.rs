@@ -227,7 +227,7 @@ impl Runner {
         );
         Ok(Some(PassResult {
             settled,
-            proven: fresh_as_of.is_some_and(|t| keys.iter().all(|k| t >= k.unsure_at)),
+            proven: fresh_as_of.is_some_and(|t| keys.iter().all(|k| t > k.unsure_at)),
         }))
     }
 
