@@ -157,9 +157,15 @@ pub fn assert_registered_once(ws: &Workspace, emulator: &Emulator, keys: &[Strin
     }
 }
 
-/// The real binary, with credentials from the environment and nothing else inherited that
-/// could change its behaviour. `MI_IMPORT_CLIENT` names another build to test instead (to
-/// show a test fails on an earlier one).
+/// The floors the binary's tests run at (`MI_IMPORT_FLOORS`, docs/design.md): every wait the
+/// protocol builds in, lowered so that a kill and a resume, or a first look, cost a fraction
+/// of a second rather than seconds. The tests that [`at_shipped_floors`] keep one of each at
+/// its real value.
+pub const TEST_FLOORS: &str = "heartbeat=1s,late-slack=200ms,first-look=500ms,defer=2s,gather=1s";
+
+/// The real binary, with credentials from the environment, the [`TEST_FLOORS`], and nothing
+/// else inherited that could change its behaviour. `MI_IMPORT_CLIENT` names another build to
+/// test instead (to show a test fails on an earlier one).
 pub fn binary(args: &[&str], secret: &str, cwd: &Path) -> std::process::Command {
     let program = std::env::var_os("MI_IMPORT_CLIENT")
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_mi-import").into());
@@ -170,7 +176,15 @@ pub fn binary(args: &[&str], secret: &str, cwd: &Path) -> std::process::Command 
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", cwd)
         .env("NCLOUD_ACCESS_KEY", ACCESS)
-        .env("NCLOUD_SECRET_KEY", secret);
+        .env("NCLOUD_SECRET_KEY", secret)
+        .env("MI_IMPORT_FLOORS", TEST_FLOORS);
+    cmd
+}
+
+/// `cmd` at the floors a user's run keeps (the defaults): for the tests that prove each floor
+/// at its real value.
+pub fn at_shipped_floors(mut cmd: std::process::Command) -> std::process::Command {
+    cmd.env_remove("MI_IMPORT_FLOORS");
     cmd
 }
 
