@@ -55,17 +55,16 @@ fn analysis_columns(ws: &Workspace) -> Vec<AnalysisRow> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn each_completed_asset_is_analysed_once_despite_lost_answers() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         drop_before: 0.08,
         drop_after: 0.12,
         analysis_polls: 1,
         seed: 17,
         ..healthy()
-    })
-    .await;
+    });
     let mut keys = keys(60, "index");
     keys.push("index/unanalyzable-take.mp4".into());
     keys.push("index/corrupt-take.mp4".into());
@@ -109,15 +108,14 @@ async fn each_completed_asset_is_analysed_once_despite_lost_answers() {
 /// NCP-API.md: MI's reference spells the reason `analyzeStatusMessage` and the request's answer
 /// `id`; its examples spell them `analysisStatusMessage` and `indexId`. Under the examples'
 /// reading each analysis is recorded just the same.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn the_index_answers_are_read_in_the_examples_spelling_too() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         analysis_polls: 1,
         analysis_example_spelling: true,
         ..healthy()
-    })
-    .await;
+    });
     let mut keys = keys(10, "spelt");
     keys.push("spelt/unanalyzable-take.mp4".into());
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
@@ -317,14 +315,13 @@ async fn analysis_settings_are_checked_before_anything_is_sent() {
 
 /// Analyses that take a time (6 s here), not a number of looks: the first is followed on
 /// growing gaps, and what it took places the others' looks, as imports are placed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn analyses_are_looked_at_when_likely_done() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         analysis_time: Some(Duration::from_secs(6)),
         ..healthy()
-    })
-    .await;
+    });
     let keys = keys(80, "timed");
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
     job.limits.rate = Some(40.0);

@@ -25,14 +25,13 @@ async fn confirm_with(status_in_list: bool) -> (mi_import::emulator::Counters, u
         .enumerate()
         .map(|(i, k)| ((BUCKET.to_string(), k.clone()), size(i)))
         .collect();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         import_time: Duration::from_secs(2),
         import_time_per_gb: Duration::from_millis(930),
         sizes,
         list_upload_status: status_in_list,
         ..healthy()
-    })
-    .await;
+    });
     let manifest = ws.path("m.csv");
     let mut w = csv::Writer::from_path(&manifest).unwrap();
     w.write_record(["bucket", "key", "size"]).unwrap();
@@ -49,7 +48,7 @@ async fn confirm_with(status_in_list: bool) -> (mi_import::emulator::Counters, u
     (emu.counters(), keys.len())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn imports_are_looked_at_about_once_each_when_likely_done() {
     let (c, keys) = confirm_with(false).await;
     // One look per key, plus a probe's few looks per size and a margin for slower ones.
@@ -60,7 +59,7 @@ async fn imports_are_looked_at_about_once_each_when_likely_done() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn where_the_list_carries_the_status_many_are_confirmed_per_page() {
     let (c, keys) = confirm_with(true).await;
     assert!(
@@ -82,11 +81,10 @@ async fn where_the_list_carries_the_status_many_are_confirmed_per_page() {
 /// keys there were.
 async fn catch_up_with(status_in_list: bool) -> (mi_import::emulator::Counters, u64) {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         list_upload_status: status_in_list,
         ..healthy()
-    })
-    .await;
+    });
     let earlier = keys(20, "yesterday");
     let mut first = job(&ws, &emu, ws.manifest("a.csv", &earlier));
     first.options.confirm = None;
@@ -120,7 +118,7 @@ async fn catch_up_with(status_in_list: bool) -> (mi_import::emulator::Counters, 
     (emu.counters(), (earlier.len() + tonight.len()) as u64)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_earlier_runs_imports_do_not_teach_a_later_run_to_look_late() {
     let (c, keys) = catch_up_with(false).await;
     assert!(c.status_calls <= keys + 5, "about one look each: {c:?}");
@@ -128,7 +126,7 @@ async fn an_earlier_runs_imports_do_not_teach_a_later_run_to_look_late() {
 
 /// The same where the asset list's entries carry the import status: the overdue imports are
 /// settled by paging the list.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn where_the_list_carries_the_status_overdue_imports_are_settled_by_pages() {
     let (c, keys) = catch_up_with(true).await;
     assert!(
@@ -140,14 +138,13 @@ async fn where_the_list_carries_the_status_overdue_imports_are_settled_by_pages(
 /// A backlog of overdue imports larger than any one gathering of due looks (5,000): where the
 /// list's entries carry the status, one pass over the list settles them all, each page's
 /// entries looked up among the due keys in the ledger.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_backlog_of_any_size_is_settled_in_one_pass_over_the_list() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         list_upload_status: true,
         ..healthy()
-    })
-    .await;
+    });
     let backlog = keys(12_000, "backlog");
     let manifest = ws.manifest("a.csv", &backlog);
     let mut first = job(&ws, &emu, manifest.clone());

@@ -9,10 +9,10 @@ use mi_import::source::manifest::ManifestFormat;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn odd_keys_are_registered_exactly_once_in_their_bucket() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let manifest =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-manifests/odd-keys.csv");
     let mut job = job(&ws, &emu, manifest);
@@ -39,10 +39,10 @@ async fn odd_keys_are_registered_exactly_once_in_their_bucket() {
     assert_eq!(emu.registrations(BUCKET, "clips/plain.mp4"), 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn s3_batch_manifest_keys_are_url_decoded() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let manifest =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-manifests/s3-batch.csv");
     let mut job = job(&ws, &emu, manifest);
@@ -62,16 +62,15 @@ async fn s3_batch_manifest_keys_are_url_decoded() {
     assert_eq!(emu.assets().len(), 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn throttled_and_unavailable_answers_are_retried_to_success() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         rate_429: 0.25,
         rate_503: 0.15,
         seed: 7,
         ..healthy()
-    })
-    .await;
+    });
     let keys = keys(300, "retry");
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
     job.limits.max_attempts = 12;
@@ -94,14 +93,13 @@ async fn throttled_and_unavailable_answers_are_retried_to_success() {
     assert_eq!(attempts, register_attempts as u64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn permanent_refusal_fails_the_key_after_one_attempt() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         reject_containing: Some("refuse-me".into()),
         ..healthy()
-    })
-    .await;
+    });
     let mut keys = keys(20, "ok");
     keys.push("bad/refuse-me.mp4".into());
     let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
@@ -127,10 +125,10 @@ async fn permanent_refusal_fails_the_key_after_one_attempt() {
     assert_eq!(ws.count(State::Registered), 20);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn ineligible_keys_are_skipped_with_a_reason_and_never_sent() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let keys: Vec<String> = ["a.mp4", "folder/", "b.avi", "c.jpeg", "d.PNG"]
         .iter()
         .map(|s| s.to_string())
@@ -149,10 +147,10 @@ async fn ineligible_keys_are_skipped_with_a_reason_and_never_sent() {
     assert!(reason.contains(".avi"), "{reason}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn second_run_on_the_same_ledger_sends_nothing_new() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let keys = keys(50, "again");
     let manifest = ws.manifest("m.csv", &keys);
     assert_eq!(
@@ -172,14 +170,13 @@ async fn second_run_on_the_same_ledger_sends_nothing_new() {
     assert_registered_once(&ws, &emu, &keys);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn interrupted_run_resumes_without_sending_any_key_twice() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         latency: (Duration::from_millis(5), Duration::from_millis(20)),
         ..healthy()
-    })
-    .await;
+    });
     let keys = keys(400, "resume");
     let manifest = ws.manifest("m.csv", &keys);
 
@@ -221,7 +218,7 @@ async fn interrupted_run_resumes_without_sending_any_key_twice() {
     assert_registered_once(&ws, &emu, &keys);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn lost_answers_are_reconciled_not_resent() {
     for mode in [FileNameMode::FullKey, FileNameMode::LastSegment] {
         let ws = Workspace::new();
@@ -232,7 +229,7 @@ async fn lost_answers_are_reconciled_not_resent() {
             seed: 3,
             ..healthy()
         };
-        let emu = emulator(config).await;
+        let emu = local(config);
         let keys = keys(300, "lost");
         let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
         assert_eq!(result.exit, Exit::Success, "{mode:?}");
@@ -243,10 +240,10 @@ async fn lost_answers_are_reconciled_not_resent() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let keys = keys(10, "dead");
     let manifest = ws.manifest("m.csv", &keys);
     // A run that died: all ten claimed (in_flight), and MI got the first four.
@@ -283,7 +280,8 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
             10
         );
     }
-    let client = mi_import::api::MiClient::new(
+    let client = mi_import::api::MiClient::local(
+        emu.local_mi().unwrap(),
         job(&ws, &emu, manifest.clone()).target,
         credentials(),
         Duration::from_secs(5),
@@ -302,10 +300,10 @@ async fn keys_left_in_flight_by_a_dead_run_are_checked_before_sending() {
     assert_registered_once(&ws, &emu, &keys);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn unknown_project_stops_the_run_before_anything_is_recorded() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let keys = keys(30, "nowhere");
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
     job.target.project = "9999".into();
@@ -325,14 +323,13 @@ async fn unknown_project_stops_the_run_before_anything_is_recorded() {
     assert_eq!(emu.counters().register_calls, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn credentials_revoked_mid_run_stop_it_with_untouched_keys_pending() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         refuse_after: Some(12),
         ..healthy()
-    })
-    .await;
+    });
     let keys = keys(60, "revoked");
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
     job.limits.concurrency = 2;
@@ -357,14 +354,13 @@ async fn credentials_revoked_mid_run_stop_it_with_untouched_keys_pending() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn breaker_stops_a_run_where_most_keys_fail() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         reject_containing: Some("clip".into()),
         ..healthy()
-    })
-    .await;
+    });
     let keys = keys(400, "doomed");
     let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys));
     job.limits.concurrency = 4;
@@ -378,10 +374,10 @@ async fn breaker_stops_a_run_where_most_keys_fail() {
     assert_eq!(failed + ws.count(State::Pending), 400);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_changed_manifest_or_other_settings_are_read_again() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let mut keys = keys(20, "grow");
     let manifest = ws.manifest("m.csv", &keys);
     assert_eq!(
@@ -413,10 +409,10 @@ async fn a_changed_manifest_or_other_settings_are_read_again() {
 
 /// An edited manifest is read in full, but only the chunks of rows that changed are offered
 /// to the ledger again: the edited and inserted rows are sent, nothing else, nothing twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn an_edited_manifest_sends_exactly_its_new_rows() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     let mut keys = keys(12_000, "edit");
     let manifest = ws.manifest("m.csv", &keys);
     let mut first = job(&ws, &emu, manifest.clone());

@@ -79,15 +79,14 @@ async fn a_ledger_reached_through_a_symlink_is_still_held_by_its_run() {
     assert_eq!(emu.assets().len(), keys.len());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_503_after_the_asset_was_made_is_never_sent_blindly_again() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         fail_after_create: 0.1,
         seed: 13,
         ..healthy()
-    })
-    .await;
+    });
     let keys = keys(400, "gateway");
     let result = import(job(&ws, &emu, ws.manifest("m.csv", &keys))).await;
     assert_eq!(result.exit, Exit::Success, "{}", result.summary);

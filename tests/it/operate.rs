@@ -11,14 +11,13 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn confirmation_records_every_final_status() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         import_time: Duration::from_millis(300),
         ..healthy()
-    })
-    .await;
+    });
     let mut keys = keys(10, "fine");
     for odd in ["x/corrupt.mp4", "x/missing.mp4", "x/broken.mp4"] {
         keys.push(odd.into());
@@ -51,10 +50,10 @@ async fn confirmation_records_every_final_status() {
     assert!(emu.counters().status_calls >= 13);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn polls_and_imports_share_one_rate_limit() {
     let ws = Workspace::new();
-    let emu = emulator(healthy()).await;
+    let emu = local(healthy());
     // Imports take 5 s; the first checks are due 3 s after registration and queue behind at
     // most the 16 imports already admitted (4 per slot).
     let keys = keys(150, "shared");
@@ -129,14 +128,14 @@ async fn confirm_command_settles_what_a_run_left_registered() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn preflight_stops_before_any_import_for_a_wrong_workspace_or_project() {
     for (workspace, project, named) in [
         ("nope", "1001", "workspace `nope`"),
         ("demo-workspace", "77", "project `77`"),
     ] {
         let ws = Workspace::new();
-        let emu = emulator(healthy()).await;
+        let emu = local(healthy());
         let mut job = job(&ws, &emu, ws.manifest("m.csv", &keys(5, "pf")));
         job.target.workspace = workspace.into();
         job.target.project = project.into();

@@ -5,6 +5,7 @@
 
 use crate::common::*;
 use mi_import::emulator::{Emulator, EmulatorConfig, FileNameMode};
+use mi_import::exit::Exit;
 use serde_json::Value;
 
 fn text(bytes: &[u8]) -> String {
@@ -370,50 +371,46 @@ async fn lost_answers_are_settled_by_the_lag_the_list_shows_never_below_it() {
     assert!(said.contains("a lost answer is looked up"), "{said}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On paused time: the three runs wait out a 30 s `--list-settle` between them.
+#[tokio::test(start_paused = true)]
 async fn a_list_that_grew_slower_since_its_lag_was_learned_sends_nothing_twice() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         drop_after: 0.15,
         drop_before: 0.1,
         lose_containing: Some("lonely".into()),
         seed: 8,
         ..healthy()
-    })
-    .await;
+    });
     let run = |name: &str, keys: &[String]| {
-        let args = run_args(&ws, &emu, &ws.manifest(name, keys));
-        run_binary(
-            with(with(args, "--list-settle", "30s"), "--rate", "100"),
-            SECRET,
-            ws.dir.path().into(),
-        )
+        let mut job = job(&ws, &emu, ws.manifest(name, keys));
+        job.list_settle = std::time::Duration::from_secs(30);
+        job.limits.rate = Some(100.0);
+        import(job)
     };
     let first = crate::common::keys(60, "quick");
     let out = run("a.csv", &first).await;
-    let said = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(out.exit, Exit::Success, "{}", out.summary);
     let quick = learned_lag(&ws).expect("learned");
-    assert!(quick < 3000, "{quick} ms\n{said}");
+    assert!(quick < 3000, "{quick} ms\n{}", out.summary);
     // The index slows down: new assets now show 4 s late, whatever the ledger learned. A
     // run of one key whose answer is lost has no asset of its own to show that: the list
     // showing the earlier run's assets proves nothing about this key's.
     emu.set_list_lag(std::time::Duration::from_secs(4));
     let lonely = vec!["lonely/take.mp4".to_string()];
     let out = run("b.csv", &lonely).await;
-    let said = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert_each_key_has_its_own_asset(&ws, &emu, &lonely, &said);
+    assert_eq!(out.exit, Exit::Success, "{}", out.summary);
+    assert_each_key_has_its_own_asset(&ws, &emu, &lonely, &out.summary);
     // A run with assets of its own learns the new lag.
     let second = crate::common::keys(60, "slow");
     let out = run("c.csv", &second).await;
-    let said = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    assert_each_key_has_its_own_asset(&ws, &emu, &second, &said);
+    assert_eq!(out.exit, Exit::Success, "{}", out.summary);
+    assert_each_key_has_its_own_asset(&ws, &emu, &second, &out.summary);
     let slow = learned_lag(&ws).unwrap_or(i64::MAX);
     assert!(
         slow >= 4000,
-        "learned {slow} ms for a list 4 s late\n{said}"
+        "learned {slow} ms for a list 4 s late\n{}",
+        out.summary
     );
 }
 

@@ -100,6 +100,13 @@ pub async fn emulator(config: EmulatorConfig) -> Emulator {
         .expect("emulator starts")
 }
 
+/// The emulator served in this process, reached without a socket: for a test on paused time
+/// (`#[tokio::test(start_paused = true)]`), where its latencies, import times and lags and the
+/// run's own waits cost no real time. A job made for it with [`job`] or [`base_job`] talks to it.
+pub fn local(config: EmulatorConfig) -> Emulator {
+    Emulator::local(config)
+}
+
 pub fn healthy() -> EmulatorConfig {
     EmulatorConfig::new(credentials())
 }
@@ -115,6 +122,7 @@ pub fn base_job(ws: &Workspace, emulator: &Emulator) -> ImportJob {
     let limits = Limits::new(0.0, 16, 6, Duration::from_secs(5)).unwrap();
     ImportJob {
         list_settle: LIST_SETTLE,
+        local_mi: emulator.local_mi(),
         ..ImportJob::new(ws.db(), target, credentials(), limits)
     }
 }
