@@ -9,7 +9,8 @@ use rand::{Rng, SeedableRng};
 use std::time::Duration;
 
 /// SIGKILL the real binary at random moments, five times, then let a plain re-run finish:
-/// every key is registered exactly once.
+/// every key is registered exactly once. At the floors a user's run keeps (the heartbeat and
+/// the late slack that date a killed run's unknown moments): the one kill test that does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_never_registers_a_key_twice() {
     const KEYS: usize = 3000;
@@ -26,18 +27,16 @@ async fn kill_9_at_random_moments_never_registers_a_key_twice() {
     let emu = emulator(config).await;
     let keys = keys(KEYS, "kill");
     let manifest = ws.manifest("m.csv", &keys);
-    let mut args = run_args(&ws, &emu, &manifest);
-    args.extend(["--concurrency".into(), "32".into()]);
-    let argv = argv(&args);
+    let run = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--concurrency", "32")
+        .shipped_floors();
 
     let mut kills = 0;
     let mut in_flight_at_kill = Vec::new();
     while kills < KILLS {
         let before = emu.assets().len();
-        let mut child = binary(&argv, SECRET, ws.dir.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = run.spawn_quiet();
         // Wait until this run has sent something, then a random while longer.
         while emu.assets().len() == before && child.try_wait().unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -60,7 +59,11 @@ async fn kill_9_at_random_moments_never_registers_a_key_twice() {
         "kills caught keys in flight: {in_flight_at_kill:?}"
     );
 
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .shipped_floors()
+        .output()
+        .await;
     assert_eq!(
         out.status.code(),
         Some(Exit::Success.code()),

@@ -13,8 +13,11 @@ use mi_import::config::{Credentials, Limits, Target};
 use mi_import::emulator::{Emulator, EmulatorConfig};
 use mi_import::ledger::{Ledger, State};
 
+pub mod bin;
 pub mod hostile_s3;
 pub mod s3;
+
+pub use bin::Bin;
 
 pub const ACCESS: &str = "test-access-key";
 pub const SECRET: &str = "test-secret-9f1c2e";
@@ -165,80 +168,42 @@ pub fn assert_registered_once(ws: &Workspace, emulator: &Emulator, keys: &[Strin
     }
 }
 
-/// The floors the binary's tests run at (`MI_IMPORT_FLOORS`, docs/design.md): every wait the
-/// protocol builds in, lowered so that a kill and a resume, or a first look, cost a fraction
-/// of a second rather than seconds. The tests that [`at_shipped_floors`] keep one of each at
-/// its real value.
-pub const TEST_FLOORS: &str = "heartbeat=1s,late-slack=200ms,first-look=500ms,defer=2s,gather=1s";
-
-/// The real binary, with credentials from the environment, the [`TEST_FLOORS`], and nothing
-/// else inherited that could change its behaviour. `MI_IMPORT_CLIENT` names another build to
-/// test instead (to show a test fails on an earlier one).
+/// The real binary, as [`Bin`] makes it: `args` in `cwd`, with `secret`.
 pub fn binary(args: &[&str], secret: &str, cwd: &Path) -> std::process::Command {
-    let program = std::env::var_os("MI_IMPORT_CLIENT")
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_mi-import").into());
-    let mut cmd = std::process::Command::new(program);
-    cmd.args(args)
-        .current_dir(cwd)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", cwd)
-        .env("NCLOUD_ACCESS_KEY", ACCESS)
-        .env("NCLOUD_SECRET_KEY", secret)
-        .env("MI_IMPORT_FLOORS", TEST_FLOORS);
-    cmd
+    Bin::in_dir(cwd, args).secret(secret).command()
 }
 
-/// `cmd` at the floors a user's run keeps (the defaults): for the tests that prove each floor
-/// at its real value.
+/// `cmd` at the floors a user's run keeps (see [`Bin::shipped_floors`]).
 pub fn at_shipped_floors(mut cmd: std::process::Command) -> std::process::Command {
     cmd.env_remove("MI_IMPORT_FLOORS");
     cmd
 }
 
 pub async fn run_binary(args: Vec<String>, secret: &str, cwd: PathBuf) -> Output {
-    let secret = secret.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        binary(&args, &secret, &cwd).output().expect("binary runs")
-    })
-    .await
-    .unwrap()
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Bin::in_dir(&cwd, &args).secret(secret).output().await
 }
 
 /// `run` arguments for the binary against `emulator`, reading `source` (none: the ledger's).
 pub fn source_args(ws: &Workspace, emulator: &Emulator, source: &[&str]) -> Vec<String> {
-    let db = ws.db();
-    let endpoint = emulator.endpoint();
-    let mut args: Vec<&str> = vec![
-        "run",
-        "--db",
-        db.to_str().unwrap(),
-        "--endpoint",
-        &endpoint,
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
-    ];
-    args.extend(source);
-    args.extend(["--no-confirm", "--list-settle", "2s", "--rate", "0"]);
-    args.into_iter().map(String::from).collect()
+    let mut run = Bin::run(ws, emulator);
+    for pair in source.chunks(2) {
+        run = run.set(pair[0], pair.get(1).copied().unwrap_or(""));
+    }
+    run.arg_list().to_vec()
 }
 
 /// `run` arguments for the binary against `emulator`, reading `manifest`.
 pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<String> {
-    source_args(ws, emulator, &["--manifest", manifest.to_str().unwrap()])
+    Bin::run(ws, emulator)
+        .manifest(manifest)
+        .arg_list()
+        .to_vec()
 }
 
 /// `run` arguments for the binary listing the test S3 server's bucket.
 pub fn listing_args(ws: &Workspace, emulator: &Emulator, s3: &s3::S3Server) -> Vec<String> {
-    let endpoint = s3.endpoint();
-    source_args(
-        ws,
-        emulator,
-        &["--bucket", BUCKET, "--s3-endpoint", &endpoint],
-    )
+    Bin::run(ws, emulator).listing(s3).arg_list().to_vec()
 }
 
 /// The arguments as `binary` takes them.
