@@ -234,8 +234,10 @@ fn default_message(status: u16) -> &'static str {
     }
 }
 
-/// Reads either error envelope. Returns (code, message), each if present, and whether it
-/// was the gateway's envelope.
+/// Reads any of the error envelopes NCP's services answer with: MI's `{code, message}`, the
+/// API Gateway's `{error: {errorCode, message, details}}`, and the generic
+/// `{responseError: {returnCode, returnMessage}}` NCP's specs also show. Returns (code,
+/// message), each if present, and whether it was the gateway's envelope.
 pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
     let Ok(value) = serde_json::from_slice::<Value>(body) else {
         let text = String::from_utf8_lossy(body)
@@ -258,6 +260,13 @@ pub fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>, bool) {
             m.push_str(&d);
         }
         return (code, message, true);
+    }
+    if let Some(generic) = value.get("responseError") {
+        return (
+            scalar(generic.get("returnCode")),
+            scalar(generic.get("returnMessage")),
+            false,
+        );
     }
     (
         scalar(value.get("code")),
@@ -376,6 +385,26 @@ mod tests {
         let (code, _, _) =
             parse_error_body(br#"{"error":{"errorCode":420,"message":"Rate limited"}}"#);
         assert_eq!(code.as_deref(), Some("420"));
+    }
+
+    #[test]
+    fn parses_the_generic_response_error_envelope() {
+        let body = br#"{"responseError":{"returnCode":"1300","returnMessage":"Object Storage bucket not found"}}"#;
+        let (code, msg, gateway) = parse_error_body(body);
+        assert_eq!(
+            (code.as_deref(), msg.as_deref(), gateway),
+            (Some("1300"), Some("Object Storage bucket not found"), false)
+        );
+        let (code, _, _) = parse_error_body(br#"{"responseError":{"returnCode":900}}"#);
+        assert_eq!(code.as_deref(), Some("900"), "a number code too");
+        // The code and message reach the error's text; the status still decides.
+        let e = ApiError::from_answer(400, body, None, None);
+        let text = e.to_string();
+        assert!(
+            text.contains("1300") && text.contains("bucket not found"),
+            "{text}"
+        );
+        assert_eq!(e.disposition_for(Call::Register), Disposition::Permanent);
     }
 
     #[test]
