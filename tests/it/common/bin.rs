@@ -14,6 +14,10 @@ use mi_import::emulator::Emulator;
 /// the real values.
 pub const TEST_FLOORS: &str = "heartbeat=1s,late-slack=200ms,first-look=500ms,defer=2s,gather=1s";
 
+/// What a test's `run` sets unless it says otherwise: no confirmation, a short settle window
+/// (the emulator's list is current at once unless a test gives it a lag), no rate limit.
+pub const RUN_DEFAULTS: &[&str] = &["--no-confirm", "--list-settle", "2s", "--rate", "0"];
+
 /// One invocation of `mi-import`.
 #[derive(Debug, Clone)]
 pub struct Bin {
@@ -63,7 +67,7 @@ impl Bin {
     /// `mi-import run` on `ws`'s ledger against `emu`, with no source yet (the ledger's own
     /// keys) and the tests' usual settings: `--no-confirm --list-settle 2s --rate 0`.
     pub fn run(ws: &Workspace, emu: &Emulator) -> Self {
-        Self::against(ws, emu, "run").args(&["--no-confirm", "--list-settle", "2s", "--rate", "0"])
+        Self::against(ws, emu, "run").args(RUN_DEFAULTS)
     }
 
     /// … reading `manifest`.

@@ -186,24 +186,26 @@ pub async fn run_binary(args: Vec<String>, secret: &str, cwd: PathBuf) -> Output
 
 /// `run` arguments for the binary against `emulator`, reading `source` (none: the ledger's).
 pub fn source_args(ws: &Workspace, emulator: &Emulator, source: &[&str]) -> Vec<String> {
-    let mut run = Bin::run(ws, emulator);
-    for pair in source.chunks(2) {
-        run = run.set(pair[0], pair.get(1).copied().unwrap_or(""));
-    }
-    run.arg_list().to_vec()
-}
-
-/// `run` arguments for the binary against `emulator`, reading `manifest`.
-pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<String> {
-    Bin::run(ws, emulator)
-        .manifest(manifest)
+    Bin::against(ws, emulator, "run")
+        .args(source)
+        .args(bin::RUN_DEFAULTS)
         .arg_list()
         .to_vec()
 }
 
+/// `run` arguments for the binary against `emulator`, reading `manifest`.
+pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<String> {
+    source_args(ws, emulator, &["--manifest", manifest.to_str().unwrap()])
+}
+
 /// `run` arguments for the binary listing the test S3 server's bucket.
 pub fn listing_args(ws: &Workspace, emulator: &Emulator, s3: &s3::S3Server) -> Vec<String> {
-    Bin::run(ws, emulator).listing(s3).arg_list().to_vec()
+    let endpoint = s3.endpoint();
+    source_args(
+        ws,
+        emulator,
+        &["--bucket", BUCKET, "--s3-endpoint", &endpoint],
+    )
 }
 
 /// The arguments as `binary` takes them.
