@@ -102,8 +102,8 @@ pub struct Object {
     pub size: u64,
     pub etag: Option<String>,
     pub last_modified: Option<SystemTime>,
-    /// Why the key cannot be imported as listed (it does not decode, or holds a control
-    /// character): it is recorded `skipped` with this reason, and the listing goes on.
+    /// Why the key cannot be imported as listed (it does not decode, or holds a NUL): it is
+    /// recorded `skipped` with this reason, and the listing goes on.
     pub problem: Option<String>,
 }
 

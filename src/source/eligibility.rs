@@ -8,6 +8,8 @@
 pub const MAX_VIDEO_BYTES: u64 = 10 * 1000 * 1000 * 1000;
 /// Largest image MI accepts: 10 MB.
 pub const MAX_IMAGE_BYTES: u64 = 10 * 1000 * 1000;
+/// Longest key Object Storage holds, in bytes.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 const VIDEO: &[&str] = &["mp4", "mkv", "mov", "webm"];
 // `.jpeg` is not in MI's list; it is refused until the service is known to take it.
@@ -42,7 +44,7 @@ pub fn refusal(key: &str, size: Option<u64>) -> Option<String> {
     if key.ends_with('/') {
         return Some("folder marker (key ends with /)".into());
     }
-    if key.len() > 1024 {
+    if key.len() > MAX_KEY_BYTES {
         return Some("key longer than 1,024 bytes".into());
     }
     let Some(kind) = media_kind(key) else {

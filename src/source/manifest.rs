@@ -237,8 +237,14 @@ impl<R: Read> ManifestReader<R> {
                 "the key is empty\nhint: remove the row or fill in its key".into(),
             ));
         }
-        if key.chars().any(|c| c == '\n' || c == '\r') {
-            return Err(bad("the key holds a line break, which usually means an unclosed quote\nhint: check the quotes on this line".into()));
+        // A key may hold a line break, written in quotes. One that runs on to the end of the
+        // file, or past the longest key Object Storage holds, is a quote never closed: the
+        // rows after it would be taken for the key.
+        if self.format != ManifestFormat::Keys
+            && key.contains(['\n', '\r'])
+            && (key.ends_with(['\n', '\r']) || key.len() > super::eligibility::MAX_KEY_BYTES)
+        {
+            return Err(bad("the key runs on past a line break to the end of the file (or past 1,024 bytes): a quote that is never closed\nhint: close the quote; a key that holds a line break is written in quotes, with the break inside".into()));
         }
         if let Some(problem) = super::key_problem(&key) {
             return Err(bad(format!(
@@ -511,6 +517,46 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.starts_with("line 3:"), "{err}");
+    }
+
+    /// Every character Object Storage allows is taken exactly (a TAB, a line break in quotes,
+    /// any control character); only a NUL is refused, naming its line.
+    #[test]
+    fn keys_are_taken_exactly_but_a_nul() {
+        let text = "bucket,key\nmedia,2024/01/tab\there.jpg\nmedia,\"two\nlines.mp4\"\nmedia,\"cr\rbell\u{7}.mp4\"\nmedia,nul\0x.mp4\nmedia,after.mp4\n";
+        let rows = read(text, ManifestFormat::Csv, None);
+        let keys: Vec<Option<&str>> = rows
+            .iter()
+            .map(|r| r.as_ref().ok().map(|r| r.key.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                Some("2024/01/tab\there.jpg"),
+                Some("two\nlines.mp4"),
+                Some("cr\rbell\u{7}.mp4"),
+                None,
+                Some("after.mp4")
+            ]
+        );
+        let err = rows[3].as_ref().unwrap_err().to_string();
+        assert!(err.starts_with("line 6:") && err.contains("NUL"), "{err}");
+        assert_eq!(
+            rows[4].as_ref().unwrap().line,
+            7,
+            "a key's line break is a line"
+        );
+        // One key a line: a TAB is part of it; one CR before the LF is dropped, a second kept.
+        let rows = read(
+            "a\tb.mp4\r\nc.mp4\r\r\n",
+            ManifestFormat::Keys,
+            Some("media"),
+        );
+        let keys: Vec<&str> = rows
+            .iter()
+            .map(|r| r.as_ref().unwrap().key.as_str())
+            .collect();
+        assert_eq!(keys, ["a\tb.mp4", "c.mp4\r"]);
     }
 
     #[test]

@@ -121,7 +121,9 @@ fn answer(
             &[
                 "good/one.mp4",
                 "bad/%FF%FE.mp4",
-                "bad/bell%07.mp4",
+                "good/bell%07.mp4",
+                "good/tab%09here.mp4",
+                "bad/nul%00.mp4",
                 "good/two.mp4",
             ],
         ),
