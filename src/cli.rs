@@ -499,6 +499,10 @@ pub struct EmulatorArgs {
     /// Store file names normalised (Unicode NFC, no leading /)
     #[arg(long)]
     pub normalize_names: bool,
+    /// Asset details carry no `key` (the object key), only what a list entry does: the
+    /// other reading of MI's details
+    #[arg(long)]
+    pub details_without_key: bool,
     /// CSV `bucket,key,size` of the objects' sizes (for metaData.size and import times)
     #[arg(long)]
     pub sizes: Option<PathBuf>,

@@ -24,6 +24,14 @@
 //!   whose answers were lost before any baseline stay ambiguous for want of evidence. (A
 //!   console upload of the same name between the baseline and the send could be taken for
 //!   the key's own; the reach keeps that window short.)
+//! - **Details.** Where MI's asset details name the object key an asset was made from (as NCP
+//!   documents; learned per scope from the ledger's own assets, as the naming is), a
+//!   candidate whose details name another key (or another bucket, where they name one) is not
+//!   the key's: that tells apart the sharers of a file name that no list entry can. A
+//!   candidate whose details name the key is of the key's object, which is not yet to say the
+//!   key's request made it (a console upload of the same file carries the same key): the
+//!   evidence below decides that, as it does for a full-key name. Details that could not be
+//!   read (the asset is gone, or the answer failed) are evidence of nothing.
 //! - **Sharers apart.** Two keys of one file name in flight at once, both answers lost, leave
 //!   two assets within both windows, which nothing in a list without sizes can tell apart.
 //!   So the runner sends them apart (`crate::runner`'s `apart`): never two in flight at once,
@@ -82,6 +90,31 @@ pub struct Witness {
     pub key: String,
     pub sent_at: i64,
     pub answered_at: i64,
+}
+
+/// What an asset's details said it was made from, where they said it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Detail {
+    /// `result.key`: the object key.
+    pub key: Option<String>,
+    /// `result.bucketName`.
+    pub bucket: Option<String>,
+}
+
+impl Detail {
+    /// Whether these details say the asset was made from another object than `key`'s.
+    pub fn names_another(&self, key: &UnsureKey) -> bool {
+        let other_key = self
+            .key
+            .as_deref()
+            .is_some_and(|named| !spellings(&key.key).iter().any(|s| s == named));
+        let other_bucket = self.key.is_some()
+            && self
+                .bucket
+                .as_deref()
+                .is_some_and(|bucket| bucket != key.bucket);
+        other_key || other_bucket
+    }
 }
 
 /// What `fileName` holds in this project's list.
@@ -446,6 +479,8 @@ pub struct Pass<'a> {
     pub fresh_as_of: Option<i64>,
     /// When the pass began: every listed asset was made before it.
     pub started: i64,
+    /// What the details of candidates said, where they were read (by asset ID).
+    pub details: &'a HashMap<i64, Detail>,
 }
 
 /// How one listed asset stands against one key.
@@ -466,6 +501,14 @@ fn fit(key: &UnsureKey, asset: &Listed, pass: &Pass<'_>, bounds: IdBounds) -> Fi
     }
     if let (Some(a), Some(b)) = (key.size, asset.size)
         && a != b
+    {
+        return Fit::No;
+    }
+    // Made from another object, by its details.
+    if pass
+        .details
+        .get(&asset.asset_id)
+        .is_some_and(|d| d.names_another(key))
     {
         return Fit::No;
     }
@@ -601,6 +644,9 @@ mod tests {
 
     const S: i64 = 1_000;
 
+    static NO_DETAILS: std::sync::LazyLock<HashMap<i64, Detail>> =
+        std::sync::LazyLock::new(HashMap::new);
+
     fn key(id: i64, key: &str, size: Option<u64>, sent: i64, unsure: i64) -> UnsureKey {
         UnsureKey {
             id,
@@ -649,6 +695,7 @@ mod tests {
             witnesses: &[],
             fresh_as_of: fresh_as_of.map(|t| t * S),
             started: 10_000 * S,
+            details: &NO_DETAILS,
         };
         judge(keys, &pass).into_iter().map(|(_, v)| v).collect()
     }
@@ -667,8 +714,155 @@ mod tests {
                 witnesses: &[],
                 fresh_as_of: Some(5_000 * S),
                 started: 10_000 * S,
+                details: &NO_DETAILS,
             },
         )
+    }
+
+    /// [`judge_seen`] with what the candidates' details said, the list current from `fresh`.
+    fn judge_detailed(
+        keys: &[UnsureKey],
+        listed: &[Listed],
+        observed: &Observed,
+        details: &HashMap<i64, Detail>,
+        fresh: i64,
+    ) -> Vec<Explained> {
+        let owned = HashSet::new();
+        let ev = evidence(Naming::LastSegment, false);
+        judge_explained(
+            keys,
+            &Pass {
+                listed,
+                observed,
+                owned: &owned,
+                evidence: &ev,
+                witnesses: &[],
+                fresh_as_of: Some(fresh * S),
+                started: 10_000 * S,
+                details,
+            },
+        )
+    }
+
+    fn detail(key: &str, bucket: Option<&str>) -> Detail {
+        Detail {
+            key: Some(key.into()),
+            bucket: bucket.map(Into::into),
+        }
+    }
+
+    /// Four sharers of a file name, each answer lost, each asset made: the list (names only,
+    /// no times, no sizes, IDs in no order) cannot tell them apart; their details can, and
+    /// each key is left with its own asset alone, which the baseline before the sends places.
+    #[test]
+    fn details_naming_the_key_tell_sharers_apart() {
+        let keys: Vec<UnsureKey> = (1..=4)
+            .map(|i| {
+                key(
+                    i,
+                    &format!("news/2024/00{i}/take-001.mp4"),
+                    None,
+                    100 + i,
+                    110 + i,
+                )
+            })
+            .collect();
+        let listed: Vec<Listed> = (1..=4)
+            .map(|i| asset(50 + i, "take-001.mp4", None, None))
+            .collect();
+        let observed = Observed {
+            first_seen: (1..=4).map(|i| (50 + i, 200 * S)).collect(),
+            passes: vec![Observation {
+                ended_at: 95 * S,
+                current_as_of: Some(90 * S),
+            }],
+        };
+        let without = judge_detailed(&keys, &listed, &observed, &HashMap::new(), 500);
+        assert!(
+            without
+                .iter()
+                .all(|(_, v, _)| matches!(v, Verdict::Ambiguous(c) if c.len() == 4)),
+            "{without:?}"
+        );
+        let details: HashMap<i64, Detail> = (1..=4)
+            .map(|i| {
+                (
+                    50 + i,
+                    detail(&format!("news/2024/00{i}/take-001.mp4"), Some("b")),
+                )
+            })
+            .collect();
+        let with = judge_detailed(&keys, &listed, &observed, &details, 500);
+        let verdicts: Vec<&Verdict> = with.iter().map(|(_, v, _)| v).collect();
+        assert_eq!(
+            verdicts,
+            (1..=4)
+                .map(|i| Verdict::Registered(50 + i))
+                .collect::<Vec<_>>()
+                .iter()
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// A candidate whose details name another key, or the key in another bucket, is not the
+    /// key's; one whose details could not be read (gone, or an error) stays a candidate; a
+    /// key whose every candidate is another's is absent once the list is current past it.
+    #[test]
+    fn details_naming_another_object_rule_a_candidate_out_and_unread_ones_rule_nothing() {
+        let keys = [key(1, "day02/take-001.mp4", None, 100, 101)];
+        let listed = [
+            asset(7, "take-001.mp4", None, None),
+            asset(8, "take-001.mp4", None, None),
+        ];
+        let observed = Observed::default();
+        let others: HashMap<i64, Detail> = [
+            (7, detail("day01/take-001.mp4", None)),
+            (8, detail("day02/take-001.mp4", Some("another-bucket"))),
+        ]
+        .into();
+        let got = judge_detailed(&keys, &listed, &observed, &others, 500);
+        assert_eq!(got[0].1, Verdict::NotRegistered, "{got:?}");
+        assert_eq!(
+            judge_detailed(&keys, &listed, &observed, &others, 100)[0].1,
+            Verdict::Wait,
+            "absence still needs a list current past the unknown moment"
+        );
+        // Asset 8's details could not be read: it may be the key's.
+        let one_read: HashMap<i64, Detail> = [(7, detail("day01/take-001.mp4", None))].into();
+        let got = judge_detailed(&keys, &listed, &observed, &one_read, 500);
+        assert_eq!(got[0].1, Verdict::Ambiguous(vec![8]));
+        // Details that name no key tell nothing either.
+        let blank: HashMap<i64, Detail> = [(7, Detail::default()), (8, Detail::default())].into();
+        let got = judge_detailed(&keys, &listed, &observed, &blank, 500);
+        assert_eq!(got[0].1, Verdict::Ambiguous(vec![7, 8]));
+    }
+
+    /// Details name the key as MI stores it: in NFC, without a leading `/`, the key matches
+    /// under each spelling it may be stored in, and no other key does.
+    #[test]
+    fn details_match_the_key_under_its_spellings_only() {
+        let key = key(1, "/cafe\u{301}/take.mp4", None, 100, 101);
+        for stored in [
+            "/cafe\u{301}/take.mp4",
+            "/caf\u{e9}/take.mp4",
+            "caf\u{e9}/take.mp4",
+        ] {
+            assert!(!detail(stored, None).names_another(&key), "{stored}");
+        }
+        assert!(detail("cafe/take.mp4", None).names_another(&key));
+        assert!(
+            detail("/caf\u{e9}/take.mp4", Some("b2")).names_another(&key),
+            "another bucket"
+        );
+        assert!(!Detail::default().names_another(&key));
+        assert!(
+            !Detail {
+                key: None,
+                bucket: Some("b2".into())
+            }
+            .names_another(&key),
+            "a bucket alone says nothing"
+        );
     }
 
     #[test]
@@ -1074,6 +1268,7 @@ mod tests {
                     witnesses: &ws,
                     fresh_as_of: Some(1000 * S),
                     started: 1000 * S,
+                    details: &NO_DETAILS,
                 },
             )[0]
             .1
@@ -1119,6 +1314,7 @@ mod tests {
                 witnesses: &ws,
                 fresh_as_of: None,
                 started: 1000 * S,
+                details: &NO_DETAILS,
             },
         );
         assert_eq!(got, [(1, Verdict::Registered(15))]);
@@ -1153,6 +1349,7 @@ mod tests {
                     witnesses: &ws,
                     fresh_as_of: None,
                     started: started * S,
+                    details: &NO_DETAILS,
                 },
             )[0]
             .1

@@ -107,6 +107,35 @@ impl AssetSummary {
     }
 }
 
+/// One asset's details, as far as they tell what it was made from: NCP documents `result.key`
+/// as "the full file name uploaded to Object Storage", beside `result.fileName`; whether the
+/// service fills it is unsure (docs/service.md), so each is `None` where the answer lacks it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssetDetails {
+    pub file_name: Option<String>,
+    /// `result.key`: the object key the asset was made from.
+    pub key: Option<String>,
+    /// `result.bucketName`, where the details name the bucket.
+    pub bucket: Option<String>,
+}
+
+impl AssetDetails {
+    fn from_result(result: &Value) -> Self {
+        let text = |name: &str| {
+            result
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+        };
+        Self {
+            file_name: text("fileName"),
+            key: text("key"),
+            bucket: text("bucketName"),
+        }
+    }
+}
+
 /// One page of the project's asset list, with the totals it claims (documented as always
 /// there, but a client must not rely on them: NCP-API.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +368,14 @@ impl MiClient {
     pub async fn asset(&self, asset_id: i64) -> Result<Value, ApiError> {
         let path = format!("{}/assets/{asset_id}", self.project_path());
         Ok(self.call::<()>(Method::GET, &path, None, None).await?.0)
+    }
+
+    /// `GET …/assets/{id}`, read for what the asset was made from.
+    pub async fn asset_details(&self, asset_id: i64) -> Result<AssetDetails, ApiError> {
+        let value = self.asset(asset_id).await?;
+        Ok(AssetDetails::from_result(
+            value.get("result").unwrap_or(&Value::Null),
+        ))
     }
 
     /// `GET /api/v1/workspaces/{ws}`: the workspace's details (its linked `bucketName`).

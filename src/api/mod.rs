@@ -5,6 +5,8 @@ pub mod error;
 pub mod local;
 pub mod signer;
 
-pub use client::{AnalysisStatus, AssetPage, AssetSummary, ImportStatus, MiClient, Registered};
+pub use client::{
+    AnalysisStatus, AssetDetails, AssetPage, AssetSummary, ImportStatus, MiClient, Registered,
+};
 pub use error::{Answer, ApiError, Call};
 pub mod analysis;

@@ -134,6 +134,13 @@ pub async fn check(job: CheckJob) -> Result<Checked> {
         Ok(page) => {
             carries_status = page.assets.first().map(|a| a.upload_status.is_some());
             describe_list(&mut lines, &page);
+            if let Some(first) = page.assets.first() {
+                let details = retried(attempts, &limiter, Call::Asset, || {
+                    client.asset_details(first.asset_id)
+                })
+                .await;
+                describe_details(&mut lines, first.asset_id, details);
+            }
         }
         Err(e) => lines.problem(
             "asset list",
@@ -352,6 +359,36 @@ async fn look_at_bucket(lines: &mut Lines, job: &CheckJob, bucket: String) {
             );
         }
         Err(e) => lines.problem("bucket", e.to_string(), e.hint()),
+    }
+}
+
+/// What one asset's details say: whether they name the object key it was made from, which
+/// tells apart assets of one file name where the list names them by file name only.
+fn describe_details(
+    lines: &mut Lines,
+    asset: i64,
+    details: Result<crate::api::AssetDetails, ApiError>,
+) {
+    match details {
+        Ok(d) => match d.key {
+            Some(key) => lines.ok(
+                "asset details",
+                format!(
+                    "name the object key an asset was made from (asset {asset}: `{}`{}): they tell apart assets of one file name",
+                    crate::escape::shown(&key),
+                    d.bucket
+                        .map(|b| format!(" in `{}`", crate::escape::shown(&b)))
+                        .unwrap_or_default()
+                ),
+            ),
+            None => lines.ok(
+                "asset details",
+                format!(
+                    "name no object key (asset {asset}): assets of one file name are told apart by the list alone"
+                ),
+            ),
+        },
+        Err(e) => lines.note("asset details", format!("asset {asset}'s cannot be read: {e}")),
     }
 }
 

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{Answer, ApiError, Call, MiClient};
+use crate::api::{Answer, ApiError, AssetDetails, Call, MiClient};
 use crate::cli::{Global, ResolveArgs};
 use crate::config::{Credentials, Target};
 use crate::escape::shown;
@@ -116,8 +116,17 @@ pub async fn resolve(
     let naming = ledger::facts::get(conn, &scope, ledger::facts::Fact::ListNaming)?
         .as_deref()
         .and_then(Naming::parse);
+    // What MI's details said of the candidates given, where a pass asked them.
+    let given: Vec<i64> = checked
+        .iter()
+        .filter_map(|c| match c.wish.decision {
+            Decision::Asset(a) => Some(a),
+            Decision::NotRegistered => None,
+        })
+        .collect();
+    let stored = ledger::details::known(conn, &scope, &given)?;
     for c in &checked {
-        if let Err(why) = evidence(conn, &scope, c, &names, naming)? {
+        if let Err(why) = evidence(conn, &scope, c, &names, &stored, naming)? {
             problems.push(format!("{}: {why}", c.wish.place()));
         }
     }
@@ -289,12 +298,15 @@ fn find(
     })
 }
 
-/// Whether the evidence offers the asset the wish gives its key.
+/// Whether the evidence offers the asset the wish gives its key: no other key has it, MI's
+/// details (asked now, or by a pass before) do not say it was made from another object, and
+/// it is one of the key's candidates or, asked now, MI names it as the key may be named.
 fn evidence(
     conn: &rusqlite::Connection,
     scope: &Scope,
     c: &Checked,
-    names: &HashMap<i64, Option<String>>,
+    looked: &HashMap<i64, AssetDetails>,
+    stored: &HashMap<i64, reconcile::Detail>,
     naming: Option<Naming>,
 ) -> Result<std::result::Result<(), String>> {
     let Decision::Asset(asset) = c.wish.decision else {
@@ -306,33 +318,69 @@ fn evidence(
             shown(&owner)
         )));
     }
+    let unsure = reconcile::UnsureKey {
+        id: c.row.id,
+        bucket: c.bucket.clone(),
+        key: c.wish.key.clone(),
+        size: None,
+        sent_at: 0,
+        unsure_at: 0,
+    };
+    let detail = looked
+        .get(&asset)
+        .map(|d| reconcile::Detail {
+            key: d.key.clone(),
+            bucket: d.bucket.clone(),
+        })
+        .or_else(|| stored.get(&asset).cloned());
+    if let Some(detail) = detail.filter(|d| d.names_another(&unsure)) {
+        return Ok(Err(format!(
+            "MI's details say asset {asset} was made from `{}`{}, not from this key",
+            shown(detail.key.as_deref().unwrap_or_default()),
+            detail
+                .bucket
+                .as_deref()
+                .map(|b| format!(" in bucket `{}`", shown(b)))
+                .unwrap_or_default()
+        )));
+    }
     if c.row.candidates.contains(&asset) {
         return Ok(Ok(()));
     }
-    Ok(match names.get(&asset) {
+    Ok(match looked.get(&asset) {
         None => Err(format!(
             "MI has no asset {asset} in this project, and it is none of the key's candidates"
         )),
-        Some(None) => Err(format!(
+        // Details that name the key say more than a file name can.
+        Some(d) if d.key.is_some() => Ok(()),
+        Some(AssetDetails {
+            file_name: None, ..
+        }) => Err(format!(
             "MI's details of asset {asset} name no file, so it cannot be checked against the key; give one of its candidates"
         )),
-        Some(Some(name)) if reconcile::names_for(&c.wish.key, naming).contains(name) => Ok(()),
-        Some(Some(name)) => Err(format!(
+        Some(AssetDetails {
+            file_name: Some(name),
+            ..
+        }) if reconcile::names_for(&c.wish.key, naming).contains(name) => Ok(()),
+        Some(AssetDetails {
+            file_name: Some(name),
+            ..
+        }) => Err(format!(
             "MI names asset {asset} `{}`, a name this key cannot have",
             shown(name)
         )),
     })
 }
 
-/// Looks up each asset in MI: its file name (`None` if MI's details carry none); an asset MI
-/// does not have is left out.
+/// Looks up each asset in MI: what its details say (its file name, and the object key it was
+/// made from where they name it); an asset MI does not have is left out.
 async fn look_up(
     scope: &Scope,
     args: &ResolveArgs,
     global: &Global,
     assets: &[i64],
     shutdown: &CancellationToken,
-) -> Result<HashMap<i64, Option<String>>> {
+) -> Result<HashMap<i64, AssetDetails>> {
     let endpoint = match (&args.endpoint, scope.endpoint.as_str()) {
         (Some(given), _) => given.clone(),
         (None, "") => crate::config::DEFAULT_ENDPOINT.to_owned(),
@@ -358,17 +406,13 @@ async fn look_up(
             let _slot = limiter.admit().await;
             Answer {
                 call: Call::Asset,
-                result: client.asset(asset).await,
+                result: client.asset_details(asset).await,
             }
         })
         .await;
         match finished.last.result {
             Ok(details) => {
-                let name = details
-                    .pointer("/result/fileName")
-                    .and_then(serde_json::Value::as_str)
-                    .map(str::to_owned);
-                found.insert(asset, name);
+                found.insert(asset, details);
             }
             Err(e) if e.status() == Some(404) && !e.from_gateway() => {}
             Err(e) => return Err(lookup_failed(asset, e)),

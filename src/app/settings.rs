@@ -149,6 +149,7 @@ pub fn emulator_config(args: &EmulatorArgs, credentials: Credentials) -> Result<
         list_without_total_page: args.list_without_total_page,
         list_churn: args.list_churn,
         normalize_names: args.normalize_names,
+        details_key: !args.details_without_key,
         sizes,
         preload,
         analysis_polls: args.analysis_polls,

@@ -107,6 +107,12 @@ pub struct EmulatorConfig {
     pub list_churn: u32,
     /// The list's `fileName` is stored normalised: Unicode NFC, without a leading `/`.
     pub normalize_names: bool,
+    /// An asset's details carry `key` (the object key it was made from) and `bucketName`, as
+    /// NCP documents; without, they carry only what its list entry does (the other reading).
+    pub details_key: bool,
+    /// Refusals of `reject_containing` keys come in NCP's generic envelope,
+    /// `{responseError: {returnCode, returnMessage}}`, instead of MI's `{code, message}`.
+    pub reject_in_generic_envelope: bool,
     /// Answers this share of calls (of the register call only, if `register_only`) with a
     /// redirect instead of doing anything.
     pub redirect: Option<RedirectFault>,
@@ -176,6 +182,8 @@ impl EmulatorConfig {
             list_without_total_page: false,
             list_churn: 0,
             normalize_names: false,
+            details_key: true,
+            reject_in_generic_envelope: false,
             redirect: None,
             answer_asset_id: None,
             throttle_then_lose: None,

@@ -258,6 +258,10 @@ async fn register(
             .unwrap_or("invalid request");
         let status =
             StatusCode::from_u16(shared.config.reject_status).unwrap_or(StatusCode::BAD_REQUEST);
+        if shared.config.reject_in_generic_envelope {
+            let body = json!({"responseError": {"returnCode": "10001", "returnMessage": message}});
+            return (status, [(HEADER_TRACE_ID, trace_id())], Json(body)).into_response();
+        }
         return mi_error(status, "10001", message);
     }
     let mut faults = shared.register_faults();
@@ -386,7 +390,14 @@ async fn asset_details(
         return r;
     }
     match shared.asset(asset_id) {
-        Some(asset) => success(list_entry(&shared, &asset, &pid)),
+        Some(asset) => {
+            let mut details = list_entry(&shared, &asset, &pid);
+            if shared.config.details_key {
+                details["key"] = json!(asset.key);
+                details["bucketName"] = json!(asset.bucket);
+            }
+            success(details)
+        }
         None => no_asset(asset_id),
     }
 }

@@ -27,6 +27,9 @@ pub enum Fact {
     ImportTimes,
     /// What its analyses take, likewise.
     AnalysisTimes,
+    /// Whether MI's asset details name the object key an asset was made from, `yes` or
+    /// `no`, as the ledger's own assets showed (`runner::lookup`).
+    DetailsNameKey,
 }
 
 impl Fact {
@@ -39,6 +42,7 @@ impl Fact {
             Fact::ListUploadStatus => "list_upload_status",
             Fact::ImportTimes => "import_times",
             Fact::AnalysisTimes => "analysis_times",
+            Fact::DetailsNameKey => "details_name_key",
         }
     }
 }

@@ -23,6 +23,7 @@
 //! - The file is created readable by its owner only: it names every key of the user's bucket.
 
 pub mod analyses;
+pub mod details;
 pub mod facts;
 pub mod import_status;
 pub mod keys;

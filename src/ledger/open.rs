@@ -20,6 +20,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_scopes_and_assets.sql"),
     include_str!("../../migrations/0008_observations.sql"),
     include_str!("../../migrations/0009_heartbeat_floor.sql"),
+    include_str!("../../migrations/0010_asset_details.sql"),
 ];
 
 /// How long a connection waits for another process's lock before it gives up.

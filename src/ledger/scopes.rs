@@ -168,7 +168,14 @@ pub fn forget_scope(conn: &Connection, scope: &Scope) -> rusqlite::Result<u64> {
         "DELETE FROM listing_parts WHERE listing IN (SELECT id FROM listings WHERE scope = ?1)",
         params![scope.id],
     )?;
-    for table in ["listings", "manifests", "facts"] {
+    for table in [
+        "listings",
+        "manifests",
+        "facts",
+        "asset_details",
+        "list_passes",
+        "seen_assets",
+    ] {
         conn.execute(
             &format!("DELETE FROM {table} WHERE scope = ?1"),
             params![scope.id],
