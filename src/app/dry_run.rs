@@ -148,6 +148,11 @@ pub async fn dry_run(job: &ImportJob, shutdown: CancellationToken) -> Result<Str
     for (reason, n) in reasons {
         text.push_str(&format!("  {n:>8}  {reason}\n"));
     }
+    // Not billed, but counted against the rate: a run's look-ups of lost answers.
+    text.push_str(&format!(
+        "keys whose answer is lost are looked up in MI's asset list; where the list cannot tell their candidates apart, a run asks at most {} of those assets' details (one request each, within --rate)\n",
+        crate::runner::DETAILS_PER_RUN
+    ));
     if let Some((asked, unasked)) = to_analyze {
         let awaiting = get(State::Registered);
         text.push_str(&format!(

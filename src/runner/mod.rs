@@ -47,7 +47,7 @@ pub mod schedule;
 pub use analysis::AnalysisPlan;
 pub use dispatch::Cutoff;
 pub use listing::ListSummary;
-pub use lookup::DEFAULT_LIST_SETTLE;
+pub use lookup::{DEFAULT_LIST_SETTLE, DETAILS_PER_RUN};
 pub use pace::{Floors, Pace};
 pub use preflight::linked_bucket;
 
