@@ -99,14 +99,23 @@ pub async fn resolve(
             ));
         }
     }
-    let lookups: Vec<i64> = checked
+    // Every asset given is looked up in MI (one request each, within --rate), but a candidate
+    // whose details a pass already read: an asset outside the candidates for its name, any
+    // for the object key its details may name.
+    let given: Vec<i64> = checked
         .iter()
         .filter_map(|c| match c.wish.decision {
-            Decision::Asset(a) if !c.row.candidates.contains(&a) => Some(a),
-            _ => None,
+            Decision::Asset(a) => Some(a),
+            Decision::NotRegistered => None,
         })
         .collect::<HashSet<_>>()
         .into_iter()
+        .collect();
+    let stored = ledger::details::known(conn, &scope, &given)?;
+    let lookups: Vec<i64> = given
+        .iter()
+        .copied()
+        .filter(|a| !stored.contains_key(a))
         .collect();
     let names = if lookups.is_empty() || !problems.is_empty() {
         HashMap::new()
@@ -116,15 +125,6 @@ pub async fn resolve(
     let naming = ledger::facts::get(conn, &scope, ledger::facts::Fact::ListNaming)?
         .as_deref()
         .and_then(Naming::parse);
-    // What MI's details said of the candidates given, where a pass asked them.
-    let given: Vec<i64> = checked
-        .iter()
-        .filter_map(|c| match c.wish.decision {
-            Decision::Asset(a) => Some(a),
-            Decision::NotRegistered => None,
-        })
-        .collect();
-    let stored = ledger::details::known(conn, &scope, &given)?;
     for c in &checked {
         if let Err(why) = evidence(conn, &scope, c, &names, &stored, naming)? {
             problems.push(format!("{}: {why}", c.wish.place()));

@@ -350,6 +350,13 @@ impl Emulator {
             .store(lag.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// From now on, asset details carry the object key (or no longer do).
+    pub fn set_details_key(&self, on: bool) {
+        self.shared
+            .details_key
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Deletes an asset, as the console's delete does.
     pub fn delete_asset(&self, asset_id: i64) -> bool {
         self.shared.delete(asset_id)

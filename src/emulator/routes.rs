@@ -392,7 +392,7 @@ async fn asset_details(
     match shared.asset(asset_id) {
         Some(asset) => {
             let mut details = list_entry(&shared, &asset, &pid);
-            if shared.config.details_key {
+            if shared.details_key.load(std::sync::atomic::Ordering::SeqCst) {
                 details["key"] = json!(asset.key);
                 details["bucketName"] = json!(asset.bucket);
             }

@@ -124,6 +124,9 @@ pub(super) struct Shared {
     /// How long (ms) a new asset takes to appear in the list: the configured lag, until a
     /// test changes it.
     pub list_lag_ms: std::sync::atomic::AtomicU64,
+    /// Whether asset details carry the object key: the configured reading, until a test
+    /// changes it.
+    pub details_key: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
     dice: Mutex<StdRng>,
     /// The register call's own dice, thrown three times for every call: the n-th register call
@@ -153,6 +156,7 @@ impl Shared {
         let dice = Mutex::new(StdRng::seed_from_u64(config.seed));
         let register_dice = Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x0005_eed0_f4e6));
         let list_lag_ms = (config.list_lag.as_millis() as u64).into();
+        let details_key = config.details_key.into();
         let inner = Inner {
             next_id: 100_001,
             ..Default::default()
@@ -161,6 +165,7 @@ impl Shared {
             config,
             analysis_drops: Default::default(),
             list_lag_ms,
+            details_key,
             inner: Mutex::new(inner),
             dice,
             register_dice,

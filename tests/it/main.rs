@@ -9,6 +9,7 @@ mod analysis;
 mod bucket;
 mod budget;
 mod cli;
+mod details;
 mod edges;
 mod faults;
 mod hostile;
