@@ -4,10 +4,11 @@
 //! so a test can take the runner through minutes of waiting in milliseconds, and the
 //! ledger's times agree with its sleeps.
 //!
-//! Three readings stay on the wall clock, because they are about the machine's clock itself
-//! or for people: a request's signature timestamp (the gateway refuses one five minutes off,
-//! `api::signer`), `check`'s comparison with the gateway's `Date`, and the time of day a
-//! `--rate` schedule or a log line names.
+//! Some readings stay on the wall clock, because they are about the machine's clock itself or
+//! for people: a request's signature timestamp (the gateway refuses one five minutes off,
+//! `api::signer`), `check`'s comparison with the gateway's `Date`, the time of day a `--rate`
+//! schedule or a log line names, and the `started_at`/`finished_at` text of the `runs` table
+//! (SQLite's own clock, for people reading `status`).
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -1,4 +1,4 @@
-//! Exit codes: the contract with cron and scripts (DESIGN.md, README).
+//! Exit codes: the contract with cron and scripts (docs/design.md, "Exit codes"; README).
 
 /// How the process ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -6,7 +6,7 @@ pub enum Exit {
     /// Every key ended registered, completed or skipped.
     Success,
     /// The run finished; some keys are failed, import_failed or uncertain (or an unexpected
-    /// error, such as an unwritable ledger, stopped it).
+    /// error stopped it; an unwritable ledger is [`Exit::LedgerWrite`]).
     Trouble,
     /// Usage, configuration or input error: nothing was sent.
     Usage,

@@ -7,8 +7,8 @@
 //!    prefix page by page with ListObjects v1 ([`source::bucket`]). The user's
 //!    [`source::filter`]s and MI's rules ([`source::eligibility`]) decide before anything is
 //!    sent.
-//! 2. [`ledger`] records every key in SQLite, one row per (workspace, project, bucket, key);
-//!    it is the truth about what was sent and what came back. One writer thread
+//! 2. [`ledger`] records every key in SQLite, one row per (endpoint, workspace, project,
+//!    bucket, key); it is the truth about what was sent and what came back. One writer
 //!    ([`ledger::writer`]) group-commits; a listing's position is committed with its page.
 //! 3. [`runner`] checks the account first (preflight), claims pending keys only as places
 //!    to send them free up (durably `in_flight` before any request leaves; keys of one file
@@ -34,7 +34,8 @@
 //! into the parts' own types ([`config::Limits`], [`api::analysis::AnalysisRequest`],
 //! [`emulator::EmulatorConfig`], [`report::ReportFormat`]), and nothing below names
 //! [`cli`]. [`exit`] names no other module. No module reaches itself through others
-//! (`tests/layering.rs` reads the source and checks both).
+//! (`tests/it/layering.rs` reads the source and checks both, and that SQL is only the
+//! ledger's).
 
 pub mod api;
 pub mod app;

@@ -4,7 +4,7 @@
 //! The rule: **a key is sent again only on proof that it is not registered, and given an
 //! asset only on evidence that the asset is its own.** MI's list has no filter by name, its
 //! `fileName` may be the full key or only its last segment, it may show a new asset only some
-//! time after it was made, and it holds assets made outside this ledger (NCP-API.md).
+//! time after it was made, and it holds assets made outside this ledger (docs/service.md).
 //!
 //! - **Candidates.** A listed asset may be a key's if its name is the key's under MI's naming
 //!   (learned from assets the ledger knows; both forms while unknown; each form as sent, in
@@ -188,7 +188,7 @@ pub fn last_segment(key: &str) -> &str {
 }
 
 /// The spellings MI may list a name under: as sent, in Unicode NFC, and without a leading
-/// `/` (NCP-API.md: names may be stored normalised).
+/// `/` (docs/service.md: names may be stored normalised).
 pub fn spellings(name: &str) -> Vec<String> {
     use unicode_normalization::UnicodeNormalization;
     let nfc: String = name.nfc().collect();

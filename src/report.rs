@@ -19,7 +19,7 @@ pub enum ReportFormat {
     Jsonl,
 }
 
-/// Report columns, in order; the first four are the contract (DESIGN.md).
+/// Report columns, in order; the first four are the contract (docs/design.md, README).
 pub const COLUMNS: &[&str] = &[
     "bucket",
     "key",

@@ -1,5 +1,5 @@
-//! What an analysis request asks MI for (NCP-API.md, "Analysis: after registration, the
-//! index"), and the request body it becomes. The command line's settings are validated
+//! What an analysis request asks MI for (docs/service.md, "Analysis"), and the request body
+//! it becomes. The command line's settings are validated
 //! into an [`AnalysisRequest`] by the app layer, before anything is sent.
 
 use serde_json::{Value, json};

@@ -75,7 +75,7 @@ fn id_text(value: Option<&Value>) -> Option<String> {
 }
 
 /// One asset as the project's asset list shows it: its ID and name, and what the entry may
-/// also carry (not every reading of the list does: NCP-API.md).
+/// also carry (not every reading of the list does: docs/service.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetSummary {
     pub asset_id: i64,
@@ -137,7 +137,7 @@ impl AssetDetails {
 }
 
 /// One page of the project's asset list, with the totals it claims (documented as always
-/// there, but a client must not rely on them: NCP-API.md).
+/// there, but a client must not rely on them: docs/service.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AssetPage {
     pub assets: Vec<AssetSummary>,
@@ -192,7 +192,7 @@ impl MiClient {
             .pool_max_idle_per_host(POOL_IDLE_PER_HOST)
             .tcp_nodelay(true)
             // A signed request goes to --endpoint and nowhere else: a redirect is an answer
-            // to classify, never one to follow (DESIGN.md, "Retry").
+            // to classify, never one to follow (docs/design.md, "Retries and stops").
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("mi-import/", env!("CARGO_PKG_VERSION")))
             .build()?;

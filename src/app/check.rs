@@ -250,7 +250,7 @@ fn answer_problem(lines: &mut Lines, what: &str, error: &ApiError) {
     lines.problem(what, format!("{error}"), hint);
 }
 
-/// What the first page of the asset list shows about the readings NCP-API.md marks unsure.
+/// What the first page of the asset list shows about the readings docs/service.md marks unsure.
 fn describe_list(lines: &mut Lines, page: &crate::api::AssetPage) {
     let entries = &page.assets;
     let totals = match (page.total_count, page.total_pages) {

@@ -1,4 +1,4 @@
-//! One command's hold on the ledger: the lock, the writer thread, its row in `runs`, and the
+//! One command's hold on the ledger: the lock, the writer, its row in `runs`, and the
 //! way it ends (counts, exit code, summary, the write-ahead log folded into the file).
 
 use anyhow::Result;
@@ -57,7 +57,7 @@ impl Session {
         let rows_before = ledger::keys::last_row(conn)?;
         // The writer ends by itself once every handle (the runner's too) is dropped;
         // every write is awaited, so nothing is left unwritten when the command returns.
-        let (writer, _thread) = LedgerWriter::spawn(ledger, Some(run_id));
+        let (writer, _task) = LedgerWriter::spawn(ledger, Some(run_id));
         Ok(Self {
             writer,
             scope,

@@ -1,6 +1,10 @@
 //! The command line's settings turned into the parts' own types: the analysis a command asks
-//! for, and the emulator a user serves. The parts below the app layer never see clap's
-//! types; what they take is validated here, before anything is sent.
+//! for, the emulator a user serves, the protocol's floors. The parts below the app layer never
+//! see the command line's types (`crate::cli`); what they take is validated here, before
+//! anything is sent. The one exception is deliberate: six small enums of the parts
+//! (`ManifestFormat`, `OnChanged`, `ReportFormat`, `FileNameMode`, and the analysis's scene
+//! range and language) derive `clap::ValueEnum`, so the command line takes their values as
+//! they are rather than through a copy of each in `cli`.
 
 use anyhow::{Result, bail};
 

@@ -4,7 +4,7 @@
 //!
 //! It counts registrations per (bucket, key) and analyses per asset, so a test can prove that
 //! nothing was registered or analysed twice. It is a stand-in, not a model of MI's internals:
-//! where MI's behaviour is unknown (NCP-API.md's unsure points) the knobs play each reading:
+//! where MI's behaviour is unknown (the unsure points of docs/service.md) the knobs play each reading:
 //! what the asset list's `fileName` holds, how late it shows a new asset, whether its entries
 //! carry a creation time, a size or the upload status, whether asset IDs grow in order, and
 //! assets already in the project before a run. Its credentials are the client's own
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Credentials;
 pub use state::{AssetRecord, CallKind, Counters, Tally, busiest_second, final_status};
 
-/// What the asset list's `fileName` holds (NCP-API.md marks this unsure).
+/// What the asset list's `fileName` holds (docs/service.md marks this unsure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FileNameMode {
     /// The full object key.

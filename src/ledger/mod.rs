@@ -1,4 +1,5 @@
-//! The ledger: one SQLite row per (workspace, project, bucket, key), the truth about every key.
+//! The ledger: one SQLite row per (endpoint, workspace, project, bucket, key), the truth about
+//! every key.
 //!
 //! This module owns the schema (applied from `migrations/` at open, tracked by
 //! `PRAGMA user_version`, append-only; see [`open`]), the state vocabulary ([`state`]), and
@@ -19,7 +20,8 @@
 //!   only a process kill, or a resend after reboot could register a key twice. The writer
 //!   groups many keys into one transaction, so fsyncs stay at tens per second.
 //! - A process kill (SIGKILL, OOM) loses nothing committed; rows left `in_flight` become
-//!   `uncertain` at the next open and are reconciled with MI before they are sent again.
+//!   `uncertain` when the next `run` of their project starts, and are reconciled with MI
+//!   before they are sent again.
 //! - The file is created readable by its owner only: it names every key of the user's bucket.
 
 pub mod analyses;

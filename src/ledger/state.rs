@@ -3,8 +3,9 @@
 //! The number in the `state` column is the enum's explicit discriminant, never its position:
 //! reordering or adding a state cannot change what an existing ledger's rows mean. SQL names
 //! a state only through [`sql`]'s constants (spliced in at compile time with `formatcp!`, so
-//! the statement text still holds the literal number a partial index needs to match), and
-//! the tests below pin every number, the partial index of `migrations/0007` included.
+//! the statement text still holds the literal number a partial index needs to match) or binds
+//! [`State::code`], and the tests below pin every number, the partial index of
+//! `migrations/0007` included.
 
 use std::fmt;
 use std::str::FromStr;

@@ -2,7 +2,7 @@
 //! never further than the list can be, with what it takes to tell whether the list held still
 //! while it was read.
 //!
-//! The list is paged by number, not by cursor, and its order is not documented (NCP-API.md):
+//! The list is paged by number, not by cursor, and its order is not documented (docs/service.md, "The asset list"):
 //! an asset deleted or added while it is read shifts every later entry by one, so one entry
 //! slides onto a page already read (missed) or onto the next (read twice), while `totalCount`
 //! stays the same. A walk therefore only *describes* what it read; whether that proves

@@ -1,8 +1,9 @@
 //! The bucket source: NCP Object Storage listed page by page with ListObjects (v1).
 //!
-//! NCP Object Storage refuses ListObjectsV2, so the SDK's paginator cannot be used: this is a
-//! loop on `marker`, taking `NextMarker` when the service sends one and the last key of the
-//! page otherwise. Keys are asked for URL-encoded (XML cannot carry every byte a key may hold)
+//! ListObjects v1 is what every S3-compatible server answers (NCP's older documentation said
+//! its Object Storage refuses ListObjectsV2; its current documentation describes V2 too), and
+//! the SDK's paginator exists only for V2: this is a loop on `marker`, taking `NextMarker`
+//! when the service sends one and the last key of the page otherwise. Keys are asked for URL-encoded (XML cannot carry every byte a key may hold)
 //! and decoded here. Pages may come in no particular order; the ledger de-duplicates.
 
 use anyhow::{Result, bail};
@@ -23,7 +24,7 @@ pub const PAGE_SIZE: i32 = 1000;
 /// few enough to stay far from any per-account limit of Object Storage.
 pub const DEFAULT_LIST_CONCURRENCY: usize = 8;
 
-/// NCP Object Storage regions and their endpoints (NCP-API.md).
+/// NCP Object Storage regions and their endpoints (docs/service.md, "Object Storage").
 pub const REGIONS: &[(&str, &str)] = &[
     ("kr-standard", "https://kr.object.ncloudstorage.com"),
     ("us-standard", "https://us.object.ncloudstorage.com"),

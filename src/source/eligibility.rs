@@ -1,4 +1,4 @@
-//! MI's documented rules for what it accepts, applied before any call (NCP-API.md, "Media the
+//! MI's documented rules for what it accepts, applied before any call (docs/service.md, "Media the
 //! service accepts"). Pure: a key and what is known of its size in, a reason to skip out.
 //!
 //! Resolution, duration and codec cannot be known from a listing; MI reports those through

@@ -105,7 +105,7 @@ async fn each_completed_asset_is_analysed_once_despite_lost_answers() {
     assert_eq!(after.analysis_calls, before.analysis_calls);
 }
 
-/// NCP-API.md: MI's reference spells the reason `analyzeStatusMessage` and the request's answer
+/// docs/service.md, "Analysis": MI's reference spells the reason `analyzeStatusMessage` and the request's answer
 /// `id`; its examples spell them `analysisStatusMessage` and `indexId`. Under the examples'
 /// reading each analysis is recorded just the same.
 #[tokio::test(start_paused = true)]

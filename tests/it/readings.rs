@@ -1,5 +1,5 @@
-//! Exactly-once under every reading of MI's asset list (NCP-API.md, "What the asset list may
-//! look like"): `fileName` as the full key or only its last segment, entries with or without
+//! Exactly-once under every reading of MI's asset list (docs/service.md, "The asset list"):
+//! `fileName` as the full key or only its last segment, entries with or without
 //! sizes, a list that shows new assets at once or seconds late. Each reading is played by the
 //! emulator while the real binary imports keys whose file names repeat across folders, loses
 //! answers (before and after MI made the asset, and 503s after it did), and is killed with
@@ -32,7 +32,7 @@ fn twin_keys(extra: Extra) -> Vec<String> {
     keys
 }
 
-/// The readings of NCP-API.md's other unsure points, each played on top of a naming reading.
+/// The readings of docs/service.md's other unsure points, each played on top of a naming reading.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Extra {
     None,
