@@ -7,7 +7,7 @@
 //! - `passes`: the pass scheduler: when a run looks its unsure keys up, keeps keys back to
 //!   witness lost answers, and probes the list's lag;
 //! - `lookup`: one pass over the asset list (`asset_list` walks it), judged by
-//!   [`crate::reconcile`]; `apart` keeps keys of one file name apart while they are sent;
+//!   [`crate::reconcile`], with the candidates' asset details (`details`); `apart` keeps keys of one file name apart while they are sent;
 //! - `confirm` and `analysis` follow registered assets and their analyses (`schedule` says
 //!   when to look); `listing` feeds a bucket listing in; `preflight` checks the account;
 //!   `outbox` batches results for the writer.
@@ -35,6 +35,7 @@ mod analysis;
 mod apart;
 mod asset_list;
 mod confirm;
+mod details;
 mod dispatch;
 mod listing;
 mod lookup;
@@ -45,9 +46,10 @@ mod preflight;
 pub mod schedule;
 
 pub use analysis::AnalysisPlan;
+pub use details::DETAILS_PER_RUN;
 pub use dispatch::Cutoff;
 pub use listing::ListSummary;
-pub use lookup::{DEFAULT_LIST_SETTLE, DETAILS_PER_RUN};
+pub use lookup::DEFAULT_LIST_SETTLE;
 pub use pace::{Floors, Pace};
 pub use preflight::linked_bucket;
 
