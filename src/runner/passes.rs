@@ -40,7 +40,7 @@ pub(super) struct Passes {
     pub(super) list_lag: Mutex<Option<i64>>,
     /// How long (ms) the last pass found the oldest of the ledger's own assets missing.
     pub(super) last_missing_ms: AtomicU64,
-    /// Asset details asked of MI in this run (`lookup::DETAILS_PER_RUN` at most).
+    /// Asset details asked of MI in this run (`details::DETAILS_PER_RUN` at most).
     pub(super) details_asked: AtomicU64,
 }
 
