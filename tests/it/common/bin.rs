@@ -77,6 +77,13 @@ impl Bin {
         self.set("--bucket", BUCKET).set("--s3-endpoint", &endpoint)
     }
 
+    /// … with the test S3 server's credentials in the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`): for a run that lists a bucket, or `check`.
+    pub fn s3_credentials(self) -> Self {
+        self.env("AWS_ACCESS_KEY_ID", super::s3::S3_ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", super::s3::S3_SECRET)
+    }
+
     /// … confirming what it registers for at most `patience` (`--patience`).
     pub fn confirming(self, patience: &str) -> Self {
         self.without_switch("--no-confirm")
