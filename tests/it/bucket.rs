@@ -160,21 +160,11 @@ async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
             })
             .unwrap_or(0)
     };
-    let mut child = run
-        .command()
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while committed_pages() < 2 {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            panic!("the run ended ({status}) before it could be killed:\n{stderr}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut child = run.start();
+    child
+        .until("it could be killed", || committed_pages() >= 2)
+        .await;
+    child.kill();
     let pages_done = committed_pages();
     assert!((2..6).contains(&pages_done), "{pages_done}");
 

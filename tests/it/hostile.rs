@@ -253,32 +253,21 @@ async fn sigterm_ends_a_run_waiting_on_a_fifo_and_the_next_run_is_not_refused() 
     let fifo = ws.path("nobody-writes.fifo");
     mkfifo(&fifo);
     let run = Bin::run(&ws, &emu).manifest(&fifo);
-    let mut child = run
-        .command()
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run.start();
     tokio::time::sleep(Duration::from_millis(700)).await;
     // SAFETY: the child's own pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let asked = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
+    while child.try_wait().is_none() {
         assert!(
             asked.elapsed() < Duration::from_secs(10),
             "still running 10 s after SIGTERM"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    }
+    // Its stderr was read while it ran.
+    let out = child.wait();
+    let (status, stderr) = (out.status, text(&out.stderr));
     assert_eq!(status.code(), Some(143), "{stderr}");
     assert!(
         !ws.path("ledger.db.lock").exists(),

@@ -353,19 +353,21 @@ async fn a_listing_whose_page_cannot_be_written_ends_the_run() {
     assert_registered_once(&ws, &emu, &all);
 }
 
-/// Runs `cmd` to its end, failing the test if it takes longer than a minute (a hang).
-async fn finishes(mut cmd: std::process::Command) -> std::process::Output {
+/// Runs `cmd` to its end, failing the test if it takes longer than a minute (a hang). Its
+/// stderr is read while it runs: a run that says more than a pipe holds would otherwise
+/// block on it, and be taken for a hang.
+async fn finishes(cmd: std::process::Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut run = Running::start(cmd);
         let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
+        while run.try_wait().is_none() {
             if started.elapsed() > Duration::from_secs(60) {
-                child.kill().unwrap();
+                run.kill();
                 panic!("the run hung");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        child.wait_with_output().unwrap()
+        run.wait()
     })
     .await
     .unwrap()

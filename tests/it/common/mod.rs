@@ -16,7 +16,7 @@ pub mod bin;
 pub mod hostile_s3;
 pub mod s3;
 
-pub use bin::Bin;
+pub use bin::{Bin, Running};
 
 pub const ACCESS: &str = "test-access-key";
 pub const SECRET: &str = "test-secret-9f1c2e";
