@@ -48,21 +48,15 @@ async fn a_ledger_reached_through_a_symlink_is_still_held_by_its_run() {
             .set("--db", db.to_str().unwrap())
             .set("--rate", rate)
     };
-    let first = run_on(&link, "40")
-        .command()
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while emu.assets().len() < 10 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let mut first = run_on(&link, "40").start();
+    first
+        .until("a second run was started", || emu.assets().len() >= 10)
+        .await;
     let second = run_on(&real, "0").output().await;
     let stderr = text(&second.stderr);
     assert_eq!(second.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("in use by another mi-import"), "{stderr}");
-    let first = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let first = first.finish().await;
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
     assert_eq!(emu.duplicates(), vec![]);
     assert_eq!(emu.assets().len(), keys.len());

@@ -69,21 +69,16 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
     .await;
     let keys = keys(300, "resume");
     let manifest = ws.manifest("m.csv", &keys);
-    let child = Bin::run(&ws, &emu)
+    let mut child = Bin::run(&ws, &emu)
         .manifest(&manifest)
         .set("--rate", "80")
-        .command()
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while emu.assets().len() < 60 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        .start();
+    child
+        .until("it was interrupted", || emu.assets().len() >= 60)
+        .await;
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = child.finish().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
@@ -190,13 +185,13 @@ async fn a_backup_during_a_run_is_consistent_and_the_ledger_file_alone_is_comple
     let emu = emulator(healthy()).await;
     let keys = keys(400, "backup");
     let manifest = ws.manifest("m.csv", &keys);
-    let child = Bin::run(&ws, &emu)
+    let mut child = Bin::run(&ws, &emu)
         .manifest(&manifest)
         .set("--rate", "100")
-        .spawn_quiet();
-    while emu.assets().len() < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        .start();
+    child
+        .until("the backup was taken", || emu.assets().len() >= 100)
+        .await;
     let copy = ws.path("copy.db");
     let out = Bin::on_ledger(&ws, "backup")
         .args(&[copy.to_str().unwrap()])
@@ -212,9 +207,7 @@ async fn a_backup_during_a_run_is_consistent_and_the_ledger_file_alone_is_comple
         .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 400, "every key, as of the moment of the copy");
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let status = child.finish().await;
     assert_eq!(status.status.code(), Some(0));
 
     // After the run, the file alone holds everything: copy only it and read it.
