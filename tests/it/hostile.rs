@@ -104,10 +104,8 @@ async fn listing_never_ends(script: Script) {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let s3 = HostileS3::start(script).await;
-    let started = Instant::now();
     let out = hostile_listing(&ws, &emu, &s3).output().await;
     let stderr = text(&out.stderr);
-    assert!(started.elapsed() < Duration::from_secs(10), "{stderr}");
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("does not advance"), "{stderr}");
     assert!(
@@ -115,6 +113,8 @@ async fn listing_never_ends(script: Script) {
         "{stderr}"
     );
     assert!(stderr.contains("hint:"), "{stderr}");
+    // Ended as soon as the listing was seen not to advance, by the pages asked for rather
+    // than by the clock: a few, not a listing paged or retried on.
     assert!(
         s3.lists.load(std::sync::atomic::Ordering::SeqCst) < 10,
         "{stderr}"
@@ -268,6 +268,9 @@ async fn sigterm_ends_a_run_waiting_on_a_fifo_and_the_next_run_is_not_refused() 
     tokio::time::sleep(Duration::from_millis(700)).await;
     // SAFETY: the child's own pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // A bound that is the behaviour itself: a run blocked opening a FIFO still ends on
+    // SIGTERM, within about a tenth of a second here; 10 s, a hundred times that, only turns
+    // a run that ignores the signal into a failure rather than a test that never ends.
     let asked = Instant::now();
     while child.try_wait().is_none() {
         assert!(

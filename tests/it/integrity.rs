@@ -350,6 +350,10 @@ async fn a_listing_whose_page_cannot_be_written_ends_the_run() {
 /// Runs `cmd` to its end, failing the test if it takes longer than a minute (a hang). Its
 /// stderr is read while it runs: a run that says more than a pipe holds would otherwise
 /// block on it, and be taken for a hang.
+///
+/// The minute is a bound that is the behaviour itself (these runs end rather than hang): each
+/// run here takes a few seconds (the two tests' four runs about 8 s together), so a minute is
+/// over ten times that, room for a loaded machine, and still ends a hung run.
 async fn finishes(cmd: std::process::Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
         let mut run = Running::start(cmd);

@@ -4,7 +4,7 @@
 
 use crate::common::*;
 use mi_import::emulator::{EmulatorConfig, FileNameMode};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
@@ -211,10 +211,11 @@ async fn stop_after_ends_the_sending_on_time_and_confirms_what_was_sent() {
         .without_switch("--no-confirm")
         .set("--rate", "4")
         .set("--stop-after", "3");
-    let started = Instant::now();
     let (code, _, stderr) = run(window).await;
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(25), "{stderr}");
+    // On time, by what was sent rather than by the clock: the 30 keys take 7.5 s to send at
+    // --rate 4, so at most 20 sent means the sending stopped well before the end, and it says
+    // it stopped on time (below). A busy machine only sends fewer.
     let sent = emu.counters().register_calls;
     assert!((3..=20).contains(&sent), "sent {sent}\n{stderr}");
     assert_eq!(
