@@ -156,26 +156,13 @@ async fn killed_between_request_and_answer_each_asset_is_analysed_once() {
     .await;
     let keys = keys(40, "killed");
     let manifest = ws.manifest("m.csv", &keys);
-    let mut args = run_args(&ws, &emu, &manifest);
-    args.retain(|a| a != "--no-confirm");
-    args.extend(
-        [
-            "--analyze",
-            "--analysis-person-count",
-            "0",
-            "--patience",
-            "60s",
-            "--concurrency",
-            "8",
-        ]
-        .map(String::from),
-    );
-    let argv = argv(&args);
+    let run = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .args(&["--analyze", "--analysis-person-count", "0"])
+        .confirming("60s")
+        .set("--concurrency", "8");
     for round in 1..=2 {
-        let mut child = binary(&argv, SECRET, ws.dir.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = run.spawn_quiet();
         let target = 6 * round;
         while emu.counters().analysis_calls < target {
             assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
@@ -185,7 +172,7 @@ async fn killed_between_request_and_answer_each_asset_is_analysed_once() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    let out = run_binary(args.clone(), SECRET, ws.dir.path().into()).await;
+    let out = run.output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(accepted_once(&emu), 40, "every asset analysed, none twice");
     assert!(
@@ -210,9 +197,11 @@ async fn the_analyze_command_backfills_completed_keys_and_requests_failures_agai
     let mut keys = keys(20, "backfill");
     keys.push("backfill/unanalyzable.mp4".into());
     let manifest = ws.manifest("m.csv", &keys);
-    let mut args = run_args(&ws, &emu, &manifest);
-    args.retain(|a| a != "--no-confirm");
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .without_switch("--no-confirm")
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         emu.counters().analysis_calls,
@@ -220,35 +209,16 @@ async fn the_analyze_command_backfills_completed_keys_and_requests_failures_agai
         "nothing without --analyze"
     );
 
-    let analyze = |extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "analyze",
-            "--db",
-            ws.db().to_str().unwrap(),
-            "--endpoint",
-            &emu.endpoint(),
-            "--workspace",
-            "demo-workspace",
-            "--project",
-            "1001",
-            "--rate",
-            "0",
-            "--analysis-person-count",
-            "2",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        args
+    let analyze = || {
+        Bin::against(&ws, &emu, "analyze").args(&["--rate", "0", "--analysis-person-count", "2"])
     };
-    let dry = run_binary(analyze(&["--dry-run"]), SECRET, ws.dir.path().into()).await;
+    let dry = analyze().args(&["--dry-run"]).output().await;
     assert!(
         text(&dry.stdout).contains("would request analysis of 21 completed keys"),
         "{}",
         text(&dry.stdout)
     );
-    let out = run_binary(analyze(&[]), SECRET, ws.dir.path().into()).await;
+    let out = analyze().output().await;
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -257,7 +227,7 @@ async fn the_analyze_command_backfills_completed_keys_and_requests_failures_agai
     );
     assert_eq!(accepted_once(&emu), 21);
     let calls = emu.counters().analysis_calls;
-    let out = run_binary(analyze(&[]), SECRET, ws.dir.path().into()).await;
+    let out = analyze().output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         emu.counters().analysis_calls,
@@ -265,12 +235,7 @@ async fn the_analyze_command_backfills_completed_keys_and_requests_failures_agai
         "nothing requested twice"
     );
 
-    let out = run_binary(
-        analyze(&["--reanalyze-failed"]),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = analyze().args(&["--reanalyze-failed"]).output().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_eq!(
         emu.counters().analysis_calls,
@@ -302,9 +267,11 @@ async fn analysis_settings_are_checked_before_anything_is_sent() {
             "go together",
         ),
     ] {
-        let mut args = run_args(&ws, &emu, &manifest);
-        args.extend(extra.iter().map(|s| s.to_string()));
-        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+        let out = Bin::run(&ws, &emu)
+            .manifest(&manifest)
+            .args(&extra)
+            .output()
+            .await;
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(said), "{said}: {stderr}");

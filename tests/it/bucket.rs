@@ -148,16 +148,7 @@ async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
     for k in &all {
         s3.put(BUCKET, k, 100);
     }
-    let args = listing_args(&ws, &emu, &s3);
-    let args = argv(&args);
-    let spawn = || {
-        binary(&args, SECRET, ws.dir.path())
-            .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
+    let run = Bin::run(&ws, &emu).listing(&s3).s3_credentials();
     let committed_pages = || -> i64 {
         let Ok(ledger) = mi_import::ledger::Ledger::open(&ws.db()) else {
             return 0;
@@ -169,24 +160,15 @@ async fn a_run_killed_while_listing_resumes_from_the_last_committed_page() {
             })
             .unwrap_or(0)
     };
-    let mut child = spawn();
-    while committed_pages() < 2 {
-        if let Some(status) = child.try_wait().unwrap() {
-            let mut stderr = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-            panic!("the run ended ({status}) before it could be killed:\n{stderr}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.kill().unwrap();
-    child.wait().unwrap();
+    let mut child = run.start();
+    child
+        .until("it could be killed", || committed_pages() >= 2)
+        .await;
+    child.kill();
     let pages_done = committed_pages();
     assert!((2..6).contains(&pages_done), "{pages_done}");
 
-    let second = spawn();
-    let out = tokio::task::spawn_blocking(move || second.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = run.output().await;
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -435,28 +417,18 @@ async fn a_parallel_listing_killed_midway_resumes_each_part_and_lists_each_key_o
     let s3 = S3Server::start_with_delay(BUCKET, Duration::from_millis(150)).await;
     // Four areas of 2,400 files: four parts (one per request), listed flat, three pages each.
     let all = nested(&s3, 4, 4, 600);
-    let mut args = listing_args(&ws, &emu, &s3);
-    args.extend(["--list-concurrency".into(), "4".into()]);
-    let args = argv(&args);
-    let spawn = || {
-        binary(&args, SECRET, ws.dir.path())
-            .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn();
+    let run = Bin::run(&ws, &emu)
+        .listing(&s3)
+        .s3_credentials()
+        .set("--list-concurrency", "4");
+    let mut child = run.spawn_quiet();
     while s3.list_calls.load(Relaxed) < 6 {
         assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let mut second = spawn();
-    let status = tokio::task::spawn_blocking(move || second.wait().unwrap())
-        .await
-        .unwrap();
+    let status = run.output().await.status;
     assert_eq!(status.code(), Some(0));
     let pages = s3.pages.lock().unwrap().clone();
     let mut seen = std::collections::HashMap::new();

@@ -30,7 +30,11 @@ async fn wrong_secret_exits_3_recording_nothing_and_no_secret_shown() {
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(25, "auth"));
     let wrong = "wrong-secret-7d3a";
-    let out = run_binary(run_args(&ws, &emu, &manifest), wrong, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .secret(wrong)
+        .output()
+        .await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("HTTP 401"), "{stderr}");
@@ -50,18 +54,11 @@ async fn wrong_secret_exits_3_recording_nothing_and_no_secret_shown() {
         "the gateway refused every request"
     );
 
-    let report = run_binary(
-        vec![
-            "report".into(),
-            "--db".into(),
-            ws.db().display().to_string(),
-            "--output".into(),
-            "r.csv".into(),
-        ],
-        wrong,
-        ws.dir.path().into(),
-    )
-    .await;
+    let report = Bin::on_ledger(&ws, "report")
+        .args(&["--output", "r.csv"])
+        .secret(wrong)
+        .output()
+        .await;
     assert_eq!(report.status.code(), Some(0));
     for place in [stderr, text(&out.stdout), all_files(&ws)] {
         assert!(!place.contains(wrong), "the secret leaked");
@@ -74,7 +71,7 @@ async fn manifest_error_names_the_line_sends_nothing_and_keeps_earlier_rows() {
     let emu = emulator(healthy()).await;
     let manifest = ws.path("broken.csv");
     std::fs::write(&manifest, "bucket,key\nmedia-archive,a.mp4\nmedia-archive,b.mp4\nmedia-archive,\"c.mp4\nmedia-archive,d.mp4\n").unwrap();
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("broken.csv: line 4:"), "{stderr}");
@@ -98,7 +95,7 @@ async fn missing_key_column_is_an_input_error() {
     let emu = emulator(healthy()).await;
     let manifest = ws.path("nokey.csv");
     std::fs::write(&manifest, "bucket,name\nmedia-archive,a.mp4\n").unwrap();
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -114,7 +111,7 @@ async fn a_second_run_on_a_held_ledger_exits_4_naming_the_holder() {
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(3, "lock"));
     let held = mi_import::lock::acquire(&ws.db(), "run").unwrap();
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
@@ -123,7 +120,7 @@ async fn a_second_run_on_a_held_ledger_exits_4_naming_the_holder() {
     );
     assert_eq!(emu.counters().requests, 0);
     drop(held);
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
 
@@ -138,10 +135,10 @@ async fn signal_mid_run(signal: i32, expected_exit: i32) {
     .await;
     let keys = keys(300, "signal");
     let manifest = ws.manifest("m.csv", &keys);
-    let mut args = run_args(&ws, &emu, &manifest);
-    *args.last_mut().unwrap() = "100".into(); // --rate
-    let argv = argv(&args);
-    let mut child = binary(&argv, SECRET, ws.dir.path())
+    let mut child = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--rate", "100")
+        .command()
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -171,7 +168,7 @@ async fn signal_mid_run(signal: i32, expected_exit: i32) {
     );
     assert!(registered < 300);
 
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_registered_once(&ws, &emu, &keys);
 }
@@ -198,16 +195,13 @@ async fn status_json_and_report_read_the_ledger() {
     k.push("x/bad.mp4".into());
     k.push("x/notes.txt".into());
     let manifest = ws.manifest("m.csv", &k);
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
 
-    let db = ws.db().display().to_string();
-    let status = run_binary(
-        vec!["status".into(), "--json".into(), "--db".into(), db.clone()],
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let status = Bin::on_ledger(&ws, "status")
+        .args(&["--json"])
+        .output()
+        .await;
     let view: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(view["total"], 6);
     assert_eq!(view["states"]["registered"], 4);
@@ -215,18 +209,10 @@ async fn status_json_and_report_read_the_ledger() {
     assert_eq!(view["states"]["skipped"], 1);
     assert_eq!(view["last_run"]["exit_code"], 1);
 
-    let report = run_binary(
-        vec![
-            "report".into(),
-            "--db".into(),
-            db,
-            "--state".into(),
-            "failed".into(),
-        ],
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let report = Bin::on_ledger(&ws, "report")
+        .set("--state", "failed")
+        .output()
+        .await;
     let csv = text(&report.stdout);
     let mut lines = csv.lines();
     assert!(lines.next().unwrap().starts_with("bucket,key,state,asset_id,candidates,evidence,upload_status,upload_result,analysis_status,index_id,analysis_message,attempts,http_status,error_code,message,trace_id"));
@@ -241,7 +227,7 @@ async fn status_json_and_report_read_the_ledger() {
 #[test]
 fn status_without_a_ledger_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
-    let out = binary(&["status"], SECRET, dir.path()).output().unwrap();
+    let out = Bin::in_dir(dir.path(), &["status"]).output_now();
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);
     assert!(

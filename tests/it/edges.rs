@@ -15,20 +15,15 @@ fn text(bytes: &[u8]) -> String {
 }
 
 /// Runs the binary, returning (exit code, stderr).
-async fn run(args: Vec<String>, ws: &Workspace) -> (Option<i32>, String) {
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+async fn run(bin: Bin) -> (Option<i32>, String) {
+    let out = bin.output().await;
     (out.status.code(), text(&out.stderr))
 }
 
 fn report(ws: &Workspace) -> Vec<Value> {
-    let db = ws.db();
-    let out = binary(
-        &["report", "--format", "jsonl", "--db", db.to_str().unwrap()],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+    let out = Bin::on_ledger(ws, "report")
+        .args(&["--format", "jsonl"])
+        .output_now();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     text(&out.stdout)
         .lines()
@@ -74,7 +69,7 @@ async fn lost_behind_a_full_page(config: EmulatorConfig) {
     .await;
     let key = "news/lost-take.mp4".to_string();
     let manifest = ws.manifest("m.csv", std::slice::from_ref(&key));
-    let (code, stderr) = run(run_args(&ws, &emu, &manifest), &ws).await;
+    let (code, stderr) = run(Bin::run(&ws, &emu).manifest(&manifest)).await;
     assert_eq!(
         emu.registrations(BUCKET, &key),
         1,
@@ -123,7 +118,7 @@ async fn a_list_without_total_page_proves_no_absence() {
     .await;
     let key = "news/never-made.mp4".to_string();
     let manifest = ws.manifest("m.csv", std::slice::from_ref(&key));
-    let (code, stderr) = run(run_args(&ws, &emu, &manifest), &ws).await;
+    let (code, stderr) = run(Bin::run(&ws, &emu).manifest(&manifest)).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(
         emu.counters().register_calls,
@@ -146,13 +141,15 @@ async fn two_projects_numbering_assets_alike_share_a_ledger_safely() {
     .await;
     let keys_a = keys(10, "project-a");
     let manifest_a = ws.manifest("a.csv", &keys_a);
-    let (code, stderr) = run(run_args(&ws, &a, &manifest_a), &ws).await;
+    let (code, stderr) = run(Bin::run(&ws, &a).manifest(&manifest_a)).await;
     assert_eq!(code, Some(0), "{stderr}");
     // Project B numbers its assets from the same first ID as A.
     let keys_b = keys(10, "project-b");
     let manifest_b = ws.manifest("b.csv", &keys_b);
-    let args = with(run_args(&ws, &b, &manifest_b), "--project", "1002");
-    let (code, stderr) = run(args, &ws).await;
+    let (code, stderr) = run(Bin::run(&ws, &b)
+        .manifest(&manifest_b)
+        .set("--project", "1002"))
+    .await;
     assert!(b.counters().dropped_after >= 2, "{:?}", b.counters());
     assert_eq!(b.duplicates(), vec![], "registered twice in B\n{stderr}");
     assert_eq!(code, Some(0), "{stderr}");
@@ -162,53 +159,24 @@ async fn two_projects_numbering_assets_alike_share_a_ledger_safely() {
     }
 }
 
-/// `analyze`-style arguments for the binary.
-fn analyze_args(ws: &Workspace, emu: &Emulator, extra: &[&str]) -> Vec<String> {
-    let db = ws.db();
-    let endpoint = emu.endpoint();
-    let mut args: Vec<String> = [
-        "analyze",
-        "--db",
-        db.to_str().unwrap(),
-        "--endpoint",
-        &endpoint,
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
+/// `analyze` on `ws`'s ledger against `emu`.
+fn analyze(ws: &Workspace, emu: &Emulator) -> Bin {
+    Bin::against(ws, emu, "analyze").args(&[
         "--analysis-person-count",
         "0",
         "--rate",
         "0",
         "--list-settle",
         "2s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
+    ])
 }
 
 /// `run` with confirmation and analysis of what it completes.
-fn analysed_run(ws: &Workspace, emu: &Emulator, manifest: &Path, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = run_args(ws, emu, manifest)
-        .into_iter()
-        .filter(|a| a != "--no-confirm")
-        .collect();
-    args.extend(
-        [
-            "--analyze",
-            "--analysis-person-count",
-            "0",
-            "--patience",
-            "30s",
-        ]
-        .iter()
-        .chain(extra)
-        .map(|s| s.to_string()),
-    );
-    args
+fn analysed_run(ws: &Workspace, emu: &Emulator, manifest: &Path) -> Bin {
+    Bin::run(ws, emu)
+        .manifest(manifest)
+        .args(&["--analyze", "--analysis-person-count", "0"])
+        .confirming("30s")
 }
 
 fn analysed(emu: &Emulator) -> std::collections::HashMap<i64, u32> {
@@ -237,14 +205,14 @@ async fn a_changed_object_registered_again_is_analysed_again() {
     })
     .await;
     let first = sized_manifest(&ws, "m.csv", &[("news/a.mp4", 100), ("news/b.mp4", 200)]);
-    let (code, stderr) = run(analysed_run(&ws, &emu, &first, &[]), &ws).await;
+    let (code, stderr) = run(analysed_run(&ws, &emu, &first)).await;
     assert_eq!(code, Some(0), "{stderr}");
     let old = asset_of(&emu, "news/a.mp4");
     let old_index = row(&report(&ws), "news/a.mp4")["index_id"].clone();
     // The object changed (a new size): registered again, a new asset.
     let changed = sized_manifest(&ws, "m.csv", &[("news/a.mp4", 150), ("news/b.mp4", 200)]);
-    let args = analysed_run(&ws, &emu, &changed, &["--on-changed", "reimport"]);
-    let (code, stderr) = run(args, &ws).await;
+    let args = analysed_run(&ws, &emu, &changed).args(&["--on-changed", "reimport"]);
+    let (code, stderr) = run(args).await;
     assert_eq!(code, Some(0), "{stderr}");
     let new = emu
         .assets()
@@ -280,36 +248,21 @@ async fn keys_added_after_forget_inherit_no_analysis() {
     })
     .await;
     let old = keys(3, "old");
-    let (code, stderr) = run(
-        analysed_run(&ws, &emu, &ws.manifest("old.csv", &old), &[]),
-        &ws,
-    )
-    .await;
+    let (code, stderr) = run(analysed_run(&ws, &emu, &ws.manifest("old.csv", &old))).await;
     assert_eq!(code, Some(0), "{stderr}");
-    let db = ws.db();
-    let forget = binary(
-        &[
-            "forget",
-            "--db",
-            db.to_str().unwrap(),
+    let forget = Bin::on_ledger(&ws, "forget")
+        .args(&[
             "--workspace",
             "demo-workspace",
             "--project",
             "1001",
             "--yes",
-        ],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+        ])
+        .output()
+        .await;
     assert_eq!(forget.status.code(), Some(0), "{}", text(&forget.stderr));
     let new = keys(3, "new");
-    let (code, stderr) = run(
-        analysed_run(&ws, &emu, &ws.manifest("new.csv", &new), &[]),
-        &ws,
-    )
-    .await;
+    let (code, stderr) = run(analysed_run(&ws, &emu, &ws.manifest("new.csv", &new))).await;
     assert_eq!(code, Some(0), "{stderr}");
     let accepted = analysed(&emu);
     let rows = report(&ws);
@@ -331,19 +284,19 @@ async fn a_run_with_analyze_bills_only_what_it_was_asked_for() {
     // A backfill without --analyze, confirmed.
     let backfill = keys(8, "backfill");
     let manifest = ws.manifest("m.csv", &backfill);
-    let plain: Vec<String> = run_args(&ws, &emu, &manifest)
-        .into_iter()
-        .filter(|a| a != "--no-confirm")
-        .collect();
-    let (code, stderr) = run(plain, &ws).await;
+    let plain = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .without_switch("--no-confirm");
+    let (code, stderr) = run(plain).await;
     assert_eq!(code, Some(0), "{stderr}");
     // Two new keys, and a run asked to analyse.
     let mut all = backfill.clone();
     all.extend(keys(2, "tonight"));
     let manifest = ws.manifest("m.csv", &all);
-    let dry = with(analysed_run(&ws, &emu, &manifest, &[]), "--dry-run", "");
-    let dry: Vec<String> = dry.into_iter().filter(|a| !a.is_empty()).collect();
-    let out = run_binary(dry, SECRET, ws.dir.path().into()).await;
+    let out = analysed_run(&ws, &emu, &manifest)
+        .args(&["--dry-run"])
+        .output()
+        .await;
     let said = text(&out.stdout);
     assert!(
         said.contains("would request at most 2 analyses, each billed"),
@@ -353,7 +306,7 @@ async fn a_run_with_analyze_bills_only_what_it_was_asked_for() {
         said.contains("8 completed keys imported without --analyze"),
         "{said}"
     );
-    let (code, stderr) = run(analysed_run(&ws, &emu, &manifest, &[]), &ws).await;
+    let (code, stderr) = run(analysed_run(&ws, &emu, &manifest)).await;
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(analysed(&emu).len(), 2, "only tonight's keys\n{stderr}");
     assert!(
@@ -361,7 +314,7 @@ async fn a_run_with_analyze_bills_only_what_it_was_asked_for() {
         "{stderr}"
     );
     // `analyze` does the rest, none twice.
-    let out = run_binary(analyze_args(&ws, &emu, &[]), SECRET, ws.dir.path().into()).await;
+    let out = analyze(&ws, &emu).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(analysed(&emu).len(), 10);
 }
@@ -381,7 +334,7 @@ async fn ambiguous_key() -> (Workspace, Emulator, String, Vec<i64>) {
     })
     .await;
     let manifest = ws.manifest("m.csv", &[key.clone(), "day2/take.mp4".to_string()]);
-    let (code, stderr) = run(run_args(&ws, &emu, &manifest), &ws).await;
+    let (code, stderr) = run(Bin::run(&ws, &emu).manifest(&manifest)).await;
     assert_eq!(code, Some(1), "{stderr}");
     let rows = report(&ws);
     let candidates: Vec<i64> = row(&rows, &key)["candidates"]
@@ -395,29 +348,9 @@ async fn ambiguous_key() -> (Workspace, Emulator, String, Vec<i64>) {
 }
 
 fn resolve(ws: &Workspace, emu: &Emulator, key: &str, asset: &str) -> (Option<i32>, String) {
-    let db = ws.db();
-    let endpoint = emu.endpoint();
-    let out = binary(
-        &[
-            "resolve",
-            "--db",
-            db.to_str().unwrap(),
-            "--endpoint",
-            &endpoint,
-            "--workspace",
-            "demo-workspace",
-            "--project",
-            "1001",
-            "--key",
-            key,
-            "--asset-id",
-            asset,
-        ],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+    let out = Bin::against(ws, emu, "resolve")
+        .args(&["--key", key, "--asset-id", asset])
+        .output_now();
     (
         out.status.code(),
         format!("{}{}", text(&out.stdout), text(&out.stderr)),
@@ -486,7 +419,7 @@ async fn a_redirect_on_the_register_call_is_never_followed_nor_taken_for_a_regis
     .await;
     let key = "news/redirected.mp4".to_string();
     let manifest = ws.manifest("m.csv", std::slice::from_ref(&key));
-    let (code, stderr) = run(run_args(&ws, &emu, &manifest), &ws).await;
+    let (code, stderr) = run(Bin::run(&ws, &emu).manifest(&manifest)).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert_eq!(
         visits.load(std::sync::atomic::Ordering::SeqCst),
@@ -513,7 +446,7 @@ async fn a_redirect_on_the_register_call_is_never_followed_nor_taken_for_a_regis
     })
     .await;
     let keys = keys(12, "temporary");
-    let (code, stderr) = run(run_args(&ws, &emu, &ws.manifest("m.csv", &keys)), &ws).await;
+    let (code, stderr) = run(Bin::run(&ws, &emu).manifest(&ws.manifest("m.csv", &keys))).await;
     assert!(emu.counters().redirected >= 4, "{:?}", emu.counters());
     assert_eq!(
         visits.load(std::sync::atomic::Ordering::SeqCst),
@@ -541,7 +474,7 @@ async fn an_asset_id_that_cannot_be_one_is_an_unknown_outcome() {
         let mut keys = keys(6, "answered");
         keys.push(key.clone());
         let manifest = ws.manifest("m.csv", &keys);
-        let (code, stderr) = run(run_args(&ws, &emu, &manifest), &ws).await;
+        let (code, stderr) = run(Bin::run(&ws, &emu).manifest(&manifest)).await;
         assert_eq!(code, Some(0), "{bad}: {stderr}");
         assert_eq!(emu.registrations(BUCKET, &key), 1, "{bad}: {stderr}");
         let rows = report(&ws);
@@ -563,19 +496,17 @@ async fn a_lost_answer_to_a_reanalysis_is_not_taken_for_mi_s_word_on_it() {
     .await;
     let key = "news/unanalyzable-take.mp4".to_string();
     let manifest = ws.manifest("m.csv", std::slice::from_ref(&key));
-    let (code, stderr) = run(analysed_run(&ws, &emu, &manifest, &[]), &ws).await;
+    let (code, stderr) = run(analysed_run(&ws, &emu, &manifest)).await;
     assert_eq!(code, Some(1), "its analysis failed\n{stderr}");
     assert_eq!(row(&report(&ws), &key)["analysis_status"], "ANALYZE_FAIL");
     let asset = asset_of(&emu, &key);
     // Asked again, the request's connection drops before MI accepts it: MI still shows the
     // earlier failure, which is no word on the new request, and nothing is sent a third time.
     emu.drop_analysis_requests(true);
-    let out = run_binary(
-        analyze_args(&ws, &emu, &["--reanalyze-failed", "--patience", "20s"]),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = analyze(&ws, &emu)
+        .args(&["--reanalyze-failed", "--patience", "20s"])
+        .output()
+        .await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(emu.analyses_accepted().get(&asset), Some(&1), "{stderr}");
@@ -617,18 +548,17 @@ async fn a_key_that_left_long_after_its_claim_is_looked_for_from_when_it_left() 
     let mut keys = keys(5, "quick");
     keys.push("news/waits-take.mp4".into());
     let manifest = ws.manifest("m.csv", &keys);
-    let args = with(run_args(&ws, &emu, &manifest), "--list-settle", "4s");
-    let mut child = binary(&argv(&args), SECRET, ws.dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let waits = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--list-settle", "4s");
+    let mut child = waits.spawn_quiet();
     while emu.counters().register_calls < 7 {
         assert!(child.try_wait().unwrap().is_none(), "the run ended early");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let (code, stderr) = run(args, &ws).await;
+    let (code, stderr) = run(waits).await;
     assert_eq!(
         emu.registrations(BUCKET, "news/waits-take.mp4"),
         1,

@@ -32,14 +32,6 @@ fn bucket_job(ws: &Workspace, emu: &mi_import::emulator::Emulator, s3: &S3Server
     }
 }
 
-fn listing_binary(ws: &Workspace, args: &[String]) -> std::process::Command {
-    let argv = argv(args);
-    let mut cmd = binary(&argv, SECRET, ws.dir.path());
-    cmd.env("AWS_ACCESS_KEY_ID", S3_ACCESS)
-        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET);
-    cmd
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_reached_through_a_symlink_is_still_held_by_its_run() {
     let ws = Workspace::new();
@@ -50,30 +42,21 @@ async fn a_ledger_reached_through_a_symlink_is_still_held_by_its_run() {
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let keys = keys(120, "linked");
     let manifest = ws.manifest("m.csv", &keys);
-    let args_for = |db: &std::path::Path, rate: &str| -> Vec<String> {
-        let mut args = run_args(&ws, &emu, &manifest);
-        let at = args.iter().position(|a| a == "--db").unwrap();
-        args[at + 1] = db.display().to_string();
-        let at = args.iter().position(|a| a == "--rate").unwrap();
-        args[at + 1] = rate.into();
-        args
+    let run_on = |db: &std::path::Path, rate: &str| {
+        Bin::run(&ws, &emu)
+            .manifest(&manifest)
+            .set("--db", db.to_str().unwrap())
+            .set("--rate", rate)
     };
-    let first_args = args_for(&link, "40");
-    let argv = argv(&first_args);
-    let first = binary(&argv, SECRET, ws.dir.path())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while emu.assets().len() < 10 {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let second = run_binary(args_for(&real, "0"), SECRET, ws.dir.path().into()).await;
+    let mut first = run_on(&link, "40").start();
+    first
+        .until("a second run was started", || emu.assets().len() >= 10)
+        .await;
+    let second = run_on(&real, "0").output().await;
     let stderr = text(&second.stderr);
     assert_eq!(second.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("in use by another mi-import"), "{stderr}");
-    let first = tokio::task::spawn_blocking(move || first.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let first = first.finish().await;
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
     assert_eq!(emu.duplicates(), vec![]);
     assert_eq!(emu.assets().len(), keys.len());
@@ -96,25 +79,9 @@ async fn a_503_after_the_asset_was_made_is_never_sent_blindly_again() {
     assert_eq!(c.register_calls, 400, "no key was sent a second time");
 }
 
-fn confirm_args(ws: &Workspace, endpoint: &str, workspace: &str) -> Vec<String> {
-    [
-        "confirm",
-        "--db",
-        ws.db().to_str().unwrap(),
-        "--endpoint",
-        endpoint,
-        "--workspace",
-        workspace,
-        "--project",
-        "1001",
-        "--rate",
-        "0",
-        "--patience",
-        "5s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+/// `confirm` on `ws`'s ledger against `emu`'s endpoint.
+fn confirm(ws: &Workspace, emu: &mi_import::emulator::Emulator) -> Bin {
+    Bin::against(ws, emu, "confirm").args(&["--rate", "0", "--patience", "5s"])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,12 +89,10 @@ async fn confirm_against_a_service_without_the_workspace_stops_and_marks_nothing
     let ws = Workspace::new();
     let registered_there = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(60, "elsewhere"));
-    let out = run_binary(
-        run_args(&ws, &registered_there, &manifest),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = Bin::run(&ws, &registered_there)
+        .manifest(&manifest)
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(ws.count(State::Registered), 60);
 
@@ -138,14 +103,8 @@ async fn confirm_against_a_service_without_the_workspace_stops_and_marks_nothing
         ..healthy()
     })
     .await;
-    let confirm_there = || {
-        run_binary(
-            confirm_args(&ws, &other.endpoint(), "demo-workspace"),
-            SECRET,
-            ws.dir.path().into(),
-        )
-    };
-    let out = confirm_there().await;
+    let confirm_there = confirm(&ws, &other);
+    let out = confirm_there.output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -160,7 +119,7 @@ async fn confirm_against_a_service_without_the_workspace_stops_and_marks_nothing
         .conn()
         .execute("UPDATE scopes SET endpoint = ?1", [other.endpoint()])
         .unwrap();
-    let out = confirm_there().await;
+    let out = confirm_there.output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("workspace `demo-workspace`"), "{stderr}");
@@ -173,16 +132,11 @@ async fn an_asset_deleted_in_mi_is_reported_gone_while_the_rest_complete() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(10, "gone"));
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let victim = ws.rows()[3].clone();
     assert!(emu.delete_asset(victim.2.unwrap()));
-    let out = run_binary(
-        confirm_args(&ws, &emu.endpoint(), "demo-workspace"),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = confirm(&ws, &emu).output().await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert_eq!(ws.count(State::Completed), 9);
     let result: String = ws
@@ -262,11 +216,13 @@ async fn changed_twice_and_killed_mid_request(evidence: bool) {
     for k in &neighbours {
         s3.put(BUCKET, k, 50);
     }
-    let mut args = listing_args(&ws, &emu, &s3);
-    args.extend(["--on-changed".into(), "reimport".into()]);
+    let listing = Bin::run(&ws, &emu)
+        .listing(&s3)
+        .s3_credentials()
+        .set("--on-changed", "reimport");
     for size in [100, 200] {
         s3.put(BUCKET, key, size);
-        let out = listing_binary(&ws, &args).output().unwrap();
+        let out = listing.output().await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     }
     assert_eq!(emu.registrations(BUCKET, key), 2);
@@ -274,10 +230,7 @@ async fn changed_twice_and_killed_mid_request(evidence: bool) {
     // The third version: killed while its request is out.
     s3.put(BUCKET, key, 300);
     let before = emu.counters().register_calls;
-    let mut child = listing_binary(&ws, &args)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = listing.spawn_quiet();
     while emu.counters().register_calls == before {
         assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -285,7 +238,7 @@ async fn changed_twice_and_killed_mid_request(evidence: bool) {
     // MI has made the asset; its answer is on the way.
     child.kill().unwrap();
     child.wait().unwrap();
-    let out = listing_binary(&ws, &args).output().unwrap();
+    let out = listing.output().await;
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
         "{}",
@@ -383,30 +336,36 @@ async fn a_listing_whose_page_cannot_be_written_ends_the_run() {
     for k in &all {
         s3.put(BUCKET, k, 100);
     }
-    let args = listing_args(&ws, &emu, &s3);
-    let out = finishes(with_file_limit(listing_binary(&ws, &args), 700_000)).await;
+    let listing = Bin::run(&ws, &emu).listing(&s3).s3_credentials();
+    let out = finishes(with_file_limit(listing.command(), 700_000)).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("hint: free space"), "{stderr}");
     // The next run (the disk freed) is not locked out, and loses nothing.
-    let out = listing_binary(&ws, &args).output().unwrap();
+    let out = listing.output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_registered_once(&ws, &emu, &all);
 }
 
-/// Runs `cmd` to its end, failing the test if it takes longer than a minute (a hang).
-async fn finishes(mut cmd: std::process::Command) -> std::process::Output {
+/// Runs `cmd` to its end, failing the test if it takes longer than a minute (a hang). Its
+/// stderr is read while it runs: a run that says more than a pipe holds would otherwise
+/// block on it, and be taken for a hang.
+///
+/// The minute is a bound that is the behaviour itself (these runs end rather than hang): each
+/// run here takes a few seconds (the two tests' four runs about 8 s together), so a minute is
+/// over ten times that, room for a loaded machine, and still ends a hung run.
+async fn finishes(cmd: std::process::Command) -> std::process::Output {
     tokio::task::spawn_blocking(move || {
-        let mut child = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let mut run = Running::start(cmd);
         let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
+        while run.try_wait().is_none() {
             if started.elapsed() > Duration::from_secs(60) {
-                child.kill().unwrap();
+                run.kill();
                 panic!("the run hung");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        child.wait_with_output().unwrap()
+        run.wait()
     })
     .await
     .unwrap()
@@ -430,8 +389,8 @@ async fn a_listing_page_the_ledger_refuses_ends_the_run_instead_of_hanging() {
              BEGIN SELECT RAISE(ABORT, 'injected: the page cannot be written'); END;",
         )
         .unwrap();
-    let args = listing_args(&ws, &emu, &s3);
-    let out = finishes(listing_binary(&ws, &args)).await;
+    let listing = Bin::run(&ws, &emu).listing(&s3).s3_credentials();
+    let out = finishes(listing.command()).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the page cannot be written"), "{stderr}");
@@ -441,7 +400,7 @@ async fn a_listing_page_the_ledger_refuses_ends_the_run_instead_of_hanging() {
         .conn()
         .execute_batch("DROP TRIGGER refuse_pages")
         .unwrap();
-    let out = finishes(listing_binary(&ws, &args)).await;
+    let out = finishes(listing.command()).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_registered_once(&ws, &emu, &all);
 }
@@ -457,16 +416,9 @@ async fn a_disk_filling_mid_run_stops_it_and_the_resume_registers_each_key_once(
     let keys = keys(3000, "disk");
     let manifest = ws.manifest("m.csv", &keys);
     // Room for the ledger and the manifest's rows, not for every outcome.
-    let first = with_file_limit(
-        {
-            let args = run_args(&ws, &emu, &manifest);
-            let argv = argv(&args);
-            binary(&argv, SECRET, ws.dir.path())
-        },
-        900_000,
-    )
-    .output()
-    .unwrap();
+    let first = with_file_limit(Bin::run(&ws, &emu).manifest(&manifest).command(), 900_000)
+        .output()
+        .unwrap();
     let stderr = text(&first.stderr);
     assert_eq!(first.status.code(), Some(5), "{stderr}");
     assert!(stderr.contains("ledger"), "{stderr}");
@@ -474,7 +426,7 @@ async fn a_disk_filling_mid_run_stops_it_and_the_resume_registers_each_key_once(
     let sent = emu.counters().register_calls;
     assert!(sent > 0 && sent < 3000, "{sent}");
 
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_registered_once(&ws, &emu, &keys);
 }
@@ -484,12 +436,13 @@ async fn a_project_id_with_leading_zeros_is_the_same_project() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(5, "zeros"));
-    let mut args = run_args(&ws, &emu, &manifest);
-    let at = args.iter().position(|a| a == "--project").unwrap();
-    args[at + 1] = "01001".into();
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--project", "01001")
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(emu.counters().register_calls, 5);
     let scopes = mi_import::ledger::Scope::all(ws.ledger().conn()).unwrap();

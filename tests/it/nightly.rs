@@ -2,7 +2,7 @@
 //! source, ledger problems as configuration errors, a consistent backup during a run,
 //! `--patience` that bounds the command, a closed pipe, and JSON-only stderr.
 
-use crate::common::s3::{S3_ACCESS, S3_SECRET, S3Server};
+use crate::common::s3::S3Server;
 use crate::common::*;
 use mi_import::emulator::EmulatorConfig;
 use mi_import::ledger::State;
@@ -13,33 +13,23 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn without(mut args: Vec<String>, flag: &str) -> Vec<String> {
-    if let Some(at) = args.iter().position(|a| a == flag) {
-        args.drain(at..at + 2);
-    }
-    args
-}
-
-fn confirming(args: Vec<String>) -> Vec<String> {
-    let mut args = args;
-    args.retain(|a| a != "--no-confirm");
-    args.extend(["--patience".into(), "20s".into()]);
-    args
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_exit_code_is_about_each_night_not_what_earlier_nights_left() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let mut keys = keys(8, "night");
     keys.push("night/corrupt-take.mp4".into());
-    let night = |keys: &[String]| confirming(run_args(&ws, &emu, &ws.manifest("m.csv", keys)));
+    let night = |keys: &[String]| {
+        Bin::run(&ws, &emu)
+            .manifest(&ws.manifest("m.csv", keys))
+            .confirming("20s")
+    };
 
-    let first = run_binary(night(&keys), SECRET, ws.dir.path().into()).await;
+    let first = night(&keys).output().await;
     let first_code = first.status.code();
     assert_eq!(ws.count(State::ImportFailed), 1, "{}", text(&first.stderr));
 
-    let second = run_binary(night(&keys), SECRET, ws.dir.path().into()).await;
+    let second = night(&keys).output().await;
     let stderr = text(&second.stderr);
     assert!(
         stderr.contains(
@@ -48,7 +38,7 @@ async fn the_exit_code_is_about_each_night_not_what_earlier_nights_left() {
         "{stderr}"
     );
     keys.push("night/new-arrival.mp4".into());
-    let third = run_binary(night(&keys), SECRET, ws.dir.path().into()).await;
+    let third = night(&keys).output().await;
     let codes = [first_code, second.status.code(), third.status.code()];
     assert_eq!(
         codes,
@@ -59,9 +49,7 @@ async fn the_exit_code_is_about_each_night_not_what_earlier_nights_left() {
     assert_eq!(emu.registrations(BUCKET, "night/new-arrival.mp4"), 1);
 
     // The file was fixed: asked for, the key is registered again (and here fails again).
-    let mut args = night(&keys);
-    args.push("--retry-import-failed".into());
-    let retried = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let retried = night(&keys).args(&["--retry-import-failed"]).output().await;
     assert_eq!(retried.status.code(), Some(1), "{}", text(&retried.stderr));
     assert_eq!(emu.registrations(BUCKET, "night/corrupt-take.mp4"), 2);
     assert_eq!(
@@ -81,20 +69,16 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
     .await;
     let keys = keys(300, "resume");
     let manifest = ws.manifest("m.csv", &keys);
-    let args = with(run_args(&ws, &emu, &manifest), "--rate", "80");
-    let argv = argv(&args);
-    let child = binary(&argv, SECRET, ws.dir.path())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    while emu.assets().len() < 60 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut child = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--rate", "80")
+        .start();
+    child
+        .until("it was interrupted", || emu.assets().len() >= 60)
+        .await;
     // SAFETY: a signal to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let out = child.finish().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
@@ -105,9 +89,9 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
 
     // Named at an endpoint where the ledger holds nothing of the project, the resume is
     // refused with where it does hold it, rather than finding an empty ledger there.
-    let resume = without(run_args(&ws, &emu, &manifest), "--manifest");
-    let elsewhere = with(resume.clone(), "--endpoint", "http://127.0.0.1:9");
-    let out = run_binary(elsewhere, SECRET, ws.dir.path().into()).await;
+    let resume = Bin::run(&ws, &emu);
+    let elsewhere = resume.clone().set("--endpoint", "http://127.0.0.1:9");
+    let out = elsewhere.output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -120,8 +104,7 @@ async fn after_ctrl_c_a_run_with_no_source_resumes_the_rest() {
 
     // Only the project, as the hint says: the ledger knows the rest, the emulator's endpoint
     // too (MI's default is not reachable from here).
-    let resume = without(resume, "--endpoint");
-    let out = run_binary(resume, SECRET, ws.dir.path().into()).await;
+    let out = resume.without("--endpoint").output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
@@ -143,17 +126,8 @@ async fn a_killed_listing_is_continued_by_a_run_that_names_no_bucket() {
     for k in &all {
         s3.put(BUCKET, k, 100);
     }
-    let listing = listing_args(&ws, &emu, &s3);
-    let spawn = |args: &[String]| {
-        let argv = argv(args);
-        binary(&argv, SECRET, ws.dir.path())
-            .env("AWS_ACCESS_KEY_ID", S3_ACCESS)
-            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let mut child = spawn(&listing);
+    let listing = Bin::run(&ws, &emu).listing(&s3).s3_credentials();
+    let mut child = listing.spawn_quiet();
     while emu.assets().len() < 100 {
         assert!(child.try_wait().unwrap().is_none(), "ended before the kill");
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -162,11 +136,10 @@ async fn a_killed_listing_is_continued_by_a_run_that_names_no_bucket() {
     child.wait().unwrap();
     // No --bucket: the unfinished listing of the ledger goes on (Object Storage's endpoint
     // and credentials still come from the settings).
-    let resume = source_args(&ws, &emu, &["--s3-endpoint", &s3.endpoint()]);
-    let mut resumed = spawn(&resume);
-    let status = tokio::task::spawn_blocking(move || resumed.wait().unwrap())
-        .await
-        .unwrap();
+    let resume = Bin::run(&ws, &emu)
+        .set("--s3-endpoint", &s3.endpoint())
+        .s3_credentials();
+    let status = resume.output().await.status;
     assert_eq!(status.code(), Some(0));
     assert_registered_once(&ws, &emu, &all);
 }
@@ -188,8 +161,11 @@ async fn ledger_problems_are_configuration_errors_naming_the_path() {
         (ws.path("photos.db"), "another program"),
     ];
     for (db, said) in cases {
-        let args = with(run_args(&ws, &emu, &manifest), "--db", db.to_str().unwrap());
-        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+        let out = Bin::run(&ws, &emu)
+            .manifest(&manifest)
+            .set("--db", db.to_str().unwrap())
+            .output()
+            .await;
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(said), "{said}: {stderr}");
@@ -209,28 +185,18 @@ async fn a_backup_during_a_run_is_consistent_and_the_ledger_file_alone_is_comple
     let emu = emulator(healthy()).await;
     let keys = keys(400, "backup");
     let manifest = ws.manifest("m.csv", &keys);
-    let args = with(run_args(&ws, &emu, &manifest), "--rate", "100");
-    let argv = argv(&args);
-    let child = binary(&argv, SECRET, ws.dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    while emu.assets().len() < 100 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut child = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--rate", "100")
+        .start();
+    child
+        .until("the backup was taken", || emu.assets().len() >= 100)
+        .await;
     let copy = ws.path("copy.db");
-    let out = binary(
-        &[
-            "backup",
-            "--db",
-            ws.db().to_str().unwrap(),
-            copy.to_str().unwrap(),
-        ],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+    let out = Bin::on_ledger(&ws, "backup")
+        .args(&[copy.to_str().unwrap()])
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let backup = rusqlite::Connection::open(&copy).unwrap();
     let ok: String = backup
@@ -241,9 +207,7 @@ async fn a_backup_during_a_run_is_consistent_and_the_ledger_file_alone_is_comple
         .query_row("SELECT COUNT(*) FROM keys", [], |r| r.get(0))
         .unwrap();
     assert_eq!(rows, 400, "every key, as of the moment of the copy");
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
-        .await
-        .unwrap();
+    let status = child.finish().await;
     assert_eq!(status.status.code(), Some(0));
 
     // After the run, the file alone holds everything: copy only it and read it.
@@ -272,37 +236,22 @@ async fn confirm_returns_after_about_its_patience() {
     })
     .await;
     let manifest = ws.manifest("m.csv", &keys(200, "patient"));
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     // Due at once, as a later night finds them.
     ws.ledger()
         .conn()
         .execute("UPDATE keys SET next_check_at = 0", [])
         .unwrap();
-    let args: Vec<String> = [
-        "confirm",
-        "--db",
-        ws.db().to_str().unwrap(),
-        "--endpoint",
-        &emu.endpoint(),
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
-        "--rate",
-        "10",
-        "--patience",
-        "3s",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let confirm = Bin::against(&ws, &emu, "confirm").args(&["--rate", "10", "--patience", "3s"]);
     let started = Instant::now();
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = confirm.output().await;
     let took = started.elapsed();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    // 200 checks at 10/s would take 20 s; patience ends it after about 3 (the bound is wide
-    // for a loaded machine: the point is that it does not run to the end).
+    // A bound that is the behaviour itself: --patience bounds the command. 200 checks at 10/s
+    // would take 20 s; patience ends it after about 3 (3.2 s here), and 12 s (four times
+    // the patience) leaves room for a loaded machine while still failing a command that runs
+    // its checks to the end. The checks made say the same without a clock: fewer than 150.
     assert!(took < Duration::from_secs(12), "{took:?}");
     assert!(emu.counters().status_calls < 150);
     assert_eq!(
@@ -317,17 +266,14 @@ async fn a_closed_pipe_ends_a_report_quietly() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(3000, "pipe"));
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0));
-    let mut child = binary(
-        &["report", "--db", ws.db().to_str().unwrap()],
-        SECRET,
-        ws.dir.path(),
-    )
-    .stdout(std::process::Stdio::piped())
-    .stderr(std::process::Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = Bin::on_ledger(&ws, "report")
+        .command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut first = String::new();
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
@@ -353,16 +299,17 @@ async fn with_json_logs_every_stderr_line_is_json() {
     let mut keys = keys(50, "json");
     keys.push("json/bad.mp4".into());
     let manifest = ws.manifest("m.csv", &keys);
-    let mut args = run_args(&ws, &emu, &manifest);
-    args.extend(["--log-format".into(), "json".into()]);
-    args.extend(["--progress-interval".into(), "10ms".into()]);
+    let run = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .args(&["--log-format", "json"])
+        .args(&["--progress-interval", "10ms"]);
     let cases = [
-        (args.clone(), 1),
-        (with(args.clone(), "--workspace", "nope"), 3),
-        (with(args.clone(), "--manifest", "missing.csv"), 2),
+        (run.clone(), 1),
+        (run.clone().set("--workspace", "nope"), 3),
+        (run.clone().set("--manifest", "missing.csv"), 2),
     ];
-    for (args, code) in cases {
-        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    for (run, code) in cases {
+        let out = run.output().await;
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{stderr}");
         let events: Vec<serde_json::Value> = stderr
@@ -399,23 +346,19 @@ async fn a_scope_is_removed_from_the_ledger_only_on_purpose() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(4, "forget"));
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0));
-    let db = ws.db();
     let forget = |yes: bool| {
-        let mut args = vec![
-            "forget",
-            "--db",
-            db.to_str().unwrap(),
+        let forget = Bin::on_ledger(&ws, "forget").args(&[
             "--workspace",
             "demo-workspace",
             "--project",
             "1001",
-        ];
-        if yes {
-            args.push("--yes");
+        ]);
+        match yes {
+            true => forget.args(&["--yes"]).output_now(),
+            false => forget.output_now(),
         }
-        binary(&args, SECRET, ws.dir.path()).output().unwrap()
     };
     let asked = forget(false);
     assert!(

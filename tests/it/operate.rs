@@ -96,29 +96,13 @@ async fn confirm_command_settles_what_a_run_left_registered() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let manifest = ws.manifest("m.csv", &keys(20, "later"));
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(ws.count(State::Registered), 20);
-    let db = ws.db();
-    let args = [
-        "confirm",
-        "--db",
-        db.to_str().unwrap(),
-        "--endpoint",
-        &emu.endpoint(),
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
-        "--rate",
-        "0",
-    ];
-    let out = run_binary(
-        args.iter().map(|s| s.to_string()).collect(),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = Bin::against(&ws, &emu, "confirm")
+        .args(&["--rate", "0"])
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(ws.count(State::Completed), 20);
     assert_eq!(
@@ -164,7 +148,7 @@ async fn preflight_refuses_another_bucket_unless_allowed() {
         "bucket,key\nmedia-archive,a.mp4\nsomewhere-else,b.mp4\n",
     )
     .unwrap();
-    let out = run_binary(run_args(&ws, &emu, &manifest), SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu).manifest(&manifest).output().await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -174,9 +158,11 @@ async fn preflight_refuses_another_bucket_unless_allowed() {
     assert!(stderr.contains("--allow-other-bucket"), "{stderr}");
     assert_eq!(emu.counters().register_calls, 0);
 
-    let mut args = run_args(&ws, &emu, &manifest);
-    args.push("--allow-other-bucket".into());
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .args(&["--allow-other-bucket"])
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(emu.registrations("somewhere-else", "b.mp4"), 1);
 }
@@ -195,9 +181,9 @@ async fn a_flaw_on_the_last_line_of_a_long_file_stops_the_run_before_anything_is
     // The file with `last` after the 12,000 good rows, run: the exit code and stderr.
     let run_with = |last: &str| {
         std::fs::write(&manifest, format!("bucket,key,size\n{body}{last}")).unwrap();
-        let (args, cwd) = (run_args(&ws, &emu, &manifest), ws.dir.path().to_path_buf());
+        let run = Bin::run(&ws, &emu).manifest(&manifest);
         async move {
-            let out = run_binary(args, SECRET, cwd).await;
+            let out = run.output().await;
             (out.status.code(), text(&out.stderr))
         }
     };
@@ -249,9 +235,11 @@ async fn a_file_read_while_its_keys_are_sent_has_every_key_sent_by_the_end() {
     std::fs::write(&day1, first).unwrap();
     std::fs::write(&day2, second).unwrap();
     for (file, sent) in [(&day1, 15_000), (&day2, 15_150)] {
-        let mut args = run_args(&ws, &emu, file);
-        args.extend(["--concurrency".into(), "32".into()]);
-        let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+        let out = Bin::run(&ws, &emu)
+            .manifest(file)
+            .set("--concurrency", "32")
+            .output()
+            .await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         assert_eq!(emu.counters().register_calls, sent);
         let rows = ws.rows();
@@ -279,9 +267,11 @@ async fn a_key_twice_in_a_file_read_while_sent_is_registered_once() {
     }
     text_.push_str(&format!("{BUCKET},dup.mp4,200\n"));
     std::fs::write(&manifest, text_).unwrap();
-    let mut args = run_args(&ws, &emu, &manifest);
-    args.extend(["--on-changed".into(), "reimport".into()]);
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--on-changed", "reimport")
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(emu.registrations(BUCKET, "dup.mp4"), 1);
     assert_eq!(emu.counters().register_calls, 12_001);
@@ -292,22 +282,22 @@ async fn dry_run_sends_nothing_changes_nothing_and_counts_right() {
     let ws = Workspace::new();
     let emu = emulator(healthy()).await;
     let first: Vec<String> = keys(5, "done");
-    let out = run_binary(
-        run_args(&ws, &emu, &ws.manifest("a.csv", &first)),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("a.csv", &first))
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(0));
     let requests = emu.counters().requests;
 
     let mut all = first.clone();
     all.extend(keys(7, "new"));
     all.extend(["x/notes.txt".to_string(), "x/dir/".to_string()]);
-    let mut args = run_args(&ws, &emu, &ws.manifest("b.csv", &all));
-    args.push("--dry-run".into());
-    *args.iter_mut().find(|a| *a == "0").unwrap() = "2".into(); // --rate 2
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("b.csv", &all))
+        .args(&["--dry-run"])
+        .set("--rate", "2")
+        .output()
+        .await;
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
@@ -342,23 +332,22 @@ async fn credentials_come_from_the_ncp_cli_file_when_the_environment_has_none() 
         format!("[DEFAULT]\nncloud_access_key_id = {ACCESS}\nncloud_secret_access_key = {SECRET}\nncloud_api_url = https://ncloud.apigw.ntruss.com\n"),
     )
     .unwrap();
-    let args = run_args(&ws, &emu, &manifest);
-    let argv = argv(&args);
-    let out = binary(&argv, SECRET, ws.dir.path())
-        .env_remove("NCLOUD_ACCESS_KEY")
-        .env_remove("NCLOUD_SECRET_KEY")
-        .env("HOME", &home)
+    let run = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .env_removed("NCLOUD_ACCESS_KEY")
+        .env_removed("NCLOUD_SECRET_KEY");
+    let out = run
+        .clone()
+        .env("HOME", home.to_str().unwrap())
         .output()
-        .unwrap();
+        .await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(ws.count(State::Registered), 3);
 
-    let out = binary(&argv, SECRET, ws.dir.path())
-        .env_remove("NCLOUD_ACCESS_KEY")
-        .env_remove("NCLOUD_SECRET_KEY")
-        .env("HOME", ws.path("empty-home"))
+    let out = run
+        .env("HOME", ws.path("empty-home").to_str().unwrap())
         .output()
-        .unwrap();
+        .await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -376,17 +365,12 @@ async fn a_limit_mi_keeps_is_learned_and_the_next_dry_run_counts_on_it() {
     })
     .await;
     let first = keys(240, "limited");
-    let args = with(
-        run_args(&ws, &emu, &ws.manifest("a.csv", &first)),
-        "--rate",
-        "100",
-    );
-    let out = run_binary(
-        with(args, "--max-attempts", "30"),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("a.csv", &first))
+        .set("--rate", "100")
+        .set("--max-attempts", "30")
+        .output()
+        .await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(ws.count(State::Registered), 240);
@@ -405,14 +389,13 @@ async fn a_limit_mi_keeps_is_learned_and_the_next_dry_run_counts_on_it() {
 
     let mut all = first.clone();
     all.extend(keys(100, "later"));
-    let args = with(
-        run_args(&ws, &emu, &ws.manifest("b.csv", &all)),
-        "--rate",
-        "100",
-    );
-    let mut args = with(args, "--max-attempts", "30");
-    args.push("--dry-run".into());
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("b.csv", &all))
+        .set("--rate", "100")
+        .set("--max-attempts", "30")
+        .args(&["--dry-run"])
+        .output()
+        .await;
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let kept: f64 = stdout

@@ -112,15 +112,14 @@ async fn exactly_once_under(reading: Reading, seed: u64) {
     }
     w.flush().unwrap();
     let settle = format!("{}ms", reading.lag.as_millis() + 1500);
-    let mut args = run_args(&ws, &emu, &manifest);
-    let at = args.iter().position(|a| a == "--list-settle").unwrap();
-    args[at + 1] = settle;
-    let at = args.iter().position(|a| a == "--rate").unwrap();
-    args[at + 1] = "60".into();
-    args.extend(["--concurrency".into(), "6".into()]);
+    let run = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--list-settle", &settle)
+        .set("--rate", "60")
+        .set("--concurrency", "6");
 
-    kill_repeatedly(&ws, &emu, &args, seed).await;
-    let out = run_binary(args.clone(), SECRET, ws.dir.path().into()).await;
+    kill_repeatedly(&emu, &run, seed).await;
+    let out = run.output().await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
@@ -181,15 +180,11 @@ async fn exactly_once_under(reading: Reading, seed: u64) {
 }
 
 /// Starts the binary and SIGKILLs it at a random moment after it sent something, three times.
-async fn kill_repeatedly(ws: &Workspace, emu: &Emulator, args: &[String], seed: u64) {
+async fn kill_repeatedly(emu: &Emulator, run: &Bin, seed: u64) {
     let mut dice = rand::rngs::StdRng::seed_from_u64(seed);
-    let argv = argv(args);
     for _ in 0..3 {
         let before = emu.counters().register_calls;
-        let mut child = binary(&argv, SECRET, ws.dir.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = run.spawn_quiet();
         while emu.counters().register_calls == before && child.try_wait().unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -211,19 +206,9 @@ fn asset_keys(emu: &Emulator) -> HashMap<i64, String> {
 }
 
 fn report_rows(ws: &Workspace) -> Vec<serde_json::Value> {
-    let out = binary(
-        &[
-            "report",
-            "--format",
-            "jsonl",
-            "--db",
-            ws.db().to_str().unwrap(),
-        ],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+    let out = Bin::on_ledger(ws, "report")
+        .args(&["--format", "jsonl"])
+        .output_now();
     assert_eq!(out.status.code(), Some(0));
     String::from_utf8(out.stdout)
         .unwrap()
@@ -445,11 +430,13 @@ async fn sharers_kept_apart_are_told_apart_by_creation_time() {
     })
     .await;
     let manifest = ws.manifest("m.csv", &keys);
-    let args = with(run_args(&ws, &emu, &manifest), "--rate", "200");
-    let args = with(args, "--concurrency", "8");
-    let args = with(args, "--list-settle", "1500ms");
-    kill_repeatedly(&ws, &emu, &args, 41).await;
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let run = Bin::run(&ws, &emu)
+        .manifest(&manifest)
+        .set("--rate", "200")
+        .set("--concurrency", "8")
+        .set("--list-settle", "1500ms");
+    kill_repeatedly(&emu, &run, 41).await;
+    let out = run.output().await;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(emu.duplicates(), vec![], "registered twice\n{stderr}");

@@ -30,14 +30,9 @@ fn unique_keys(n: usize) -> Vec<String> {
 }
 
 fn report(ws: &Workspace) -> Vec<Value> {
-    let db = ws.db();
-    let out = binary(
-        &["report", "--format", "jsonl", "--db", db.to_str().unwrap()],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+    let out = Bin::on_ledger(ws, "report")
+        .args(&["--format", "jsonl"])
+        .output_now();
     text(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -63,12 +58,11 @@ async fn the_hardest_reading_with_unique_names_leaves_almost_nothing_uncertain()
     }))
     .await;
     let keys = unique_keys(200);
-    let args = with(
-        run_args(&ws, &emu, &ws.manifest("m.csv", &keys)),
-        "--rate",
-        "100",
-    );
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("m.csv", &keys))
+        .set("--rate", "100")
+        .output()
+        .await;
     let stderr = text(&out.stderr);
     assert_eq!(emu.duplicates(), vec![], "registered twice\n{stderr}");
     let c = emu.counters();
@@ -107,12 +101,10 @@ async fn a_console_upload_of_the_same_name_made_before_the_run_is_never_taken() 
     let mut keys = unique_keys(20);
     keys.retain(|k| k != &key);
     keys.push(key.clone());
-    let out = run_binary(
-        run_args(&ws, &emu, &ws.manifest("m.csv", &keys)),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("m.csv", &keys))
+        .output()
+        .await;
     let stderr = text(&out.stderr);
     assert_eq!(emu.registrations(BUCKET, &key), 1, "{stderr}");
     let rows = report(&ws);
@@ -136,12 +128,10 @@ async fn ambiguous_pair() -> (Workspace, Emulator, Vec<String>) {
     let keys: Vec<String> = ["a/twin.mp4", "b/twin.mp4", "c/alone.mp4"]
         .map(String::from)
         .to_vec();
-    let out = run_binary(
-        run_args(&ws, &emu, &ws.manifest("m.csv", &keys[..2])),
-        SECRET,
-        ws.dir.path().into(),
-    )
-    .await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("m.csv", &keys[..2]))
+        .output()
+        .await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     // A third key left uncertain with its one candidate, as a key lost before any baseline.
     let alone = emu.add_foreign_asset(BUCKET, "c/alone.mp4");
@@ -173,21 +163,7 @@ async fn ambiguous_pair() -> (Workspace, Emulator, Vec<String>) {
 }
 
 fn resolve(ws: &Workspace, emu: &Emulator, extra: &[&str]) -> (Option<i32>, String) {
-    let db = ws.db();
-    let endpoint = emu.endpoint();
-    let mut args = vec![
-        "resolve",
-        "--db",
-        db.to_str().unwrap(),
-        "--endpoint",
-        &endpoint,
-        "--workspace",
-        "demo-workspace",
-        "--project",
-        "1001",
-    ];
-    args.extend(extra);
-    let out = binary(&args, SECRET, ws.dir.path()).output().unwrap();
+    let out = Bin::against(ws, emu, "resolve").args(extra).output_now();
     (
         out.status.code(),
         format!("{}{}", text(&out.stdout), text(&out.stderr)),
@@ -217,14 +193,7 @@ async fn uncertain_keys_show_their_evidence_and_are_settled_in_bulk() {
             "{candidate}"
         );
     }
-    let db = ws.db();
-    let status = binary(
-        &["status", "--db", db.to_str().unwrap()],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+    let status = Bin::on_ledger(&ws, "status").output().await;
     assert!(
         text(&status.stdout)
             .contains("uncertain keys: 1 with one candidate, 2 with several, 0 with none"),
@@ -254,19 +223,10 @@ async fn uncertain_keys_show_their_evidence_and_are_settled_in_bulk() {
         "nothing changed"
     );
     // The report's own CSV, its asset_id column filled in: applied, all of it.
-    let csv = binary(
-        &[
-            "report",
-            "--state",
-            "uncertain",
-            "--db",
-            db.to_str().unwrap(),
-        ],
-        SECRET,
-        ws.dir.path(),
-    )
-    .output()
-    .unwrap();
+    let csv = Bin::on_ledger(&ws, "report")
+        .set("--state", "uncertain")
+        .output()
+        .await;
     let mut reader = csv::Reader::from_reader(&csv.stdout[..]);
     let headers = reader.headers().unwrap().clone();
     let mut writer = csv::Writer::from_path(&file).unwrap();
@@ -345,16 +305,12 @@ async fn lost_answers_are_settled_by_the_lag_the_list_shows_never_below_it() {
     })
     .await;
     let keys = crate::common::keys(120, "lag");
-    let args = with(
-        with(
-            run_args(&ws, &emu, &ws.manifest("m.csv", &keys)),
-            "--list-settle",
-            "30s",
-        ),
-        "--rate",
-        "100",
-    );
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = Bin::run(&ws, &emu)
+        .manifest(&ws.manifest("m.csv", &keys))
+        .set("--list-settle", "30s")
+        .set("--rate", "100")
+        .output()
+        .await;
     let said = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{said}");
     let c = emu.counters();
@@ -429,11 +385,11 @@ async fn run_losing_first_calls(
         ..healthy()
     })
     .await;
-    let args = flags.iter().fold(
-        run_args(ws, &emu, &ws.manifest("m.csv", keys)),
-        |args, (flag, value)| with(args, flag, value),
+    let run = flags.iter().fold(
+        Bin::run(ws, &emu).manifest(&ws.manifest("m.csv", keys)),
+        |run, (flag, value)| run.set(flag, value),
     );
-    let out = run_binary(args, SECRET, ws.dir.path().into()).await;
+    let out = run.output().await;
     (emu, out.status.code(), text(&out.stderr))
 }
 

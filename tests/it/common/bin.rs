@@ -2,8 +2,11 @@
 //! from the parts a test varies (a subcommand, a source, flags set, added or left out), and
 //! run with the same environment (credentials, the tests' floors, nothing inherited).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use super::{ACCESS, BUCKET, SECRET, Workspace};
 use mi_import::emulator::Emulator;
@@ -79,6 +82,13 @@ impl Bin {
     pub fn listing(self, s3: &super::s3::S3Server) -> Self {
         let endpoint = s3.endpoint();
         self.set("--bucket", BUCKET).set("--s3-endpoint", &endpoint)
+    }
+
+    /// … with the test S3 server's credentials in the environment (`AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY`): for a run that lists a bucket, or `check`.
+    pub fn s3_credentials(self) -> Self {
+        self.env("AWS_ACCESS_KEY_ID", super::s3::S3_ACCESS)
+            .env("AWS_SECRET_ACCESS_KEY", super::s3::S3_SECRET)
     }
 
     /// … confirming what it registers for at most `patience` (`--patience`).
@@ -195,5 +205,107 @@ impl Bin {
             .stderr(Stdio::null())
             .spawn()
             .expect("the binary starts")
+    }
+
+    /// Starts it in the background, its stderr read as it is written (see [`Running`]).
+    pub fn start(&self) -> Running {
+        Running::start(self.command())
+    }
+}
+
+/// A run in the background whose stderr is read while it runs, so that a run saying more
+/// than a pipe holds never blocks on it; and whose early end fails the test with its exit
+/// status and what it said, rather than leaving a test waiting for something that will not
+/// come.
+pub struct Running {
+    child: Child,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Running {
+    /// Starts `cmd` (made by [`Bin::command`], changed as a test needs), its stderr piped
+    /// and read on a thread of its own.
+    pub fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let mut pipe = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut said = Vec::new();
+            let _ = pipe.read_to_end(&mut said);
+            said
+        });
+        Self {
+            child,
+            stderr: Some(stderr),
+        }
+    }
+
+    /// Its process ID (to signal it).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Fails the test if it has ended, with its exit status and stderr: `what` is what it
+    /// was still to do.
+    pub fn assert_running(&mut self, what: &str) {
+        if let Some(status) = self.try_wait() {
+            let said = self.stderr();
+            panic!("the run ended ({status}) before {what}:\n{said}");
+        }
+    }
+
+    /// Waits until `done` holds, failing the test if the run ends first (see
+    /// [`Running::assert_running`]).
+    pub async fn until(&mut self, what: &str, mut done: impl FnMut() -> bool) {
+        while !done() {
+            self.assert_running(what);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Kills it (SIGKILL) and reaps it.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for its end on this thread: its exit status and stderr (its stdout is not read
+    /// here).
+    pub fn wait(mut self) -> Output {
+        let status = self.child.wait().unwrap();
+        let stderr = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        }
+    }
+
+    /// … off the runtime's threads.
+    pub async fn finish(self) -> Output {
+        tokio::task::spawn_blocking(move || self.wait())
+            .await
+            .unwrap()
+    }
+
+    /// What it wrote on stderr, once it has ended.
+    fn stderr(&mut self) -> String {
+        let said = self
+            .stderr
+            .take()
+            .map(|t| t.join().unwrap())
+            .unwrap_or_default();
+        String::from_utf8_lossy(&said).into_owned()
     }
 }

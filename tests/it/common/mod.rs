@@ -1,10 +1,9 @@
 //! Shared set-up for the integration tests: a temp dir, a manifest, a started emulator on
-//! loopback, and helpers to run an import in-process or the real binary.
+//! loopback, and helpers to run an import in-process; the real binary is run with [`Bin`].
 #![allow(dead_code)]
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +16,7 @@ pub mod bin;
 pub mod hostile_s3;
 pub mod s3;
 
-pub use bin::Bin;
+pub use bin::{Bin, Running};
 
 pub const ACCESS: &str = "test-access-key";
 pub const SECRET: &str = "test-secret-9f1c2e";
@@ -166,58 +165,4 @@ pub fn assert_registered_once(ws: &Workspace, emulator: &Emulator, keys: &[Strin
             );
         }
     }
-}
-
-/// The real binary, as [`Bin`] makes it: `args` in `cwd`, with `secret`.
-pub fn binary(args: &[&str], secret: &str, cwd: &Path) -> std::process::Command {
-    Bin::in_dir(cwd, args).secret(secret).command()
-}
-
-/// `cmd` at the floors a user's run keeps (see [`Bin::shipped_floors`]).
-pub fn at_shipped_floors(mut cmd: std::process::Command) -> std::process::Command {
-    cmd.env_remove("MI_IMPORT_FLOORS");
-    cmd
-}
-
-pub async fn run_binary(args: Vec<String>, secret: &str, cwd: PathBuf) -> Output {
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    Bin::in_dir(&cwd, &args).secret(secret).output().await
-}
-
-/// `run` arguments for the binary against `emulator`, reading `source` (none: the ledger's).
-pub fn source_args(ws: &Workspace, emulator: &Emulator, source: &[&str]) -> Vec<String> {
-    Bin::against(ws, emulator, "run")
-        .args(source)
-        .args(bin::RUN_DEFAULTS)
-        .arg_list()
-        .to_vec()
-}
-
-/// `run` arguments for the binary against `emulator`, reading `manifest`.
-pub fn run_args(ws: &Workspace, emulator: &Emulator, manifest: &Path) -> Vec<String> {
-    source_args(ws, emulator, &["--manifest", manifest.to_str().unwrap()])
-}
-
-/// `run` arguments for the binary listing the test S3 server's bucket.
-pub fn listing_args(ws: &Workspace, emulator: &Emulator, s3: &s3::S3Server) -> Vec<String> {
-    let endpoint = s3.endpoint();
-    source_args(
-        ws,
-        emulator,
-        &["--bucket", BUCKET, "--s3-endpoint", &endpoint],
-    )
-}
-
-/// The arguments as `binary` takes them.
-pub fn argv(args: &[String]) -> Vec<&str> {
-    args.iter().map(String::as_str).collect()
-}
-
-/// `args` with the flag set to `value` (added if missing).
-pub fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
-    match args.iter().position(|a| a == flag) {
-        Some(at) => args[at + 1] = value.into(),
-        None => args.extend([flag.into(), value.into()]),
-    }
-    args
 }
