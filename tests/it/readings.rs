@@ -3,8 +3,10 @@
 //! sizes, a list that shows new assets at once or seconds late. Each reading is played by the
 //! emulator while the real binary imports keys whose file names repeat across folders, loses
 //! answers (before and after MI made the asset, and 503s after it did), and is killed with
-//! SIGKILL several times. In every reading: no key registered twice, every asset ID in the
-//! report the key's own, and every key registered or visibly uncertain with its candidates.
+//! SIGKILL several times, each reading at once under both readings of MI's asset details
+//! (naming the object key, and not). In every reading: no key registered twice, every asset
+//! ID in the report the key's own, and every key registered or visibly uncertain with its
+//! candidates.
 
 use crate::common::*;
 use mi_import::emulator::{Emulator, EmulatorConfig, FileNameMode};
@@ -53,6 +55,7 @@ fn size_of(i: usize) -> u64 {
     1_000_000 + i as u64 * 7
 }
 
+#[derive(Debug, Clone, Copy)]
 struct Reading {
     file_name: FileNameMode,
     sizes: bool,
@@ -60,7 +63,16 @@ struct Reading {
     extra: Extra,
 }
 
+/// `reading` played twice at once, under each reading of MI's asset details: naming the
+/// object key an asset was made from (as NCP documents), and not.
 async fn exactly_once_under(reading: Reading, seed: u64) {
+    tokio::join!(
+        exactly_once_with_details(reading, true, seed),
+        exactly_once_with_details(reading, false, seed)
+    );
+}
+
+async fn exactly_once_with_details(reading: Reading, details_key: bool, seed: u64) {
     let keys = twin_keys(reading.extra);
     let ws = Workspace::new();
     let sizes: HashMap<(String, String), u64> = keys
@@ -92,6 +104,7 @@ async fn exactly_once_under(reading: Reading, seed: u64) {
             percent: 10,
             register_only: false,
         }),
+        details_key,
         ..healthy()
     })
     .await;
@@ -160,7 +173,7 @@ async fn exactly_once_under(reading: Reading, seed: u64) {
     assert_eq!(report.len(), keys.len(), "every key has its row");
     let c = emu.counters();
     eprintln!(
-        "{:?} {extra:?}, sizes {}, lag {:?}: {uncertain} uncertain of {}; {} dropped before, {} after, {} 503 after creating",
+        "{:?} {extra:?}, sizes {}, lag {:?}, details name the key: {details_key}: {uncertain} uncertain of {}; {} dropped before, {} after, {} 503 after creating",
         reading.file_name,
         reading.sizes,
         reading.lag,
