@@ -7,7 +7,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::ingest;
 use super::{ImportJob, summary};
-use crate::api::MiClient;
 use crate::ledger::{self, Ingested, Ledger, Scope, State, listings};
 use crate::runner::ListSummary;
 use crate::source::bucket::Lister;
@@ -306,11 +305,7 @@ async fn list_into(
 
 /// The two look-ups a run starts with: a wrong key pair, workspace or project shows here.
 async fn describe_account(job: &ImportJob) -> Result<String> {
-    let client = MiClient::new(
-        job.target.clone(),
-        job.credentials.clone(),
-        job.limits.timeout,
-    )?;
+    let client = job.mi_client()?;
     let t = &job.target;
     let refused = |what: String, e: crate::api::ApiError| {
         let hint = e

@@ -132,6 +132,18 @@ impl ImportJob {
         }
     }
 
+    /// The client of the job's MI: the one served in this process if the job names one, the
+    /// network at the target's endpoint otherwise.
+    fn mi_client(&self) -> Result<crate::api::MiClient> {
+        let (target, credentials) = (self.target.clone(), self.credentials.clone());
+        match &self.local_mi {
+            Some(mi) => {
+                crate::api::MiClient::local(mi.clone(), target, credentials, self.limits.timeout)
+            }
+            None => crate::api::MiClient::new(target, credentials, self.limits.timeout),
+        }
+    }
+
     fn manifest_given(&self) -> bool {
         !matches!(self.manifest, Manifest::None)
     }

@@ -9,7 +9,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::{self, RunRecord};
 use super::{ImportJob, ImportResult, summary};
-use crate::api::MiClient;
 use crate::exit::Exit;
 use crate::ledger::writer::LedgerWriter;
 use crate::ledger::{self, Ingested, Ledger, Scope, State};
@@ -72,19 +71,7 @@ impl Session {
     }
 
     pub fn runner(&self, job: &ImportJob, shutdown: CancellationToken) -> Result<Runner> {
-        let client = match &job.local_mi {
-            Some(mi) => MiClient::local(
-                mi.clone(),
-                job.target.clone(),
-                job.credentials.clone(),
-                job.limits.timeout,
-            )?,
-            None => MiClient::new(
-                job.target.clone(),
-                job.credentials.clone(),
-                job.limits.timeout,
-            )?,
-        };
+        let client = job.mi_client()?;
         let limiter = Arc::new(match &job.limits.setting {
             crate::config::RateSetting::Schedule(_) => {
                 Limiter::with_rate(&job.limits.setting, job.limits.concurrency)

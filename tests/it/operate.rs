@@ -356,28 +356,35 @@ async fn credentials_come_from_the_ncp_cli_file_when_the_environment_has_none() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// On paused time: the emulator's limit of 20 requests a second is then kept by the same
+/// clock as the run's limiter, however busy the machine is.
+#[tokio::test(start_paused = true)]
 async fn a_limit_mi_keeps_is_learned_and_the_next_dry_run_counts_on_it() {
     let ws = Workspace::new();
-    let emu = emulator(EmulatorConfig {
+    let emu = local(EmulatorConfig {
         rate_limit: Some(20),
         ..healthy()
-    })
-    .await;
+    });
     let first = keys(240, "limited");
-    let out = Bin::run(&ws, &emu)
-        .manifest(&ws.manifest("a.csv", &first))
-        .set("--rate", "100")
-        .set("--max-attempts", "30")
-        .output()
-        .await;
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let mut run = job(&ws, &emu, ws.manifest("a.csv", &first));
+    run.limits.rate = Some(100.0);
+    run.limits.max_attempts = 30;
+    let result = import(run).await;
+    assert_eq!(result.exit, Exit::Success, "{}", result.summary);
     assert_eq!(ws.count(State::Registered), 240);
     assert_eq!(emu.duplicates(), vec![], "registered twice");
+    let kept: Option<String> = ws
+        .ledger()
+        .conn()
+        .query_row(
+            "SELECT value FROM facts WHERE name = 'rate_limit'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
     assert!(
-        stderr.contains("MI keeps a limit of about"),
-        "the wave of 429s is taken for a limit: {stderr}"
+        kept.is_some(),
+        "the wave of 429s is taken for a limit, and kept"
     );
     let counters = emu.counters();
     assert!(
@@ -389,15 +396,12 @@ async fn a_limit_mi_keeps_is_learned_and_the_next_dry_run_counts_on_it() {
 
     let mut all = first.clone();
     all.extend(keys(100, "later"));
-    let out = Bin::run(&ws, &emu)
-        .manifest(&ws.manifest("b.csv", &all))
-        .set("--rate", "100")
-        .set("--max-attempts", "30")
-        .args(&["--dry-run"])
-        .output()
-        .await;
-    let stdout = text(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let mut dry = job(&ws, &emu, ws.manifest("b.csv", &all));
+    dry.limits.rate = Some(100.0);
+    dry.limits.max_attempts = 30;
+    let stdout = mi_import::app::dry_run(&dry, tokio_util::sync::CancellationToken::new())
+        .await
+        .unwrap();
     let kept: f64 = stdout
         .split("MI kept about ")
         .nth(1)
