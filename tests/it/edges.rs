@@ -373,7 +373,9 @@ async fn resolve_takes_only_an_asset_the_evidence_offers() {
         "uncertain",
         "nothing changed"
     );
-    // One of its candidates: taken; and while unconfirmed, it may be changed by hand again.
+    // Where MI's details name no object key: one of its candidates is taken on the user's
+    // word; and while unconfirmed, it may be changed by hand again.
+    emu.set_details_key(false);
     let own = asset_of(&emu, &key);
     let theirs = *candidates.iter().find(|c| **c != own).unwrap();
     let (code, said) = resolve(&ws, &emu, &key, &theirs.to_string());
@@ -381,10 +383,19 @@ async fn resolve_takes_only_an_asset_the_evidence_offers() {
     let (code, said) = resolve(&ws, &emu, &key, &own.to_string());
     assert_eq!(code, Some(0), "{said}");
     assert_eq!(row(&report(&ws), &key)["asset_id"], own);
-    // An asset MI shows under the key's name, found outside the candidates: taken.
-    let ws2 = ambiguous_key().await;
-    let found = ws2.1.add_foreign_asset(BUCKET, &ws2.2);
-    let (code, said) = resolve(&ws2.0, &ws2.1, &ws2.2, &found.to_string());
+    // Where they name it: a candidate made from the other key's object is refused, the own
+    // one taken, and an asset MI shows under the key's name outside the candidates (here a
+    // console upload of the same object) taken too.
+    let (ws2, emu2, key2, candidates2) = ambiguous_key().await;
+    let own2 = asset_of(&emu2, &key2);
+    let theirs2 = *candidates2.iter().find(|c| **c != own2).unwrap();
+    let (code, said) = resolve(&ws2, &emu2, &key2, &theirs2.to_string());
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("was made from `day2/take.mp4`"), "{said}");
+    let (code, said) = resolve(&ws2, &emu2, &key2, &own2.to_string());
+    assert_eq!(code, Some(0), "{said}");
+    let found = emu2.add_foreign_asset(BUCKET, &key2);
+    let (code, said) = resolve(&ws2, &emu2, &key2, &found.to_string());
     assert_eq!(code, Some(0), "{said}");
 }
 

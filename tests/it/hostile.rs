@@ -21,9 +21,10 @@ fn hostile_listing(ws: &Workspace, emu: &mi_import::emulator::Emulator, s3: &Hos
         .set("--s3-endpoint", &s3.endpoint())
 }
 
-/// Runs the binary to its end: its exit code, its stderr, and its peak resident size in MiB
-/// (from `wait4`, so only this child counts).
-#[allow(clippy::zombie_processes)] // reaped by wait4, which also gives its usage
+/// Runs `bin` to the end: its exit code, its stderr, and its peak resident memory in MiB, read
+/// from `/proc/<pid>/status` (`VmHWM`) while it runs. (The peak `wait4` reports would include
+/// the test process itself: a child forked from a large process counts the parent's pages
+/// until it execs.)
 async fn run_measured(bin: Bin) -> (Option<i32>, String, u64) {
     tokio::task::spawn_blocking(move || {
         let mut child = bin
@@ -32,19 +33,28 @@ async fn run_measured(bin: Bin) -> (Option<i32>, String, u64) {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
-        let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
-        // SAFETY: waits for this very child, writing its status and usage where told.
-        let waited = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
-        assert_eq!(waited, child.id() as i32);
-        let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
-        (code, stderr, usage.ru_maxrss as u64 / 1024)
+        let mut pipe = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut stderr = String::new();
+            pipe.read_to_string(&mut stderr).unwrap();
+            stderr
+        });
+        let status_file = format!("/proc/{}/status", child.id());
+        let mut peak_kib = 0u64;
+        let status = loop {
+            if let Some(hwm) = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            }) {
+                peak_kib = peak_kib.max(hwm);
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        (status.code(), reader.join().unwrap(), peak_kib / 1024)
     })
     .await
     .unwrap()
