@@ -420,7 +420,7 @@ async fn refused(
         .write(move |t| ledger::scopes::forget_scope_if_empty(t, &s))
         .await?;
     let created = session.created;
-    let result = session.finish(runner, ending, job).await?;
+    let mut result = session.finish(runner, ending, job).await?;
     if created {
         // A ledger this refused command made holds nothing worth keeping.
         for suffix in ["", "-wal", "-shm"] {
@@ -428,6 +428,7 @@ async fn refused(
             path.push(suffix);
             let _ = std::fs::remove_file(path);
         }
+        summary::ledger_not_kept(&mut result.summary, &job.db);
     }
     Ok(result)
 }

@@ -151,6 +151,17 @@ pub(crate) fn summarize(
 }
 
 /// What the operator can do next, given how the run ended and where the ledger stands.
+/// A refused run removed the ledger it had just made: the summary says so rather than
+/// naming a file that is no longer there "empty".
+pub(crate) fn ledger_not_kept(summary: &mut String, db: &Path) {
+    let empty = format!("ledger {}: empty\n", db.display());
+    let gone = format!(
+        "ledger {}: not kept (this run recorded nothing)\n",
+        db.display()
+    );
+    *summary = summary.replace(&empty, &gone);
+}
+
 pub(crate) fn next_steps(counts: &[(State, u64)], ending: &Ending, stats: &Stats) -> String {
     let get = |s: State| ledger::keys::count_in(counts, s);
     let polls = stats.polls.load(Relaxed) + stats.list_checks.load(Relaxed);

@@ -45,6 +45,10 @@ async fn wrong_secret_exits_3_recording_nothing_and_no_secret_shown() {
         "the error is said once: {stderr}"
     );
     assert!(
+        stderr.contains("ledger.db: not kept (this run recorded nothing)"),
+        "the summary does not call a ledger that was never made empty: {stderr}"
+    );
+    assert!(
         ws.rows().is_empty(),
         "the account is checked before the manifest is read: nothing recorded"
     );
