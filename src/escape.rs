@@ -5,9 +5,9 @@
 //! return or line break forges a line, a bidi override reverses what follows. Every text path
 //! (logs, errors, progress, summaries, the dry run, `status`, `report` on a terminal) shows
 //! such characters escaped, visibly, as `git` quotes paths: `\n`, `\r`, `\t`, `\x1b`,
-//! `\u{202e}`, and a backslash as `\\` in text that needed escaping. Data written to a file
-//! or a pipe (`report`, JSON Lines) stays exact; a spreadsheet gets its own care
-//! ([`csv_cell`]).
+//! `\u{202e}`, and a backslash as `\\`, so that what is shown names one text only
+//! ([`unshown`] reads it back). Data written to a file or a pipe (`report`, JSON Lines)
+//! stays exact; a spreadsheet gets its own care ([`csv_cell`], read back by [`csv_uncell`]).
 
 use std::borrow::Cow;
 
@@ -31,10 +31,12 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
-/// `text` as it may be shown in one line: unchanged if it holds nothing unsafe, otherwise
-/// with every unsafe character (line breaks included) and every backslash escaped.
+/// `text` as it may be shown in one line: unchanged if it holds nothing unsafe and no
+/// backslash, otherwise with every unsafe character (line breaks included) and every
+/// backslash escaped. Two texts are never shown alike: a key `e\x1b` (a backslash, then
+/// `x1b`) is shown `e\\x1b`, the key with an ESC `e\x1b`.
 pub fn shown(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_unsafe) {
+    if !text.chars().any(|c| is_unsafe(c) || c == '\\') {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -46,6 +48,42 @@ pub fn shown(text: &str) -> Cow<'_, str> {
         }
     }
     Cow::Owned(out)
+}
+
+/// The text [`shown`] shows as `seen`, if `seen` is a form it writes and holds an escape
+/// (what a user copies from a terminal back to the text it stands for); `None` otherwise.
+pub fn unshown(seen: &str) -> Option<String> {
+    if !seen.contains('\\') {
+        return None;
+    }
+    let mut out = String::with_capacity(seen.len());
+    let mut chars = seen.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            '\\' => out.push('\\'),
+            'x' => {
+                let hex: String = chars.by_ref().take(2).collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            'u' => {
+                if chars.next()? != '{' {
+                    return None;
+                }
+                let hex: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            _ => return None,
+        }
+    }
+    // Only what `shown` itself writes: one spelling for each text.
+    (shown(&out) == seen).then_some(out)
 }
 
 /// Text of several lines, ours, with outside text inside: line breaks stay, every other
@@ -68,12 +106,29 @@ pub fn lines(text: &str) -> Cow<'_, str> {
 
 /// A CSV cell a spreadsheet will not run: one that begins with `=`, `+`, `-`, `@`, a tab or
 /// a carriage return is read as a formula by Excel, LibreOffice and Google Sheets, so it gets
-/// a leading `'` (OWASP's advice for CSV injection). The JSON Lines report keeps the text
-/// exact for programs.
+/// a leading `'` (OWASP's advice for CSV injection). A cell that begins with `'` gets one
+/// too, so that the guard is read back exactly ([`csv_uncell`]): `+a` is written `'+a`, and
+/// `'+a` is written `''+a`. The JSON Lines report keeps the text exact for programs.
 pub fn csv_cell(text: &str) -> Cow<'_, str> {
-    match text.chars().next() {
-        Some('=' | '+' | '-' | '@' | '\t' | '\r') => Cow::Owned(format!("'{text}")),
-        _ => Cow::Borrowed(text),
+    if guarded(text) {
+        Cow::Owned(format!("'{text}"))
+    } else {
+        Cow::Borrowed(text)
+    }
+}
+
+fn guarded(text: &str) -> bool {
+    matches!(
+        text.chars().next(),
+        Some('=' | '+' | '-' | '@' | '\t' | '\r' | '\'')
+    )
+}
+
+/// The text [`csv_cell`] wrote as `cell`: its guard taken off.
+pub fn csv_uncell(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if guarded(rest) => rest,
+        _ => cell,
     }
 }
 
@@ -91,9 +146,33 @@ mod tests {
         assert_eq!(shown("x\r\nerror: forged"), "x\\r\\nerror: forged");
         assert_eq!(shown("evil\u{202e}4pm.exe"), "evil\\u{202e}4pm.exe");
         assert_eq!(shown("nul\0c1\u{85}del\u{7f}"), "nul\\x00c1\\u{85}del\\x7f");
-        // A backslash is doubled only where it could be taken for an escape.
-        assert_eq!(shown("dir\\name.mp4"), "dir\\name.mp4");
+        // A backslash is always doubled, so a key with one is not shown as another's escape.
+        assert_eq!(shown("dir\\name.mp4"), "dir\\\\name.mp4");
+        assert_eq!(shown("e\\x1b/clip.mp4"), "e\\\\x1b/clip.mp4");
+        assert_eq!(shown("e\u{1b}/clip.mp4"), "e\\x1b/clip.mp4");
         assert_eq!(shown("a\\x1b\u{1b}"), "a\\\\x1b\\x1b");
+    }
+
+    #[test]
+    fn what_is_shown_reads_back_to_the_one_text_it_shows() {
+        for text in [
+            "e\u{1b}/clip.mp4",
+            "e\\x1b/clip.mp4",
+            "dir\\name.mp4",
+            "tab\there\r\n.mp4",
+            "evil\u{202e}4pm\u{85}.exe",
+            "a\\\\b\u{7f}",
+        ] {
+            assert_eq!(unshown(&shown(text)).as_deref(), Some(text), "{text:?}");
+        }
+        // Not a form `shown` writes: no escape, an unknown one, or a second spelling.
+        assert_eq!(unshown("plain.mp4"), None);
+        assert_eq!(unshown("dir\\q.mp4"), None);
+        // A key typed as it is may read as another's shown form: `resolve` asks for both.
+        assert_eq!(unshown("dir\\name.mp4").as_deref(), Some("dir\name.mp4"));
+        assert_eq!(unshown("a\\x41"), None, "`A` is never escaped");
+        assert_eq!(unshown("a\\u{1b}"), None, "ESC is written \\x1b");
+        assert_eq!(unshown("cut\\"), None);
     }
 
     #[test]
@@ -116,5 +195,16 @@ mod tests {
         }
         assert_eq!(csv_cell("news/a.mp4"), "news/a.mp4");
         assert_eq!(csv_cell(""), "");
+    }
+
+    #[test]
+    fn the_spreadsheet_guard_reads_back_exactly() {
+        for text in [
+            "+a.mp4", "'+a.mp4", "''+a.mp4", "'a.mp4", "'", "a'.mp4", "=x", "\tx", "",
+        ] {
+            assert_eq!(csv_uncell(&csv_cell(text)), text, "{text:?}");
+        }
+        assert_eq!(csv_cell("'+a.mp4"), "''+a.mp4");
+        assert_ne!(csv_cell("+a.mp4"), csv_cell("'+a.mp4"));
     }
 }
