@@ -35,9 +35,22 @@ const LOOKUP_ATTEMPTS: u32 = 6;
 struct Wish {
     bucket: Option<String>,
     key: String,
+    /// How `key` was written.
+    form: Form,
     decision: Decision,
     /// The line of `--from` it came from.
     line: Option<u64>,
+}
+
+/// How a wish's key was written: a key copied from the report may carry its shown form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// From the ledger itself (`--sole-candidates`).
+    Exact,
+    /// `--key`: as it is, or as a terminal shows it (escaped).
+    Shown,
+    /// A cell of `--from`: as it is, or as the report's CSV writes it (the spreadsheet guard).
+    Csv,
 }
 
 impl Wish {
@@ -160,6 +173,7 @@ fn wishes(conn: &rusqlite::Connection, scope: &Scope, args: &ResolveArgs) -> Res
         return Ok(vec![Wish {
             bucket: args.bucket.clone(),
             key: key.clone(),
+            form: Form::Shown,
             decision,
             line: None,
         }]);
@@ -174,6 +188,7 @@ fn wishes(conn: &rusqlite::Connection, scope: &Scope, args: &ResolveArgs) -> Res
             Some([only]) => Some(Wish {
                 bucket: Some(u.key.bucket.clone()),
                 key: u.key.key.clone(),
+                form: Form::Exact,
                 decision: Decision::Asset(*only),
                 line: None,
             }),
@@ -242,6 +257,7 @@ fn read_wishes(path: &Path) -> Result<Vec<Wish>> {
                 .map(|b| field(b).to_owned())
                 .filter(|b| !b.is_empty()),
             key: record.get(key_at).unwrap_or("").to_owned(),
+            form: Form::Csv,
             decision,
             line: Some(line),
         });
@@ -275,12 +291,66 @@ fn named_problems(problems: &[String]) -> String {
     text
 }
 
+/// The key a wish names: of the readings its form allows (as written, and as the report
+/// writes a key on a terminal or in CSV), the one the ledger holds. Where two readings name
+/// two keys of the ledger, none is guessed.
+fn named_key(
+    conn: &rusqlite::Connection,
+    scope: &Scope,
+    wish: &Wish,
+) -> Result<std::result::Result<String, String>> {
+    let written = wish.key.clone();
+    let read_back = match wish.form {
+        Form::Exact => None,
+        Form::Shown => crate::escape::unshown(&written),
+        Form::Csv => Some(crate::escape::csv_uncell(&written).to_owned()),
+    };
+    let Some(read_back) = read_back.filter(|k| *k != written) else {
+        return Ok(Ok(written));
+    };
+    let held = |key: &str| -> Result<bool> {
+        let buckets = ledger::keys::buckets_holding(conn, scope, key)?;
+        Ok(match &wish.bucket {
+            Some(b) => buckets.contains(b),
+            None => !buckets.is_empty(),
+        })
+    };
+    Ok(match (held(&read_back)?, held(&written)?) {
+        (true, true) => Err(match wish.form {
+            Form::Csv => format!(
+                "names two keys: `{}` as written, and `{}` as the report's CSV writes it; settle each with --key, which takes the key exactly",
+                shown(&written),
+                shown(&read_back)
+            ),
+            _ => format!(
+                "names two keys: `{}` as written, and the key a terminal shows so, `{}` exactly; settle each with --from, a CSV file that holds the key exactly",
+                shown(&written),
+                read_back.escape_debug()
+            ),
+        }),
+        (false, true) => Ok(written),
+        // The read-back form where the ledger holds it, or where neither is held (a CSV
+        // cell's guard is the report's own; a shown form is named back in the error).
+        (true, false) => Ok(read_back),
+        (false, false) if wish.form == Form::Csv => Ok(read_back),
+        (false, false) => Ok(written),
+    })
+}
+
 /// The wish's key in the ledger, if `resolve` may settle it.
 fn find(
     conn: &rusqlite::Connection,
     scope: &Scope,
     wish: &Wish,
 ) -> Result<std::result::Result<Checked, String>> {
+    let key = match named_key(conn, scope, wish)? {
+        Ok(key) => key,
+        Err(why) => return Ok(Err(why)),
+    };
+    let wish = &Wish {
+        key,
+        ..wish.clone()
+    };
     let bucket = match &wish.bucket {
         Some(b) => b.clone(),
         None => match super::ledger_commands::only_bucket_of(conn, scope, &wish.key) {
@@ -316,6 +386,18 @@ fn evidence(
         return Ok(Err(format!(
             "asset {asset} already belongs to `{}` in this ledger",
             shown(&owner)
+        )));
+    }
+    // An asset MI's list showed before the key's request left was made from something else.
+    if let (Some(sent), Some(shown_at)) = (
+        c.row.sent_at,
+        ledger::observed::first_shown_at(conn, scope, asset)?,
+    ) && shown_at < sent
+    {
+        return Ok(Err(format!(
+            "MI's asset list showed asset {asset} by {}, before this key's request left at {}: it was made from another object or upload",
+            crate::clock::ms_text(shown_at),
+            crate::clock::ms_text(sent)
         )));
     }
     let unsure = reconcile::UnsureKey {
@@ -465,6 +547,16 @@ fn apply(
         decided.map_err(|refused| input(anyhow::anyhow!("{}: {refused}", c.wish.place())))?;
         let said = match c.wish.decision {
             Decision::Asset(a) => format!("registered as asset {a}"),
+            Decision::NotRegistered if !c.row.candidates.is_empty() => format!(
+                "not registered: the next run sends it (on your word: MI shows {} under its name, {}; were one of them its asset, the key would be registered twice)",
+                crate::runner::plural(c.row.candidates.len() as u64, "an asset", "assets"),
+                c.row
+                    .candidates
+                    .iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
             Decision::NotRegistered => "not registered: the next run sends it".into(),
         };
         let _ = writeln!(

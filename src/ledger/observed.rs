@@ -173,6 +173,20 @@ pub fn record_pass(
     })
 }
 
+/// When the first pass that showed `asset` ended, if one did.
+pub fn first_shown_at(
+    conn: &Connection,
+    scope: &Scope,
+    asset: i64,
+) -> rusqlite::Result<Option<i64>> {
+    let Some(pass) = seen(conn, scope)?.first_pass(asset) else {
+        return Ok(None);
+    };
+    conn.prepare_cached("SELECT ended_at FROM list_passes WHERE id = ?1")?
+        .query_row(params![pass], |r| r.get(0))
+        .optional()
+}
+
 /// Every recorded pass of the scope, oldest first.
 pub fn passes(conn: &Connection, scope: &Scope) -> rusqlite::Result<Vec<ListPass>> {
     let mut stmt = conn.prepare_cached(

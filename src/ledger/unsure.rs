@@ -245,6 +245,8 @@ pub struct Settleable {
     pub candidates: Vec<i64>,
     /// The asset given by hand before, for a key settled by hand and not yet confirmed.
     pub asset_id: Option<i64>,
+    /// When its last request left (`None`: never sent).
+    pub sent_at: Option<i64>,
 }
 
 /// The key `key` of `bucket`, if `resolve` may settle it: uncertain, or given its asset by
@@ -255,17 +257,33 @@ pub fn settleable(
     bucket: &str,
     key: &str,
 ) -> rusqlite::Result<Result<Settleable, Refused>> {
-    type Row = (i64, State, Option<String>, Option<i64>, Option<String>);
+    type Row = (
+        i64,
+        State,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+    );
     let found: Option<Row> = conn
         .query_row(
-            "SELECT k.id, k.state, k.candidates, k.asset_id, k.found_by
+            "SELECT k.id, k.state, k.candidates, k.asset_id, k.found_by, k.sent_at
              FROM keys k JOIN buckets b ON b.id = k.bucket
              WHERE k.scope = ?1 AND b.name = ?2 AND k.key = ?3",
             params![scope.id, bucket, key],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
+            },
         )
         .optional()?;
-    let Some((id, state, candidates, asset_id, found_by)) = found else {
+    let Some((id, state, candidates, asset_id, found_by, sent_at)) = found else {
         return Ok(Err(Refused::NoSuchKey {
             bucket: bucket.into(),
             key: key.into(),
@@ -283,6 +301,7 @@ pub fn settleable(
         state,
         candidates: candidates.map(|c| parse_candidates(&c)).unwrap_or_default(),
         asset_id: by_hand.then_some(asset_id).flatten(),
+        sent_at,
     }))
 }
 

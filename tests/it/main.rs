@@ -20,4 +20,5 @@ mod nightly;
 mod operate;
 mod operator;
 mod readings;
+mod resolve;
 mod settle;
