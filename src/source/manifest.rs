@@ -147,7 +147,11 @@ impl<R: Read> ManifestReader<R> {
         default_bucket: Option<String>,
     ) -> Result<Self, ManifestError> {
         let mut input = BufReader::with_capacity(256 * 1024, BlankLines::new(input));
-        skip_bom(&mut input).map_err(|e| ManifestError::Header(format!("cannot read: {e}")))?;
+        skip_bom(&mut input).map_err(|e| {
+            ManifestError::Header(format!(
+                "cannot read: {e}\nhint: --manifest takes a file of rows (a pipe or a process substitution will do), not a folder"
+            ))
+        })?;
         let mut csv = csv_reader(input, format, format == ManifestFormat::Csv);
         let columns = match format {
             ManifestFormat::S3Batch => BATCH_COLUMNS,
@@ -210,8 +214,15 @@ impl<R: Read> ManifestReader<R> {
             if i == last {
                 bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
             }
-            std::str::from_utf8(bytes)
-                .map_err(|_| bad(format!("column {} is not valid UTF-8", i + 1)))
+            std::str::from_utf8(bytes).map_err(|_| {
+                bad(match self.format {
+                    ManifestFormat::Keys => "the key is not valid UTF-8 (Object Storage's keys are; save the file as UTF-8)".to_owned(),
+                    _ => format!(
+                        "column {} is not valid UTF-8 (Object Storage's keys are; save the file as UTF-8)",
+                        i + 1
+                    ),
+                })
+            })
         };
         if let Some(width) = self.columns.width
             && self.record.len() != width
@@ -346,6 +357,11 @@ fn header_columns<R: Read>(
         .iter()
         .map(|h| String::from_utf8_lossy(h).trim().to_ascii_lowercase())
         .collect();
+    if names.iter().all(|n| n.is_empty()) && headers.len() <= 1 {
+        return Err(ManifestError::Header(
+            "the file is empty: no header line and no rows\nhint: a manifest begins with a header naming a `key` column (and `bucket`, or pass --bucket)".into(),
+        ));
+    }
     let find = |wanted: &[&str]| names.iter().position(|n| wanted.contains(&n.as_str()));
     let Some(key) = find(&["key"]) else {
         let hint = if names.len() == 2 && !names.iter().any(|n| n == "bucket") {
@@ -444,6 +460,16 @@ mod tests {
         );
         assert_eq!(rows[0].as_ref().unwrap().bucket, "dflt");
         assert_eq!(rows[1].as_ref().unwrap().bucket, "other");
+    }
+
+    #[test]
+    fn an_empty_file_is_named_empty() {
+        for empty in ["", "\n\n", "\u{feff}"] {
+            let err = ManifestReader::new(empty.as_bytes(), ManifestFormat::Csv, None)
+                .err()
+                .unwrap();
+            assert!(err.to_string().contains("the file is empty"), "{err}");
+        }
     }
 
     #[test]
