@@ -55,9 +55,16 @@ enum Form {
 
 impl Wish {
     fn place(&self) -> String {
+        // A key given as a terminal shows it is named as given, where that is safe to show.
+        let given = crate::escape::lines(&self.key);
+        let key = if self.form == Form::Shown && given == self.key && !self.key.contains('\n') {
+            given
+        } else {
+            shown(&self.key)
+        };
         match self.line {
-            Some(line) => format!("line {line}: `{}`", shown(&self.key)),
-            None => format!("`{}`", shown(&self.key)),
+            Some(line) => format!("line {line}: `{key}`"),
+            None => format!("`{key}`"),
         }
     }
 }
@@ -318,14 +325,13 @@ fn named_key(
     Ok(match (held(&read_back)?, held(&written)?) {
         (true, true) => Err(match wish.form {
             Form::Csv => format!(
-                "names two keys: `{}` as written, and `{}` as the report's CSV writes it; settle each with --key, which takes the key exactly",
+                "could be the key `{}` itself or `{}`, which the report's CSV writes so; settle that one with --key, which takes a key exactly",
                 shown(&written),
                 shown(&read_back)
             ),
             _ => format!(
-                "names two keys: `{}` as written, and the key a terminal shows so, `{}` exactly; settle each with --from, a CSV file that holds the key exactly",
-                shown(&written),
-                read_back.escape_debug()
+                "could be the key written so (which --key names alone as `{}`) or the key a terminal shows so; give that one exactly (in bash, `$'...'`) or in a CSV file to --from",
+                shown(&written)
             ),
         }),
         (false, true) => Ok(written),
