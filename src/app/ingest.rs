@@ -570,9 +570,10 @@ pub(crate) async fn ingest(
             return Err(bad.error(
                 &name,
                 &format!(
-                    "{sent}; fix {} and run again (the other {} are recorded), or run with --skip-bad-rows to import the rest",
+                    "{sent}; fix {} and run again (the other {} {} recorded), or run with --skip-bad-rows to import the rest",
                     crate::runner::plural(bad.count, "it", "them"),
-                    crate::app::summary::count(total.rows(), "row", "rows")
+                    crate::app::summary::count(total.rows(), "row", "rows"),
+                    crate::runner::plural(total.rows(), "is", "are")
                 ),
             ));
         }

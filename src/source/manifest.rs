@@ -61,24 +61,93 @@ struct Columns {
 }
 
 /// Gives every blank line a space, so the CSV parser counts it: it skips empty lines without
-/// counting them, which would put every later row's line number off by one.
+/// counting them, which would put every later row's line number off by one. For the quoted
+/// forms it also notes each line where text follows a closing quote (`"a"b`, `"a"  `): the
+/// CSV parser glues such text onto the field, which would bend the key.
 pub struct BlankLines<R> {
     inner: R,
     after_newline: bool,
     buf: Vec<u8>,
     out: Vec<u8>,
     at: usize,
+    quotes: Option<QuoteScan>,
+}
+
+/// Where a CSV field's quoting is broken, read as the bytes pass.
+#[derive(Debug, Default)]
+struct QuoteScan {
+    state: Quoting,
+    /// The line being read, from 1.
+    line: u64,
+    /// Lines where text follows a closing quote, not yet asked for.
+    broken: std::collections::BTreeSet<u64>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Quoting {
+    #[default]
+    FieldStart,
+    Unquoted,
+    Quoted,
+    /// A quote inside a quoted field: the field's end, or the first of `""`.
+    QuoteInQuoted,
+    /// A CR after a closing quote: a line's end only if LF follows.
+    CrAfterQuote,
+}
+
+impl QuoteScan {
+    fn new() -> Self {
+        Self {
+            line: 1,
+            ..Self::default()
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        use Quoting::*;
+        self.state = match (self.state, b) {
+            (_, b'\n') if self.state != Quoted => {
+                self.line += 1;
+                FieldStart
+            }
+            (Quoted, b'\n') => {
+                self.line += 1;
+                Quoted
+            }
+            (FieldStart, b'"') => Quoted,
+            (FieldStart | Unquoted, b',') => FieldStart,
+            (FieldStart | Unquoted, _) => Unquoted,
+            (Quoted, b'"') => QuoteInQuoted,
+            (Quoted, _) => Quoted,
+            (QuoteInQuoted, b'"') => Quoted,
+            (QuoteInQuoted, b',') => FieldStart,
+            (QuoteInQuoted, b'\r') => CrAfterQuote,
+            (QuoteInQuoted | CrAfterQuote, _) => {
+                self.broken.insert(self.line);
+                Unquoted
+            }
+        };
+    }
 }
 
 impl<R: Read> BlankLines<R> {
-    fn new(inner: R) -> Self {
+    fn new(inner: R, format: ManifestFormat) -> Self {
         Self {
             inner,
             after_newline: true,
             buf: vec![0; 64 * 1024],
             out: Vec::with_capacity(64 * 1024 + 1024),
             at: 0,
+            quotes: (format != ManifestFormat::Keys).then(QuoteScan::new),
         }
+    }
+
+    /// The first line of `from..=to` where text follows a closing quote; lines before
+    /// `from` are forgotten (their rows were read).
+    fn quote_broken(&mut self, from: u64, to: u64) -> Option<u64> {
+        let scan = self.quotes.as_mut()?;
+        scan.broken = scan.broken.split_off(&from);
+        scan.broken.range(from..=to).next().copied()
     }
 }
 
@@ -94,6 +163,11 @@ impl<R: Read> Read for BlankLines<R> {
                 }
                 self.after_newline = b == b'\n';
                 self.out.push(b);
+            }
+            if let Some(scan) = &mut self.quotes {
+                for &b in &self.out {
+                    scan.byte(b);
+                }
             }
         }
         let n = into.len().min(self.out.len() - self.at);
@@ -146,7 +220,7 @@ impl<R: Read> ManifestReader<R> {
         format: ManifestFormat,
         default_bucket: Option<String>,
     ) -> Result<Self, ManifestError> {
-        let mut input = BufReader::with_capacity(256 * 1024, BlankLines::new(input));
+        let mut input = BufReader::with_capacity(256 * 1024, BlankLines::new(input, format));
         skip_bom(&mut input).map_err(|e| {
             ManifestError::Header(format!(
                 "cannot read: {e}\nhint: --manifest takes a file of rows (a pipe or a process substitution will do), not a folder"
@@ -193,7 +267,7 @@ impl<R: Read> ManifestReader<R> {
         };
         Ok(Self {
             csv: csv_reader(
-                BufReader::with_capacity(256 * 1024, BlankLines::new(input)),
+                BufReader::with_capacity(256 * 1024, BlankLines::new(input, format)),
                 format,
                 false,
             ),
@@ -306,6 +380,19 @@ impl<R: Read> Iterator for ManifestReader<R> {
             }
             Ok(true) => {
                 let line = self.record.position().map(|p| p.line()).unwrap_or(0);
+                let breaks = self
+                    .record
+                    .as_slice()
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count();
+                let last = line + breaks as u64;
+                if let Some(at) = self.csv.get_mut().get_mut().quote_broken(line, last) {
+                    return Some(Err(ManifestError::Row {
+                        line: at + self.lines_before,
+                        message: "text after a closing quote (`\"a\"b` or `\"a\" `), which would be glued onto the field\nhint: put the whole field inside the quotes, and write a quote within it as `\"\"`".into(),
+                    }));
+                }
                 Some(self.row(line + self.lines_before))
             }
             Err(e) if e.is_io_error() => {
@@ -543,6 +630,48 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.starts_with("line 3:"), "{err}");
+    }
+
+    /// Text after a closing quote would be glued onto the field: the row is named, the rows
+    /// around it are read as written (quotes doubled, commas and line breaks in quotes, CRLF,
+    /// a quote inside an unquoted field).
+    #[test]
+    fn text_after_a_closing_quote_is_a_bad_row() {
+        let text = "bucket,key\r\nmedia,\"a\"\"b.mp4\"x.mp4\r\nmedia,\"two\nlines.mp4\"\r\nmedia,\"ok.mp4\"  \nmedia,\"x,y.mp4\"\r\nmedia,plain\"quote.mp4\n\"media\",\"q\"\"uote.mp4\"\nmedia,\"cr.mp4\"\r,\nmedia,last.mp4";
+        let rows = read(text, ManifestFormat::Csv, None);
+        let got: Vec<Result<(u64, &str), String>> = rows
+            .iter()
+            .map(|r| match r {
+                Ok(r) => Ok((r.line, r.key.as_str())),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect();
+        assert_eq!(got.len(), 8, "{got:?}");
+        assert!(
+            got[0]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("line 2: text after a closing quote")
+        );
+        assert_eq!(got[1], Ok((3, "two\nlines.mp4")));
+        assert!(
+            got[2]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("line 5: text after"),
+            "{got:?}"
+        );
+        assert_eq!(got[3], Ok((6, "x,y.mp4")));
+        assert_eq!(got[4], Ok((7, "plain\"quote.mp4")));
+        assert_eq!(got[5], Ok((8, "q\"uote.mp4")));
+        assert!(
+            got[6]
+                .as_ref()
+                .unwrap_err()
+                .starts_with("line 9: text after"),
+            "{got:?}"
+        );
+        assert_eq!(got[7], Ok((10, "last.mp4")));
     }
 
     /// Every character Object Storage allows is taken exactly (a TAB, a line break in quotes,
